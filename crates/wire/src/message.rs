@@ -1,0 +1,510 @@
+//! Outer messages: what travels in one UDP datagram or one FakeTCP record.
+//!
+//! Every message starts with a type byte and three reserved bytes (zero on send, ignored on
+//! receive), then a 32-bit session index:
+//!
+//! ```text
+//!  0        1                 4                 8
+//! +--------+-----------------+-----------------+----------------------------------+
+//! |  type  |    reserved     |   index (BE)    |  type-specific body              |
+//! +--------+-----------------+-----------------+----------------------------------+
+//! ```
+//!
+//! | type | message             | index is            | body                                   |
+//! |------|---------------------|---------------------|----------------------------------------|
+//! | 1    | [`HandshakeInit`]   | sender's index      | Noise message 1, then `mac2` (16)       |
+//! | 2    | [`HandshakeResponse`]| sender's index     | receiver index (4), Noise message 2    |
+//! | 3    | [`CookieReply`]     | receiver's index    | nonce (12), sealed cookie (16 + 16)     |
+//! | 4    | [`Data`]            | receiver's index    | counter (8), ciphertext, tag (16)       |
+//! | 5    | [`Notice`]          | index it concerns   | none; byte 1 holds the notice code      |
+
+use crate::field::{Field, Rest, be32, be64};
+use crate::{Error, Result};
+
+/// The kind of an outer message, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageType {
+    /// First handshake message, initiator to responder.
+    HandshakeInit = 1,
+    /// Second handshake message, responder to initiator.
+    HandshakeResponse = 2,
+    /// A responder under load asks the initiator to retry with a cookie.
+    CookieReply = 3,
+    /// An AEAD-sealed packet of an established session.
+    Data = 4,
+    /// An unauthenticated hint (handshake refused, session unknown).
+    Notice = 5,
+}
+
+impl MessageType {
+    /// Reads the type of the message in `buf`.
+    pub fn of(buf: &[u8]) -> Result<Self> {
+        match buf.first() {
+            None => Err(Error::Truncated),
+            Some(1) => Ok(Self::HandshakeInit),
+            Some(2) => Ok(Self::HandshakeResponse),
+            Some(3) => Ok(Self::CookieReply),
+            Some(4) => Ok(Self::Data),
+            Some(5) => Ok(Self::Notice),
+            Some(&t) => Err(Error::UnknownType(t)),
+        }
+    }
+}
+
+mod field {
+    use super::{Field, Rest};
+    pub(super) const TYPE: usize = 0;
+    pub(super) const RESERVED: Field = 1..4;
+    pub(super) const INDEX: Field = 4..8;
+    pub(super) const RESPONSE_RECEIVER: Field = 8..12;
+    pub(super) const RESPONSE_NOISE: Rest = 12..;
+    pub(super) const COUNTER: Field = 8..16;
+    pub(super) const COOKIE_NONCE: Field = 8..20;
+    pub(super) const COOKIE_SEALED: Field = 20..52;
+    pub(super) const NOTICE_CODE: usize = 1;
+}
+
+/// Length of the common header (type, reserved, index).
+pub const COMMON_LEN: usize = 8;
+/// Length of an AEAD tag.
+pub const TAG_LEN: usize = 16;
+/// Length of the `mac2` field that ends a [`HandshakeInit`].
+pub const MAC_LEN: usize = 16;
+/// Header length of a [`Data`] message: type, reserved, receiver index, counter.
+pub const DATA_HEADER_LEN: usize = 16;
+/// Per-packet overhead of a [`Data`] message over its plaintext.
+pub const DATA_OVERHEAD: usize = DATA_HEADER_LEN + TAG_LEN;
+/// Shortest Noise message either handshake side can send (ephemeral, sealed static, sealed
+/// empty payload).
+pub const NOISE_MIN_LEN: usize = 32 + 32 + TAG_LEN + TAG_LEN;
+/// Longest handshake message accepted; bounds the work an unauthenticated packet causes.
+pub const HANDSHAKE_MAX_LEN: usize = 1024;
+/// Length of a [`CookieReply`].
+pub const COOKIE_REPLY_LEN: usize = 52;
+/// Length of a [`Notice`].
+pub const NOTICE_LEN: usize = 8;
+
+macro_rules! view {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// Wraps a buffer without checking it; for emission into a correctly sized buffer.
+            pub const fn new_unchecked(buffer: T) -> Self {
+                Self { buffer }
+            }
+
+            /// Wraps a buffer after [`Self::check_len`]; use this on untrusted input.
+            pub fn new_checked(buffer: T) -> Result<Self> {
+                let v = Self::new_unchecked(buffer);
+                v.check_len()?;
+                Ok(v)
+            }
+
+            /// Returns the wrapped buffer.
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+
+            /// The whole message.
+            pub fn as_bytes(&self) -> &[u8] {
+                self.buffer.as_ref()
+            }
+
+            /// The index field (whose index it is depends on the message type).
+            pub fn index(&self) -> u32 {
+                be32(self.buffer.as_ref(), field::INDEX)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            /// Writes the type byte, zeroes the reserved bytes and sets the index.
+            pub fn set_header(&mut self, index: u32) {
+                let b = self.buffer.as_mut();
+                b[field::TYPE] = MessageType::$name as u8;
+                b[field::RESERVED].fill(0);
+                b[field::INDEX].copy_from_slice(&index.to_be_bytes());
+            }
+        }
+    };
+}
+
+fn check_type(buf: &[u8], ty: MessageType) -> Result<()> {
+    match MessageType::of(buf)? {
+        t if t == ty => Ok(()),
+        _ => Err(Error::Malformed("message type")),
+    }
+}
+
+view! {
+    /// Handshake message 1: `| 1 | rsv | sender index | Noise msg 1 | mac2 (16) |`.
+    HandshakeInit
+}
+
+impl<T: AsRef<[u8]>> HandshakeInit<T> {
+    /// Checks the type byte and that the Noise part is within bounds.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::HandshakeInit)?;
+        if b.len() < COMMON_LEN + NOISE_MIN_LEN + MAC_LEN {
+            return Err(Error::Truncated);
+        }
+        if b.len() > HANDSHAKE_MAX_LEN {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(())
+    }
+
+    /// The Noise handshake message.
+    pub fn noise(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        &b[COMMON_LEN..b.len() - MAC_LEN]
+    }
+
+    /// Everything `mac2` covers: the message up to the `mac2` field.
+    pub fn mac2_covered(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        &b[..b.len() - MAC_LEN]
+    }
+
+    /// The `mac2` field: a MAC keyed with a responder cookie, or zeros.
+    pub fn mac2(&self) -> [u8; MAC_LEN] {
+        let b = self.buffer.as_ref();
+        let mut m = [0u8; MAC_LEN];
+        m.copy_from_slice(&b[b.len() - MAC_LEN..]);
+        m
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInit<T> {
+    /// The Noise message area, for writing.
+    pub fn noise_mut(&mut self) -> &mut [u8] {
+        let b = self.buffer.as_mut();
+        let end = b.len() - MAC_LEN;
+        &mut b[COMMON_LEN..end]
+    }
+
+    /// Sets the `mac2` field.
+    pub fn set_mac2(&mut self, mac: &[u8; MAC_LEN]) {
+        let b = self.buffer.as_mut();
+        let at = b.len() - MAC_LEN;
+        b[at..].copy_from_slice(mac);
+    }
+}
+
+/// Total length of a [`HandshakeInit`] carrying a Noise message of `noise_len` bytes.
+pub const fn handshake_init_len(noise_len: usize) -> usize {
+    COMMON_LEN + noise_len + MAC_LEN
+}
+
+view! {
+    /// Handshake message 2: `| 2 | rsv | sender index | receiver index | Noise msg 2 |`.
+    HandshakeResponse
+}
+
+impl<T: AsRef<[u8]>> HandshakeResponse<T> {
+    /// Checks the type byte and that the Noise part is within bounds.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::HandshakeResponse)?;
+        if b.len() < field::RESPONSE_NOISE.start + NOISE_MIN_LEN {
+            return Err(Error::Truncated);
+        }
+        if b.len() > HANDSHAKE_MAX_LEN {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(())
+    }
+
+    /// The index the initiator chose for this handshake (echoed from message 1).
+    pub fn receiver_index(&self) -> u32 {
+        be32(self.buffer.as_ref(), field::RESPONSE_RECEIVER)
+    }
+
+    /// The Noise handshake message.
+    pub fn noise(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::RESPONSE_NOISE]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeResponse<T> {
+    /// Sets the receiver index.
+    pub fn set_receiver_index(&mut self, index: u32) {
+        self.buffer.as_mut()[field::RESPONSE_RECEIVER].copy_from_slice(&index.to_be_bytes());
+    }
+
+    /// The Noise message area, for writing.
+    pub fn noise_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[field::RESPONSE_NOISE]
+    }
+}
+
+/// Total length of a [`HandshakeResponse`] carrying a Noise message of `noise_len` bytes.
+pub const fn handshake_response_len(noise_len: usize) -> usize {
+    field::RESPONSE_NOISE.start + noise_len
+}
+
+view! {
+    /// Cookie reply: `| 3 | rsv | receiver index | nonce (12) | sealed cookie (32) |`.
+    CookieReply
+}
+
+impl<T: AsRef<[u8]>> CookieReply<T> {
+    /// Checks the type byte and the fixed length.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::CookieReply)?;
+        match b.len() {
+            COOKIE_REPLY_LEN => Ok(()),
+            n if n < COOKIE_REPLY_LEN => Err(Error::Truncated),
+            _ => Err(Error::TrailingBytes),
+        }
+    }
+
+    /// The AEAD nonce protecting the cookie.
+    pub fn nonce(&self) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&self.buffer.as_ref()[field::COOKIE_NONCE]);
+        n
+    }
+
+    /// The sealed cookie and its tag.
+    pub fn sealed_cookie(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::COOKIE_SEALED]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> CookieReply<T> {
+    /// Sets the nonce.
+    pub fn set_nonce(&mut self, nonce: &[u8; 12]) {
+        self.buffer.as_mut()[field::COOKIE_NONCE].copy_from_slice(nonce);
+    }
+
+    /// The sealed cookie area, for writing.
+    pub fn sealed_cookie_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[field::COOKIE_SEALED]
+    }
+}
+
+view! {
+    /// Transport data: `| 4 | rsv | receiver index | counter (8) | ciphertext | tag (16) |`.
+    ///
+    /// The counter is both the AEAD nonce and the replay-window position.
+    Data
+}
+
+impl<T: AsRef<[u8]>> Data<T> {
+    /// Checks the type byte and that a counter and a tag fit.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::Data)?;
+        if b.len() < DATA_OVERHEAD {
+            return Err(Error::Truncated);
+        }
+        Ok(())
+    }
+
+    /// The sender's packet counter.
+    pub fn counter(&self) -> u64 {
+        be64(self.buffer.as_ref(), field::COUNTER)
+    }
+
+    /// Length of the plaintext this message carries.
+    pub fn payload_len(&self) -> usize {
+        self.buffer.as_ref().len() - DATA_OVERHEAD
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Data<T> {
+    /// Sets the counter.
+    pub fn set_counter(&mut self, counter: u64) {
+        self.buffer.as_mut()[field::COUNTER].copy_from_slice(&counter.to_be_bytes());
+    }
+
+    /// Splits into (header, payload, tag) for in-place sealing or opening.
+    pub fn split_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        let b = self.buffer.as_mut();
+        let (head, rest) = b.split_at_mut(DATA_HEADER_LEN);
+        let at = rest.len() - TAG_LEN;
+        let (payload, tag) = rest.split_at_mut(at);
+        (head, payload, tag)
+    }
+}
+
+/// What a [`Notice`] tells its receiver. Notices are unauthenticated: a receiver treats
+/// them as hints that may speed up recovery, never as facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NoticeCode {
+    /// The responder could not authenticate the handshake (wrong passphrase or key).
+    AuthFailed = 1,
+    /// The receiver has no session with this index (for example after a restart).
+    UnknownSession = 2,
+    /// The responder does not know the initiator's public key.
+    UnknownKey = 3,
+}
+
+view! {
+    /// Notice: `| 5 | code | rsv (2) | index |`, an unauthenticated hint.
+    Notice
+}
+
+impl<T: AsRef<[u8]>> Notice<T> {
+    /// Checks the type byte, the fixed length and the code.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::Notice)?;
+        match b.len() {
+            NOTICE_LEN => self.code().map(|_| ()),
+            n if n < NOTICE_LEN => Err(Error::Truncated),
+            _ => Err(Error::TrailingBytes),
+        }
+    }
+
+    /// What the notice says.
+    pub fn code(&self) -> Result<NoticeCode> {
+        match self.buffer.as_ref()[field::NOTICE_CODE] {
+            1 => Ok(NoticeCode::AuthFailed),
+            2 => Ok(NoticeCode::UnknownSession),
+            3 => Ok(NoticeCode::UnknownKey),
+            _ => Err(Error::Malformed("notice code")),
+        }
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Notice<T> {
+    /// Sets the code (call after [`Notice::set_header`], which clears byte 1).
+    pub fn set_code(&mut self, code: NoticeCode) {
+        self.buffer.as_mut()[field::NOTICE_CODE] = code as u8;
+    }
+}
+
+/// Writes a complete notice into `out` and returns its length.
+pub fn emit_notice(out: &mut [u8; NOTICE_LEN], code: NoticeCode, index: u32) -> usize {
+    let mut n = Notice::new_unchecked(&mut out[..]);
+    n.set_header(index);
+    n.set_code(code);
+    NOTICE_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A data message with receiver index 0x01020304, counter 7 and a 4-byte payload.
+    /// The same bytes appear in docs/PROTOCOL.md.
+    const DATA_BYTES: [u8; 36] = [
+        0x04, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, // type, reserved, receiver index
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, // counter
+        0xde, 0xad, 0xbe, 0xef, // ciphertext
+        0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, // tag
+        0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
+    ];
+
+    /// A notice "unknown session" about index 0x0a0b0c0d (docs/PROTOCOL.md).
+    const NOTICE_BYTES: [u8; 8] = [0x05, 0x02, 0x00, 0x00, 0x0a, 0x0b, 0x0c, 0x0d];
+
+    #[test]
+    fn data_deconstruct() {
+        let d = Data::new_checked(&DATA_BYTES[..]).unwrap();
+        assert_eq!(d.index(), 0x0102_0304);
+        assert_eq!(d.counter(), 7);
+        assert_eq!(d.payload_len(), 4);
+    }
+
+    #[test]
+    fn data_construct() {
+        let mut buf = [0xa5u8; 36];
+        let mut d = Data::new_unchecked(&mut buf[..]);
+        d.set_header(0x0102_0304);
+        d.set_counter(7);
+        let (_, payload, tag) = d.split_mut();
+        payload.copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        for (i, t) in tag.iter_mut().enumerate() {
+            *t = 0xa0 + i as u8;
+        }
+        assert_eq!(buf, DATA_BYTES);
+    }
+
+    #[test]
+    fn notice_round_trip() {
+        let mut out = [0u8; NOTICE_LEN];
+        emit_notice(&mut out, NoticeCode::UnknownSession, 0x0a0b_0c0d);
+        assert_eq!(out, NOTICE_BYTES);
+        let n = Notice::new_checked(&out[..]).unwrap();
+        assert_eq!(n.code().unwrap(), NoticeCode::UnknownSession);
+        assert_eq!(n.index(), 0x0a0b_0c0d);
+        let mut bad = NOTICE_BYTES;
+        bad[1] = 9;
+        assert!(Notice::new_checked(&bad[..]).is_err());
+    }
+
+    #[test]
+    fn wrong_type_is_refused() {
+        assert!(Notice::new_checked(&DATA_BYTES[..8]).is_err());
+        assert!(Data::new_checked(&NOTICE_BYTES[..]).is_err());
+        assert_eq!(MessageType::of(&[9]), Err(Error::UnknownType(9)));
+        assert_eq!(MessageType::of(&[]), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn handshake_bounds() {
+        let mut init = vec![0u8; handshake_init_len(NOISE_MIN_LEN)];
+        HandshakeInit::new_unchecked(&mut init[..]).set_header(42);
+        let v = HandshakeInit::new_checked(&init[..]).unwrap();
+        assert_eq!(v.noise().len(), NOISE_MIN_LEN);
+        assert_eq!(v.index(), 42);
+        assert!(HandshakeInit::new_checked(&init[..init.len() - 1]).is_err());
+        init.resize(HANDSHAKE_MAX_LEN + 1, 0);
+        assert!(HandshakeInit::new_checked(&init[..]).is_err());
+
+        let mut resp = vec![0u8; handshake_response_len(NOISE_MIN_LEN)];
+        let mut r = HandshakeResponse::new_unchecked(&mut resp[..]);
+        r.set_header(1);
+        r.set_receiver_index(2);
+        let r = HandshakeResponse::new_checked(&resp[..]).unwrap();
+        assert_eq!((r.index(), r.receiver_index()), (1, 2));
+        assert!(HandshakeResponse::new_checked(&resp[..resp.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(d) = Data::new_checked(&bytes[..]) {
+                let _ = (d.index(), d.counter(), d.payload_len());
+            }
+            if let Ok(h) = HandshakeInit::new_checked(&bytes[..]) {
+                let _ = (h.noise(), h.mac2(), h.mac2_covered());
+            }
+            if let Ok(h) = HandshakeResponse::new_checked(&bytes[..]) {
+                let _ = (h.noise(), h.receiver_index());
+            }
+            if let Ok(c) = CookieReply::new_checked(&bytes[..]) {
+                let _ = (c.nonce(), c.sealed_cookie());
+            }
+            if let Ok(n) = Notice::new_checked(&bytes[..]) {
+                let _ = n.code();
+            }
+        }
+
+        #[test]
+        fn data_round_trip(index: u32, counter: u64, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut buf = vec![0u8; payload.len() + DATA_OVERHEAD];
+            let mut d = Data::new_unchecked(&mut buf[..]);
+            d.set_header(index);
+            d.set_counter(counter);
+            d.split_mut().1.copy_from_slice(&payload);
+            let d = Data::new_checked(&buf[..]).unwrap();
+            prop_assert_eq!((d.index(), d.counter(), d.payload_len()), (index, counter, payload.len()));
+            for cut in 0..DATA_OVERHEAD {
+                prop_assert!(Data::new_checked(&buf[..cut]).is_err());
+            }
+        }
+    }
+}
