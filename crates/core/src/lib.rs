@@ -1,1 +1,49 @@
-//! placeholder
+//! culvert's protocol engine, without I/O.
+//!
+//! This crate makes every protocol decision — handshakes, sessions, replay protection,
+//! cryptokey routing, the hub's admission and directory, relaying, timers — and performs no
+//! I/O of any kind: no sockets, no clock reads, no OS randomness. The shell (the `culvert`
+//! binary) feeds it events and carries out what it asks, as described on [`Endpoint`]. That
+//! makes the whole protocol testable in-process with a simulated network and virtual time,
+//! and fuzzable.
+//!
+//! Layers, bottom up: [`aead`] and [`replay`] (one message), [`session`] (one key pair),
+//! [`noise`] and [`cookie`] (handshakes), [`peer`] (one remote node), [`router`]
+//! (overlay address → peer), [`Endpoint`] (the node).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod aead;
+pub mod config;
+pub mod cookie;
+pub mod event;
+pub mod keys;
+pub mod limit;
+pub mod noise;
+pub mod peer;
+pub mod replay;
+pub mod rng;
+pub mod router;
+pub mod session;
+pub mod stats;
+pub mod status;
+
+mod endpoint;
+
+pub use config::{ClientBinding, ClientConfig, Config, HubConfig, Role, Timing};
+pub use endpoint::{
+    DatagramOutcome, Endpoint, HEADROOM, MAX_FRAME, OwnedTransmit, TAILROOM, Transmit, TunOutcome,
+};
+pub use event::Event;
+pub use keys::{KeyParseError, Psk, PublicKey, StaticSecret};
+pub use peer::PeerId;
+pub use stats::{DropCounters, DropReason, Traffic};
+pub use status::{PeerStatus, Status};
+
+/// The origin of virtual time in unit tests (the core itself never reads the clock).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}

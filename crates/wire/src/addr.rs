@@ -33,7 +33,10 @@ impl Prefix {
 
     /// A host prefix (`/32` or `/128`) for one address.
     pub fn host(addr: IpAddr) -> Self {
-        Self { addr, len: max_len(addr) }
+        Self {
+            addr,
+            len: max_len(addr),
+        }
     }
 
     /// The address, host bits included.
@@ -59,18 +62,28 @@ impl Prefix {
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
-        Self { addr, len: self.len }
+        Self {
+            addr,
+            len: self.len,
+        }
     }
 
     /// True if `ip` lies inside this prefix.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Self { addr: ip, len: self.len }.network() == self.network()
+                Self {
+                    addr: ip,
+                    len: self.len,
+                }
+                .network()
+                    == self.network()
             }
             _ => false,
         }
@@ -126,7 +139,10 @@ impl FromStr for Prefix {
         };
         let addr: IpAddr = addr.parse().map_err(|_| Error::Malformed("IP address"))?;
         match len {
-            Some(l) => Self::new(addr, l.parse().map_err(|_| Error::Malformed("prefix length"))?),
+            Some(l) => Self::new(
+                addr,
+                l.parse().map_err(|_| Error::Malformed("prefix length"))?,
+            ),
             None => Ok(Self::host(addr)),
         }
     }
@@ -184,8 +200,10 @@ mod tests {
 
     #[test]
     fn encoding() {
-        let list: Vec<Prefix> =
-            vec!["10.0.0.2/24".parse().unwrap(), "fd00::2/64".parse().unwrap()];
+        let list: Vec<Prefix> = vec![
+            "10.0.0.2/24".parse().unwrap(),
+            "fd00::2/64".parse().unwrap(),
+        ];
         let mut out = Vec::new();
         emit_list(&list, &mut out);
         assert_eq!(&out[..7], &[2, 4, 10, 0, 0, 2, 24]);

@@ -77,6 +77,10 @@ impl<'a> Reader<'a> {
 
     /// Fails with [`crate::Error::TrailingBytes`] unless everything was read.
     pub(crate) fn finish(self) -> crate::Result<()> {
-        if self.buf.is_empty() { Ok(()) } else { Err(crate::Error::TrailingBytes) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::Error::TrailingBytes)
+        }
     }
 }

@@ -147,8 +147,14 @@ impl<'a> Frame<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Self> {
         let mut r = Reader::new(buf);
         let frame = match r.u8()? {
-            kind::PING => Self::Ping { seq: r.u32()?, dir_version: r.u64()? },
-            kind::PONG => Self::Pong { seq: r.u32()?, dir_version: r.u64()? },
+            kind::PING => Self::Ping {
+                seq: r.u32()?,
+                dir_version: r.u64()?,
+            },
+            kind::PONG => Self::Pong {
+                seq: r.u32()?,
+                dir_version: r.u64()?,
+            },
             kind::RELAY => {
                 let node = r.u32()?;
                 let message = r.rest();
@@ -174,7 +180,12 @@ impl<'a> Frame<'a> {
                         })
                     })
                     .collect::<Result<_>>()?;
-                Self::Directory(Directory { version, part, parts, entries })
+                Self::Directory(Directory {
+                    version,
+                    part,
+                    parts,
+                    entries,
+                })
             }
             kind::DIR_REQUEST => Self::DirRequest { version: r.u64()? },
             kind::GOODBYE => Self::Goodbye {
@@ -198,7 +209,11 @@ impl<'a> Frame<'a> {
     pub fn emit(&self, out: &mut Vec<u8>) {
         match self {
             Self::Ping { seq, dir_version } | Self::Pong { seq, dir_version } => {
-                out.push(if matches!(self, Self::Ping { .. }) { kind::PING } else { kind::PONG });
+                out.push(if matches!(self, Self::Ping { .. }) {
+                    kind::PING
+                } else {
+                    kind::PONG
+                });
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&dir_version.to_be_bytes());
             }
@@ -212,7 +227,9 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&d.version.to_be_bytes());
                 out.extend_from_slice(&d.part.to_be_bytes());
                 out.extend_from_slice(&d.parts.to_be_bytes());
-                out.push(u8::try_from(d.entries.len()).expect("directory parts hold <= 255 entries"));
+                out.push(
+                    u8::try_from(d.entries.len()).expect("directory parts hold <= 255 entries"),
+                );
                 for e in &d.entries {
                     out.extend_from_slice(&e.node.to_be_bytes());
                     out.extend_from_slice(&e.public_key);
@@ -256,9 +273,19 @@ mod tests {
     #[test]
     fn ping_bytes() {
         let mut out = Vec::new();
-        Frame::Ping { seq: 1, dir_version: 2 }.emit(&mut out);
+        Frame::Ping {
+            seq: 1,
+            dir_version: 2,
+        }
+        .emit(&mut out);
         assert_eq!(out, PING_BYTES);
-        assert_eq!(Frame::parse(&PING_BYTES).unwrap(), Frame::Ping { seq: 1, dir_version: 2 });
+        assert_eq!(
+            Frame::parse(&PING_BYTES).unwrap(),
+            Frame::Ping {
+                seq: 1,
+                dir_version: 2
+            }
+        );
         assert_eq!(Frame::parse(&PING_BYTES[..12]), Err(Error::Truncated));
         let mut long = PING_BYTES.to_vec();
         long.push(0);
@@ -268,11 +295,17 @@ mod tests {
     #[test]
     fn relay_header_in_place() {
         let mut buf = [0u8; RELAY_HEADER_LEN + 3];
-        emit_relay_header((&mut buf[..RELAY_HEADER_LEN]).try_into().unwrap(), 0x0102_0304);
+        emit_relay_header(
+            (&mut buf[..RELAY_HEADER_LEN]).try_into().unwrap(),
+            0x0102_0304,
+        );
         buf[RELAY_HEADER_LEN..].copy_from_slice(&[4, 5, 6]);
         assert_eq!(
             Frame::parse(&buf).unwrap(),
-            Frame::Relay { node: 0x0102_0304, message: &[4, 5, 6] }
+            Frame::Relay {
+                node: 0x0102_0304,
+                message: &[4, 5, 6]
+            }
         );
         assert!(Frame::parse(&buf[..RELAY_HEADER_LEN]).is_err());
     }
@@ -285,16 +318,36 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame<'static>> {
-        let entry = (any::<u32>(), any::<[u8; 32]>(), proptest::collection::vec(arb_prefix(), 0..4))
-            .prop_map(|(node, public_key, addresses)| DirEntry { node, public_key, addresses });
+        let entry = (
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            proptest::collection::vec(arb_prefix(), 0..4),
+        )
+            .prop_map(|(node, public_key, addresses)| DirEntry {
+                node,
+                public_key,
+                addresses,
+            });
         prop_oneof![
-            (any::<u32>(), any::<u64>()).prop_map(|(seq, dir_version)| Frame::Ping { seq, dir_version }),
-            (any::<u32>(), any::<u64>()).prop_map(|(seq, dir_version)| Frame::Pong { seq, dir_version }),
-            (any::<u64>(), 1u16..4, proptest::collection::vec(entry, 0..5)).prop_map(
-                |(version, parts, entries)| Frame::Directory(Directory { version, part: parts - 1, parts, entries })
-            ),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(seq, dir_version)| Frame::Ping { seq, dir_version }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(seq, dir_version)| Frame::Pong { seq, dir_version }),
+            (
+                any::<u64>(),
+                1u16..4,
+                proptest::collection::vec(entry, 0..5)
+            )
+                .prop_map(|(version, parts, entries)| Frame::Directory(Directory {
+                    version,
+                    part: parts - 1,
+                    parts,
+                    entries
+                })),
             any::<u64>().prop_map(|version| Frame::DirRequest { version }),
-            Just(Frame::Goodbye { reason: GoodbyeReason::Shutdown }),
+            Just(Frame::Goodbye {
+                reason: GoodbyeReason::Shutdown
+            }),
         ]
     }
 

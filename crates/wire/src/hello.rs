@@ -84,8 +84,12 @@ impl Hello {
             2 => HelloKind::Peer,
             _ => return Err(Error::Malformed("hello kind")),
         };
-        let hello =
-            Self { kind, ciphers: r.u8()?, timestamp: r.u64()?, addresses: addr::parse_list(&mut r)? };
+        let hello = Self {
+            kind,
+            ciphers: r.u8()?,
+            timestamp: r.u64()?,
+            addresses: addr::parse_list(&mut r)?,
+        };
         r.finish()?;
         Ok(hello)
     }
@@ -202,7 +206,10 @@ impl Reply {
                 let len = r.u8()?;
                 let text = core::str::from_utf8(r.take(usize::from(len))?)
                     .map_err(|_| Error::Malformed("refusal text"))?;
-                Self::Refusal { code, text: text.to_owned() }
+                Self::Refusal {
+                    code,
+                    text: text.to_owned(),
+                }
             }
         };
         r.finish()?;
@@ -216,8 +223,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// A join hello claiming 10.0.0.2/24 at timestamp 1, as in docs/PROTOCOL.md.
-    const HELLO_BYTES: [u8; 18] =
-        [0x01, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24];
+    const HELLO_BYTES: [u8; 18] = [
+        0x01, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24,
+    ];
 
     #[test]
     fn hello_bytes() {
@@ -240,7 +248,11 @@ mod tests {
     fn refusal_text_is_capped_on_a_char_boundary() {
         let text = "é".repeat(150);
         let mut out = Vec::new();
-        Reply::Refusal { code: RefusalCode::ServerFull, text }.emit(&mut out);
+        Reply::Refusal {
+            code: RefusalCode::ServerFull,
+            text,
+        }
+        .emit(&mut out);
         match Reply::parse(&out).unwrap() {
             Reply::Refusal { code, text } => {
                 assert_eq!(code, RefusalCode::ServerFull);

@@ -84,7 +84,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The IPv4 protocol or IPv6 next-header byte.
     pub fn protocol(&self) -> u8 {
         let b = self.buffer.as_ref();
-        if self.version() == 4 { b[field::V4_PROTOCOL] } else { b[field::V6_NEXT_HEADER] }
+        if self.version() == 4 {
+            b[field::V4_PROTOCOL]
+        } else {
+            b[field::V6_NEXT_HEADER]
+        }
     }
 
     /// Length the header says the packet has (may be less than the buffer).
@@ -118,8 +122,8 @@ mod tests {
 
     /// An ICMP echo request 10.0.0.2 -> 10.0.0.1 (header only, 28 bytes total).
     const V4: [u8; 28] = [
-        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 0, 0, 2, 10,
-        0, 0, 1, 8, 0, 0xf7, 0xff, 0, 0, 0, 0,
+        0x45, 0x00, 0x00, 0x1c, 0x00, 0x01, 0x00, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 0, 0, 2, 10, 0,
+        0, 1, 8, 0, 0xf7, 0xff, 0, 0, 0, 0,
     ];
 
     #[test]

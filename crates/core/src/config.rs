@@ -1,0 +1,118 @@
+//! Configuration handed to the core by the shell, already validated and typed.
+
+use core::net::SocketAddr;
+use std::time::Duration;
+
+use culvert_wire::addr::Prefix;
+use culvert_wire::hello::Cipher;
+
+use crate::keys::{Psk, PublicKey, StaticSecret};
+
+/// Everything an [`crate::Endpoint`] needs.
+#[derive(Debug)]
+pub struct Config {
+    /// This node's static identity.
+    pub secret: StaticSecret,
+    /// The passphrase-derived PSK (passphrase mode), or `None` (key mode).
+    pub passphrase: Option<Psk>,
+    /// This node's overlay addresses.
+    pub addresses: Vec<Prefix>,
+    /// Data ciphers in order of preference (the first is proposed and preferred).
+    pub ciphers: Vec<Cipher>,
+    /// Protocol timers.
+    pub timing: Timing,
+    /// Hub or client.
+    pub role: Role,
+}
+
+/// The role of the node.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// The hub: accepts clients, keeps the directory, relays.
+    Hub(HubConfig),
+    /// A client of one hub.
+    Client(ClientConfig),
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Most clients connected at once; the next one is refused.
+    pub max_clients: usize,
+    /// Clients reach the hub but not each other.
+    pub isolation: bool,
+    /// Key mode: the client keys accepted and the addresses bound to each. In passphrase
+    /// mode an entry still binds addresses to a key (optional).
+    pub clients: Vec<ClientBinding>,
+    /// Handshake messages per second above which a cookie is required.
+    pub handshake_load_limit: u32,
+}
+
+/// A client key and the overlay addresses it may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientBinding {
+    /// The client's static public key.
+    pub key: PublicKey,
+    /// Addresses bound to that key.
+    pub addresses: Vec<Prefix>,
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The hub's underlay address.
+    pub server: SocketAddr,
+    /// The hub's public key: required in key mode, optional pinning in passphrase mode.
+    pub server_key: Option<PublicKey>,
+}
+
+/// Protocol timers; defaults follow WireGuard where the concept is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// Clients ping the hub this often; it keeps NAT mappings and measures RTT.
+    pub keepalive: Duration,
+    /// A client that hears nothing from the hub this long reconnects from a new port.
+    pub dead_after: Duration,
+    /// The hub forgets a client it has not heard from this long.
+    pub node_timeout: Duration,
+    /// The initiator of a session starts a new handshake after this age.
+    pub rekey_after_time: Duration,
+    /// A session older than this is never used.
+    pub reject_after_time: Duration,
+    /// The initiator rekeys after this many messages in either direction.
+    pub rekey_after_messages: u64,
+    /// First handshake retry delay; doubles per failed attempt.
+    pub retry_min: Duration,
+    /// Cap of the retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(5),
+            dead_after: Duration::from_secs(25),
+            node_timeout: Duration::from_secs(45),
+            rekey_after_time: Duration::from_secs(120),
+            reject_after_time: Duration::from_secs(180),
+            rekey_after_messages: 1 << 60,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Whether the nodes authenticate with a shared passphrase.
+    pub fn passphrase_mode(&self) -> bool {
+        self.passphrase.is_some()
+    }
+
+    /// The PSK of a handshake whose responder has key `responder`.
+    pub(crate) fn psk_for(&self, responder: &PublicKey) -> Psk {
+        match &self.passphrase {
+            Some(p) => p.clone(),
+            None => Psk::for_responder(responder),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The client: joining the hub, pings, the directory of other clients, reconnecting.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use culvert_wire::addr::Prefix;
+use culvert_wire::frame::{DirEntry, Directory, Frame};
+use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
+
+use super::{Endpoint, RoleState};
+use crate::config::ClientConfig;
+use crate::event::Event;
+use crate::keys::PublicKey;
+use crate::limit::RateWindow;
+use crate::noise::Responder;
+use crate::peer::{Path, Peer, PeerId, Source, Unconfirmed};
+use crate::session::Session;
+use crate::stats::DropReason;
+
+/// Client-only state.
+#[derive(Debug)]
+pub(super) struct Client {
+    /// The hub key from the configuration (pinned); without it any key is accepted.
+    pub(super) server_key: Option<PublicKey>,
+    /// Node id the hub gave us, once joined.
+    pub(super) node: Option<u32>,
+    pub(super) isolation: bool,
+    /// The addresses the hub granted at the last join.
+    granted: Vec<Prefix>,
+    pub(super) dir: DirectoryAssembly,
+    ping_seq: u32,
+    /// Outstanding ping: sequence number and when it was sent.
+    ping_out: Option<(u32, Instant)>,
+    next_ping: Option<Instant>,
+    pub(super) refusal_log: RateWindow,
+}
+
+/// Collects the parts of a directory snapshot until all have arrived.
+#[derive(Debug, Default)]
+pub(super) struct DirectoryAssembly {
+    /// Version of the last snapshot applied (0: none).
+    pub(super) held: u64,
+    version: u64,
+    parts: Vec<Option<Vec<DirEntry>>>,
+}
+
+impl DirectoryAssembly {
+    /// Adds a part; returns the whole snapshot once complete.
+    fn add(&mut self, d: Directory) -> Option<Vec<DirEntry>> {
+        if d.version == self.held {
+            return None;
+        }
+        if d.version != self.version || self.parts.len() != usize::from(d.parts) {
+            self.version = d.version;
+            self.parts = vec![None; usize::from(d.parts)];
+        }
+        self.parts[usize::from(d.part)] = Some(d.entries);
+        if self.parts.iter().any(Option::is_none) {
+            return None;
+        }
+        self.held = self.version;
+        Some(self.parts.drain(..).flatten().flatten().collect())
+    }
+}
+
+impl Client {
+    pub(super) fn new(cfg: ClientConfig) -> Self {
+        Self {
+            server_key: cfg.server_key,
+            node: None,
+            isolation: false,
+            granted: Vec::new(),
+            dir: DirectoryAssembly::default(),
+            ping_seq: 0,
+            ping_out: None,
+            next_ping: None,
+            refusal_log: RateWindow::new(1, Duration::from_secs(5)),
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.next_ping
+    }
+}
+
+impl Endpoint {
+    fn client(&mut self) -> &mut Client {
+        match &mut self.role {
+            RoleState::Client(c) => c,
+            RoleState::Hub(_) => unreachable!("client-only path reached on the hub"),
+        }
+    }
+
+    /// The hub accepted our join (first time, reconnect, or rekey).
+    pub(super) fn on_joined(&mut self, now: Instant, w: Welcome) {
+        self.routes.remove_value(PeerId::HUB);
+        for a in &w.responder_addresses {
+            self.routes.insert(Prefix::host(a.addr()), PeerId::HUB);
+        }
+        if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+            hub.addresses = w.responder_addresses.clone();
+        }
+        let keepalive = self.cfg.timing.keepalive;
+        let c = self.client();
+        let fresh = c.node != Some(w.node) || c.granted != w.granted;
+        c.node = Some(w.node);
+        c.isolation = w.flags & FLAG_ISOLATION != 0;
+        c.granted = w.granted.clone();
+        c.next_ping = Some(now + keepalive);
+        let isolation = c.isolation;
+        if fresh {
+            tracing::info!(
+                node = w.node,
+                granted = %w.granted.iter().map(Prefix::to_string).collect::<Vec<_>>().join(", "),
+                isolation,
+                "joined the server"
+            );
+            self.events.push_back(Event::Joined {
+                node: w.node,
+                granted: w.granted,
+                hub_addresses: w.responder_addresses,
+                isolation,
+            });
+        } else {
+            tracing::debug!("session with the server renewed");
+        }
+        // The first data message confirms the session to the hub; a ping also measures RTT.
+        self.send_ping(now);
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let keepalive = self.cfg.timing.keepalive;
+        let c = self.client();
+        c.ping_seq = c.ping_seq.wrapping_add(1);
+        let seq = c.ping_seq;
+        let dir_version = c.dir.held;
+        c.ping_out = Some((seq, now));
+        c.next_ping = Some(now + keepalive);
+        self.send_frame(now, PeerId::HUB, &Frame::Ping { seq, dir_version });
+    }
+
+    pub(super) fn on_pong(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        seq: u32,
+        _dir: u64,
+    ) -> Result<(), DropReason> {
+        if id != PeerId::HUB || !self.is_client() {
+            return Ok(());
+        }
+        let c = self.client();
+        if let Some((s, sent)) = c.ping_out {
+            if s == seq {
+                c.ping_out = None;
+                let rtt = now.saturating_duration_since(sent);
+                if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+                    hub.rtt = Some(rtt);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_directory(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        part: Directory,
+    ) -> Result<(), DropReason> {
+        if id != PeerId::HUB || !self.is_client() {
+            return Err(DropReason::BadFrame);
+        }
+        if let Some(entries) = self.client().dir.add(part) {
+            self.apply_directory(now, entries);
+        }
+        Ok(())
+    }
+
+    /// Makes the peer table match a complete directory snapshot.
+    fn apply_directory(&mut self, now: Instant, entries: Vec<DirEntry>) {
+        let own = self.client().node;
+        let mut keep = BTreeSet::new();
+        for e in entries {
+            if Some(e.node) == own || e.node == PeerId::HUB.0 || e.public_key == self.public.0 {
+                continue;
+            }
+            let id = PeerId(e.node);
+            keep.insert(id);
+            let key = PublicKey(e.public_key);
+            if self.peers.get(&id).is_some_and(|p| p.key != key) {
+                self.remove_peer(now, id);
+            }
+            let peer = self
+                .peers
+                .entry(id)
+                .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay));
+            peer.addresses = e.addresses;
+            let hosts: Vec<Prefix> = peer
+                .addresses
+                .iter()
+                .map(|a| Prefix::host(a.addr()))
+                .collect();
+            self.routes.remove_value(id);
+            for h in hosts {
+                self.routes.insert(h, id);
+            }
+        }
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| *id != PeerId::HUB && !keep.contains(id))
+            .collect();
+        for id in gone {
+            self.remove_peer(now, id);
+        }
+        tracing::debug!(
+            peers = keep.len(),
+            version = self.client().dir.held,
+            "directory applied"
+        );
+    }
+
+    /// Accepts an end-to-end session from another client, relayed by the hub.
+    pub(super) fn accept_peer(
+        &mut self,
+        now: Instant,
+        origin: PeerId,
+        init_index: u32,
+        responder: Responder,
+        hello: Hello,
+    ) -> Result<(), DropReason> {
+        let key = responder.remote_static();
+        let peer = self.peers.get(&origin).ok_or(DropReason::UnknownKey)?;
+        if peer.key != key || origin == PeerId::HUB {
+            return Err(DropReason::UnknownKey);
+        }
+        if hello.timestamp <= peer.confirmed_timestamp {
+            return Err(DropReason::HandshakeReplay);
+        }
+        let Some(cipher) = self.choose_cipher(hello.ciphers) else {
+            return Err(DropReason::BadFrame);
+        };
+        let local_index = self.new_index(origin);
+        let welcome = Reply::Welcome(Welcome {
+            cipher,
+            node: 0,
+            flags: 0,
+            keepalive_secs: 0,
+            responder_addresses: Vec::new(),
+            granted: Vec::new(),
+        });
+        let split = match self.send_reply(
+            now,
+            Source::Relay(origin),
+            local_index,
+            init_index,
+            responder,
+            &welcome,
+        ) {
+            Ok(s) => s,
+            Err(r) => {
+                self.release_index(local_index);
+                return Err(r);
+            }
+        };
+        let session = Session::new(&split, cipher, local_index, init_index, false, now);
+        let peer = self.peers.get_mut(&origin).expect("checked above");
+        let replaced = peer.next.replace(Unconfirmed {
+            session,
+            source: Source::Relay(origin),
+            timestamp: hello.timestamp,
+        });
+        if let Some(old) = replaced {
+            self.release_index(old.session.local_index);
+        }
+        self.deadline_dirty = true;
+        Ok(())
+    }
+
+    /// The hub session is gone (silence, goodbye, or the hub forgot us): rejoin now.
+    pub(super) fn lose_hub(&mut self, now: Instant, rebind: bool) {
+        self.reset_sessions(PeerId::HUB);
+        let c = self.client();
+        c.next_ping = None;
+        c.ping_out = None;
+        // The hub may come back as a new process whose directory versions restart.
+        c.dir = DirectoryAssembly::default();
+        if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+            hub.attempts = 0;
+            hub.last_rx = None;
+        }
+        if rebind {
+            self.events.push_back(Event::Rebind);
+        }
+        self.start_handshake(now, PeerId::HUB);
+    }
+
+    pub(super) fn client_timers(&mut self, now: Instant) {
+        let dead_after = self.cfg.timing.dead_after;
+        let Some(hub) = self.peers.get(&PeerId::HUB) else {
+            return;
+        };
+        let joined = hub.current.is_some();
+        // The handshake is evidence of life too: a session may never have carried data.
+        let heard = hub.last_rx.max(hub.last_handshake);
+        let silent = heard.is_some_and(|t| now.saturating_duration_since(t) >= dead_after);
+        let retry = hub.retry_at.is_some_and(|r| r <= now);
+        if joined && silent {
+            tracing::warn!(
+                silent_s = dead_after.as_secs(),
+                "nothing heard from the server; reconnecting from a new port"
+            );
+            self.lose_hub(now, true);
+            return;
+        }
+        if retry {
+            self.retry_handshake(now, PeerId::HUB);
+        }
+        if joined {
+            if self.client().next_ping.is_some_and(|p| p <= now) {
+                self.send_ping(now);
+            }
+            self.maybe_rekey(now, PeerId::HUB);
+        }
+    }
+}

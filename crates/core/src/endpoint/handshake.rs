@@ -1,0 +1,457 @@
+//! Handshake messages: starting and retrying our own, answering others', cookies, notices.
+
+use std::time::{Duration, Instant};
+
+use culvert_wire::hello::{Cipher, Hello, HelloKind, Reply};
+use culvert_wire::message::{
+    COOKIE_REPLY_LEN, CookieReply, HandshakeInit, HandshakeResponse, Notice, NoticeCode,
+    handshake_init_len, handshake_response_len,
+};
+
+use super::{Endpoint, RoleState};
+use crate::cookie::open_reply;
+use crate::noise::{Initiator, MAX_PAYLOAD, MSG1_OVERHEAD, MSG2_OVERHEAD, Responder, Split};
+use crate::peer::{Path, PeerId, PendingHandshake, Source};
+use crate::session::Session;
+use crate::stats::DropReason;
+
+/// Handshake attempts towards a client peer before giving up until new traffic.
+const PEER_ATTEMPTS: u32 = 5;
+/// Cipher bit meaning "the sender prefers ChaCha20 (no AES instructions)".
+const PREFER_CHACHA: u8 = 0x80;
+
+impl Endpoint {
+    /// Sends a fresh message 1 to `id` and arms the retry timer.
+    pub(super) fn start_handshake(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let responder = peer.key;
+        if self.cfg.passphrase.is_none() && responder.0 == [0; 32] {
+            tracing::error!(
+                peer = id.0,
+                "cannot start a handshake: the peer's public key is unknown"
+            );
+            return;
+        }
+        let to = match peer.path {
+            Path::Direct(Some(a)) => Source::Addr(a),
+            Path::Direct(None) => return,
+            Path::Relay => Source::Relay(id),
+        };
+        let cookie = peer.cookie.filter(|c| c.fresh(now));
+        let kind = if id == PeerId::HUB {
+            HelloKind::Join
+        } else {
+            HelloKind::Peer
+        };
+        let hello = Hello {
+            kind,
+            ciphers: self.cipher_bits(),
+            timestamp: self.clock.timestamp(now),
+            addresses: if kind == HelloKind::Join {
+                self.cfg.addresses.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut payload = Vec::new();
+        hello.emit(&mut payload);
+        let psk = self.cfg.psk_for(&responder);
+        let noise_len = payload.len() + MSG1_OVERHEAD;
+        let mut msg = vec![0u8; handshake_init_len(noise_len)];
+        let started = {
+            let mut view = HandshakeInit::new_unchecked(&mut msg[..]);
+            Initiator::start(
+                &mut self.rng,
+                &self.cfg.secret,
+                &psk,
+                &payload,
+                view.noise_mut(),
+            )
+        };
+        let Ok((initiator, _)) = started else {
+            tracing::error!(peer = id.0, "noise refused to start a handshake");
+            return;
+        };
+        self.drop_pending(id);
+        let local_index = self.new_index(id);
+        let mut view = HandshakeInit::new_unchecked(&mut msg[..]);
+        view.set_header(local_index);
+        if let Some(c) = cookie {
+            let mac = c.mac2(view.mac2_covered());
+            view.set_mac2(&mac);
+        }
+        let backoff = self.backoff(self.peers[&id].attempts);
+        let peer = self.peers.get_mut(&id).expect("checked above");
+        peer.attempts = peer.attempts.saturating_add(1);
+        peer.retry_at = Some(now + backoff);
+        peer.handshake = Some(PendingHandshake {
+            initiator,
+            local_index,
+            psk,
+            message: msg.clone(),
+            sent: now,
+        });
+        self.deadline_dirty = true;
+        if let Err(r) = self.send_unsealed(now, to, &msg) {
+            self.count_drop(r, Some(id));
+        }
+    }
+
+    /// The retry timer of `id` fired: try again, complain, or give up.
+    pub(super) fn retry_handshake(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let attempts = peer.attempts;
+        if id == PeerId::HUB {
+            if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path) {
+                if attempts >= 3 && attempts.is_power_of_two() {
+                    tracing::warn!(
+                        server = %addr,
+                        attempts,
+                        waited_s = now.saturating_duration_since(h.sent).as_secs(),
+                        "no answer from the server: check its address, that its port is reachable \
+                         (UDP not blocked), and that the passphrase or keys match"
+                    );
+                }
+            }
+            if attempts > 0 && attempts % 3 == 0 {
+                self.events.push_back(crate::Event::Rebind);
+            }
+        } else if attempts >= PEER_ATTEMPTS {
+            tracing::debug!(
+                peer = id.0,
+                attempts,
+                "giving up on the peer until new traffic"
+            );
+            let dropped = peer.queue.len();
+            peer.queue.clear();
+            peer.retry_at = None;
+            peer.attempts = 0;
+            self.drop_pending(id);
+            for _ in 0..dropped {
+                self.count_drop(DropReason::NoSession, Some(id));
+            }
+            return;
+        }
+        self.start_handshake(now, id);
+    }
+
+    /// Handles message 1 from an initiator.
+    pub(super) fn handle_init(
+        &mut self,
+        now: Instant,
+        src: Source,
+        msg: &[u8],
+    ) -> Result<(), DropReason> {
+        let init = HandshakeInit::new_checked(msg).map_err(|_| DropReason::Malformed)?;
+        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
+            if hub.cookies.note_handshake(now) && !hub.cookies.check_mac2(&init, from) {
+                let psk = self.cfg.psk_for(&self.public);
+                let mut out = [0u8; COOKIE_REPLY_LEN];
+                hub.cookies
+                    .reply(&mut self.rng, &psk, &init, from, &mut out);
+                self.outbox.push_back(super::OwnedTransmit {
+                    to: from,
+                    bytes: out.to_vec(),
+                });
+                return Err(DropReason::CookieRequired);
+            }
+        }
+        let psk = self.cfg.psk_for(&self.public);
+        let mut payload = [0u8; MAX_PAYLOAD];
+        let read = Responder::read(
+            &mut self.rng,
+            &self.cfg.secret,
+            &psk,
+            init.noise(),
+            &mut payload,
+        );
+        let Ok((responder, n)) = read else {
+            if let Source::Addr(from) = src {
+                self.log_refusal(
+                    now,
+                    from,
+                    "handshake failed authentication: wrong passphrase or server key?",
+                );
+                self.notice(now, from, NoticeCode::AuthFailed, init.index());
+            }
+            return Err(DropReason::HandshakeAuth);
+        };
+        let hello = match Hello::parse(&payload[..n]) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable hello");
+                return Err(DropReason::BadFrame);
+            }
+        };
+        match (&self.role, src, hello.kind) {
+            (RoleState::Hub(_), Source::Addr(from), HelloKind::Join) => {
+                self.accept_join(now, from, init.index(), responder, hello)
+            }
+            (RoleState::Client(_), Source::Relay(origin), HelloKind::Peer) => {
+                self.accept_peer(now, origin, init.index(), responder, hello)
+            }
+            _ => Err(DropReason::UnexpectedHandshake),
+        }
+    }
+
+    /// Writes message 2 carrying `reply` and sends it; returns the handshake's keys.
+    pub(super) fn send_reply(
+        &mut self,
+        now: Instant,
+        to: Source,
+        local_index: u32,
+        init_index: u32,
+        responder: Responder,
+        reply: &Reply,
+    ) -> Result<Split, DropReason> {
+        let mut payload = Vec::new();
+        reply.emit(&mut payload);
+        let noise_len = payload.len() + MSG2_OVERHEAD;
+        let mut msg = vec![0u8; handshake_response_len(noise_len)];
+        let mut view = HandshakeResponse::new_unchecked(&mut msg[..]);
+        let (split, _) = responder
+            .reply(&payload, view.noise_mut())
+            .map_err(|_| DropReason::HandshakeAuth)?;
+        view.set_header(local_index);
+        view.set_receiver_index(init_index);
+        self.send_unsealed(now, to, &msg)?;
+        Ok(split)
+    }
+
+    /// Handles message 2 of a handshake we started.
+    pub(super) fn handle_response(
+        &mut self,
+        now: Instant,
+        src: Source,
+        msg: &[u8],
+    ) -> Result<(), DropReason> {
+        let resp = HandshakeResponse::new_checked(msg).map_err(|_| DropReason::Malformed)?;
+        let local = resp.receiver_index();
+        let id = self
+            .by_index
+            .get(&local)
+            .copied()
+            .ok_or(DropReason::UnexpectedHandshake)?;
+        if matches!(src, Source::Relay(origin) if origin != id) {
+            return Err(DropReason::UnexpectedHandshake);
+        }
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("indices point at live peers");
+        let pending = match peer.handshake.take() {
+            Some(h) if h.local_index == local => h,
+            other => {
+                peer.handshake = other;
+                return Err(DropReason::UnexpectedHandshake);
+            }
+        };
+        let mut payload = [0u8; MAX_PAYLOAD];
+        let finished = pending.initiator.finish(resp.noise(), &mut payload);
+        let Ok((split, n)) = finished else {
+            self.release_index(local);
+            return Err(DropReason::HandshakeAuth);
+        };
+        let expected = peer.key;
+        let pinned = match &self.role {
+            RoleState::Client(c) if id == PeerId::HUB => c.server_key.is_some(),
+            _ => true,
+        };
+        if pinned && split.remote_static != expected {
+            self.release_index(local);
+            tracing::error!(
+                peer = id.0,
+                expected = %expected,
+                got = %split.remote_static,
+                "the responder's public key is not the one configured; refusing the session"
+            );
+            return Err(DropReason::UnknownKey);
+        }
+        peer.key = split.remote_static;
+        let Ok(reply) = Reply::parse(&payload[..n]) else {
+            self.release_index(local);
+            return Err(DropReason::BadFrame);
+        };
+        match reply {
+            Reply::Welcome(w) => {
+                if self.cipher_bits() & cipher_bit(w.cipher) == 0 {
+                    self.release_index(local);
+                    return Err(DropReason::BadFrame);
+                }
+                let session = Session::new(&split, w.cipher, local, resp.index(), true, now);
+                self.install_initiated(now, id, session);
+                if id == PeerId::HUB {
+                    self.on_joined(now, w);
+                } else if let Err(r) = self.send_plain(now, id, &[]) {
+                    // An empty message confirms the session to the responder.
+                    self.count_drop(r, Some(id));
+                }
+                self.flush_queue(now, id);
+            }
+            Reply::Refusal { code, text } => {
+                self.release_index(local);
+                if id == PeerId::HUB {
+                    tracing::error!(code = ?code, "the server refused to let us join: {text}");
+                } else {
+                    tracing::debug!(peer = id.0, code = ?code, "peer refused a session: {text}");
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.queue.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a cookie reply: keep the cookie and retry at once with it.
+    pub(super) fn handle_cookie(
+        &mut self,
+        now: Instant,
+        _src: Source,
+        msg: &[u8],
+    ) -> Result<(), DropReason> {
+        let reply = CookieReply::new_checked(msg).map_err(|_| DropReason::Malformed)?;
+        let id = self
+            .by_index
+            .get(&reply.index())
+            .copied()
+            .ok_or(DropReason::UnexpectedHandshake)?;
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("indices point at live peers");
+        let pending = peer
+            .handshake
+            .as_ref()
+            .filter(|h| h.local_index == reply.index())
+            .ok_or(DropReason::UnexpectedHandshake)?;
+        let init =
+            HandshakeInit::new_checked(&pending.message[..]).map_err(|_| DropReason::Malformed)?;
+        let cookie =
+            open_reply(&pending.psk, &reply, &init, now).ok_or(DropReason::HandshakeAuth)?;
+        tracing::info!(
+            peer = id.0,
+            "responder is under load; retrying the handshake with its cookie"
+        );
+        peer.cookie = Some(cookie);
+        self.start_handshake(now, id);
+        Ok(())
+    }
+
+    /// Handles an unauthenticated notice: only a hint from the hub's address is heeded.
+    pub(super) fn handle_notice(
+        &mut self,
+        now: Instant,
+        src: Source,
+        msg: &[u8],
+    ) -> Result<(), DropReason> {
+        let notice = Notice::new_checked(msg).map_err(|_| DropReason::Malformed)?;
+        let code = notice.code().map_err(|_| DropReason::Malformed)?;
+        let hub = self.peers.get(&PeerId::HUB).ok_or(DropReason::BadNotice)?;
+        if !self.is_client()
+            || Source::Addr(match hub.path {
+                Path::Direct(Some(a)) => a,
+                _ => return Err(DropReason::BadNotice),
+            }) != src
+        {
+            return Err(DropReason::BadNotice);
+        }
+        let pending = hub
+            .handshake
+            .as_ref()
+            .is_some_and(|h| h.local_index == notice.index());
+        let ours = hub
+            .current
+            .as_ref()
+            .is_some_and(|s| s.remote_index == notice.index());
+        match code {
+            NoticeCode::AuthFailed if pending => {
+                self.log_refusal(now, hub_addr(hub), "the server rejected our handshake: the passphrase (-k) or server key does not match");
+            }
+            NoticeCode::UnknownKey if pending => {
+                self.log_refusal(
+                    now,
+                    hub_addr(hub),
+                    "the server does not know our public key: add it to the server's [[peer]] list",
+                );
+            }
+            NoticeCode::UnknownSession if ours => {
+                tracing::info!("the server no longer knows our session (restarted?); reconnecting");
+                self.lose_hub(now, false);
+            }
+            _ => return Err(DropReason::BadNotice),
+        }
+        Ok(())
+    }
+
+    /// Logs a handshake refusal, at most once per five seconds.
+    pub(super) fn log_refusal(&mut self, now: Instant, from: std::net::SocketAddr, what: &str) {
+        let limiter = match &mut self.role {
+            RoleState::Hub(h) => &mut h.refusal_log,
+            RoleState::Client(c) => &mut c.refusal_log,
+        };
+        if limiter.allow(now) {
+            let suppressed = limiter.take_suppressed();
+            tracing::warn!(peer = %from, suppressed, "{what}");
+        }
+    }
+
+    /// Forgets our own unanswered handshake with `id`.
+    pub(super) fn drop_pending(&mut self, id: PeerId) {
+        if let Some(h) = self.peers.get_mut(&id).and_then(|p| p.handshake.take()) {
+            self.release_index(h.local_index);
+        }
+    }
+
+    /// Retry delay after `attempts` failures: doubling, capped, with up to 20% jitter.
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let t = &self.cfg.timing;
+        let base = t
+            .retry_min
+            .saturating_mul(1 << attempts.min(16))
+            .min(t.retry_max);
+        let jitter = self.rng.below(1000) as u32;
+        base + base * jitter / 5000
+    }
+
+    pub(super) fn cipher_bits(&self) -> u8 {
+        let mut bits = self.cfg.ciphers.iter().fold(0, |b, c| b | cipher_bit(*c));
+        if self.cfg.ciphers.first() == Some(&Cipher::ChaCha20Poly1305) {
+            bits |= PREFER_CHACHA;
+        }
+        bits
+    }
+
+    /// Picks the data cipher for an initiator offering `theirs`: ChaCha20 if either side
+    /// prefers it (a CPU without AES instructions), AES-256-GCM otherwise.
+    pub(super) fn choose_cipher(&self, theirs: u8) -> Option<Cipher> {
+        let ours = self.cipher_bits();
+        let common = ours & theirs;
+        let chacha = common & cipher_bit(Cipher::ChaCha20Poly1305) != 0;
+        let aes = common & cipher_bit(Cipher::Aes256Gcm) != 0;
+        match (aes, chacha) {
+            (_, true) if (ours | theirs) & PREFER_CHACHA != 0 => Some(Cipher::ChaCha20Poly1305),
+            (true, _) => Some(Cipher::Aes256Gcm),
+            (false, true) => Some(Cipher::ChaCha20Poly1305),
+            (false, false) => None,
+        }
+    }
+}
+
+fn cipher_bit(c: Cipher) -> u8 {
+    match c {
+        Cipher::Aes256Gcm => 0x01,
+        Cipher::ChaCha20Poly1305 => 0x02,
+    }
+}
+
+fn hub_addr(hub: &crate::peer::Peer) -> std::net::SocketAddr {
+    match hub.path {
+        Path::Direct(Some(a)) => a,
+        _ => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
+}

@@ -1,0 +1,970 @@
+//! The endpoint: one node's whole protocol state, driven by the shell.
+//!
+//! # Call protocol
+//!
+//! The shell owns the sockets, the TUN device and the clock; the endpoint owns everything
+//! else. The shell calls:
+//!
+//! * **inputs** — [`Endpoint::handle_tun_packet`] for each packet read from the TUN,
+//!   [`Endpoint::handle_datagram`] for each datagram received, and
+//!   [`Endpoint::handle_timeout`] when the time given by [`Endpoint::poll_timeout`] has come;
+//! * **outputs** — after any input, [`Endpoint::poll_transmit`] until `None` (control
+//!   messages to send), then [`Endpoint::poll_event`] until `None`, then
+//!   [`Endpoint::poll_timeout`] to know when to call `handle_timeout` next.
+//!
+//! `now` must never go backwards between calls.
+//!
+//! # Buffers
+//!
+//! The data path works in place in the caller's buffer. A TUN packet is passed as
+//! `buf[start..start + len]` with at least [`HEADROOM`] bytes before `start` and
+//! [`TAILROOM`] after the packet; the endpoint writes its headers into the headroom and its
+//! tags into the tailroom and returns the range to send. A received datagram is decrypted in
+//! place and the range to deliver (or to forward, on the hub) is returned.
+
+mod client;
+mod handshake;
+mod hub;
+
+use core::net::SocketAddr;
+use core::ops::Range;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use culvert_wire::addr::Prefix;
+use culvert_wire::frame::{self, Frame, GoodbyeReason, RELAY_HEADER_LEN};
+use culvert_wire::ip;
+use culvert_wire::message::{DATA_HEADER_LEN, Data, MessageType, TAG_LEN};
+
+use crate::config::{Config, Role};
+use crate::event::Event;
+use crate::keys::PublicKey;
+use crate::limit::RateWindow;
+use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Slot, Source};
+use crate::rng::Rng;
+use crate::router::Router;
+use crate::stats::{DropCounters, DropReason, Traffic};
+use crate::status::{PeerStatus, Status};
+
+use client::Client;
+use hub::Hub;
+
+/// Bytes the caller must leave free before a TUN packet: a data header for the peer, and a
+/// relay frame header plus a data header for the hub when the peer is reached through it.
+pub const HEADROOM: usize = 2 * DATA_HEADER_LEN + RELAY_HEADER_LEN;
+/// Bytes the caller must leave free after a TUN packet: one tag per layer.
+pub const TAILROOM: usize = 2 * TAG_LEN;
+/// Largest plaintext control frame; keeps control messages inside any sane MTU.
+pub const MAX_FRAME: usize = 1200;
+/// The longest the endpoint sleeps between two `handle_timeout` calls.
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// Unauthenticated replies (notices) allowed per second.
+const NOTICE_LIMIT: u32 = 50;
+/// A receiver keeps accepting a session this long after the sender stops using it, so
+/// packets in flight across the switch (and clock skew between the ends) are not lost.
+const RECEIVE_GRACE: Duration = Duration::from_secs(10);
+
+/// A datagram to send: `buf[range]` of the buffer the caller passed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Underlay destination.
+    pub to: SocketAddr,
+    /// The bytes to send, within the caller's buffer.
+    pub range: Range<usize>,
+}
+
+/// A datagram the endpoint built itself (handshakes, control frames, flushed queues).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedTransmit {
+    /// Underlay destination.
+    pub to: SocketAddr,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// What to do with a packet read from the TUN device.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunOutcome {
+    /// Send it: it was sealed in place.
+    Send(Transmit),
+    /// It waits for a session; the endpoint kept a copy.
+    Queued,
+    /// It was dropped (and counted).
+    Dropped(DropReason),
+}
+
+/// What to do with a received datagram.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatagramOutcome {
+    /// Write `buf[range]` (an IP packet) to the TUN device.
+    Deliver(Range<usize>),
+    /// Send the re-sealed `buf[range]` on (the hub relaying between clients).
+    Send(Transmit),
+    /// Consumed; replies, if any, wait in [`Endpoint::poll_transmit`].
+    Done,
+    /// Dropped (and counted).
+    Dropped(DropReason),
+}
+
+/// One node's protocol state. See the module docs for the call protocol.
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: Config,
+    public: PublicKey,
+    rng: Rng,
+    clock: Clock,
+    peers: BTreeMap<PeerId, Peer>,
+    by_index: BTreeMap<u32, PeerId>,
+    routes: Router<PeerId>,
+    outbox: VecDeque<OwnedTransmit>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    traffic: Traffic,
+    notices: RateWindow,
+    /// Cached earliest timer; recomputed when `deadline_dirty`.
+    deadline: Option<Instant>,
+    deadline_dirty: bool,
+    /// Work that must run at the next opportunity (set by `schedule_now`).
+    urgent: Option<Instant>,
+    last_tick: Instant,
+    role: RoleState,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Hub(Hub),
+    Client(Client),
+}
+
+/// Maps `now` to wall-clock nanoseconds for handshake timestamps.
+#[derive(Debug)]
+struct Clock {
+    base: Instant,
+    base_unix_nanos: u64,
+    last: u64,
+}
+
+impl Clock {
+    /// A strictly increasing timestamp: wall time, or one more than the last one given.
+    fn timestamp(&mut self, now: Instant) -> u64 {
+        let wall = self.base_unix_nanos
+            + u64::try_from(now.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX);
+        self.last = wall.max(self.last + 1);
+        self.last
+    }
+}
+
+impl Endpoint {
+    /// Builds an endpoint.
+    ///
+    /// `seed` seeds every random choice (take it from the OS); `unix_time` is the wall clock
+    /// at `now`, used only for handshake timestamps.
+    pub fn new(cfg: Config, seed: [u8; 32], now: Instant, unix_time: Duration) -> Self {
+        let mut rng = Rng::from_seed(seed);
+        let public = cfg.secret.public_key();
+        let mut peers = BTreeMap::new();
+        let role = match &cfg.role {
+            Role::Hub(h) => RoleState::Hub(Hub::new(h.clone(), &mut rng, now)),
+            Role::Client(c) => {
+                let key = c.server_key.unwrap_or(PublicKey([0; 32]));
+                let hub = Peer::new(PeerId::HUB, key, Vec::new(), Path::Direct(Some(c.server)));
+                peers.insert(PeerId::HUB, hub);
+                RoleState::Client(Client::new(c.clone()))
+            }
+        };
+        let mut ep = Self {
+            cfg,
+            public,
+            rng,
+            clock: Clock {
+                base: now,
+                base_unix_nanos: u64::try_from(unix_time.as_nanos()).unwrap_or(u64::MAX),
+                last: 0,
+            },
+            peers,
+            by_index: BTreeMap::new(),
+            routes: Router::default(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            traffic: Traffic::default(),
+            notices: RateWindow::new(NOTICE_LIMIT, Duration::from_secs(1)),
+            deadline: None,
+            deadline_dirty: true,
+            urgent: None,
+            last_tick: now,
+            role,
+        };
+        if ep.is_client() {
+            ep.start_handshake(now, PeerId::HUB);
+        }
+        ep
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Handles a packet read from the TUN device, `buf[start..start + len]`.
+    ///
+    /// # Panics
+    /// If the buffer lacks [`HEADROOM`] before `start` or [`TAILROOM`] after the packet.
+    pub fn handle_tun_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> TunOutcome {
+        assert!(
+            start >= HEADROOM && buf.len() >= start + len + TAILROOM,
+            "buffer lacks room"
+        );
+        let dst = match ip::Packet::new_checked(&buf[start..start + len]) {
+            Ok(p) => p.dst_addr(),
+            Err(_) => return TunOutcome::Dropped(self.count_drop(DropReason::BadTunPacket, None)),
+        };
+        let Some(id) = self.routes.lookup(dst) else {
+            return TunOutcome::Dropped(self.count_drop(DropReason::NoRoute, None));
+        };
+        if !self.ready(now, id) {
+            return self.enqueue(now, id, &buf[start..start + len]);
+        }
+        self.maybe_rekey(now, id);
+        match self.seal_to(now, id, buf, start, len) {
+            Ok(t) => TunOutcome::Send(t),
+            Err(r) => TunOutcome::Dropped(self.count_drop(r, Some(id))),
+        }
+    }
+
+    /// Handles a datagram received from `from`, `buf[range]`.
+    ///
+    /// # Panics
+    /// If `range` is not inside `buf`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> DatagramOutcome {
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        self.handle_message(now, Source::Addr(from), buf, range)
+    }
+
+    /// Runs the timers that are due. Call when [`Endpoint::poll_timeout`]'s time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_tick = now;
+        self.urgent = None;
+        match &self.role {
+            RoleState::Hub(_) => self.hub_timers(now),
+            RoleState::Client(_) => self.client_timers(now),
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.peer_timers(now, id);
+        }
+        self.deadline_dirty = true;
+    }
+
+    /// Says goodbye to every peer with a session (graceful shutdown).
+    pub fn shutdown(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            if self.ready(now, id) && self.peers[&id].path != Path::Relay {
+                self.send_frame(
+                    now,
+                    id,
+                    &Frame::Goodbye {
+                        reason: GoodbyeReason::Shutdown,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Client: points the hub at a new underlay address (re-resolved name, new network).
+    pub fn set_server_addr(&mut self, addr: SocketAddr) {
+        if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+            hub.path = Path::Direct(Some(addr));
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// The next control datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<OwnedTransmit> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the shell.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Endpoint::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Instant {
+        if self.deadline_dirty {
+            self.deadline = self.compute_deadline();
+            self.deadline_dirty = false;
+        }
+        let tick = self.last_tick + MAX_TICK;
+        [self.deadline, self.urgent]
+            .into_iter()
+            .flatten()
+            .fold(tick, Instant::min)
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// A snapshot for `culvert status`.
+    pub fn status(&self, now: Instant) -> Status {
+        let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+        let peers = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                node: p.id.0,
+                public_key: if p.key.0 == [0; 32] {
+                    String::new()
+                } else {
+                    p.key.to_string()
+                },
+                addresses: p.addresses.iter().map(Prefix::to_string).collect(),
+                endpoint: match p.path {
+                    Path::Direct(a) => a.map(|a| a.to_string()),
+                    Path::Relay => None,
+                },
+                path: if p.path == Path::Relay {
+                    "relay"
+                } else {
+                    "direct"
+                },
+                state: if p.usable(now, self.cfg.timing.reject_after_time) {
+                    "up"
+                } else if p.next.is_some() {
+                    "pending"
+                } else if p.handshake.is_some() {
+                    "connecting"
+                } else {
+                    "down"
+                },
+                cipher: p.current.as_ref().map(|s| match s.cipher {
+                    culvert_wire::hello::Cipher::Aes256Gcm => "aes-256-gcm",
+                    culvert_wire::hello::Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+                }),
+                last_handshake_secs: ago(p.last_handshake),
+                last_rx_secs: ago(p.last_rx),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                traffic: p.traffic,
+                drops: p.drops.clone(),
+            })
+            .collect();
+        let (role, node, directory_version, isolation) = match &self.role {
+            RoleState::Hub(h) => ("server", Some(0), h.dir_version, h.cfg.isolation),
+            RoleState::Client(c) => ("client", c.node, c.dir.held, c.isolation),
+        };
+        Status {
+            role,
+            public_key: self.public.to_string(),
+            node,
+            addresses: self.cfg.addresses.iter().map(Prefix::to_string).collect(),
+            directory_version,
+            isolation,
+            traffic: self.traffic,
+            drops: self.drops.clone(),
+            peers,
+        }
+    }
+
+    // ---- receive path -------------------------------------------------------------------
+
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        src: Source,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> DatagramOutcome {
+        let result = match MessageType::of(&buf[range.clone()]) {
+            Ok(MessageType::Data) => return self.handle_data(now, src, buf, range),
+            Ok(MessageType::HandshakeInit) => self.handle_init(now, src, &buf[range]),
+            Ok(MessageType::HandshakeResponse) => self.handle_response(now, src, &buf[range]),
+            Ok(MessageType::CookieReply) => self.handle_cookie(now, src, &buf[range]),
+            Ok(MessageType::Notice) => self.handle_notice(now, src, &buf[range]),
+            Err(culvert_wire::Error::UnknownType(_)) => Err(DropReason::UnknownType),
+            Err(_) => Err(DropReason::Malformed),
+        };
+        match result {
+            Ok(()) => DatagramOutcome::Done,
+            Err(r) => DatagramOutcome::Dropped(self.count_drop(r, src.relay_origin())),
+        }
+    }
+
+    fn handle_data(
+        &mut self,
+        now: Instant,
+        src: Source,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> DatagramOutcome {
+        let Ok(index) = Data::new_checked(&buf[range.clone()]).map(|d| d.index()) else {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::Malformed, None));
+        };
+        let Some(id) = self.by_index.get(&index).copied() else {
+            if let Source::Addr(from) = src {
+                self.notice(
+                    now,
+                    from,
+                    culvert_wire::message::NoticeCode::UnknownSession,
+                    index,
+                );
+            }
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, None));
+        };
+        if let Source::Relay(origin) = src {
+            if origin != id {
+                return DatagramOutcome::Dropped(
+                    self.count_drop(DropReason::BadFrame, Some(origin)),
+                );
+            }
+        }
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("indices point at live peers");
+        let Some(slot) = peer.slot(index) else {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
+        };
+        let Some(session) = peer.session_mut(slot) else {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
+        };
+        if now.saturating_duration_since(session.established)
+            >= self.cfg.timing.reject_after_time + RECEIVE_GRACE
+        {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::SessionExpired, Some(id)));
+        }
+        let plain = match session.open(&mut buf[range.clone()]) {
+            Ok(p) => (range.start + p.start)..(range.start + p.end),
+            Err(r) => return DatagramOutcome::Dropped(self.count_drop(r, Some(id))),
+        };
+        peer.last_rx = Some(now);
+        peer.unanswered_since = None;
+        peer.traffic.rx_bytes += plain.len() as u64;
+        peer.traffic.rx_packets += 1;
+        self.traffic.rx_bytes += plain.len() as u64;
+        self.traffic.rx_packets += 1;
+        if slot == Slot::Next {
+            self.confirm_next(now, id, src);
+        }
+        if let (Source::Addr(from), Some(p)) = (src, self.peers.get_mut(&id)) {
+            if matches!(p.path, Path::Direct(Some(old)) if old != from) {
+                tracing::info!(peer = id.0, %from, "peer roamed to a new underlay address");
+                p.path = Path::Direct(Some(from));
+            }
+        }
+        let kind = match buf[plain.clone()].first() {
+            None => return DatagramOutcome::Done,
+            Some(b) if b >> 4 == 4 || b >> 4 == 6 => None,
+            Some(&b) => Some(b),
+        };
+        match kind {
+            None => self.check_inner_source(id, buf, plain),
+            Some(_) => self.handle_frame(now, id, src, buf, range, plain),
+        }
+    }
+
+    /// Delivers an IP packet only if its source address belongs to the peer it came from.
+    fn check_inner_source(
+        &mut self,
+        id: PeerId,
+        buf: &[u8],
+        plain: Range<usize>,
+    ) -> DatagramOutcome {
+        let Ok(pkt) = ip::Packet::new_checked(&buf[plain.clone()]) else {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::Malformed, Some(id)));
+        };
+        if self.routes.lookup(pkt.src_addr()) != Some(id) {
+            return DatagramOutcome::Dropped(
+                self.count_drop(DropReason::SourceNotAllowed, Some(id)),
+            );
+        }
+        let end = plain.start + pkt.total_len();
+        DatagramOutcome::Deliver(plain.start..end)
+    }
+
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        src: Source,
+        buf: &mut [u8],
+        message: Range<usize>,
+        plain: Range<usize>,
+    ) -> DatagramOutcome {
+        let Ok(frame) = Frame::parse(&buf[plain.clone()]) else {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(id)));
+        };
+        let result = match frame {
+            Frame::Relay { node, .. } => {
+                let inner = plain.start + RELAY_HEADER_LEN..plain.end;
+                return match (&self.role, src) {
+                    (RoleState::Hub(_), Source::Addr(_)) => {
+                        self.relay(now, id, PeerId(node), buf, message, plain)
+                    }
+                    (RoleState::Client(_), Source::Addr(_)) if id == PeerId::HUB => {
+                        self.handle_message(now, Source::Relay(PeerId(node)), buf, inner)
+                    }
+                    _ => DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(id))),
+                };
+            }
+            Frame::Ping { seq, dir_version } => {
+                self.send_frame(
+                    now,
+                    id,
+                    &Frame::Pong {
+                        seq,
+                        dir_version: self.dir_version(),
+                    },
+                );
+                self.on_ping(now, id, dir_version)
+            }
+            Frame::Pong { seq, dir_version } => self.on_pong(now, id, seq, dir_version),
+            Frame::Directory(part) => self.on_directory(now, id, part),
+            Frame::DirRequest { .. } => self.on_dir_request(now, id),
+            Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
+        };
+        match result {
+            Ok(()) => DatagramOutcome::Done,
+            Err(r) => DatagramOutcome::Dropped(self.count_drop(r, Some(id))),
+        }
+    }
+
+    fn on_goodbye(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        reason: GoodbyeReason,
+    ) -> Result<(), DropReason> {
+        tracing::info!(peer = id.0, ?reason, "peer said goodbye");
+        match &self.role {
+            RoleState::Hub(_) => self.remove_peer(now, id),
+            RoleState::Client(_) if id == PeerId::HUB => self.lose_hub(now, false),
+            RoleState::Client(_) => self.reset_sessions(id),
+        }
+        Ok(())
+    }
+
+    // ---- send path ----------------------------------------------------------------------
+
+    /// Whether packets for `id` can be sealed and sent right now.
+    fn ready(&self, now: Instant, id: PeerId) -> bool {
+        let reject = self.cfg.timing.reject_after_time;
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        if !p.usable(now, reject) || !p.reachable() {
+            return false;
+        }
+        p.path != Path::Relay
+            || self
+                .peers
+                .get(&PeerId::HUB)
+                .is_some_and(|h| h.usable(now, reject) && h.reachable())
+    }
+
+    /// Seals `buf[start..start + len]` for `id` (and for the hub, when relayed).
+    fn seal_to(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> Result<Transmit, DropReason> {
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
+        let session = peer.current.as_mut().ok_or(DropReason::NoSession)?;
+        let range = session.seal(buf, start - DATA_HEADER_LEN, len)?;
+        peer.traffic.tx_bytes += len as u64;
+        peer.traffic.tx_packets += 1;
+        self.traffic.tx_bytes += len as u64;
+        self.traffic.tx_packets += 1;
+        peer.last_tx = Some(now);
+        if len > 0 && peer.unanswered_since.is_none() {
+            peer.unanswered_since = Some(now);
+        }
+        match peer.path {
+            Path::Direct(Some(to)) => Ok(Transmit { to, range }),
+            Path::Direct(None) => Err(DropReason::NoRoute),
+            Path::Relay => {
+                let at = range.start - RELAY_HEADER_LEN;
+                let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[at..range.start])
+                    .try_into()
+                    .expect("5-byte slice");
+                frame::emit_relay_header(header, id.0);
+                self.wrap_for_hub(now, buf, at, range.end - at)
+            }
+        }
+    }
+
+    /// Seals `buf[at..at + len]` (a relay frame) in the hub session.
+    fn wrap_for_hub(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        at: usize,
+        len: usize,
+    ) -> Result<Transmit, DropReason> {
+        let hub = self
+            .peers
+            .get_mut(&PeerId::HUB)
+            .ok_or(DropReason::NoRoute)?;
+        let session = hub.current.as_mut().ok_or(DropReason::NoSession)?;
+        let range = session.seal(buf, at - DATA_HEADER_LEN, len)?;
+        hub.last_tx = Some(now);
+        match hub.path {
+            Path::Direct(Some(to)) => Ok(Transmit { to, range }),
+            _ => Err(DropReason::NoRoute),
+        }
+    }
+
+    /// Seals an owned plaintext for `id` and queues it for sending.
+    fn send_plain(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) -> Result<(), DropReason> {
+        let mut buf = vec![0u8; HEADROOM + plaintext.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + plaintext.len()].copy_from_slice(plaintext);
+        let t = self.seal_to(now, id, &mut buf, HEADROOM, plaintext.len())?;
+        self.push_owned(t.to, buf, t.range);
+        Ok(())
+    }
+
+    /// Encodes and sends a control frame to `id`; failures are counted, not returned.
+    fn send_frame(&mut self, now: Instant, id: PeerId, frame: &Frame<'_>) {
+        let mut plain = Vec::new();
+        frame.emit(&mut plain);
+        if let Err(r) = self.send_plain(now, id, &plain) {
+            self.count_drop(r, Some(id));
+        }
+    }
+
+    /// Sends a message that is not sealed in the peer's session (a handshake message).
+    fn send_unsealed(
+        &mut self,
+        now: Instant,
+        to: Source,
+        message: &[u8],
+    ) -> Result<(), DropReason> {
+        match to {
+            Source::Addr(addr) => {
+                self.outbox.push_back(OwnedTransmit {
+                    to: addr,
+                    bytes: message.to_vec(),
+                });
+                Ok(())
+            }
+            Source::Relay(node) => {
+                let at = DATA_HEADER_LEN + RELAY_HEADER_LEN;
+                let mut buf = vec![0u8; at + message.len() + TAG_LEN];
+                buf[at..at + message.len()].copy_from_slice(message);
+                let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[DATA_HEADER_LEN..at])
+                    .try_into()
+                    .expect("5-byte slice");
+                frame::emit_relay_header(header, node.0);
+                let t = self.wrap_for_hub(
+                    now,
+                    &mut buf,
+                    DATA_HEADER_LEN,
+                    message.len() + RELAY_HEADER_LEN,
+                )?;
+                self.push_owned(t.to, buf, t.range);
+                Ok(())
+            }
+        }
+    }
+
+    fn push_owned(&mut self, to: SocketAddr, mut buf: Vec<u8>, range: Range<usize>) {
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        self.outbox.push_back(OwnedTransmit { to, bytes: buf });
+    }
+
+    /// Keeps a copy of a packet until the peer's session is up, and asks for one.
+    fn enqueue(&mut self, now: Instant, id: PeerId, packet: &[u8]) -> TunOutcome {
+        let can_initiate = self.may_initiate(id);
+        let peer = self.peers.get_mut(&id).expect("routes point at live peers");
+        if !can_initiate && peer.next.is_none() {
+            return TunOutcome::Dropped(self.count_drop(DropReason::NoSession, Some(id)));
+        }
+        if peer.queue.len() >= QUEUE_LIMIT {
+            return TunOutcome::Dropped(self.count_drop(DropReason::QueueFull, Some(id)));
+        }
+        peer.queue.push_back(packet.to_vec());
+        let idle = peer.handshake.is_none() && peer.retry_at.is_none_or(|t| t <= now);
+        if can_initiate && idle {
+            self.start_handshake(now, id);
+        }
+        TunOutcome::Queued
+    }
+
+    /// Sends everything queued for `id` now that its session is up.
+    fn flush_queue(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let queued = core::mem::take(&mut peer.queue);
+        for packet in queued {
+            if let Err(r) = self.send_plain(now, id, &packet) {
+                self.count_drop(r, Some(id));
+            }
+        }
+    }
+
+    /// Starts a rekey when the current session is old or has carried many messages.
+    fn maybe_rekey(&mut self, now: Instant, id: PeerId) {
+        let t = &self.cfg.timing;
+        let Some(p) = self.peers.get(&id) else { return };
+        let Some(s) = p.current.as_ref() else { return };
+        let old = now.saturating_duration_since(s.established) >= t.rekey_after_time;
+        let busy = s.sent().max(s.received_max()) >= t.rekey_after_messages;
+        if s.initiator && (old || busy) && p.handshake.is_none() && self.may_initiate(id) {
+            tracing::debug!(peer = id.0, old, busy, "rekeying");
+            self.start_handshake(now, id);
+        }
+    }
+
+    // ---- bookkeeping --------------------------------------------------------------------
+
+    /// Asks for `handle_timeout` at the next opportunity.
+    fn schedule_now(&mut self, now: Instant) {
+        self.urgent = Some(self.urgent.map_or(now, |u| u.min(now)));
+    }
+
+    fn is_client(&self) -> bool {
+        matches!(self.role, RoleState::Client(_))
+    }
+
+    /// Whether this node opens handshakes towards `id` (the hub never initiates).
+    fn may_initiate(&self, id: PeerId) -> bool {
+        match &self.role {
+            RoleState::Hub(_) => false,
+            RoleState::Client(c) => id == PeerId::HUB || !c.isolation,
+        }
+    }
+
+    fn dir_version(&self) -> u64 {
+        match &self.role {
+            RoleState::Hub(h) => h.dir_version,
+            RoleState::Client(c) => c.dir.held,
+        }
+    }
+
+    /// Counts a drop globally and on the peer; returns the reason for convenience.
+    fn count_drop(&mut self, reason: DropReason, peer: Option<PeerId>) -> DropReason {
+        self.drops.add(reason);
+        if let Some(p) = peer.and_then(|id| self.peers.get_mut(&id)) {
+            p.drops.add(reason);
+        }
+        tracing::trace!(
+            reason = reason.as_str(),
+            peer = peer.map(|p| p.0),
+            "dropped packet"
+        );
+        reason
+    }
+
+    /// A fresh local session index, unique within this endpoint.
+    fn new_index(&mut self, id: PeerId) -> u32 {
+        loop {
+            let i = self.rng.u32();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                self.by_index.insert(i, id);
+                return i;
+            }
+        }
+    }
+
+    fn release_index(&mut self, index: u32) {
+        self.by_index.remove(&index);
+    }
+
+    /// Installs a session this node initiated: it becomes current at once.
+    fn install_initiated(&mut self, now: Instant, id: PeerId, session: crate::session::Session) {
+        let peer = self.peers.get_mut(&id).expect("caller checked the peer");
+        if let Some(old) = peer.previous.take() {
+            self.by_index.remove(&old.local_index);
+        }
+        peer.previous = peer.current.replace(session);
+        peer.last_handshake = Some(now);
+        peer.attempts = 0;
+        peer.retry_at = None;
+        self.deadline_dirty = true;
+    }
+
+    /// Promotes a responder session after its first data message proved the initiator.
+    fn confirm_next(&mut self, now: Instant, id: PeerId, src: Source) {
+        let peer = self.peers.get_mut(&id).expect("caller checked the peer");
+        let Some(next) = peer.next.take() else { return };
+        peer.confirmed_timestamp = peer.confirmed_timestamp.max(next.timestamp);
+        if let Some(old) = peer.previous.take() {
+            self.by_index.remove(&old.local_index);
+        }
+        peer.previous = peer.current.replace(next.session);
+        peer.last_handshake = Some(now);
+        if let (Path::Direct(_), Source::Addr(a)) = (peer.path, src.or(next.source)) {
+            peer.path = Path::Direct(Some(a));
+        }
+        let first = peer.previous.is_none();
+        self.on_confirmed(now, id, first);
+        self.flush_queue(now, id);
+    }
+
+    /// Drops every session of a peer (it left, or the hub vouches for someone else now).
+    fn reset_sessions(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let indices: Vec<u32> = peer.indices().collect();
+        peer.current = None;
+        peer.previous = None;
+        peer.next = None;
+        peer.handshake = None;
+        peer.queue.clear();
+        for i in indices {
+            self.release_index(i);
+        }
+    }
+
+    fn remove_peer(&mut self, now: Instant, id: PeerId) {
+        self.reset_sessions(id);
+        self.peers.remove(&id);
+        self.routes.remove_value(id);
+        self.on_peer_removed(now, id);
+    }
+
+    /// Answers with an unauthenticated notice, within the notice budget.
+    fn notice(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        code: culvert_wire::message::NoticeCode,
+        index: u32,
+    ) {
+        if !self.notices.allow(now) {
+            return;
+        }
+        let mut out = [0u8; culvert_wire::message::NOTICE_LEN];
+        culvert_wire::message::emit_notice(&mut out, code, index);
+        self.outbox.push_back(OwnedTransmit {
+            to,
+            bytes: out.to_vec(),
+        });
+    }
+
+    // ---- timers -------------------------------------------------------------------------
+
+    /// Per-peer timers: handshake retries, expiry, keepalives, dead-peer detection.
+    fn peer_timers(&mut self, now: Instant, id: PeerId) {
+        let t = self.cfg.timing.clone();
+        let can_initiate = self.may_initiate(id);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut released = Vec::new();
+        let dead = |s: &crate::session::Session| {
+            now.saturating_duration_since(s.established) >= t.reject_after_time + RECEIVE_GRACE
+        };
+        if p.current.as_ref().is_some_and(dead) {
+            released.extend(p.current.take().map(|s| s.local_index));
+        }
+        if p.previous.as_ref().is_some_and(dead) {
+            released.extend(p.previous.take().map(|s| s.local_index));
+        }
+        if p.next
+            .as_ref()
+            .is_some_and(|u| now.saturating_duration_since(u.session.established) >= t.retry_max)
+        {
+            released.extend(p.next.take().map(|u| u.session.local_index));
+        }
+        let retry_due = p.retry_at.is_some_and(|r| r <= now);
+        let keepalive_due = id != PeerId::HUB
+            && p.current.is_some()
+            && p.last_rx
+                .is_some_and(|rx| p.last_tx.is_none_or(|tx| tx < rx))
+            && p.last_rx
+                .is_some_and(|rx| now.saturating_duration_since(rx) >= t.keepalive);
+        let unanswered = p
+            .unanswered_since
+            .is_some_and(|s| now.saturating_duration_since(s) >= t.keepalive + t.retry_min * 5);
+        for i in released {
+            self.release_index(i);
+        }
+        if keepalive_due && self.ready(now, id) {
+            // An empty message: tells the peer we are alive without data of our own.
+            if let Err(r) = self.send_plain(now, id, &[]) {
+                self.count_drop(r, Some(id));
+            }
+        }
+        if !can_initiate || id == PeerId::HUB {
+            return;
+        }
+        let p = self.peers.get_mut(&id).expect("still present");
+        if unanswered && p.handshake.is_none() {
+            tracing::debug!(peer = id.0, "no answer from peer; starting a new handshake");
+            p.unanswered_since = None;
+            self.start_handshake(now, id);
+        } else if retry_due {
+            self.retry_handshake(now, id);
+        }
+    }
+
+    fn compute_deadline(&self) -> Option<Instant> {
+        let t = &self.cfg.timing;
+        let mut d: Option<Instant> = None;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                d = Some(d.map_or(x, |d| d.min(x)));
+            }
+        };
+        for p in self.peers.values() {
+            consider(p.retry_at);
+            consider(
+                p.current
+                    .as_ref()
+                    .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
+            );
+            consider(
+                p.previous
+                    .as_ref()
+                    .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
+            );
+            consider(p.next.as_ref().map(|u| u.session.established + t.retry_max));
+        }
+        match &self.role {
+            RoleState::Hub(h) => consider(Some(h.next_deadline(&self.peers, t))),
+            RoleState::Client(c) => consider(c.next_deadline()),
+        }
+        d
+    }
+}
+
+impl Source {
+    fn relay_origin(self) -> Option<PeerId> {
+        match self {
+            Self::Relay(id) => Some(id),
+            Self::Addr(_) => None,
+        }
+    }
+
+    fn or(self, other: Self) -> Self {
+        match self {
+            Self::Addr(_) => self,
+            Self::Relay(_) => other,
+        }
+    }
+}

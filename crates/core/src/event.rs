@@ -1,0 +1,22 @@
+//! Events the core reports to the shell.
+
+use culvert_wire::addr::Prefix;
+
+/// Something the shell must act on (beyond sending and delivering packets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The client joined (or re-joined) the hub.
+    Joined {
+        /// Node id the hub assigned.
+        node: u32,
+        /// The overlay addresses the hub granted; the TUN must carry them.
+        granted: Vec<Prefix>,
+        /// The hub's own overlay addresses.
+        hub_addresses: Vec<Prefix>,
+        /// Whether the hub isolates clients from each other.
+        isolation: bool,
+    },
+    /// The client lost the hub; the shell should open a new UDP socket (new source port)
+    /// before the next handshake, in case a middlebox dropped the old mapping.
+    Rebind,
+}

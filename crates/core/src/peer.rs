@@ -1,0 +1,195 @@
+//! What a node knows about one other node: identity, path, sessions, timers, counters.
+
+use core::net::SocketAddr;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use culvert_wire::addr::Prefix;
+
+use crate::cookie::Cookie;
+use crate::keys::{Psk, PublicKey};
+use crate::noise::Initiator;
+use crate::session::Session;
+use crate::stats::{DropCounters, Traffic};
+
+/// A node id. The hub is always [`PeerId::HUB`]; clients get ids from the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+impl PeerId {
+    /// The hub's id.
+    pub const HUB: Self = Self(0);
+}
+
+/// How packets reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Straight to an underlay address (`None` until one is known).
+    Direct(Option<SocketAddr>),
+    /// Inside a relay frame through the hub, end-to-end encrypted.
+    Relay,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An underlay address.
+    Addr(SocketAddr),
+    /// The hub relayed it from this node.
+    Relay(PeerId),
+}
+
+/// A handshake this node initiated and is waiting on.
+#[derive(Debug)]
+pub(crate) struct PendingHandshake {
+    pub(crate) initiator: Initiator,
+    pub(crate) local_index: u32,
+    pub(crate) psk: Psk,
+    /// The message 1 we sent, for matching a cookie reply.
+    pub(crate) message: Vec<u8>,
+    pub(crate) sent: Instant,
+}
+
+/// A responder-side session not yet confirmed by data from the initiator.
+#[derive(Debug)]
+pub(crate) struct Unconfirmed {
+    pub(crate) session: Session,
+    /// Where message 1 came from; becomes the peer's path once confirmed.
+    pub(crate) source: Source,
+    /// The hello timestamp; becomes the replay floor once confirmed.
+    pub(crate) timestamp: u64,
+}
+
+/// Most packets held for a peer while its session is being set up.
+pub(crate) const QUEUE_LIMIT: usize = 64;
+
+/// Everything known about one peer.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: PeerId,
+    /// Static key; all zero while the hub's key is unknown (passphrase mode, before join).
+    pub(crate) key: PublicKey,
+    pub(crate) addresses: Vec<Prefix>,
+    pub(crate) path: Path,
+    /// The session used for sending, and for receiving.
+    pub(crate) current: Option<Session>,
+    /// The session replaced by the last handshake, kept for packets still in flight.
+    pub(crate) previous: Option<Session>,
+    /// A responder session awaiting its first data message.
+    pub(crate) next: Option<Unconfirmed>,
+    pub(crate) handshake: Option<PendingHandshake>,
+    /// Failed attempts since the last success (drives the backoff).
+    pub(crate) attempts: u32,
+    /// When the next handshake attempt is due (retry or backoff).
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) cookie: Option<Cookie>,
+    /// Highest hello timestamp of a confirmed session from this peer.
+    pub(crate) confirmed_timestamp: u64,
+    pub(crate) queue: VecDeque<Vec<u8>>,
+    pub(crate) last_rx: Option<Instant>,
+    pub(crate) last_tx: Option<Instant>,
+    /// When we first sent something that is still unanswered (dead-peer detection).
+    pub(crate) unanswered_since: Option<Instant>,
+    pub(crate) last_handshake: Option<Instant>,
+    pub(crate) rtt: Option<Duration>,
+    pub(crate) traffic: Traffic,
+    pub(crate) drops: DropCounters,
+}
+
+impl Peer {
+    pub(crate) fn new(id: PeerId, key: PublicKey, addresses: Vec<Prefix>, path: Path) -> Self {
+        Self {
+            id,
+            key,
+            addresses,
+            path,
+            current: None,
+            previous: None,
+            next: None,
+            handshake: None,
+            attempts: 0,
+            retry_at: None,
+            cookie: None,
+            confirmed_timestamp: 0,
+            queue: VecDeque::new(),
+            last_rx: None,
+            last_tx: None,
+            unanswered_since: None,
+            last_handshake: None,
+            rtt: None,
+            traffic: Traffic::default(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    /// The session with local index `index`, if any (current, previous or unconfirmed).
+    pub(crate) fn slot(&self, index: u32) -> Option<Slot> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.local_index == index)
+        {
+            Some(Slot::Current)
+        } else if self
+            .previous
+            .as_ref()
+            .is_some_and(|s| s.local_index == index)
+        {
+            Some(Slot::Previous)
+        } else if self
+            .next
+            .as_ref()
+            .is_some_and(|u| u.session.local_index == index)
+        {
+            Some(Slot::Next)
+        } else if self
+            .handshake
+            .as_ref()
+            .is_some_and(|h| h.local_index == index)
+        {
+            Some(Slot::Handshake)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn session_mut(&mut self, slot: Slot) -> Option<&mut Session> {
+        match slot {
+            Slot::Current => self.current.as_mut(),
+            Slot::Previous => self.previous.as_mut(),
+            Slot::Next => self.next.as_mut().map(|u| &mut u.session),
+            Slot::Handshake => None,
+        }
+    }
+
+    /// Every local index this peer holds (to unregister them).
+    pub(crate) fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.current
+            .iter()
+            .chain(self.previous.iter())
+            .chain(self.next.iter().map(|u| &u.session))
+            .map(|s| s.local_index)
+            .chain(self.handshake.iter().map(|h| h.local_index))
+    }
+
+    /// Whether the current session may carry packets at `now`.
+    pub(crate) fn usable(&self, now: Instant, reject_after: Duration) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|s| now.saturating_duration_since(s.established) < reject_after)
+    }
+
+    /// Whether the peer's path has a destination.
+    pub(crate) fn reachable(&self) -> bool {
+        !matches!(self.path, Path::Direct(None))
+    }
+}
+
+/// Which of a peer's sessions a data message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Current,
+    Previous,
+    Next,
+    Handshake,
+}

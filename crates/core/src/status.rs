@@ -1,0 +1,57 @@
+//! A snapshot of the node for `culvert status` and metrics.
+
+use serde::Serialize;
+
+use crate::stats::{DropCounters, Traffic};
+
+/// The whole node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `server` or `client`.
+    pub role: &'static str,
+    /// This node's public key (base64).
+    pub public_key: String,
+    /// Node id (the hub is 0; a client before joining has none).
+    pub node: Option<u32>,
+    /// Own overlay addresses.
+    pub addresses: Vec<String>,
+    /// Directory version held (client) or published (server).
+    pub directory_version: u64,
+    /// Client: whether the hub isolates clients.
+    pub isolation: bool,
+    /// Totals over all peers.
+    pub traffic: Traffic,
+    /// Every drop, by reason, including drops not attributable to a peer.
+    pub drops: DropCounters,
+    /// One entry per known peer.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// Node id (0 is the hub).
+    pub node: u32,
+    /// Public key (base64), empty while unknown.
+    pub public_key: String,
+    /// Overlay addresses.
+    pub addresses: Vec<String>,
+    /// Underlay endpoint, for a direct path.
+    pub endpoint: Option<String>,
+    /// `direct` or `relay` (through the hub).
+    pub path: &'static str,
+    /// `up`, `connecting`, `pending` (hub: awaiting confirmation) or `down`.
+    pub state: &'static str,
+    /// Data cipher of the current session.
+    pub cipher: Option<&'static str>,
+    /// Seconds since the last completed handshake.
+    pub last_handshake_secs: Option<f64>,
+    /// Seconds since the last packet from the peer.
+    pub last_rx_secs: Option<f64>,
+    /// Last measured round-trip time, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Traffic with this peer.
+    pub traffic: Traffic,
+    /// Drops attributed to this peer.
+    pub drops: DropCounters,
+}

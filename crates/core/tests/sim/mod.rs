@@ -1,0 +1,362 @@
+//! An in-memory network with a virtual clock for driving several endpoints.
+//!
+//! Datagrams travel through a queue where they can be lost, duplicated, delayed, reordered,
+//! captured or altered; nodes can change underlay address (NAT rebinding) or be replaced
+//! (a restart). Time only moves when the test says so.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use culvert_core::rng::Rng;
+use culvert_core::{
+    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, Role,
+    StaticSecret, TAILROOM, Timing, TunOutcome,
+};
+use culvert_wire::addr::Prefix;
+use culvert_wire::hello::Cipher;
+
+pub const HUB_ADDR: &str = "198.19.1.2:9000";
+
+/// Decides whether a datagram in flight passes.
+pub type Filter = Box<dyn FnMut(&Datagram) -> bool>;
+
+/// The origin of virtual time; the only clock read in the simulation.
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> Instant {
+    Instant::now()
+}
+
+/// A datagram in flight.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+pub struct Node {
+    pub ep: Endpoint,
+    pub addr: SocketAddr,
+    /// IP packets delivered to this node's TUN.
+    pub delivered: Vec<Vec<u8>>,
+    pub events: Vec<Event>,
+}
+
+pub struct World {
+    pub now: Instant,
+    pub nodes: Vec<Node>,
+    pub queue: VecDeque<Datagram>,
+    pub rng: Rng,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub latency: Duration,
+    /// Every datagram ever sent, for inspection and replay.
+    pub log: Vec<Datagram>,
+    /// Returns false to drop a datagram in flight (a firewall).
+    pub filter: Option<Filter>,
+    seeds: u8,
+}
+
+pub fn passphrase() -> Psk {
+    Psk::from_bytes([0x42; 32])
+}
+
+pub fn fast_timing() -> Timing {
+    Timing {
+        retry_min: Duration::from_millis(500),
+        ..Timing::default()
+    }
+}
+
+pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
+    Config {
+        secret,
+        passphrase: psk,
+        addresses: vec!["10.0.0.1/24".parse().unwrap()],
+        ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
+        timing: fast_timing(),
+        role: Role::Hub(HubConfig {
+            max_clients: 100,
+            isolation: false,
+            clients: Vec::new(),
+            handshake_load_limit: 1000,
+        }),
+    }
+}
+
+pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Config {
+    Config {
+        secret,
+        passphrase: psk,
+        addresses: if addr.is_empty() {
+            Vec::new()
+        } else {
+            vec![addr.parse().unwrap()]
+        },
+        ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
+        timing: fast_timing(),
+        role: Role::Client(ClientConfig {
+            server: HUB_ADDR.parse().unwrap(),
+            server_key: None,
+        }),
+    }
+}
+
+/// An IPv4 packet `src -> dst` (protocol 253, "experimental") carrying `payload`.
+pub fn ip_packet(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    let len = u16::try_from(20 + payload.len()).unwrap();
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = 253;
+    let s: std::net::Ipv4Addr = src.parse().unwrap();
+    let d: std::net::Ipv4Addr = dst.parse().unwrap();
+    p[12..16].copy_from_slice(&s.octets());
+    p[16..20].copy_from_slice(&d.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        Self {
+            now: epoch(),
+            nodes: Vec::new(),
+            queue: VecDeque::new(),
+            rng: Rng::from_seed(s),
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            latency: Duration::from_millis(5),
+            log: Vec::new(),
+            filter: None,
+            seeds: 0,
+        }
+    }
+
+    pub fn secret(&mut self) -> StaticSecret {
+        StaticSecret::from_bytes(self.rng.array())
+    }
+
+    fn seed(&mut self) -> [u8; 32] {
+        self.seeds += 1;
+        let mut s = self.rng.array::<32>();
+        s[0] = self.seeds;
+        s
+    }
+
+    /// Adds a node and returns its index.
+    pub fn add(&mut self, cfg: Config, addr: &str) -> usize {
+        let seed = self.seed();
+        let ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_000));
+        self.nodes.push(Node {
+            ep,
+            addr: addr.parse().unwrap(),
+            delivered: Vec::new(),
+            events: Vec::new(),
+        });
+        let i = self.nodes.len() - 1;
+        self.drain(i);
+        i
+    }
+
+    /// Replaces node `i` by a fresh endpoint (a restart), keeping its address.
+    pub fn restart(&mut self, i: usize, cfg: Config) {
+        let seed = self.seed();
+        self.nodes[i].ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_100));
+        self.drain(i);
+    }
+
+    /// A standard world: a passphrase hub and `n` clients 10.0.0.2.. on their own addresses.
+    pub fn hub_and_clients(seed: u64, n: usize) -> Self {
+        let mut w = Self::new(seed);
+        let hs = w.secret();
+        w.add(hub_config(hs, Some(passphrase())), HUB_ADDR);
+        for i in 0..n {
+            let s = w.secret();
+            w.add(
+                client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2)),
+                &format!("198.18.{}.2:40000", i + 1),
+            );
+        }
+        w
+    }
+
+    /// Collects outputs and events of node `i`.
+    fn drain(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].ep.poll_transmit() {
+            let from = self.nodes[i].addr;
+            self.send(from, t.to, t.bytes);
+        }
+        while let Some(e) = self.nodes[i].ep.poll_event() {
+            self.nodes[i].events.push(e);
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.below(1_000_000) as f64) < p * 1_000_000.0
+    }
+
+    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        let d = Datagram {
+            at: self.now + self.latency,
+            from,
+            to,
+            bytes,
+        };
+        self.log.push(d.clone());
+        if let Some(f) = self.filter.as_mut() {
+            if !f(&d) {
+                return;
+            }
+        }
+        if self.chance(self.loss) {
+            return;
+        }
+        if self.chance(self.duplicate) {
+            self.queue.push_back(d.clone());
+        }
+        if self.chance(self.reorder) && !self.queue.is_empty() {
+            let at = self.rng.below(self.queue.len() as u64) as usize;
+            self.queue.insert(at, d);
+        } else {
+            self.queue.push_back(d);
+        }
+    }
+
+    /// Injects a datagram from outside (an attacker or a replay).
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.queue.push_back(Datagram {
+            at: self.now,
+            from,
+            to,
+            bytes,
+        });
+    }
+
+    /// Writes `packet` into node `i`'s TUN side.
+    pub fn tun(&mut self, i: usize, packet: &[u8]) -> TunOutcome {
+        let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
+        let now = self.now;
+        let out = self.nodes[i]
+            .ep
+            .handle_tun_packet(now, &mut buf, HEADROOM, packet.len());
+        if let TunOutcome::Send(t) = &out {
+            let from = self.nodes[i].addr;
+            self.send(from, t.to, buf[t.range.clone()].to_vec());
+        }
+        self.drain(i);
+        out
+    }
+
+    /// Delivers every datagram due at `now`; returns how many were delivered.
+    pub fn deliver_due(&mut self) -> usize {
+        let mut n = 0;
+        let mut pending = VecDeque::new();
+        while let Some(d) = self.queue.pop_front() {
+            if d.at > self.now {
+                pending.push_back(d);
+                continue;
+            }
+            n += 1;
+            let Some(i) = self.nodes.iter().position(|node| node.addr == d.to) else {
+                continue;
+            };
+            let mut buf = d.bytes.clone();
+            let len = buf.len();
+            let now = self.now;
+            match self.nodes[i]
+                .ep
+                .handle_datagram(now, d.from, &mut buf, 0..len)
+            {
+                DatagramOutcome::Deliver(r) => self.nodes[i].delivered.push(buf[r].to_vec()),
+                DatagramOutcome::Send(t) => {
+                    let from = self.nodes[i].addr;
+                    self.send(from, t.to, buf[t.range].to_vec());
+                }
+                DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+            }
+            self.drain(i);
+        }
+        self.queue = pending;
+        n
+    }
+
+    /// Runs timers and the network for `d` of virtual time, in 1 ms steps.
+    pub fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step(Duration::from_millis(1));
+        }
+    }
+
+    pub fn step(&mut self, dt: Duration) {
+        self.now += dt;
+        while self.deliver_due() > 0 {}
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            if self.nodes[i].ep.poll_timeout() <= now {
+                self.nodes[i].ep.handle_timeout(now);
+                self.drain(i);
+            }
+        }
+        while self.deliver_due() > 0 {}
+    }
+
+    /// Runs until `pred` holds, for at most `max`; returns whether it held.
+    pub fn run_until(&mut self, max: Duration, mut pred: impl FnMut(&Self) -> bool) -> bool {
+        let end = self.now + max;
+        while self.now < end {
+            if pred(self) {
+                return true;
+            }
+            self.step(Duration::from_millis(1));
+        }
+        pred(self)
+    }
+
+    pub fn joined(&self, i: usize) -> bool {
+        let s = self.nodes[i].ep.status(self.now);
+        s.node.is_some() && s.peers.iter().any(|p| p.node == 0 && p.state == "up")
+    }
+
+    /// Whether every client knows every other client from the directory.
+    pub fn mesh_known(&self) -> bool {
+        let clients = self.nodes.len() - 1;
+        (1..self.nodes.len()).all(|i| self.nodes[i].ep.status(self.now).peers.len() == clients)
+    }
+
+    pub fn drops(&self, i: usize, reason: &str) -> u64 {
+        self.nodes[i]
+            .ep
+            .status(self.now)
+            .drops
+            .nonzero()
+            .find(|(k, _)| *k == reason)
+            .map_or(0, |(_, n)| n)
+    }
+
+    pub fn set_addr(&mut self, i: usize, addr: &str) {
+        self.nodes[i].addr = addr.parse().unwrap();
+    }
+
+    pub fn overlay(i: usize) -> String {
+        format!("10.0.0.{}", i + 1)
+    }
+}
+
+pub fn prefix(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
