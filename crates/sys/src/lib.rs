@@ -1,1 +1,23 @@
-//! placeholder
+//! culvert's Linux I/O: everything that touches the kernel.
+//!
+//! * [`tun`] — the TUN device (`/dev/net/tun`);
+//! * [`netlink`] — addresses, MTU, routes and link state over rtnetlink (no `ip` commands);
+//! * [`udp`] — UDP sockets with batched receive and send (`recvmmsg`/`sendmmsg`);
+//! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
+//! * [`control`] — the daemon's local control socket (abstract namespace, per netns);
+//! * [`netns`] — which network namespace this process is in.
+//!
+//! This is the only crate that may use `unsafe`; each block says why it is sound.
+
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod netlink;
+pub mod netns;
+pub mod poll;
+pub mod tun;
+pub mod udp;
+
+mod error;
+
+pub use error::{Error, Result};

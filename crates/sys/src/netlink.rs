@@ -1,0 +1,280 @@
+//! rtnetlink requests: link state and MTU, addresses, routes, deleting links.
+//!
+//! Each request is one message with `NLM_F_ACK`; the kernel's acknowledgement carries the
+//! result, so every change is confirmed or reported with the kernel's own errno.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use culvert_wire::addr::Prefix;
+
+use crate::{Error, Result};
+
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_CREATE: u16 = 0x400;
+const IFLA_MTU: u16 = 4;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_F_NODAD: u8 = 0x02;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_PRIORITY: u16 = 6;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
+
+/// A route to install: `dst` through interface `ifindex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix (host bits ignored).
+    pub dst: Prefix,
+    /// Outgoing interface.
+    pub ifindex: u32,
+    /// Route metric (lower wins).
+    pub metric: u32,
+}
+
+/// A NETLINK_ROUTE socket.
+#[derive(Debug)]
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Netlink {
+    /// Opens the socket.
+    pub fn open() -> Result<Self> {
+        // SAFETY: plain socket(2) call; the returned descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::last("opening a netlink socket"));
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            seq: 1,
+        })
+    }
+
+    /// The index of interface `name`.
+    pub fn link_index(name: &str) -> Result<u32> {
+        let c = std::ffi::CString::new(name).map_err(|_| {
+            Error::io(
+                format!("interface {name:?}"),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            )
+        })?;
+        // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if i == 0 {
+            return Err(Error::last(format!("looking up interface {name}")));
+        }
+        Ok(i)
+    }
+
+    /// Sets the MTU of a link and brings it up.
+    pub fn set_link_up(&mut self, ifindex: u32, mtu: u32) -> Result<()> {
+        let mut m = Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK);
+        // struct ifinfomsg: family, pad, type, index, flags, change
+        m.push(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+        m.push(&(ifindex as i32).to_ne_bytes());
+        m.push(&(libc::IFF_UP as u32).to_ne_bytes());
+        m.push(&(libc::IFF_UP as u32).to_ne_bytes());
+        m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+        self.request(m, || {
+            format!("setting MTU {mtu} and bringing up interface {ifindex}")
+        })
+    }
+
+    /// Deletes a link (used to remove a stale device left by a crashed run).
+    pub fn delete_link(&mut self, ifindex: u32) -> Result<()> {
+        let mut m = Message::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK);
+        m.push(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+        m.push(&(ifindex as i32).to_ne_bytes());
+        m.push(&0u32.to_ne_bytes());
+        m.push(&0u32.to_ne_bytes());
+        self.request(m, || format!("deleting interface {ifindex}"))
+    }
+
+    /// Adds an address (with its prefix) to a link; IPv6 skips duplicate detection.
+    pub fn add_address(&mut self, ifindex: u32, addr: Prefix) -> Result<()> {
+        let mut m = Message::new(
+            RTM_NEWADDR,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        );
+        let (family, bytes) = family_bytes(addr.addr());
+        let flags = if family == libc::AF_INET6 as u8 {
+            IFA_F_NODAD
+        } else {
+            0
+        };
+        // struct ifaddrmsg: family, prefixlen, flags, scope, index
+        m.push(&[family, addr.len(), flags, RT_SCOPE_UNIVERSE]);
+        m.push(&ifindex.to_ne_bytes());
+        m.attr(IFA_LOCAL, &bytes);
+        m.attr(IFA_ADDRESS, &bytes);
+        self.request(m, || {
+            format!("adding address {addr} to interface {ifindex}")
+        })
+    }
+
+    /// Adds (or replaces) a route.
+    pub fn add_route(&mut self, route: Route) -> Result<()> {
+        let m = route_message(
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            route,
+        );
+        self.request(m, || {
+            format!(
+                "adding route {} via interface {}",
+                route.dst.network(),
+                route.ifindex
+            )
+        })
+    }
+
+    /// Deletes a route; a missing route is not an error.
+    pub fn delete_route(&mut self, route: Route) -> Result<()> {
+        let m = route_message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, route);
+        match self.request(m, || format!("deleting route {}", route.dst.network())) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn request(&mut self, mut m: Message, what: impl Fn() -> String) -> Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let bytes = m.finish(seq);
+        // SAFETY: `bytes` is a valid buffer for the length given; a zeroed sockaddr_nl
+        // (pid 0) addresses the kernel.
+        let sent = unsafe {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as u16;
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(Error::last(what()));
+        }
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: `buf` is writable for its whole length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(Error::last(what()));
+            }
+            let mut at = 0usize;
+            let n = n as usize;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let rseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                if len < 16 || at + len > n {
+                    break;
+                }
+                if ty == NLMSG_ERROR && rseq == seq && len >= 20 {
+                    let code =
+                        i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    return match code {
+                        0 => Ok(()),
+                        c => Err(Error::io(what(), io::Error::from_raw_os_error(-c))),
+                    };
+                }
+                at += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+fn route_message(ty: u16, flags: u16, r: Route) -> Message {
+    let mut m = Message::new(ty, flags);
+    let net = r.dst.network();
+    let (family, bytes) = family_bytes(net.addr());
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    m.push(&[
+        family,
+        net.len(),
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+    ]);
+    m.push(&0u32.to_ne_bytes());
+    m.attr(RTA_DST, &bytes);
+    m.attr(RTA_OIF, &r.ifindex.to_ne_bytes());
+    if r.metric > 0 {
+        m.attr(RTA_PRIORITY, &r.metric.to_ne_bytes());
+    }
+    m
+}
+
+fn family_bytes(ip: IpAddr) -> (u8, Vec<u8>) {
+    match ip {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    }
+}
+
+/// A netlink message under construction: header, fixed part, attributes.
+struct Message {
+    buf: Vec<u8>,
+}
+
+impl Message {
+    fn new(ty: u16, flags: u16) -> Self {
+        let mut buf = vec![0u8; 16];
+        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
+        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
+        Self { buf }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn attr(&mut self, ty: u16, data: &[u8]) {
+        let len = u16::try_from(4 + data.len()).expect("attributes are small");
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn finish(&mut self, seq: u32) -> &[u8] {
+        let len = u32::try_from(self.buf.len()).expect("messages are small");
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+        &self.buf
+    }
+}

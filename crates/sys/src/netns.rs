@@ -1,0 +1,22 @@
+//! Which network namespace this process runs in, to keep per-namespace state apart.
+
+use std::os::unix::fs::MetadataExt;
+
+/// A stable name for the current network namespace: `host` for the one PID 1 is in, the
+/// `ip netns` name when there is one, `ns-<inode>` otherwise.
+pub fn current_name() -> String {
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
+        return "host".to_owned();
+    };
+    if std::fs::metadata("/proc/1/ns/net").is_ok_and(|m| m.ino() == me) {
+        return "host".to_owned();
+    }
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        for entry in dir.flatten() {
+            if entry.metadata().is_ok_and(|m| m.ino() == me) {
+                return entry.file_name().to_string_lossy().into_owned();
+            }
+        }
+    }
+    format!("ns-{me}")
+}
