@@ -50,3 +50,14 @@ impl Error {
         }
     }
 }
+
+/// Takes ownership of the descriptor a syscall returned, or reports `errno` as `what`.
+#[allow(unsafe_code)]
+pub(crate) fn owned_fd(fd: libc::c_int, what: impl Into<String>) -> Result<std::os::fd::OwnedFd> {
+    if fd < 0 {
+        return Err(Error::last(what));
+    }
+    // SAFETY: a non-negative return from a descriptor-creating syscall is a fresh
+    // descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}

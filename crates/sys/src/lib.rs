@@ -5,13 +5,16 @@
 //! * [`udp`] — UDP sockets with batched receive and send (`recvmmsg`/`sendmmsg`);
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
 //! * [`control`] — the daemon's local control socket (abstract namespace, per netns);
-//! * [`netns`] — which network namespace this process is in.
+//! * [`netns`] — which network namespace this process is in, and entering one;
+//! * [`icmp`] and [`capture`] — ICMP echo and packet capture, for the demo and tests.
 //!
 //! This is the only crate that may use `unsafe`; each block says why it is sound.
 
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod control;
+pub mod icmp;
 pub mod netlink;
 pub mod netns;
 pub mod poll;
@@ -20,4 +23,5 @@ pub mod udp;
 
 mod error;
 
+pub(crate) use error::owned_fd;
 pub use error::{Error, Result};

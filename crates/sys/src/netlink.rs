@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use culvert_wire::addr::Prefix;
 
@@ -64,12 +64,8 @@ impl Netlink {
                 libc::NETLINK_ROUTE,
             )
         };
-        if fd < 0 {
-            return Err(Error::last("opening a netlink socket"));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: crate::owned_fd(fd, "opening a netlink socket")?,
             seq: 1,
         })
     }

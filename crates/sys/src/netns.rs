@@ -20,3 +20,23 @@ pub fn current_name() -> String {
     }
     format!("ns-{me}")
 }
+
+/// Moves the calling thread into the named network namespace (`/run/netns/NAME`).
+///
+/// Only this thread changes namespace; sockets it creates afterwards live there. Run it in
+/// a dedicated thread.
+#[allow(unsafe_code)]
+pub fn enter(name: &str) -> crate::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let f =
+        std::fs::File::open(&path).map_err(|e| crate::Error::io(format!("opening {path}"), e))?;
+    // SAFETY: setns on a valid namespace descriptor affects only the calling thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc < 0 {
+        return Err(crate::Error::last(format!(
+            "entering network namespace {name}"
+        )));
+    }
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! epoll, and SIGINT/SIGTERM delivered as a readable file descriptor.
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -18,12 +18,8 @@ impl Poller {
     pub fn new(capacity: usize) -> Result<Self> {
         // SAFETY: plain epoll_create1 call; the descriptor is owned below.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::last("creating an epoll instance"));
-        }
         Ok(Self {
-            // SAFETY: `fd` is fresh and owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: crate::owned_fd(fd, "creating an epoll instance")?,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
         })
     }
@@ -101,12 +97,8 @@ impl Signals {
             }
             libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
         };
-        if fd < 0 {
-            return Err(Error::last("creating a signalfd"));
-        }
-        // SAFETY: fresh descriptor owned by nobody else.
         Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: crate::owned_fd(fd, "creating a signalfd")?,
         })
     }
 

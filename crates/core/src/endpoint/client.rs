@@ -74,7 +74,7 @@ impl Client {
             ping_seq: 0,
             ping_out: None,
             next_ping: None,
-            refusal_log: RateWindow::new(1, Duration::from_secs(5)),
+            refusal_log: RateWindow::new(3, Duration::from_secs(10)),
         }
     }
 

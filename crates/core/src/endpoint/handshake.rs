@@ -388,7 +388,7 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Logs a handshake refusal, at most once per five seconds.
+    /// Logs a handshake refusal, rate-limited (a flood must not flood the log).
     pub(super) fn log_refusal(&mut self, now: Instant, from: std::net::SocketAddr, what: &str) {
         let limiter = match &mut self.role {
             RoleState::Hub(h) => &mut h.refusal_log,

@@ -41,7 +41,7 @@ impl Hub {
             dir_version: 1,
             dir_dirty: false,
             next_node: 1,
-            refusal_log: RateWindow::new(1, Duration::from_secs(5)),
+            refusal_log: RateWindow::new(10, Duration::from_secs(10)),
         }
     }
 

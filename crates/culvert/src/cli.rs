@@ -1,0 +1,138 @@
+//! Command-line interface. Flags mirror the config keys and override them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// culvert: an encrypted overlay network across hostile networks.
+#[derive(Debug, Parser)]
+#[command(name = "culvert", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the hub: accept clients, relay between them, be an overlay node yourself.
+    Server(ServerArgs),
+    /// Run a client of one hub.
+    Client(ClientArgs),
+    /// Show the running daemon(s) of this network namespace.
+    Status(StatusArgs),
+    /// Print a new private key (base64).
+    Genkey,
+    /// Read a private key on stdin and print its public key.
+    Pubkey,
+    /// Print (or write) a commented example configuration.
+    Init(InitArgs),
+    /// Build a throwaway network-namespace topology, run culvert in it, report, clean up.
+    Demo(DemoArgs),
+}
+
+/// Settings shared by server and client.
+#[derive(Debug, Args, Default)]
+pub(crate) struct CommonArgs {
+    /// TOML configuration file; flags override its keys.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Overlay address with prefix, e.g. 10.0.0.2/24 (repeat for IPv6). [key: address]
+    #[arg(short = 't', long = "address", value_name = "ADDR/PREFIX")]
+    pub(crate) address: Vec<String>,
+    /// Shared passphrase (passphrase mode). [key: passphrase]
+    #[arg(short = 'k', long = "key", value_name = "PASSPHRASE")]
+    pub(crate) passphrase: Option<String>,
+    /// Read the passphrase from a file instead. [key: passphrase_file]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
+    /// This node's private key file (base64, from `culvert genkey`). [key: private_key_file]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) private_key_file: Option<PathBuf>,
+    /// Name of the TUN device (also names this instance). [key: tun_name]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tun_name: Option<String>,
+    /// Overlay MTU; default: computed from a 1500-byte underlay. [key: mtu]
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) mtu: Option<u32>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9100. [key: metrics]
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+    /// Log format. [key: log_format]
+    #[arg(long, value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Where per-instance state (the generated identity key) lives. [key: state_dir]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Seconds between keepalives to the server. [key: keepalive]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) keepalive: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// Underlay address to listen on, e.g. 0.0.0.0:9000 or [::]:9000. [key: listen]
+    #[arg(short = 'l', long, value_name = "ADDR:PORT")]
+    pub(crate) listen: Option<String>,
+    /// Most clients at once. [key: max_clients]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_clients: Option<usize>,
+    /// Clients reach the server but not each other. [key: client_isolation]
+    #[arg(long)]
+    pub(crate) client_isolation: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The server, HOST:PORT. [key: server]
+    #[arg(short = 'r', long = "server", value_name = "HOST:PORT")]
+    pub(crate) server: Option<String>,
+    /// The server's public key (key mode; pins the server in passphrase mode). [key: server_public_key]
+    #[arg(long, value_name = "KEY")]
+    pub(crate) server_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Which daemon (its TUN name); default: every daemon in this network namespace.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) instance: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Which example.
+    pub(crate) role: InitRole,
+    /// Write it to this file (mode 0600) instead of printing it.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum InitRole {
+    Server,
+    Client,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Megabytes to transfer in the throughput check.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) megabytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}

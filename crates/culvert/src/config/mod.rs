@@ -1,0 +1,505 @@
+//! Configuration: one TOML tree, parsed once, merged with flags, validated into types.
+//!
+//! Every error names the key it is about, whether the value came from the file or a flag:
+//! `config key 'listen': invalid address "1.2.3.4:99999"`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use culvert_core::{ClientBinding, PublicKey};
+use culvert_wire::addr::Prefix;
+use serde::Deserialize;
+
+use crate::cli::{ClientArgs, CommonArgs, LogFormat, ServerArgs};
+
+/// The commented example `culvert init server` prints.
+pub(crate) const EXAMPLE_SERVER: &str = include_str!("example-server.toml");
+/// The commented example `culvert init client` prints.
+pub(crate) const EXAMPLE_CLIENT: &str = include_str!("example-client.toml");
+/// The placeholder the examples carry; refused as a real passphrase.
+pub(crate) const PLACEHOLDER: &str = "CHANGE-ME";
+/// Default underlay port.
+pub(crate) const DEFAULT_PORT: u16 = 9000;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "config key '{}': {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The file format. Every key is optional here; [`Settings::build`] decides what is needed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    listen: Option<String>,
+    server: Option<String>,
+    server_public_key: Option<String>,
+    address: Option<OneOrMany>,
+    passphrase: Option<String>,
+    passphrase_file: Option<PathBuf>,
+    private_key_file: Option<PathBuf>,
+    tun_name: Option<String>,
+    mtu: Option<u32>,
+    max_clients: Option<usize>,
+    client_isolation: Option<bool>,
+    metrics: Option<String>,
+    log_format: Option<LogFormat>,
+    state_dir: Option<PathBuf>,
+    keepalive: Option<u64>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: String,
+    address: OneOrMany,
+    #[allow(dead_code)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError {
+                key: String::new(),
+                message: format!("{origin}{at}: {msg}"),
+            }
+        })
+    }
+
+    /// Reads and parses a file.
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn merge_common(&mut self, a: &CommonArgs) {
+        if !a.address.is_empty() {
+            self.address = Some(OneOrMany::Many(a.address.clone()));
+        }
+        if a.passphrase.is_some() {
+            self.passphrase.clone_from(&a.passphrase);
+            self.passphrase_file = None;
+        }
+        merge(&mut self.passphrase_file, &a.passphrase_file);
+        merge(&mut self.private_key_file, &a.private_key_file);
+        merge(&mut self.tun_name, &a.tun_name);
+        merge(&mut self.mtu, &a.mtu);
+        merge(&mut self.metrics, &a.metrics);
+        merge(&mut self.log_format, &a.log_format);
+        merge(&mut self.state_dir, &a.state_dir);
+        merge(&mut self.keepalive, &a.keepalive);
+    }
+}
+
+fn merge<T: Clone>(slot: &mut Option<T>, flag: &Option<T>) {
+    if flag.is_some() {
+        slot.clone_from(flag);
+    }
+}
+
+/// Validated settings of a daemon.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) role: RoleSettings,
+    pub(crate) addresses: Vec<Prefix>,
+    /// The passphrase (passphrase mode); `None` means key mode.
+    pub(crate) passphrase: Option<String>,
+    pub(crate) private_key_file: Option<PathBuf>,
+    pub(crate) tun_name: String,
+    pub(crate) mtu: Option<u32>,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) keepalive: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum RoleSettings {
+    Server {
+        listen: SocketAddr,
+        max_clients: usize,
+        isolation: bool,
+        peers: Vec<ClientBinding>,
+    },
+    Client {
+        server: String,
+        server_key: Option<PublicKey>,
+    },
+}
+
+impl Settings {
+    /// Server settings from an optional file and the flags.
+    pub(crate) fn server(args: &ServerArgs) -> Result<Self, ConfigError> {
+        let mut raw = load_optional(args.common.config.as_deref())?;
+        raw.merge_common(&args.common);
+        merge(&mut raw.listen, &args.listen);
+        merge(&mut raw.max_clients, &args.max_clients);
+        if args.client_isolation {
+            raw.client_isolation = Some(true);
+        }
+        Self::build(raw, true)
+    }
+
+    /// Client settings from an optional file and the flags.
+    pub(crate) fn client(args: &ClientArgs) -> Result<Self, ConfigError> {
+        let mut raw = load_optional(args.common.config.as_deref())?;
+        raw.merge_common(&args.common);
+        merge(&mut raw.server, &args.server);
+        merge(&mut raw.server_public_key, &args.server_key);
+        Self::build(raw, false)
+    }
+
+    /// Validates a merged raw configuration.
+    pub(crate) fn build(raw: RawConfig, server: bool) -> Result<Self, ConfigError> {
+        let addresses = raw
+            .address
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| parse_prefix("address", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if addresses.len() > culvert_wire::addr::MAX_ADDRESSES {
+            return Err(err("address", "at most 16 addresses"));
+        }
+        let passphrase = match (raw.passphrase, raw.passphrase_file) {
+            (Some(p), _) => Some(check_passphrase("passphrase", p)?),
+            (None, Some(f)) => {
+                let p = std::fs::read_to_string(&f).map_err(|e| {
+                    err(
+                        "passphrase_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                Some(check_passphrase("passphrase_file", p.trim().to_owned())?)
+            }
+            (None, None) => None,
+        };
+        let peers = raw
+            .peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let key = format!("peer[{i}]");
+                Ok(ClientBinding {
+                    key: p
+                        .public_key
+                        .parse()
+                        .map_err(|e| err(&format!("{key}.public_key"), format!("{e}")))?,
+                    addresses: p
+                        .address
+                        .into_vec()
+                        .iter()
+                        .map(|a| parse_prefix(&format!("{key}.address"), a))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        for (i, a) in peers.iter().enumerate() {
+            if peers[..i].iter().any(|b| b.key == a.key) {
+                return Err(err(&format!("peer[{i}].public_key"), "listed twice"));
+            }
+        }
+        let server_key = raw
+            .server_public_key
+            .as_deref()
+            .map(|k| {
+                k.parse()
+                    .map_err(|e| err("server_public_key", format!("{e}")))
+            })
+            .transpose()?;
+        let role = if server {
+            if raw.server.is_some() || server_key.is_some() {
+                return Err(err("server", "is a client setting; a server uses 'listen'"));
+            }
+            if addresses.is_empty() {
+                return Err(err(
+                    "address",
+                    "the server needs its own overlay address, e.g. -t 10.0.0.1/24",
+                ));
+            }
+            if passphrase.is_none() && peers.is_empty() {
+                return Err(err(
+                    "passphrase",
+                    "no authentication: give -k PASSPHRASE, or list client keys in [[peer]] sections",
+                ));
+            }
+            let listen = raw.listen.as_deref().unwrap_or("0.0.0.0:9000");
+            RoleSettings::Server {
+                listen: listen.parse().map_err(|_| {
+                    err(
+                        "listen",
+                        format!("invalid address {listen:?}: expected IP:PORT, e.g. 0.0.0.0:9000"),
+                    )
+                })?,
+                max_clients: match raw.max_clients {
+                    Some(0) => return Err(err("max_clients", "must be at least 1")),
+                    Some(n) => n,
+                    None => 1000,
+                },
+                isolation: raw.client_isolation.unwrap_or(false),
+                peers,
+            }
+        } else {
+            if raw.listen.is_some()
+                || raw.max_clients.is_some()
+                || raw.client_isolation.is_some()
+                || !peers.is_empty()
+            {
+                return Err(err(
+                    "listen",
+                    "listen, max_clients, client_isolation and [[peer]] are server settings",
+                ));
+            }
+            let server = raw
+                .server
+                .ok_or_else(|| err("server", "no server given: use -r HOST:PORT"))?;
+            let server = with_default_port(&server)
+                .ok_or_else(|| err("server", format!("invalid {server:?}: expected HOST:PORT")))?;
+            if passphrase.is_none() && server_key.is_none() {
+                return Err(err(
+                    "passphrase",
+                    "no authentication: give -k PASSPHRASE, or the server's key with --server-key",
+                ));
+            }
+            if passphrase.is_some() && addresses.is_empty() {
+                return Err(err(
+                    "address",
+                    "no overlay address: give one with -t, e.g. -t 10.0.0.2/24",
+                ));
+            }
+            RoleSettings::Client { server, server_key }
+        };
+        let tun_name = raw.tun_name.unwrap_or_else(|| "culvert0".to_owned());
+        if tun_name.is_empty()
+            || tun_name.len() > 15
+            || !tun_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "tun_name",
+                format!("{tun_name:?}: use 1-15 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if let Some(m) = raw.mtu {
+            let min = if addresses.iter().any(|a| a.addr().is_ipv6()) {
+                1280
+            } else {
+                576
+            };
+            if !(min..=9000).contains(&m) {
+                return Err(err("mtu", format!("{m} is out of range {min}..=9000")));
+            }
+        }
+        let metrics = raw
+            .metrics
+            .as_deref()
+            .map(|m| {
+                m.parse().map_err(|_| {
+                    err(
+                        "metrics",
+                        format!("invalid address {m:?}: expected IP:PORT"),
+                    )
+                })
+            })
+            .transpose()?;
+        let keepalive = match raw.keepalive {
+            Some(k @ 1..=3600) => Duration::from_secs(k),
+            Some(k) => {
+                return Err(err(
+                    "keepalive",
+                    format!("{k} is out of range 1..=3600 seconds"),
+                ));
+            }
+            None => culvert_core::Timing::default().keepalive,
+        };
+        Ok(Self {
+            role,
+            addresses,
+            passphrase,
+            private_key_file: raw.private_key_file,
+            tun_name,
+            mtu: raw.mtu,
+            metrics,
+            log_format: raw.log_format.unwrap_or_default(),
+            state_dir: raw.state_dir,
+            keepalive,
+        })
+    }
+}
+
+fn load_optional(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    path.map_or_else(|| Ok(RawConfig::default()), RawConfig::load)
+}
+
+fn parse_prefix(key: &str, s: &str) -> Result<Prefix, ConfigError> {
+    let p: Prefix = s.parse().map_err(|_| {
+        err(
+            key,
+            format!("invalid {s:?}: expected ADDRESS/PREFIX, e.g. 10.0.0.2/24"),
+        )
+    })?;
+    if !s.contains('/') {
+        return Err(err(
+            key,
+            format!("{s:?} lacks a prefix length, e.g. {s}/24"),
+        ));
+    }
+    Ok(p)
+}
+
+fn check_passphrase(key: &str, p: String) -> Result<String, ConfigError> {
+    if p == PLACEHOLDER {
+        return Err(err(
+            key,
+            "still the example placeholder: choose a real passphrase",
+        ));
+    }
+    if p.is_empty() {
+        return Err(err(key, "is empty"));
+    }
+    Ok(p)
+}
+
+/// Adds the default port when `host` has none; `None` if it cannot be a host:port.
+fn with_default_port(s: &str) -> Option<String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Some(s.to_owned());
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Some(SocketAddr::new(s.parse().ok()?, DEFAULT_PORT).to_string());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Some(s.to_owned()),
+        Some(_) => None,
+        None if !s.is_empty() => Some(format!("{s}:{DEFAULT_PORT}")),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> Result<Settings, ConfigError> {
+        Settings::build(RawConfig::parse(text, "test")?, true)
+    }
+
+    fn client(text: &str) -> Result<Settings, ConfigError> {
+        Settings::build(RawConfig::parse(text, "test")?, false)
+    }
+
+    #[test]
+    fn examples_parse() {
+        let s = EXAMPLE_SERVER.replace(PLACEHOLDER, "a-real-passphrase");
+        let s = server(&s).unwrap();
+        assert!(matches!(s.role, RoleSettings::Server { listen, .. } if listen.port() == 9000));
+        let c = EXAMPLE_CLIENT.replace(PLACEHOLDER, "a-real-passphrase");
+        let c = client(&c).unwrap();
+        assert_eq!(c.addresses[0].to_string(), "10.0.0.2/24");
+        // The examples as printed must refuse to run with the placeholder.
+        let e = server(EXAMPLE_SERVER).unwrap_err();
+        assert_eq!(e.key, "passphrase");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = server("listen = \"1.2.3.4:99999\"\naddress = \"10.0.0.1/24\"\npassphrase = \"x\"")
+            .unwrap_err();
+        assert_eq!(e.key, "listen");
+        assert!(
+            e.to_string()
+                .starts_with("config key 'listen': invalid address")
+        );
+        let e = server("address = \"10.0.0.1\"\npassphrase = \"x\"").unwrap_err();
+        assert_eq!(e.key, "address");
+        let e = server("address = \"10.0.0.1/24\"").unwrap_err();
+        assert_eq!(e.key, "passphrase");
+        let e = client("server = \"h:1\"\npassphrase = \"x\"").unwrap_err();
+        assert_eq!(e.key, "address");
+        let e = client("passphrase = \"x\"\naddress = \"10.0.0.2/24\"").unwrap_err();
+        assert_eq!(e.key, "server");
+        let e = client("bogus = 1").unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(e.message.contains("line 1"), "{e}");
+        let e = server("address = \"10.0.0.1/24\"\npassphrase = \"x\"\nmtu = 100").unwrap_err();
+        assert_eq!(e.key, "mtu");
+        let e = server(
+            "address = \"10.0.0.1/24\"\n[[peer]]\npublic_key = \"nope\"\naddress = \"10.0.0.2/32\"",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "peer[0].public_key");
+    }
+
+    #[test]
+    fn server_default_port() {
+        assert_eq!(
+            with_default_port("vpn.example.com").as_deref(),
+            Some("vpn.example.com:9000")
+        );
+        assert_eq!(
+            with_default_port("192.0.2.1").as_deref(),
+            Some("192.0.2.1:9000")
+        );
+        assert_eq!(
+            with_default_port("[2001:db8::1]:1").as_deref(),
+            Some("[2001:db8::1]:1")
+        );
+        assert_eq!(with_default_port("h:x"), None);
+    }
+}

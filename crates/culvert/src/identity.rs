@@ -1,0 +1,137 @@
+//! Keys on disk, OS randomness, and stretching the passphrase.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use culvert_core::keys::decode_key;
+use culvert_core::{Psk, StaticSecret};
+
+/// Argon2id parameters for the passphrase: 64 MiB, 3 passes (RFC 9106's second choice).
+const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+const ARGON2_PASSES: u32 = 3;
+/// A fixed salt: every node must derive the same key from the same passphrase.
+const ARGON2_SALT: &[u8] = b"culvert passphrase v1";
+
+/// Bytes from the OS random source.
+pub(crate) fn os_random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut f = fs::File::open("/dev/urandom").expect("/dev/urandom exists on Linux");
+    std::io::Read::read_exact(&mut f, &mut out).expect("/dev/urandom never runs dry");
+    out
+}
+
+/// A new random private key.
+pub(crate) fn generate() -> StaticSecret {
+    StaticSecret::from_bytes(os_random())
+}
+
+/// Reads a base64 private key file.
+pub(crate) fn load(path: &Path) -> Result<StaticSecret> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading private key file {}", path.display()))?;
+    let bytes =
+        decode_key(&text).with_context(|| format!("private key file {}", path.display()))?;
+    Ok(StaticSecret::from_bytes(bytes))
+}
+
+/// Writes a private key readable by its owner only (0600), refusing to overwrite.
+pub(crate) fn store(path: &Path, secret: &StaticSecret) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    writeln!(f, "{}", secret.to_base64()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The key of this instance: the configured file, or one generated once and kept in the
+/// state directory, so restarts keep the identity and no two instances share one.
+pub(crate) fn resolve(
+    configured: Option<&Path>,
+    state_dir: &Path,
+) -> Result<(StaticSecret, Option<PathBuf>)> {
+    if let Some(p) = configured {
+        return Ok((load(p)?, None));
+    }
+    let path = state_dir.join("identity.key");
+    if path.exists() {
+        return Ok((load(&path)?, None));
+    }
+    let secret = generate();
+    store(&path, &secret)?;
+    Ok((secret, Some(path)))
+}
+
+/// The default state directory of an instance: per network namespace and TUN name.
+pub(crate) fn default_state_dir(netns: &str, tun: &str) -> PathBuf {
+    PathBuf::from("/var/lib/culvert").join(netns).join(tun)
+}
+
+/// Stretches a passphrase into the handshake PSK with Argon2id.
+pub(crate) fn stretch(passphrase: &str) -> Result<Psk> {
+    use argon2::{Algorithm, Argon2, Params, Version};
+    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, Some(32))
+        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    let mut out = [0u8; 32];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), ARGON2_SALT, &mut out)
+        .map_err(|e| anyhow::anyhow!("stretching the passphrase: {e}"))?;
+    Ok(Psk::from_bytes(out))
+}
+
+/// `culvert pubkey`: the public key of the private key in `text`.
+pub(crate) fn public_of(text: &str) -> Result<String> {
+    let Ok(bytes) = decode_key(text) else {
+        bail!(
+            "stdin is not a private key: expected base64 of 32 bytes, as `culvert genkey` prints"
+        );
+    };
+    Ok(StaticSecret::from_bytes(bytes).public_key().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stretch_is_deterministic_and_keyed() {
+        let a = stretch("correct horse").unwrap();
+        assert_eq!(a, stretch("correct horse").unwrap());
+        assert_ne!(a, stretch("correct horsf").unwrap());
+    }
+
+    #[test]
+    fn key_files_are_private_and_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("culvert-key-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (s, created) = resolve(None, &dir).unwrap();
+        let path = created.unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (again, created) = resolve(None, &dir).unwrap();
+        assert!(created.is_none());
+        assert_eq!(s.public_key(), again.public_key());
+        assert!(store(&path, &s).is_err(), "must not overwrite a key");
+        assert_eq!(
+            public_of(&s.to_base64()).unwrap(),
+            s.public_key().to_string()
+        );
+        assert!(public_of("garbage").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

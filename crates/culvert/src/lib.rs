@@ -1,0 +1,108 @@
+//! The `culvert` program: configuration, the daemon that wires the core to the system,
+//! the status and key tools, and the namespace demo. `main.rs` only calls [`main`].
+
+mod cli;
+mod config;
+mod daemon;
+mod demo;
+mod identity;
+mod metrics;
+mod status;
+
+pub mod testbed;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, InitRole, LogFormat};
+use config::Settings;
+
+/// Exit status for a bad configuration or flag.
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => daemon_command(Settings::server(&args)),
+        Command::Client(args) => daemon_command(Settings::client(&args)),
+        Command::Status(args) => status::command(&args),
+        Command::Genkey => {
+            println!("{}", identity::generate().to_base64());
+            Ok(())
+        }
+        Command::Pubkey => pubkey(),
+        Command::Init(args) => init(args.role, args.output.as_deref()),
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("culvert: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn daemon_command(settings: Result<Settings, config::ConfigError>) -> anyhow::Result<()> {
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("culvert: error: {e}");
+            std::process::exit(EXIT_CONFIG.into());
+        }
+    };
+    init_logging(settings.log_format);
+    daemon::run(settings)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CULVERT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn pubkey() -> anyhow::Result<()> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    println!("{}", identity::public_of(&text)?);
+    Ok(())
+}
+
+/// `culvert init`: the example with a freshly generated passphrase, printed or written 0600.
+fn init(role: InitRole, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use base64::Engine;
+    let example = match role {
+        InitRole::Server => config::EXAMPLE_SERVER,
+        InitRole::Client => config::EXAMPLE_CLIENT,
+    };
+    let passphrase = base64::engine::general_purpose::STANDARD.encode(identity::os_random::<24>());
+    let text = example.replace(config::PLACEHOLDER, &passphrase);
+    match output {
+        None => print!("{text}"),
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            eprintln!(
+                "wrote {} with a new random passphrase; copy the same passphrase to every node",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Prometheus metrics in the text exposition format, over a minimal HTTP responder.
+//!
+//! Opt-in (`metrics = "127.0.0.1:9100"`); every request gets the full set, whatever its path.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use culvert_core::{DropReason, Status};
+
+use crate::daemon::DaemonInfo;
+
+/// The metrics listener.
+#[derive(Debug)]
+pub(crate) struct Server {
+    listener: TcpListener,
+}
+
+impl Server {
+    pub(crate) fn bind(addr: SocketAddr) -> Result<Self> {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("binding metrics listener {addr}"))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self { listener })
+    }
+
+    /// Answers every pending request.
+    pub(crate) fn serve(&self, status: &Status, info: &DaemonInfo) {
+        while let Ok((mut s, _)) = self.listener.accept() {
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let body = render(status, info);
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body.as_bytes());
+        }
+    }
+}
+
+impl AsRawFd for Server {
+    fn as_raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+/// The metrics text.
+pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
+    let mut o = String::new();
+    header(
+        &mut o,
+        "culvert_info",
+        "gauge",
+        "Static facts about this daemon.",
+    );
+    let _ = writeln!(
+        o,
+        "culvert_info{{role=\"{}\",instance=\"{}\",netns=\"{}\",version=\"{}\"}} 1",
+        status.role,
+        info.instance,
+        info.netns,
+        env!("CARGO_PKG_VERSION")
+    );
+    header(
+        &mut o,
+        "culvert_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    );
+    let uptime = Instant::now()
+        .saturating_duration_since(info.started)
+        .as_secs();
+    let _ = writeln!(o, "culvert_uptime_seconds {uptime}");
+    for (name, help, v) in [
+        (
+            "culvert_rx_bytes_total",
+            "Plaintext bytes received from peers.",
+            status.traffic.rx_bytes,
+        ),
+        (
+            "culvert_rx_packets_total",
+            "Packets received from peers.",
+            status.traffic.rx_packets,
+        ),
+        (
+            "culvert_tx_bytes_total",
+            "Plaintext bytes sent to peers.",
+            status.traffic.tx_bytes,
+        ),
+        (
+            "culvert_tx_packets_total",
+            "Packets sent to peers.",
+            status.traffic.tx_packets,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    header(
+        &mut o,
+        "culvert_packets_dropped_total",
+        "counter",
+        "Packets dropped, by reason.",
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            o,
+            "culvert_packets_dropped_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            status.drops.get(*r)
+        );
+    }
+    header(
+        &mut o,
+        "culvert_peer_up",
+        "gauge",
+        "Whether the session with the peer is up.",
+    );
+    for p in &status.peers {
+        let up = u8::from(p.state == "up");
+        let _ = writeln!(
+            o,
+            "culvert_peer_up{{node=\"{}\",path=\"{}\"}} {up}",
+            p.node, p.path
+        );
+    }
+    header(
+        &mut o,
+        "culvert_peer_rtt_seconds",
+        "gauge",
+        "Last round-trip time to the peer.",
+    );
+    for p in &status.peers {
+        if let Some(ms) = p.rtt_ms {
+            let _ = writeln!(
+                o,
+                "culvert_peer_rtt_seconds{{node=\"{}\"}} {}",
+                p.node,
+                ms / 1000.0
+            );
+        }
+    }
+    header(
+        &mut o,
+        "culvert_peer_rx_bytes_total",
+        "counter",
+        "Plaintext bytes received from the peer.",
+    );
+    for p in &status.peers {
+        let _ = writeln!(
+            o,
+            "culvert_peer_rx_bytes_total{{node=\"{}\"}} {}",
+            p.node, p.traffic.rx_bytes
+        );
+    }
+    header(
+        &mut o,
+        "culvert_peer_tx_bytes_total",
+        "counter",
+        "Plaintext bytes sent to the peer.",
+    );
+    for p in &status.peers {
+        let _ = writeln!(
+            o,
+            "culvert_peer_tx_bytes_total{{node=\"{}\"}} {}",
+            p.node, p.traffic.tx_bytes
+        );
+    }
+    header(
+        &mut o,
+        "culvert_peer_packets_dropped_total",
+        "counter",
+        "Packets of the peer dropped, by reason.",
+    );
+    for p in &status.peers {
+        for (reason, n) in p.drops.nonzero() {
+            let _ = writeln!(
+                o,
+                "culvert_peer_packets_dropped_total{{node=\"{}\",reason=\"{reason}\"}} {n}",
+                p.node
+            );
+        }
+    }
+    o
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}

@@ -1,0 +1,199 @@
+//! `culvert status`: asks the daemon(s) of this network namespace and prints the answer.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use culvert_core::Status;
+use serde_json::Value;
+
+use crate::cli::StatusArgs;
+use crate::daemon::DaemonInfo;
+
+/// The JSON the daemon answers with: the core's status plus facts about the process.
+pub(crate) fn render_json(status: &Status, info: &DaemonInfo) -> String {
+    let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("instance".into(), info.instance.clone().into());
+        m.insert("netns".into(), info.netns.clone().into());
+        m.insert("mtu".into(), info.mtu.into());
+        m.insert("underlay".into(), info.underlay.clone().into());
+        m.insert(
+            "uptime_secs".into(),
+            Instant::now()
+                .saturating_duration_since(info.started)
+                .as_secs()
+                .into(),
+        );
+    }
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+/// Runs `culvert status`.
+pub(crate) fn command(args: &StatusArgs) -> Result<()> {
+    let instances = match &args.instance {
+        Some(i) => vec![i.clone()],
+        None => culvert_sys::control::instances(),
+    };
+    if instances.is_empty() {
+        bail!(
+            "no culvert daemon runs in this network namespace (for another one: ip netns exec NAME culvert status)"
+        );
+    }
+    let mut answers = Vec::new();
+    for i in &instances {
+        let text = culvert_sys::control::request(i, "status").map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach daemon {i:?}: {e} (is it running? are you root or its user?)"
+            )
+        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("daemon {i:?} answered something unreadable: {e}"))?;
+        if let Some(err) = v.get("error").and_then(Value::as_str) {
+            bail!("daemon {i:?}: {err}");
+        }
+        answers.push(v);
+    }
+    if args.json {
+        let out = if answers.len() == 1 {
+            answers.remove(0)
+        } else {
+            Value::Array(answers)
+        };
+        println!("{out}");
+    } else {
+        for a in &answers {
+            print!("{}", human(a));
+        }
+    }
+    Ok(())
+}
+
+/// A table for people.
+pub(crate) fn human(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "culvert {}  instance {}  netns {}  node {}  {}",
+        s("role"),
+        s("instance"),
+        s("netns"),
+        v.get("node")
+            .and_then(Value::as_u64)
+            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        strings(v.get("addresses")).join(", ")
+    );
+    let _ = writeln!(out, "  public key  {}", s("public_key"));
+    let _ = writeln!(
+        out,
+        "  underlay {}  mtu {}  up {}s  directory v{}{}",
+        s("underlay"),
+        n(v, "mtu"),
+        n(v, "uptime_secs"),
+        n(v, "directory_version"),
+        if v.get("isolation").and_then(Value::as_bool) == Some(true) {
+            "  client isolation"
+        } else {
+            ""
+        }
+    );
+    let t = v.get("traffic").cloned().unwrap_or(Value::Null);
+    let _ = writeln!(
+        out,
+        "  traffic  rx {} ({} pkts)  tx {} ({} pkts)",
+        bytes(n(&t, "rx_bytes")),
+        n(&t, "rx_packets"),
+        bytes(n(&t, "tx_bytes")),
+        n(&t, "tx_packets")
+    );
+    let _ = writeln!(out, "  drops    {}", drops(v.get("drops")));
+    let _ = writeln!(
+        out,
+        "\n  {:<5} {:<22} {:<22} {:<7} {:<10} {:<10} {:<8} {:<18} {:<18} DROPS",
+        "NODE", "ADDRESSES", "ENDPOINT", "PATH", "STATE", "HANDSHAKE", "RTT", "RX", "TX"
+    );
+    for p in v
+        .get("peers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let t = p.get("traffic").cloned().unwrap_or(Value::Null);
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<22} {:<22} {:<7} {:<10} {:<10} {:<8} {:<18} {:<18} {}",
+            n(p, "node"),
+            strings(p.get("addresses")).join(","),
+            p.get("endpoint").and_then(Value::as_str).unwrap_or("-"),
+            p.get("path").and_then(Value::as_str).unwrap_or("-"),
+            p.get("state").and_then(Value::as_str).unwrap_or("-"),
+            p.get("last_handshake_secs")
+                .and_then(Value::as_f64)
+                .map_or_else(|| "-".into(), |s| format!("{s:.0}s ago")),
+            p.get("rtt_ms")
+                .and_then(Value::as_f64)
+                .map_or_else(|| "-".into(), |r| format!("{r:.2}ms")),
+            format!("{}/{}", bytes(n(&t, "rx_bytes")), n(&t, "rx_packets")),
+            format!("{}/{}", bytes(n(&t, "tx_bytes")), n(&t, "tx_packets")),
+            drops(p.get("drops")),
+        );
+    }
+    out.push('\n');
+    out
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn drops(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "-".to_owned(),
+    }
+}
+
+fn bytes(b: u64) -> String {
+    match b {
+        0..1_000 => format!("{b} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        _ => format!("{:.2} GB", b as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_table_lists_peers_and_drops() {
+        let v: Value = serde_json::from_str(
+            r#"{"role":"server","instance":"culvert0","netns":"lab-srv","node":0,"addresses":["10.0.0.1/24"],
+                "public_key":"k","underlay":"0.0.0.0:9000","mtu":1440,"uptime_secs":3,"directory_version":2,
+                "isolation":false,"traffic":{"rx_bytes":2000000,"rx_packets":10,"tx_bytes":5,"tx_packets":1},
+                "drops":{"replay":3},"peers":[{"node":1,"addresses":["10.0.0.2/24"],"endpoint":"198.18.1.2:40000",
+                "path":"direct","state":"up","last_handshake_secs":4.0,"rtt_ms":null,"traffic":{},"drops":{}}]}"#,
+        )
+        .unwrap();
+        let t = human(&v);
+        assert!(t.contains("drops    replay=3"), "{t}");
+        assert!(t.contains("198.18.1.2:40000"), "{t}");
+        assert!(t.contains("2.0 MB (10 pkts)"), "{t}");
+    }
+}

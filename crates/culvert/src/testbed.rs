@@ -1,0 +1,453 @@
+//! Throwaway network-namespace labs, for `culvert demo` and the end-to-end tests.
+//!
+//! ```text
+//!   host 0 (server)  198.18.1.2 --+
+//!   host 1           198.18.2.2 --+-- router (198.18.N.1, forwarding) --
+//!   host 2           198.18.3.2 --+
+//! ```
+//!
+//! Every object belongs to a [`Lab`]; dropping it stops the daemons it started, kills any
+//! process left in its namespaces and deletes them, also when a test panics.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// A lab: a router namespace and host namespaces, the daemons running in them, and a
+/// scratch directory for logs and state.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    bin: PathBuf,
+    dir: PathBuf,
+    hosts: usize,
+    daemons: Vec<Option<Daemon>>,
+    logs: Vec<PathBuf>,
+}
+
+/// A daemon started in a lab host.
+#[derive(Debug)]
+struct Daemon {
+    child: Child,
+}
+
+/// The outcome of a hashed bulk transfer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// SHA-256 of what the sender wrote.
+    pub sent: String,
+    /// SHA-256 of what the receiver read.
+    pub received: String,
+    /// Bytes the receiver read.
+    pub bytes: u64,
+    /// Seconds from connect to the last byte read.
+    pub secs: f64,
+}
+
+impl Transfer {
+    /// Megabits per second.
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e6
+    }
+}
+
+impl Lab {
+    /// Builds the star topology with `hosts` hosts; names start with `prefix`.
+    pub fn new(prefix: &str, hosts: usize, bin: &Path) -> io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let lab = Self {
+            prefix: prefix.to_owned(),
+            bin: bin.to_owned(),
+            dir,
+            hosts,
+            daemons: Vec::new(),
+            logs: Vec::new(),
+        };
+        lab.cleanup_namespaces();
+        let router = lab.router();
+        ip(&["netns", "add", &router])?;
+        ip(&["-n", &router, "link", "set", "lo", "up"])?;
+        sh(&format!(
+            "ip netns exec {router} sysctl -qw net.ipv4.ip_forward=1"
+        ))?;
+        for i in 0..hosts {
+            let ns = lab.ns(i);
+            let n = i + 1;
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("h{i}"),
+                "netns",
+                &router,
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("198.18.{n}.2/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{n}.1"),
+            ])?;
+            ip(&[
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("198.18.{n}.1/24"),
+                "dev",
+                &format!("h{i}"),
+            ])?;
+            ip(&["-n", &router, "link", "set", &format!("h{i}"), "up"])?;
+        }
+        Ok(lab)
+    }
+
+    /// The router's namespace name.
+    pub fn router(&self) -> String {
+        format!("{}-r", self.prefix)
+    }
+
+    /// Host `i`'s namespace name.
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    /// Host `i`'s underlay address.
+    pub fn ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, u8::try_from(i + 1).expect("few hosts"), 2)
+    }
+
+    /// The scratch directory (logs, state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts `culvert ARGS` in host `host`; returns a handle for [`Lab::stop`] and
+    /// [`Lab::log`]. `--state-dir` is added, per daemon, unless given.
+    pub fn spawn(&mut self, host: usize, args: &[&str]) -> io::Result<usize> {
+        let id = self.daemons.len();
+        let log = self.dir.join(format!("daemon-{id}-host{host}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(host)])
+            .arg(&self.bin)
+            .args(args);
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir")
+                .arg(self.dir.join(format!("state-host{host}")));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        self.daemons.push(Some(Daemon { child }));
+        self.logs.push(log);
+        Ok(id)
+    }
+
+    /// Stops daemon `id` with SIGTERM (or SIGKILL when `kill`), and waits for it.
+    pub fn stop(&mut self, id: usize, kill: bool) {
+        if let Some(d) = self.daemons.get_mut(id).and_then(Option::take) {
+            d.stop(kill);
+        }
+    }
+
+    /// Whether daemon `id` is still running.
+    pub fn running(&mut self, id: usize) -> bool {
+        self.daemons
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .is_some_and(|d| d.child.try_wait().ok().flatten().is_none())
+    }
+
+    /// The log of daemon `id` so far.
+    pub fn log(&self, id: usize) -> String {
+        self.logs
+            .get(id)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every daemon log, for a failing test's output.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in &self.logs {
+            out += &format!(
+                "==== {}\n{}\n",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            );
+        }
+        out
+    }
+
+    /// Runs a shell command inside host `host` (or the router with `None`).
+    pub fn sh(&self, host: Option<usize>, script: &str) -> io::Result<String> {
+        let ns = host.map_or_else(|| self.router(), |h| self.ns(h));
+        sh(&format!(
+            "ip netns exec {ns} sh -c '{}'",
+            script.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Loads an nftables script on the router.
+    pub fn router_nft(&self, script: &str) -> io::Result<()> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.router(), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `culvert status --json` in host `host`.
+    pub fn status(&self, host: usize) -> io::Result<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .arg(&self.bin)
+            .args(["status", "--json"])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+    }
+
+    /// One ICMP echo from host `from` to `dst`.
+    pub fn ping(&self, from: usize, dst: IpAddr, timeout: Duration) -> Option<Duration> {
+        in_ns(&self.ns(from), move || {
+            culvert_sys::icmp::echo(dst, 0x4356, 1, timeout)
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Pings until one answer comes or `timeout` passes.
+    pub fn ping_until(&self, from: usize, dst: IpAddr, timeout: Duration) -> Option<Duration> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(rtt) = self.ping(from, dst, Duration::from_millis(500)) {
+                return Some(rtt);
+            }
+        }
+        None
+    }
+
+    /// Sends `bytes` of pseudo-random data over TCP from host `from` to a listener in host
+    /// `to` bound at `to_ip`, hashing both ends. `during` runs (in the test's thread) while
+    /// the transfer is in progress, after the first megabyte has arrived.
+    pub fn transfer(
+        &self,
+        from: usize,
+        to: usize,
+        to_ip: IpAddr,
+        bytes: u64,
+        during: impl FnOnce(),
+    ) -> io::Result<Transfer> {
+        let (tx_ns, rx_ns) = (self.ns(from), self.ns(to));
+        let port = 5201 + u16::try_from(from * 16 + to).unwrap_or(0);
+        let listener = in_ns(&rx_ns, move || {
+            TcpListener::bind(SocketAddr::new(to_ip, port))
+        })?;
+        let (progress_tx, progress_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let rx = s.spawn(move || -> io::Result<(String, u64, f64)> {
+                let (mut c, _) = listener.accept()?;
+                c.set_read_timeout(Some(Duration::from_secs(60)))?;
+                let start = Instant::now();
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 1 << 16];
+                let mut signalled = false;
+                loop {
+                    let k = c.read(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    h.update(&buf[..k]);
+                    n += k as u64;
+                    if !signalled && n >= 1 << 20 {
+                        signalled = true;
+                        let _ = progress_tx.send(());
+                    }
+                }
+                Ok((hex(&h.finalize()), n, start.elapsed().as_secs_f64()))
+            });
+            let tx = s.spawn(move || -> io::Result<String> {
+                let mut c = in_ns(&tx_ns, move || {
+                    TcpStream::connect_timeout(
+                        &SocketAddr::new(to_ip, port),
+                        Duration::from_secs(10),
+                    )
+                })?;
+                c.set_write_timeout(Some(Duration::from_secs(60)))?;
+                let mut h = Sha256::new();
+                let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ bytes;
+                let mut buf = vec![0u8; 1 << 16];
+                let mut left = bytes;
+                while left > 0 {
+                    for chunk in buf.chunks_mut(8) {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+                    }
+                    let k = left.min(buf.len() as u64) as usize;
+                    c.write_all(&buf[..k])?;
+                    h.update(&buf[..k]);
+                    left -= k as u64;
+                }
+                c.shutdown(std::net::Shutdown::Write)?;
+                Ok(hex(&h.finalize()))
+            });
+            if progress_rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+                during();
+            }
+            let sent = tx
+                .join()
+                .map_err(|_| io::Error::other("sender panicked"))??;
+            let (received, bytes, secs) = rx
+                .join()
+                .map_err(|_| io::Error::other("receiver panicked"))??;
+            Ok(Transfer {
+                sent,
+                received,
+                bytes,
+                secs,
+            })
+        })
+    }
+
+    fn cleanup_namespaces(&self) {
+        let mut names = vec![self.router()];
+        names.extend((0..self.hosts).map(|i| self.ns(i)));
+        for n in names {
+            if Path::new("/run/netns").join(&n).exists() {
+                if let Ok(pids) = sh(&format!("ip netns pids {n}")) {
+                    for p in pids.split_whitespace() {
+                        let _ = sh(&format!("kill -9 {p}"));
+                    }
+                }
+                let _ = ip(&["netns", "del", &n]);
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for d in self.daemons.iter_mut().filter_map(Option::take) {
+            d.stop(false);
+        }
+        self.cleanup_namespaces();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Daemon {
+    fn stop(mut self, kill: bool) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([if kill { "-KILL" } else { "-TERM" }, &pid])
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `f` on a new thread inside network namespace `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            culvert_sys::netns::enter(ns).expect("entering a lab namespace");
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                io::Error::new(e.kind(), "the `ip` command is missing: install iproute2")
+            }
+            _ => e,
+        })?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn sh(script: &str) -> io::Result<String> {
+    let out = Command::new("sh").args(["-c", script]).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
