@@ -1,8 +1,14 @@
-//! The data-message AEAD: one audited place where packets are sealed and opened in place.
+//! The data-message AEAD: where packets are sealed and opened in place.
 //!
 //! The nonce is four zero bytes followed by the 64-bit message counter, little-endian (as in
 //! WireGuard). The 16-byte data header (type, reserved, receiver index, counter) is the
 //! associated data, so no header byte can be altered without the tag failing.
+//!
+//! The implementation is pluggable ([`AeadFactory`]): the core ships a pure-Rust one
+//! ([`rustcrypto`]) so that it stays free of C code, OS dependencies and `unsafe`; the
+//! binary plugs in a faster assembly-backed one. Both must pass [`check_known_answers`].
+
+use core::fmt;
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
@@ -11,120 +17,125 @@ use culvert_wire::hello::Cipher;
 use culvert_wire::message::TAG_LEN;
 
 /// A one-direction AEAD key of an established session.
-pub enum DataKey {
-    /// AES-256-GCM (AES-NI and CLMUL are used when the CPU has them).
-    Aes(Box<Aes256Gcm>),
-    /// ChaCha20-Poly1305.
-    ChaCha(Box<ChaCha20Poly1305>),
+pub trait Aead: Send + Sync + fmt::Debug {
+    /// Encrypts `payload` in place and writes the 16-byte tag.
+    fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]);
+    /// Verifies the tag and decrypts `payload` in place. On failure `payload` must not be
+    /// used.
+    fn open(
+        &self,
+        counter: u64,
+        header: &[u8],
+        payload: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), OpenError>;
 }
+
+/// Builds a key for a cipher from the 32 bytes a handshake produced.
+pub type AeadFactory = fn(Cipher, &[u8; 32]) -> Box<dyn Aead>;
 
 /// The AEAD refused the message: wrong key, or altered bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenError;
 
-impl DataKey {
-    /// Builds a key for `cipher` from the 32 bytes the handshake split produced.
-    pub fn new(cipher: Cipher, key: &[u8; 32]) -> Self {
-        match cipher {
-            Cipher::Aes256Gcm => Self::Aes(Box::new(Aes256Gcm::new(key.into()))),
-            Cipher::ChaCha20Poly1305 => Self::ChaCha(Box::new(ChaCha20Poly1305::new(key.into()))),
-        }
-    }
+/// The nonce for a message counter.
+pub fn nonce(counter: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    n
+}
 
-    /// Encrypts `payload` in place and writes the tag.
-    pub fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
-        let nonce = nonce(counter);
-        let t = match self {
-            Self::Aes(k) => k.encrypt_in_place_detached(&nonce.into(), header, payload),
-            Self::ChaCha(k) => k.encrypt_in_place_detached(&nonce.into(), header, payload),
-        }
-        .expect("packets are far below the AEAD's length limit");
+/// The pure-Rust implementation (RustCrypto's AES-GCM and ChaCha20-Poly1305).
+pub fn rustcrypto(cipher: Cipher, key: &[u8; 32]) -> Box<dyn Aead> {
+    match cipher {
+        Cipher::Aes256Gcm => Box::new(RustCrypto(Aes256Gcm::new(key.into()))),
+        Cipher::ChaCha20Poly1305 => Box::new(RustCrypto(ChaCha20Poly1305::new(key.into()))),
+    }
+}
+
+struct RustCrypto<A>(A);
+
+impl<A> fmt::Debug for RustCrypto<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Aead(<redacted>)")
+    }
+}
+
+impl<A: AeadInPlace + Send + Sync> Aead for RustCrypto<A> {
+    fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
+        let t = self
+            .0
+            .encrypt_in_place_detached(nonce(counter).as_slice().into(), header, payload)
+            .expect("packets are far below the AEAD's length limit");
         tag[..TAG_LEN].copy_from_slice(&t);
     }
 
-    /// Verifies the tag and decrypts `payload` in place. On failure `payload` is unchanged
-    /// in meaning: it must not be used.
-    pub fn open(
+    fn open(
         &self,
         counter: u64,
         header: &[u8],
         payload: &mut [u8],
         tag: &[u8],
     ) -> Result<(), OpenError> {
-        let nonce = nonce(counter);
         let tag = aes_gcm::Tag::from_slice(&tag[..TAG_LEN]);
-        match self {
-            Self::Aes(k) => k.decrypt_in_place_detached(&nonce.into(), header, payload, tag),
-            Self::ChaCha(k) => k.decrypt_in_place_detached(&nonce.into(), header, payload, tag),
+        self.0
+            .decrypt_in_place_detached(nonce(counter).as_slice().into(), header, payload, tag)
+            .map_err(|_| OpenError)
+    }
+}
+
+/// Checks an implementation against known answers (computed independently with Python's
+/// `cryptography` package): key 00..1f, counter 1, header "hdr", plaintext "hello".
+/// Also checks that a wrong counter, header or tag is refused.
+pub fn check_known_answers(factory: AeadFactory) -> Result<(), String> {
+    const VECTORS: [(Cipher, [u8; 5], [u8; 16]); 2] = [
+        (
+            Cipher::Aes256Gcm,
+            [141, 242, 25, 92, 17],
+            [
+                0x66, 0x16, 0x25, 0x64, 0xaa, 0xa8, 0xd7, 0x3b, 0x20, 0xa2, 0xa2, 0x07, 0x7f, 0xc9,
+                0x80, 0x64,
+            ],
+        ),
+        (
+            Cipher::ChaCha20Poly1305,
+            [247, 50, 159, 51, 218],
+            [
+                0x6f, 0x5e, 0xb6, 0x6a, 0xde, 0x26, 0x6b, 0xb8, 0x03, 0xbf, 0x4b, 0x79, 0x7a, 0xb2,
+                0x5f, 0x97,
+            ],
+        ),
+    ];
+    let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+    for (cipher, ciphertext, tag) in VECTORS {
+        let k = factory(cipher, &key);
+        let mut payload = *b"hello";
+        let mut t = [0u8; 16];
+        k.seal(1, b"hdr", &mut payload, &mut t);
+        if payload != ciphertext || t != tag {
+            return Err(format!("{cipher:?}: sealing gives the wrong bytes"));
         }
-        .map_err(|_| OpenError)
+        let refused = |counter, header: &[u8], tag: &[u8; 16]| {
+            let mut p = ciphertext;
+            k.open(counter, header, &mut p, tag).is_err()
+        };
+        let mut bad_tag = tag;
+        bad_tag[0] ^= 1;
+        if !(refused(2, b"hdr", &tag) && refused(1, b"hdX", &tag) && refused(1, b"hdr", &bad_tag)) {
+            return Err(format!("{cipher:?}: accepts a tampered message"));
+        }
+        let mut p = ciphertext;
+        if k.open(1, b"hdr", &mut p, &tag).is_err() || &p != b"hello" {
+            return Err(format!("{cipher:?}: cannot open its own message"));
+        }
     }
-}
-
-impl core::fmt::Debug for DataKey {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::Aes(_) => "DataKey(AES-256-GCM, <redacted>)",
-            Self::ChaCha(_) => "DataKey(ChaCha20-Poly1305, <redacted>)",
-        })
-    }
-}
-
-fn nonce(counter: u64) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    n
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// Known answers: key 00..1f, counter 1, header "hdr", plaintext "hello".
-    /// Pinned so that a change of nonce layout or AAD is caught (docs/PROTOCOL.md).
     #[test]
-    fn known_answer_and_tamper() {
-        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
-        for cipher in [Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305] {
-            let k = DataKey::new(cipher, &key);
-            let mut payload = *b"hello";
-            let mut tag = [0u8; 16];
-            k.seal(1, b"hdr", &mut payload, &mut tag);
-            assert_ne!(&payload, b"hello");
-            let sealed = payload;
-            k.open(1, b"hdr", &mut payload, &tag).unwrap();
-            assert_eq!(&payload, b"hello");
-            // Wrong counter, header or tag: refused.
-            let mut p = sealed;
-            assert!(k.open(2, b"hdr", &mut p, &tag).is_err());
-            let mut p = sealed;
-            assert!(k.open(1, b"hdX", &mut p, &tag).is_err());
-            let mut bad = tag;
-            bad[0] ^= 1;
-            let mut p = sealed;
-            assert!(k.open(1, b"hdr", &mut p, &bad).is_err());
-        }
-        // Vectors computed independently with Python's `cryptography` package.
-        let vectors: [(Cipher, [u8; 5], &str); 2] = [
-            (
-                Cipher::Aes256Gcm,
-                [141, 242, 25, 92, 17],
-                "66162564aaa8d73b20a2a2077fc98064",
-            ),
-            (
-                Cipher::ChaCha20Poly1305,
-                [247, 50, 159, 51, 218],
-                "6f5eb66ade266bb803bf4b797ab25f97",
-            ),
-        ];
-        for (cipher, ct, tag_hex) in vectors {
-            let k = DataKey::new(cipher, &key);
-            let mut payload = *b"hello";
-            let mut tag = [0u8; 16];
-            k.seal(1, b"hdr", &mut payload, &mut tag);
-            assert_eq!(payload, ct, "{cipher:?} ciphertext");
-            let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(hex, tag_hex, "{cipher:?} tag");
-        }
+    fn rustcrypto_passes_the_known_answers() {
+        super::check_known_answers(super::rustcrypto).unwrap();
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
 
+use crate::aead::AeadFactory;
 use crate::keys::{Psk, PublicKey, StaticSecret};
 
 /// Everything an [`crate::Endpoint`] needs.
@@ -19,6 +20,8 @@ pub struct Config {
     pub addresses: Vec<Prefix>,
     /// Data ciphers in order of preference (the first is proposed and preferred).
     pub ciphers: Vec<Cipher>,
+    /// The AEAD implementation for data messages ([`crate::aead::rustcrypto`] by default).
+    pub aead: AeadFactory,
     /// Protocol timers.
     pub timing: Timing,
     /// Hub or client.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use culvert_wire::hello::Cipher;
 use culvert_wire::message::{DATA_HEADER_LEN, DATA_OVERHEAD, Data};
 
-use crate::aead::DataKey;
+use crate::aead::{Aead, AeadFactory};
 use crate::noise::Split;
 use crate::replay::{self, Refused, ReplayWindow};
 use crate::stats::DropReason;
@@ -26,8 +26,8 @@ pub struct Session {
     pub initiator: bool,
     /// The negotiated data cipher.
     pub cipher: Cipher,
-    send: DataKey,
-    recv: DataKey,
+    send: Box<dyn Aead>,
+    recv: Box<dyn Aead>,
     next_counter: u64,
     replay: ReplayWindow,
 }
@@ -35,6 +35,7 @@ pub struct Session {
 impl Session {
     /// Builds a session from a completed handshake.
     pub fn new(
+        aead: AeadFactory,
         split: &Split,
         cipher: Cipher,
         local_index: u32,
@@ -48,8 +49,8 @@ impl Session {
             established: now,
             initiator,
             cipher,
-            send: DataKey::new(cipher, &split.send),
-            recv: DataKey::new(cipher, &split.recv),
+            send: aead(cipher, &split.send),
+            recv: aead(cipher, &split.recv),
             next_counter: 0,
             replay: ReplayWindow::default(),
         }
@@ -131,9 +132,10 @@ pub(crate) mod tests {
             send: [2; 32],
             recv: [1; 32],
         };
+        let f = crate::aead::rustcrypto;
         (
-            Session::new(&a, cipher, 10, 20, true, now),
-            Session::new(&b, cipher, 20, 10, false, now),
+            Session::new(f, &a, cipher, 10, 20, true, now),
+            Session::new(f, &b, cipher, 20, 10, false, now),
         )
     }
 

@@ -119,6 +119,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         passphrase: psk,
         addresses: settings.addresses.clone(),
         ciphers: cipher_preference(),
+        aead: crate::aead::ring,
         timing,
         role,
     };

@@ -1,6 +1,7 @@
 //! The `culvert` program: configuration, the daemon that wires the core to the system,
 //! the status and key tools, and the namespace demo. `main.rs` only calls [`main`].
 
+mod aead;
 mod cli;
 mod config;
 mod daemon;

@@ -362,15 +362,11 @@ impl Lab {
     fn cleanup_namespaces(&self) {
         let mut names = vec![self.router()];
         names.extend((0..self.hosts).map(|i| self.ns(i)));
-        for n in names {
-            if Path::new("/run/netns").join(&n).exists() {
-                if let Ok(pids) = sh(&format!("ip netns pids {n}")) {
-                    for p in pids.split_whitespace() {
-                        let _ = sh(&format!("kill -9 {p}"));
-                    }
-                }
-                let _ = ip(&["netns", "del", &n]);
-            }
+        for n in names
+            .iter()
+            .filter(|n| Path::new("/run/netns").join(n).exists())
+        {
+            kill_and_delete(n);
         }
     }
 }
@@ -403,6 +399,29 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Removes every namespace whose name starts with `prefix` (killing what runs in it), for
+/// an interrupted run that could not unwind.
+pub fn remove_labs(prefix: &str) {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) {
+            kill_and_delete(&name);
+        }
+    }
+}
+
+fn kill_and_delete(ns: &str) {
+    if let Ok(pids) = sh(&format!("ip netns pids {ns}")) {
+        for p in pids.split_whitespace() {
+            let _ = sh(&format!("kill -9 {p}"));
+        }
+    }
+    let _ = ip(&["netns", "del", ns]);
 }
 
 /// Runs `f` on a new thread inside network namespace `ns`.

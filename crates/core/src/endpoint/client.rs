@@ -265,7 +265,15 @@ impl Endpoint {
                 return Err(r);
             }
         };
-        let session = Session::new(&split, cipher, local_index, init_index, false, now);
+        let session = Session::new(
+            self.cfg.aead,
+            &split,
+            cipher,
+            local_index,
+            init_index,
+            false,
+            now,
+        );
         let peer = self.peers.get_mut(&origin).expect("checked above");
         let replaced = peer.next.replace(Unconfirmed {
             session,

@@ -282,7 +282,15 @@ impl Endpoint {
                     self.release_index(local);
                     return Err(DropReason::BadFrame);
                 }
-                let session = Session::new(&split, w.cipher, local, resp.index(), true, now);
+                let session = Session::new(
+                    self.cfg.aead,
+                    &split,
+                    w.cipher,
+                    local,
+                    resp.index(),
+                    true,
+                    now,
+                );
                 self.install_initiated(now, id, session);
                 if id == PeerId::HUB {
                     self.on_joined(now, w);

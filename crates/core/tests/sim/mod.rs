@@ -78,6 +78,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         passphrase: psk,
         addresses: vec!["10.0.0.1/24".parse().unwrap()],
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
+        aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
         role: Role::Hub(HubConfig {
             max_clients: 100,
@@ -98,6 +99,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             vec![addr.parse().unwrap()]
         },
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
+        aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
         role: Role::Client(ClientConfig {
             server: HUB_ADDR.parse().unwrap(),

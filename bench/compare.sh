@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench/compare.sh [peer...]: culvert against userspace tunnels in one run, on the shared
+# namespace lab (../shared/lab). For each tunnel: a fresh routed lab, the tunnel up, the lab's
+# bench.sh (TCP 1 and 4 streams, ping RTT, CPU seconds per GB, RSS), the tunnel down. Then a
+# table of medians and the ratios culvert / best peer.
+#
+# Env: LAB=path to the lab (default ../shared/lab next to the repository)
+#      CULVERT_BIN=binary (default: target/release/culvert, built if missing)
+#      REPS=3 DUR=10 (passed to bench.sh), OUT=results directory (default /tmp/culvert-bench)
+#      SKIP_LOSS=1 by default (the loss tests belong to the FEC bench); set 0 to run them
+#      CULVERT_TRANSPORT / CULVERT_FEC / CULVERT_ARGS pass through to the culvert peer
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LAB=${LAB:-$(cd "$ROOT/../shared/lab" 2>/dev/null && pwd || true)}
+[ -n "$LAB" ] && [ -x "$LAB/bench.sh" ] || { echo "set LAB to the shared lab directory" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "the bench needs root (network namespaces)" >&2; exit 2; }
+export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
+[ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
+OUT=${OUT:-/tmp/culvert-bench}; mkdir -p "$OUT"
+export LAB_RESULTS=$OUT SKIP_LOSS=${SKIP_LOSS:-1} REPS=${REPS:-3}
+PEERS=("$@"); [ ${#PEERS[@]} -gt 0 ] || PEERS=(culvert boringtun wireguard-go openvpn)
+STAMP=$(date +%H%M%S)
+
+rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel process after 5 s idle
+  sleep 5
+  local p kb=0
+  for p in $(cat "/run/vpnlab/$1.pids" 2>/dev/null); do
+    [ "$(ip netns identify "$p" 2>/dev/null)" = lab-cli ] || continue
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"); break
+  done
+  awk -v k="$kb" 'BEGIN {printf "%.1f", k / 1024}'
+}
+
+for peer in "${PEERS[@]}"; do
+  "$LAB/netlab.sh" up routed >/dev/null
+  if ! "$LAB/peers/$peer.sh" up >/dev/null 2>"$OUT/$peer-$STAMP.up.log"; then
+    echo "$peer: could not start (see $OUT/$peer-$STAMP.up.log)" >&2
+    "$LAB/netlab.sh" down >/dev/null; continue
+  fi
+  echo "{\"peer\":\"$peer\",\"test\":\"idle\",\"rss_idle_mb\":$(rss_idle "$peer")}" > "$OUT/$peer-$STAMP.idle.json"
+  "$LAB/bench.sh" "$peer" "$peer-$STAMP" > "$OUT/$peer-$STAMP.bench.log" 2>&1 || echo "$peer: bench failed (see log)" >&2
+  "$LAB/peers/$peer.sh" down >/dev/null 2>&1 || true
+  "$LAB/netlab.sh" down >/dev/null
+done
+
+# One row per tunnel: medians from this run's result files.
+python3 - "$OUT" "$STAMP" "${PEERS[@]}" <<'PY'
+import json, sys, glob, datetime
+out, stamp, peers = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = {}
+for p in peers:
+    r = {}
+    for f in glob.glob(f"{out}/*-{p}-{stamp}.jsonl"):
+        for line in open(f):
+            d = json.loads(line)
+            if d.get("rep") != "median": continue
+            if d["test"] == "tcp" and d.get("loss_pct", 0) == 0:
+                k = f"tcp{d['streams']}"
+                r[k] = d.get("mbps")
+                if d["streams"] == 1: r["cpu"] = d.get("cpu_s_per_gb")
+            if d["test"] == "ping": r["rtt"] = d.get("rtt_avg_ms")
+    try: r["rss"] = json.load(open(f"{out}/{p}-{stamp}.idle.json"))["rss_idle_mb"]
+    except Exception: pass
+    rows[p] = r
+cols = [("tcp1", "TCP 1 stream Mbit/s", max), ("tcp4", "TCP 4 streams Mbit/s", max),
+        ("rtt", "RTT ms", min), ("cpu", "CPU s/GB", min), ("rss", "idle RSS MB", min)]
+print("| tunnel | " + " | ".join(c[1] for c in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+fmt = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+for p in peers:
+    print(f"| {p} | " + " | ".join(fmt(rows[p].get(k)) for k, _, _ in cols) + " |")
+if "culvert" in rows:
+    others = [p for p in peers if p != "culvert"]
+    print()
+    for k, name, best in cols:
+        vals = [(rows[p].get(k), p) for p in others if rows[p].get(k) is not None]
+        c = rows["culvert"].get(k)
+        if not vals or c is None: continue
+        b, who = best(vals)
+        better = "higher" if best is max else "lower"
+        print(f"{name}: culvert {fmt(c)} vs best peer {who} {fmt(b)} -> ratio {c / b:.2f} ({better} is better)")
+PY

@@ -1,0 +1,26 @@
+//! Every outer-message view: parse never panics, accessors never panic after a check.
+#![no_main]
+use culvert_wire::message::{
+    CookieReply, Data, HandshakeInit, HandshakeResponse, MessageType, Notice,
+};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = MessageType::of(data);
+    if let Ok(d) = Data::new_checked(data) {
+        assert_eq!(d.payload_len() + 32, data.len());
+        let _ = (d.index(), d.counter());
+    }
+    if let Ok(h) = HandshakeInit::new_checked(data) {
+        assert_eq!(h.noise().len() + 24, data.len());
+        let _ = (h.mac2(), h.mac2_covered(), h.index());
+    }
+    if let Ok(h) = HandshakeResponse::new_checked(data) {
+        let _ = (h.noise(), h.receiver_index());
+    }
+    if let Ok(c) = CookieReply::new_checked(data) {
+        let _ = (c.nonce(), c.sealed_cookie());
+    }
+    if let Ok(n) = Notice::new_checked(data) {
+        assert!(n.code().is_ok());
+    }
+});
