@@ -139,3 +139,23 @@ mod tests {
         super::check_known_answers(super::rustcrypto).unwrap();
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    /// The AEAD example of docs/PROTOCOL.md is the known answer above.
+    #[test]
+    fn protocol_doc_example() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let at = doc.find("<!-- example aead:").unwrap();
+        let start = at + doc[at..].find("```hex").unwrap() + 6;
+        let end = start + doc[start..].find("```").unwrap();
+        let bytes: Vec<u8> = doc[start..end].split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let k = super::rustcrypto(culvert_wire::hello::Cipher::Aes256Gcm, &key);
+        let mut p = *b"hello";
+        let mut tag = [0u8; 16];
+        k.seal(1, b"hdr", &mut p, &mut tag);
+        assert_eq!(&bytes[..5], &p);
+        assert_eq!(&bytes[5..], &tag);
+    }
+}

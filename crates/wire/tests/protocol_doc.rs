@@ -1,0 +1,69 @@
+//! The hex examples of docs/PROTOCOL.md, checked against the code.
+
+use culvert_wire::frame::Frame;
+use culvert_wire::hello::{Hello, HelloKind};
+use culvert_wire::message::{Data, Notice, NoticeCode};
+
+const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
+
+/// The bytes of the example called `name`.
+fn example(name: &str) -> Vec<u8> {
+    let marker = format!("<!-- example {name}:");
+    let at = DOC.find(&marker).unwrap_or_else(|| panic!("no example {name} in PROTOCOL.md"));
+    let block = &DOC[at..];
+    let start = block.find("```hex").expect("hex block") + "```hex".len();
+    let end = start + block[start..].find("```").expect("closing fence");
+    block[start..end]
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad hex {b:?} in {name}")))
+        .collect()
+}
+
+#[test]
+fn data() {
+    let bytes = example("data");
+    let d = Data::new_checked(&bytes[..]).unwrap();
+    assert_eq!((d.index(), d.counter(), d.payload_len()), (0x0102_0304, 7, 4));
+    assert_eq!(&bytes[16..20], &[0xde, 0xad, 0xbe, 0xef]);
+    let mut built = vec![0u8; bytes.len()];
+    let mut v = Data::new_unchecked(&mut built[..]);
+    v.set_header(0x0102_0304);
+    v.set_counter(7);
+    let (_, payload, tag) = v.split_mut();
+    payload.copy_from_slice(&bytes[16..20]);
+    tag.copy_from_slice(&bytes[20..]);
+    assert_eq!(built, bytes);
+}
+
+#[test]
+fn notice() {
+    let bytes = example("notice");
+    let n = Notice::new_checked(&bytes[..]).unwrap();
+    assert_eq!((n.code(), n.index()), (Ok(NoticeCode::UnknownSession), 0x0a0b_0c0d));
+}
+
+#[test]
+fn ping() {
+    let bytes = example("ping");
+    assert_eq!(Frame::parse(&bytes), Ok(Frame::Ping { seq: 1, dir_version: 2 }));
+}
+
+#[test]
+fn hello() {
+    let bytes = example("hello");
+    let h = Hello::parse(&bytes).unwrap();
+    assert_eq!(h.kind, HelloKind::Join);
+    assert_eq!(h.ciphers, 3);
+    assert_eq!(h.timestamp, 1);
+    assert_eq!(h.addresses, vec!["10.0.0.2/24".parse().unwrap()]);
+    let mut out = Vec::new();
+    h.emit(&mut out);
+    assert_eq!(out, bytes);
+}
+
+#[test]
+fn relay() {
+    let bytes = example("relay");
+    let notice = example("notice");
+    assert_eq!(Frame::parse(&bytes), Ok(Frame::Relay { node: 5, message: &notice }));
+}
