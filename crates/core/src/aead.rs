@@ -149,7 +149,10 @@ mod doc_tests {
         let at = doc.find("<!-- example aead:").unwrap();
         let start = at + doc[at..].find("```hex").unwrap() + 6;
         let end = start + doc[start..].find("```").unwrap();
-        let bytes: Vec<u8> = doc[start..end].split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        let bytes: Vec<u8> = doc[start..end]
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
         let key: [u8; 32] = core::array::from_fn(|i| i as u8);
         let k = super::rustcrypto(culvert_wire::hello::Cipher::Aes256Gcm, &key);
         let mut p = *b"hello";

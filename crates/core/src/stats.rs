@@ -75,6 +75,12 @@ drop_reasons! {
     NoSession => "no_session",
     /// A packet larger than the path can carry.
     TooBig => "too_big",
+    /// A handshake message 1 shorter than the reply would be (no reply may be larger).
+    ShortHandshake => "short_handshake",
+    /// The TUN device refused a packet (its queue was full).
+    TunWriteFailed => "tun_write_failed",
+    /// The socket refused a datagram (send buffer full, no route).
+    SendFailed => "send_failed",
 }
 
 /// One counter per [`DropReason`].

@@ -66,6 +66,25 @@ fn clients_join_and_reach_the_hub_and_each_other() {
     let peer3 = s.peers.iter().find(|p| p.node == 3).unwrap();
     assert_eq!(peer3.path, "relay");
     assert_eq!(peer3.state, "up");
+    // No handshake reply is larger than the message it answers.
+    let inits: Vec<usize> = w
+        .log
+        .iter()
+        .filter(|d| MessageType::of(&d.bytes) == Ok(MessageType::HandshakeInit))
+        .map(|d| d.bytes.len())
+        .collect();
+    let shortest_init = inits.iter().min().copied().unwrap();
+    for d in w
+        .log
+        .iter()
+        .filter(|d| MessageType::of(&d.bytes) == Ok(MessageType::HandshakeResponse))
+    {
+        assert!(
+            d.bytes.len() <= shortest_init,
+            "{} byte reply to a {shortest_init} byte init",
+            d.bytes.len()
+        );
+    }
 }
 
 #[test]

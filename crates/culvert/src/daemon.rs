@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use culvert_core::{
-    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Role, TAILROOM,
-    Timing, TunOutcome,
+    ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig, Role,
+    TAILROOM, Timing, TunOutcome,
 };
 use culvert_sys::control::ControlListener;
 use culvert_sys::netlink::Netlink;
@@ -291,6 +291,7 @@ impl Daemon {
                 match self.ep.handle_datagram(now, m.from, slot, 0..m.len) {
                     DatagramOutcome::Deliver(r) => {
                         if let Err(e) = self.tun.send(&slot[r]) {
+                            self.ep.count_shell_drop(DropReason::TunWriteFailed);
                             if e.kind() != std::io::ErrorKind::WouldBlock {
                                 self.io_error("writing to the TUN device", &e);
                             }
@@ -321,16 +322,30 @@ impl Daemon {
         for (m, &(to, s, e)) in msgs.iter_mut().zip(ranges) {
             *m = (to, &buf[s..e]);
         }
-        if let Err(e) = self.udp.send_batch(&msgs[..ranges.len()]) {
-            self.io_error("sending UDP", &e);
-        }
+        let sent = self.udp.send_batch(&msgs[..ranges.len()]);
+        self.account_sends(sent, ranges.len());
     }
 
     fn flush_outbox(&mut self) {
         while let Some(t) = self.ep.poll_transmit() {
-            if let Err(e) = self.udp.send_batch(&[(t.to, &t.bytes)]) {
-                self.io_error("sending UDP", &e);
+            let sent = self.udp.send_batch(&[(t.to, &t.bytes)]);
+            self.account_sends(sent, 1);
+        }
+    }
+
+    /// Counts the datagrams of a batch the kernel did not take as `send_failed` drops.
+    fn account_sends(&mut self, sent: std::io::Result<usize>, wanted: usize) {
+        let done = match sent {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    self.io_error("sending UDP", &e);
+                }
+                0
             }
+        };
+        for _ in done..wanted {
+            self.ep.count_shell_drop(DropReason::SendFailed);
         }
     }
 

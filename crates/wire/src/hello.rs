@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! Hello (message 1):   | version = 1 | kind | ciphers | timestamp (8) | address list |
+//!                      | padding length (2) | padding (zeros) |
 //! Welcome (message 2): | 0 | cipher | node id (4) | flags | keepalive s (2) |
 //!                      | responder address list | granted address list |
 //! Refusal (message 2): | code (1..) | text length | UTF-8 text |
@@ -60,6 +61,9 @@ pub struct Hello {
     pub timestamp: u64,
     /// Overlay addresses claimed (join), or empty.
     pub addresses: Vec<Prefix>,
+    /// Zero bytes appended so that message 1 is at least as long as any reply to it: a
+    /// responder never answers with more bytes than it received.
+    pub padding: u16,
 }
 
 impl Hello {
@@ -70,6 +74,13 @@ impl Hello {
         out.push(self.ciphers);
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         addr::emit_list(&self.addresses, out);
+        out.extend_from_slice(&self.padding.to_be_bytes());
+        out.resize(out.len() + usize::from(self.padding), 0);
+    }
+
+    /// Encoded length without padding.
+    pub fn unpadded_len(&self) -> usize {
+        3 + 8 + 1 + self.addresses.iter().map(Prefix::buffer_len).sum::<usize>() + 2
     }
 
     /// Parses a payload; all of it must be consumed.
@@ -84,14 +95,19 @@ impl Hello {
             2 => HelloKind::Peer,
             _ => return Err(Error::Malformed("hello kind")),
         };
-        let hello = Self {
-            kind,
-            ciphers: r.u8()?,
-            timestamp: r.u64()?,
-            addresses: addr::parse_list(&mut r)?,
-        };
+        let ciphers = r.u8()?;
+        let timestamp = r.u64()?;
+        let addresses = addr::parse_list(&mut r)?;
+        let padding = r.u16()?;
+        r.take(usize::from(padding))?;
         r.finish()?;
-        Ok(hello)
+        Ok(Self {
+            kind,
+            ciphers,
+            timestamp,
+            addresses,
+            padding,
+        })
     }
 }
 
@@ -222,9 +238,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A join hello claiming 10.0.0.2/24 at timestamp 1, as in docs/PROTOCOL.md.
-    const HELLO_BYTES: [u8; 18] = [
-        0x01, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24,
+    /// A join hello claiming 10.0.0.2/24 at timestamp 1 with 2 bytes of padding, as in
+    /// docs/PROTOCOL.md.
+    const HELLO_BYTES: [u8; 22] = [
+        0x01, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24, 0, 2, 0, 0,
     ];
 
     #[test]
@@ -234,10 +251,12 @@ mod tests {
             ciphers: 0x03,
             timestamp: 1,
             addresses: vec!["10.0.0.2/24".parse().unwrap()],
+            padding: 2,
         };
         let mut out = Vec::new();
         h.emit(&mut out);
         assert_eq!(out, HELLO_BYTES);
+        assert_eq!(h.unpadded_len() + 2, out.len());
         assert_eq!(Hello::parse(&out).unwrap(), h);
         let mut v2 = out.clone();
         v2[0] = 2;

@@ -9,7 +9,9 @@ const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 /// The bytes of the example called `name`.
 fn example(name: &str) -> Vec<u8> {
     let marker = format!("<!-- example {name}:");
-    let at = DOC.find(&marker).unwrap_or_else(|| panic!("no example {name} in PROTOCOL.md"));
+    let at = DOC
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no example {name} in PROTOCOL.md"));
     let block = &DOC[at..];
     let start = block.find("```hex").expect("hex block") + "```hex".len();
     let end = start + block[start..].find("```").expect("closing fence");
@@ -23,7 +25,10 @@ fn example(name: &str) -> Vec<u8> {
 fn data() {
     let bytes = example("data");
     let d = Data::new_checked(&bytes[..]).unwrap();
-    assert_eq!((d.index(), d.counter(), d.payload_len()), (0x0102_0304, 7, 4));
+    assert_eq!(
+        (d.index(), d.counter(), d.payload_len()),
+        (0x0102_0304, 7, 4)
+    );
     assert_eq!(&bytes[16..20], &[0xde, 0xad, 0xbe, 0xef]);
     let mut built = vec![0u8; bytes.len()];
     let mut v = Data::new_unchecked(&mut built[..]);
@@ -39,13 +44,22 @@ fn data() {
 fn notice() {
     let bytes = example("notice");
     let n = Notice::new_checked(&bytes[..]).unwrap();
-    assert_eq!((n.code(), n.index()), (Ok(NoticeCode::UnknownSession), 0x0a0b_0c0d));
+    assert_eq!(
+        (n.code(), n.index()),
+        (Ok(NoticeCode::UnknownSession), 0x0a0b_0c0d)
+    );
 }
 
 #[test]
 fn ping() {
     let bytes = example("ping");
-    assert_eq!(Frame::parse(&bytes), Ok(Frame::Ping { seq: 1, dir_version: 2 }));
+    assert_eq!(
+        Frame::parse(&bytes),
+        Ok(Frame::Ping {
+            seq: 1,
+            dir_version: 2
+        })
+    );
 }
 
 #[test]
@@ -56,6 +70,7 @@ fn hello() {
     assert_eq!(h.ciphers, 3);
     assert_eq!(h.timestamp, 1);
     assert_eq!(h.addresses, vec!["10.0.0.2/24".parse().unwrap()]);
+    assert_eq!(h.padding, 2);
     let mut out = Vec::new();
     h.emit(&mut out);
     assert_eq!(out, bytes);
@@ -65,5 +80,11 @@ fn hello() {
 fn relay() {
     let bytes = example("relay");
     let notice = example("notice");
-    assert_eq!(Frame::parse(&bytes), Ok(Frame::Relay { node: 5, message: &notice }));
+    assert_eq!(
+        Frame::parse(&bytes),
+        Ok(Frame::Relay {
+            node: 5,
+            message: &notice
+        })
+    );
 }

@@ -7,6 +7,7 @@ use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
 
+use super::handshake::Request;
 use super::{Endpoint, RoleState};
 use crate::config::ClientConfig;
 use crate::event::Event;
@@ -227,10 +228,11 @@ impl Endpoint {
         &mut self,
         now: Instant,
         origin: PeerId,
-        init_index: u32,
+        request: Request,
         responder: Responder,
         hello: Hello,
     ) -> Result<(), DropReason> {
+        let init_index = request.index;
         let key = responder.remote_static();
         let peer = self.peers.get(&origin).ok_or(DropReason::UnknownKey)?;
         if peer.key != key || origin == PeerId::HUB {
@@ -255,7 +257,7 @@ impl Endpoint {
             now,
             Source::Relay(origin),
             local_index,
-            init_index,
+            request,
             responder,
             &welcome,
         ) {

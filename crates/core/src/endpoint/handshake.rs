@@ -17,6 +17,18 @@ use crate::stats::DropReason;
 
 /// Handshake attempts towards a client peer before giving up until new traffic.
 const PEER_ATTEMPTS: u32 = 5;
+/// Message 1 is padded to this length: more than the largest message 2 (two full address
+/// lists), so that no reply is ever larger than its request.
+pub(super) const INIT_PADDED_LEN: usize = 720;
+
+/// What a responder needs to know of the message 1 it answers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request {
+    /// The initiator's index, echoed in message 2.
+    pub(super) index: u32,
+    /// The length of message 1; message 2 may not be longer.
+    pub(super) len: usize,
+}
 /// Cipher bit meaning "the sender prefers ChaCha20 (no AES instructions)".
 const PREFER_CHACHA: u8 = 0x80;
 
@@ -45,7 +57,7 @@ impl Endpoint {
         } else {
             HelloKind::Peer
         };
-        let hello = Hello {
+        let mut hello = Hello {
             kind,
             ciphers: self.cipher_bits(),
             timestamp: self.clock.timestamp(now),
@@ -54,7 +66,10 @@ impl Endpoint {
             } else {
                 Vec::new()
             },
+            padding: 0,
         };
+        let unpadded = handshake_init_len(hello.unpadded_len() + MSG1_OVERHEAD);
+        hello.padding = u16::try_from(INIT_PADDED_LEN.saturating_sub(unpadded)).unwrap_or(0);
         let mut payload = Vec::new();
         hello.emit(&mut payload);
         let psk = self.cfg.psk_for(&responder);
@@ -187,37 +202,45 @@ impl Endpoint {
                 return Err(DropReason::BadFrame);
             }
         };
+        let request = Request {
+            index: init.index(),
+            len: msg.len(),
+        };
         match (&self.role, src, hello.kind) {
             (RoleState::Hub(_), Source::Addr(from), HelloKind::Join) => {
-                self.accept_join(now, from, init.index(), responder, hello)
+                self.accept_join(now, from, request, responder, hello)
             }
             (RoleState::Client(_), Source::Relay(origin), HelloKind::Peer) => {
-                self.accept_peer(now, origin, init.index(), responder, hello)
+                self.accept_peer(now, origin, request, responder, hello)
             }
             _ => Err(DropReason::UnexpectedHandshake),
         }
     }
 
     /// Writes message 2 carrying `reply` and sends it; returns the handshake's keys.
+    /// Refuses (`ShortHandshake`) when message 2 would be longer than message 1.
     pub(super) fn send_reply(
         &mut self,
         now: Instant,
         to: Source,
         local_index: u32,
-        init_index: u32,
+        request: Request,
         responder: Responder,
         reply: &Reply,
     ) -> Result<Split, DropReason> {
         let mut payload = Vec::new();
         reply.emit(&mut payload);
         let noise_len = payload.len() + MSG2_OVERHEAD;
+        if handshake_response_len(noise_len) > request.len {
+            return Err(DropReason::ShortHandshake);
+        }
         let mut msg = vec![0u8; handshake_response_len(noise_len)];
         let mut view = HandshakeResponse::new_unchecked(&mut msg[..]);
         let (split, _) = responder
             .reply(&payload, view.noise_mut())
             .map_err(|_| DropReason::HandshakeAuth)?;
         view.set_header(local_index);
-        view.set_receiver_index(init_index);
+        view.set_receiver_index(request.index);
         self.send_unsealed(now, to, &msg)?;
         Ok(split)
     }

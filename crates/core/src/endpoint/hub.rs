@@ -10,6 +10,7 @@ use culvert_wire::frame::{DIRECTORY_HEADER_LEN, DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
 use culvert_wire::message::{DATA_HEADER_LEN, NoticeCode};
 
+use super::handshake::Request;
 use super::{DatagramOutcome, Endpoint, MAX_FRAME, RoleState, Transmit};
 use crate::config::{HubConfig, Timing};
 use crate::cookie::CookieJar;
@@ -77,10 +78,11 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        init_index: u32,
+        request: Request,
         responder: Responder,
         hello: Hello,
     ) -> Result<(), DropReason> {
+        let init_index = request.index;
         let key = responder.remote_static();
         if key == self.public {
             return Err(DropReason::UnknownKey);
@@ -115,7 +117,7 @@ impl Endpoint {
             Err((code, text)) => {
                 self.log_refusal(now, from, &format!("refused client {key}: {text}"));
                 let reply = Reply::Refusal { code, text };
-                self.send_reply(now, Source::Addr(from), 0, init_index, responder, &reply)?;
+                self.send_reply(now, Source::Addr(from), 0, request, responder, &reply)?;
                 return Ok(());
             }
         };
@@ -139,7 +141,7 @@ impl Endpoint {
             now,
             Source::Addr(from),
             local_index,
-            init_index,
+            request,
             responder,
             &welcome,
         ) {

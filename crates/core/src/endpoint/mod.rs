@@ -284,6 +284,12 @@ impl Endpoint {
         }
     }
 
+    /// Counts a drop that happened in the shell (a full TUN queue, a failed send), so
+    /// that every drop shows in one place.
+    pub fn count_shell_drop(&mut self, reason: DropReason) {
+        self.count_drop(reason, None);
+    }
+
     /// Client: points the hub at a new underlay address (re-resolved name, new network).
     pub fn set_server_addr(&mut self, addr: SocketAddr) {
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
