@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use culvert_core::{ClientConfig, Config, Endpoint, HubConfig, Psk, Role, StaticSecret, Timing};
+use culvert_core::{
+    ClientConfig, Config, Endpoint, HubConfig, Psk, Remote, Role, StaticSecret, Timing, Transport,
+    TransportMode,
+};
 use culvert_wire::hello::Cipher;
 
 fn epoch() -> Instant {
@@ -38,6 +41,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let client = Role::Client(ClientConfig {
         server: "198.19.1.2:9000".parse().unwrap(),
         server_key: None,
+        transport: TransportMode::Auto,
     });
     let mut eps = [
         Endpoint::new(
@@ -69,7 +73,20 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let ep = &mut eps[usize::from(head[0] & 1)];
         let from = sources[usize::from(head[0] >> 1) % sources.len()];
         let mut buf = msg.to_vec();
-        let _ = ep.handle_datagram(now, from, &mut buf, 0..len);
+        let transport = if head[0] & 0x80 == 0 {
+            Transport::Udp
+        } else {
+            Transport::FakeTcp
+        };
+        let _ = ep.handle_datagram(
+            now,
+            Remote {
+                transport,
+                addr: from,
+            },
+            &mut buf,
+            0..len,
+        );
         if ep.poll_timeout() <= now {
             ep.handle_timeout(now);
         }

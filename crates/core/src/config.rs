@@ -8,6 +8,7 @@ use culvert_wire::hello::Cipher;
 
 use crate::aead::AeadFactory;
 use crate::keys::{Psk, PublicKey, StaticSecret};
+use crate::peer::Transport;
 
 /// Everything an [`crate::Endpoint`] needs.
 #[derive(Debug)]
@@ -63,10 +64,34 @@ pub struct ClientBinding {
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The hub's underlay address.
+    /// The hub's underlay address (the same port serves UDP and FakeTCP).
     pub server: SocketAddr,
     /// The hub's public key: required in key mode, optional pinning in passphrase mode.
     pub server_key: Option<PublicKey>,
+    /// Which transports to use towards the hub.
+    pub transport: TransportMode,
+}
+
+/// The transports a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportMode {
+    /// UDP only.
+    Udp,
+    /// FakeTCP only.
+    FakeTcp,
+    /// UDP when it works, FakeTCP when it does not, and back to UDP once it works again.
+    #[default]
+    Auto,
+}
+
+impl TransportMode {
+    /// The transport to try first.
+    pub fn first(self) -> Transport {
+        match self {
+            Self::FakeTcp => Transport::FakeTcp,
+            Self::Udp | Self::Auto => Transport::Udp,
+        }
+    }
 }
 
 /// Protocol timers; defaults follow WireGuard where the concept is the same.

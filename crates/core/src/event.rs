@@ -16,7 +16,14 @@ pub enum Event {
         /// Whether the hub isolates clients from each other.
         isolation: bool,
     },
-    /// The client lost the hub; the shell should open a new UDP socket (new source port)
-    /// before the next handshake, in case a middlebox dropped the old mapping.
+    /// The client lost the hub; the shell should open a new UDP socket and a new FakeTCP
+    /// flow (new source ports) before the next handshake, in case a middlebox dropped the
+    /// old mappings.
     Rebind,
+    /// The client now reaches the hub over this transport (the shell may need to bring its
+    /// FakeTCP flow up).
+    TransportChanged {
+        /// The transport now in use.
+        transport: crate::peer::Transport,
+    },
 }

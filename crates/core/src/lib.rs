@@ -18,6 +18,7 @@ pub mod aead;
 pub mod config;
 pub mod cookie;
 pub mod event;
+pub mod faketcp;
 pub mod keys;
 pub mod limit;
 pub mod noise;
@@ -31,13 +32,13 @@ pub mod status;
 
 mod endpoint;
 
-pub use config::{ClientBinding, ClientConfig, Config, HubConfig, Role, Timing};
+pub use config::{ClientBinding, ClientConfig, Config, HubConfig, Role, Timing, TransportMode};
 pub use endpoint::{
     DatagramOutcome, Endpoint, HEADROOM, MAX_FRAME, OwnedTransmit, TAILROOM, Transmit, TunOutcome,
 };
 pub use event::Event;
 pub use keys::{KeyParseError, Psk, PublicKey, StaticSecret};
-pub use peer::PeerId;
+pub use peer::{PeerId, Remote, Transport};
 pub use stats::{DropCounters, DropReason, Traffic};
 pub use status::{PeerStatus, Status};
 

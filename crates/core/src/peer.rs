@@ -21,11 +21,64 @@ impl PeerId {
     pub const HUB: Self = Self(0);
 }
 
+/// How outer messages travel on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One message per UDP datagram.
+    Udp,
+    /// Messages as records in TCP segments (see [`crate::faketcp`]).
+    FakeTcp,
+}
+
+impl Transport {
+    /// `udp` or `faketcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::FakeTcp => "faketcp",
+        }
+    }
+}
+
+/// An underlay endpoint: a transport and an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Remote {
+    /// How to reach it.
+    pub transport: Transport,
+    /// Where.
+    pub addr: SocketAddr,
+}
+
+impl Remote {
+    /// A UDP endpoint.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+
+    /// A FakeTCP endpoint.
+    pub fn faketcp(addr: SocketAddr) -> Self {
+        Self {
+            transport: Transport::FakeTcp,
+            addr,
+        }
+    }
+}
+
+impl core::fmt::Display for Remote {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}:{}", self.transport.as_str(), self.addr)
+    }
+}
+
 /// How packets reach a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// Straight to an underlay address (`None` until one is known).
-    Direct(Option<SocketAddr>),
+    /// Straight to an underlay endpoint (`None` until one is known).
+    Direct(Option<Remote>),
     /// Inside a relay frame through the hub, end-to-end encrypted.
     Relay,
 }
@@ -33,8 +86,8 @@ pub enum Path {
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// An underlay address.
-    Addr(SocketAddr),
+    /// An underlay endpoint.
+    Addr(Remote),
     /// The hub relayed it from this node.
     Relay(PeerId),
 }

@@ -81,6 +81,16 @@ drop_reasons! {
     TunWriteFailed => "tun_write_failed",
     /// The socket refused a datagram (send buffer full, no route).
     SendFailed => "send_failed",
+    /// FakeTCP: a message for a peer whose TCP flow is not established (yet).
+    TcpNotConnected => "tcp_not_connected",
+    /// FakeTCP: a segment for no known flow, without a valid SYN cookie.
+    TcpNoFlow => "tcp_no_flow",
+    /// FakeTCP: a segment far outside the flow's window, or an unexpected SYN.
+    TcpOutOfWindow => "tcp_out_of_window",
+    /// FakeTCP: an RST (counted and ignored: it never tears a flow down).
+    TcpRst => "tcp_rst",
+    /// FakeTCP: a FIN (counted and ignored).
+    TcpFin => "tcp_fin",
 }
 
 /// One counter per [`DropReason`].

@@ -40,6 +40,10 @@ pub struct PeerStatus {
     pub endpoint: Option<String>,
     /// `direct` or `relay` (through the hub).
     pub path: &'static str,
+    /// Underlay transport of a direct path.
+    pub transport: Option<crate::peer::Transport>,
+    /// The last transport switch: when, to what, and why (client, towards the hub).
+    pub last_switch: Option<String>,
     /// `up`, `connecting`, `pending` (hub: awaiting confirmation) or `down`.
     pub state: &'static str,
     /// Data cipher of the current session.

@@ -523,3 +523,142 @@ fn garbage_is_counted_and_never_panics() {
         );
     }
 }
+
+fn auto_world(seed: u64, mode: culvert_core::TransportMode) -> World {
+    let mut w = World::new(seed);
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    let s = w.secret();
+    let mut c = client_config(s, Some(passphrase()), "10.0.0.2/24");
+    if let Role::Client(cc) = &mut c.role {
+        cc.transport = mode;
+    }
+    w.add(c, "198.18.1.2:40000");
+    w
+}
+
+fn block_udp(w: &mut World) {
+    w.filter = Some(Box::new(|d| d.transport != culvert_core::Transport::Udp));
+}
+
+fn transport_of(w: &World, node: usize, peer: u32) -> Option<culvert_core::Transport> {
+    w.nodes[node]
+        .ep
+        .status(w.now)
+        .peers
+        .iter()
+        .find(|p| p.node == peer)
+        .and_then(|p| p.transport)
+}
+
+#[test]
+fn auto_joins_over_faketcp_when_udp_is_blocked_from_the_start() {
+    let mut w = auto_world(20, culvert_core::TransportMode::Auto);
+    block_udp(&mut w);
+    assert!(
+        w.run_until(15 * SECOND, |w| w.joined(1)),
+        "auto did not fall back to FakeTCP"
+    );
+    w.run(SECOND);
+    assert_eq!(
+        transport_of(&w, 1, 0),
+        Some(culvert_core::Transport::FakeTcp)
+    );
+    assert_eq!(
+        transport_of(&w, 0, 1),
+        Some(culvert_core::Transport::FakeTcp)
+    );
+    assert_eq!(transfer(&mut w, 1, 0, 20), 20);
+    let s = w.nodes[1].ep.status(w.now);
+    let why = s.peers[0].last_switch.clone().unwrap();
+    assert!(why.contains("no handshake answer over UDP"), "{why}");
+}
+
+#[test]
+fn udp_only_client_never_joins_through_a_udp_block() {
+    let mut w = auto_world(21, culvert_core::TransportMode::Udp);
+    block_udp(&mut w);
+    w.run(15 * SECOND);
+    assert!(!w.joined(1));
+}
+
+#[test]
+fn faketcp_only_client_joins_and_stays_on_faketcp() {
+    let mut w = auto_world(22, culvert_core::TransportMode::FakeTcp);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    assert_eq!(transfer(&mut w, 1, 0, 10), 10);
+    assert!(
+        w.log
+            .iter()
+            .all(|d| d.transport == culvert_core::Transport::FakeTcp)
+    );
+}
+
+#[test]
+fn auto_fails_over_within_5s_and_returns_after_the_stable_period() {
+    let mut w = auto_world(23, culvert_core::TransportMode::Auto);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    assert_eq!(transport_of(&w, 1, 0), Some(culvert_core::Transport::Udp));
+    // A steady stream client -> hub; UDP gets blocked in the middle of it.
+    let mut delivered_at_block = 0;
+    let mut failover = None;
+    for ms in 0..20_000u64 {
+        if ms == 2_000 {
+            block_udp(&mut w);
+            delivered_at_block = w.nodes[0].delivered.len();
+        }
+        if ms % 10 == 0 {
+            let _ = w.tun(
+                1,
+                &ip_packet("10.0.0.2", "10.0.0.1", format!("p{ms}").as_bytes()),
+            );
+        }
+        w.step(Duration::from_millis(1));
+        if ms > 2_000 && failover.is_none() && w.nodes[0].delivered.len() > delivered_at_block + 5 {
+            failover = Some(ms - 2_000);
+        }
+    }
+    let took = failover.expect("traffic never resumed after UDP was blocked");
+    assert!(took < 5_000, "failover took {took} ms");
+    assert_eq!(
+        transport_of(&w, 1, 0),
+        Some(culvert_core::Transport::FakeTcp)
+    );
+    assert_eq!(
+        transport_of(&w, 0, 1),
+        Some(culvert_core::Transport::FakeTcp),
+        "the hub did not follow"
+    );
+    // UDP comes back: after three answered probes the client returns.
+    w.filter = None;
+    let back = w.run_until(30 * SECOND, |w| {
+        transport_of(w, 1, 0) == Some(culvert_core::Transport::Udp)
+    });
+    assert!(back, "auto did not return to UDP");
+    assert_eq!(transfer(&mut w, 1, 0, 20), 20);
+    assert_eq!(transport_of(&w, 0, 1), Some(culvert_core::Transport::Udp));
+    // The session survived both moves: one join handshake only.
+    let inits = w
+        .log
+        .iter()
+        .filter(|d| MessageType::of(&d.bytes) == Ok(MessageType::HandshakeInit))
+        .count();
+    assert_eq!(inits, 1, "the session was re-established instead of moved");
+}
+
+#[test]
+fn one_lost_pong_does_not_trigger_failover() {
+    let mut w = auto_world(24, culvert_core::TransportMode::Auto);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    // Drop exactly one datagram from the hub, then let the link idle.
+    let mut dropped = false;
+    w.filter = Some(Box::new(move |d| {
+        if !dropped && d.from.to_string() == sim::HUB_ADDR {
+            dropped = true;
+            return false;
+        }
+        true
+    }));
+    w.run(30 * SECOND);
+    assert_eq!(transport_of(&w, 1, 0), Some(culvert_core::Transport::Udp));
+}

@@ -66,6 +66,24 @@ pub(crate) struct CommonArgs {
     /// Seconds between keepalives to the server. [key: keepalive]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) keepalive: Option<u64>,
+    /// udp, faketcp, or auto (UDP, falling back to FakeTCP). [key: transport]
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
+    /// Test hook: the initial FakeTCP sequence number (to exercise wrap-around).
+    #[arg(long, hide = true, value_name = "N")]
+    pub(crate) faketcp_isn: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TransportArg {
+    /// UDP only.
+    Udp,
+    /// FakeTCP only (TCP segments; passes UDP-blocking firewalls).
+    Faketcp,
+    /// UDP, FakeTCP when UDP stops working, and back. A server serves both.
+    #[default]
+    Auto,
 }
 
 #[derive(Debug, Args)]

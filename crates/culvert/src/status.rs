@@ -5,15 +5,29 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use culvert_core::Status;
+use culvert_core::faketcp::FlowStatus;
 use serde_json::Value;
 
 use crate::cli::StatusArgs;
 use crate::daemon::DaemonInfo;
 
-/// The JSON the daemon answers with: the core's status plus facts about the process.
-pub(crate) fn render_json(status: &Status, info: &DaemonInfo) -> String {
+/// The JSON the daemon answers with: the core's status plus facts about the process and
+/// its FakeTCP flows.
+pub(crate) fn render_json(
+    status: &Status,
+    info: &DaemonInfo,
+    faketcp: Option<(Vec<FlowStatus>, u64)>,
+) -> String {
     let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
+        let (flows, merged) = faketcp.unwrap_or_default();
+        m.insert("transports".into(), info.transports.into());
+        m.insert("nft_table".into(), info.nft_table.clone().into());
+        m.insert(
+            "faketcp_flows".into(),
+            serde_json::to_value(flows).unwrap_or(Value::Null),
+        );
+        m.insert("faketcp_merged_records".into(), merged.into());
         m.insert("instance".into(), info.instance.clone().into());
         m.insert("netns".into(), info.netns.clone().into());
         m.insert("mtu".into(), info.mtu.into());
@@ -90,8 +104,9 @@ pub(crate) fn human(v: &Value) -> String {
     let _ = writeln!(out, "  public key  {}", s("public_key"));
     let _ = writeln!(
         out,
-        "  underlay {}  mtu {}  up {}s  directory v{}{}",
+        "  underlay {} ({})  mtu {}  up {}s  directory v{}{}",
         s("underlay"),
+        s("transports"),
         n(v, "mtu"),
         n(v, "uptime_secs"),
         n(v, "directory_version"),
@@ -113,7 +128,7 @@ pub(crate) fn human(v: &Value) -> String {
     let _ = writeln!(out, "  drops    {}", drops(v.get("drops")));
     let _ = writeln!(
         out,
-        "\n  {:<5} {:<22} {:<22} {:<7} {:<10} {:<10} {:<8} {:<18} {:<18} DROPS",
+        "\n  {:<5} {:<22} {:<22} {:<14} {:<10} {:<10} {:<8} {:<18} {:<18} DROPS",
         "NODE", "ADDRESSES", "ENDPOINT", "PATH", "STATE", "HANDSHAKE", "RTT", "RX", "TX"
     );
     for p in v
@@ -125,11 +140,18 @@ pub(crate) fn human(v: &Value) -> String {
         let t = p.get("traffic").cloned().unwrap_or(Value::Null);
         let _ = writeln!(
             out,
-            "  {:<5} {:<22} {:<22} {:<7} {:<10} {:<10} {:<8} {:<18} {:<18} {}",
+            "  {:<5} {:<22} {:<22} {:<14} {:<10} {:<10} {:<8} {:<18} {:<18} {}",
             n(p, "node"),
             strings(p.get("addresses")).join(","),
             p.get("endpoint").and_then(Value::as_str).unwrap_or("-"),
-            p.get("path").and_then(Value::as_str).unwrap_or("-"),
+            match (
+                p.get("path").and_then(Value::as_str),
+                p.get("transport").and_then(Value::as_str)
+            ) {
+                (Some("direct"), Some(t)) => format!("direct/{t}"),
+                (Some(path), _) => path.to_owned(),
+                _ => "-".to_owned(),
+            },
             p.get("state").and_then(Value::as_str).unwrap_or("-"),
             p.get("last_handshake_secs")
                 .and_then(Value::as_f64)
@@ -140,6 +162,32 @@ pub(crate) fn human(v: &Value) -> String {
             format!("{}/{}", bytes(n(&t, "rx_bytes")), n(&t, "rx_packets")),
             format!("{}/{}", bytes(n(&t, "tx_bytes")), n(&t, "tx_packets")),
             drops(p.get("drops")),
+        );
+    }
+    for p in v
+        .get("peers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(sw) = p.get("last_switch").and_then(Value::as_str) {
+            let _ = writeln!(out, "  node {} transport switched {sw}", n(p, "node"));
+        }
+    }
+    for f in v
+        .get("faketcp_flows")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "  faketcp {} -> {}  {}  segments in {} out {}",
+            f.get("local").and_then(Value::as_str).unwrap_or("-"),
+            f.get("remote").and_then(Value::as_str).unwrap_or("-"),
+            f.get("state").and_then(Value::as_str).unwrap_or("-"),
+            n(f, "segments_in"),
+            n(f, "segments_out"),
         );
     }
     out.push('\n');

@@ -3,6 +3,7 @@
 //! * [`tun`] — the TUN device (`/dev/net/tun`);
 //! * [`netlink`] — addresses, MTU, routes and link state over rtnetlink (no `ip` commands);
 //! * [`udp`] — UDP sockets with batched receive and send (`recvmmsg`/`sendmmsg`);
+//! * [`raw`] and [`nft`] — FakeTCP's raw and packet sockets, and its nftables table;
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
 //! * [`control`] — the daemon's local control socket (abstract namespace, per netns);
 //! * [`netns`] — which network namespace this process is in, and entering one;
@@ -17,7 +18,9 @@ pub mod control;
 pub mod icmp;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod poll;
+pub mod raw;
 pub mod tun;
 pub mod udp;
 

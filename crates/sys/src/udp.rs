@@ -89,12 +89,14 @@ impl UdpSocket {
         self.sock.local_addr()
     }
 
-    /// Receives up to `meta.len()` datagrams into consecutive `slot`-byte slots of `buf`
-    /// (datagram `i` lands at `buf[i * slot..]`). Returns how many arrived; 0 if none.
+    /// Receives up to `meta.len()` datagrams into consecutive `slot`-byte slots of `buf`,
+    /// each at `offset` within its slot (datagram `i` lands at `buf[i * slot + offset..]`).
+    /// Returns how many arrived; 0 if none.
     pub fn recv_batch(
         &self,
         buf: &mut [u8],
         slot: usize,
+        offset: usize,
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
         let n = meta.len().min(BATCH).min(buf.len() / slot);
@@ -105,8 +107,8 @@ impl UdpSocket {
         } = MsgArrays::new();
         for i in 0..n {
             iovs[i] = libc::iovec {
-                iov_base: buf[i * slot..].as_mut_ptr().cast(),
-                iov_len: slot,
+                iov_base: buf[i * slot + offset..].as_mut_ptr().cast(),
+                iov_len: slot - offset,
             };
             msgs[i].msg_hdr.msg_name = (&raw mut addrs[i]).cast();
             msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
@@ -154,7 +156,7 @@ impl UdpSocket {
                 mut hdrs,
             } = MsgArrays::new();
             for (i, (to, bytes)) in chunk.iter().enumerate() {
-                let len = to_storage(*to, self.v6, &mut addrs[i]);
+                let len = sockaddr(*to, self.v6, &mut addrs[i]);
                 iovs[i] = libc::iovec {
                     iov_base: bytes.as_ptr().cast_mut().cast(),
                     iov_len: bytes.len(),
@@ -241,7 +243,7 @@ fn from_storage(s: &libc::sockaddr_storage) -> SocketAddr {
 }
 
 /// Writes `to` into `s` in the socket's family (IPv4 becomes mapped on an IPv6 socket).
-fn to_storage(to: SocketAddr, v6_socket: bool, s: &mut libc::sockaddr_storage) -> u32 {
+pub(crate) fn sockaddr(to: SocketAddr, v6_socket: bool, s: &mut libc::sockaddr_storage) -> u32 {
     let to = match (to, v6_socket) {
         (SocketAddr::V4(a), true) => {
             SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
@@ -287,7 +289,7 @@ mod tests {
         let mut got = 0;
         for _ in 0..100 {
             got += b
-                .recv_batch(&mut buf[got * 2048..], 2048, &mut meta[got..])
+                .recv_batch(&mut buf[got * 2048..], 2048, 0, &mut meta[got..])
                 .unwrap();
             if got == 10 {
                 break;
@@ -299,7 +301,7 @@ mod tests {
             assert_eq!(m.from, a.local_addr().unwrap());
             assert_eq!(&buf[i * 2048..i * 2048 + m.len], &payloads[i][..]);
         }
-        assert_eq!(b.recv_batch(&mut buf, 2048, &mut meta).unwrap(), 0);
+        assert_eq!(b.recv_batch(&mut buf, 2048, 0, &mut meta).unwrap(), 0);
     }
 
     #[test]
@@ -314,7 +316,7 @@ mod tests {
         let mut buf = vec![0u8; 2048];
         let mut meta = [RecvMeta::default(); 1];
         for _ in 0..100 {
-            if v6.recv_batch(&mut buf, 2048, &mut meta).unwrap() == 1 {
+            if v6.recv_batch(&mut buf, 2048, 0, &mut meta).unwrap() == 1 {
                 assert_eq!(
                     meta[0].from,
                     v4.local_addr().unwrap(),

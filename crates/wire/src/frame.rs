@@ -18,6 +18,7 @@
 //!     entry     | node id (4) | public key (32) | address list |
 //! DirRequest    | 05 | version the sender holds (8) |
 //! Goodbye       | 06 | reason (1) |
+//! Probe / ProbeAck | 07/08 | seq (4) |
 //! ```
 
 use crate::addr::{self, Prefix};
@@ -32,6 +33,8 @@ mod kind {
     pub(super) const DIRECTORY: u8 = 0x04;
     pub(super) const DIR_REQUEST: u8 = 0x05;
     pub(super) const GOODBYE: u8 = 0x06;
+    pub(super) const PROBE: u8 = 0x07;
+    pub(super) const PROBE_ACK: u8 = 0x08;
 }
 
 /// Length of the relay frame header that precedes the inner message.
@@ -95,6 +98,17 @@ pub enum Frame<'a> {
     Goodbye {
         /// Why (informational).
         reason: GoodbyeReason,
+    },
+    /// Tests another transport: the receiver answers with [`Frame::ProbeAck`] over the
+    /// transport and address the probe came from, and does not move the peer's endpoint.
+    Probe {
+        /// Echoed in the answer.
+        seq: u32,
+    },
+    /// Answer to [`Frame::Probe`].
+    ProbeAck {
+        /// The probe's sequence number.
+        seq: u32,
     },
 }
 
@@ -195,6 +209,8 @@ impl<'a> Frame<'a> {
                     _ => return Err(Error::Malformed("goodbye reason")),
                 },
             },
+            kind::PROBE => Self::Probe { seq: r.u32()? },
+            kind::PROBE_ACK => Self::ProbeAck { seq: r.u32()? },
             t => return Err(Error::UnknownType(t)),
         };
         r.finish()?;
@@ -244,8 +260,22 @@ impl<'a> Frame<'a> {
                 out.push(kind::GOODBYE);
                 out.push(*reason as u8);
             }
+            Self::Probe { seq } => {
+                out.push(kind::PROBE);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
+            Self::ProbeAck { seq } => {
+                out.push(kind::PROBE_ACK);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
         }
     }
+}
+
+/// Whether a plaintext is a probe or probe answer: these test a transport and must not
+/// move the peer's endpoint.
+pub fn is_probe(plaintext: &[u8]) -> bool {
+    matches!(plaintext.first(), Some(&kind::PROBE | &kind::PROBE_ACK))
 }
 
 /// Writes a relay frame header in place, in front of an inner message.
@@ -348,6 +378,8 @@ mod tests {
             Just(Frame::Goodbye {
                 reason: GoodbyeReason::Shutdown
             }),
+            any::<u32>().prop_map(|seq| Frame::Probe { seq }),
+            any::<u32>().prop_map(|seq| Frame::ProbeAck { seq }),
         ]
     }
 

@@ -21,10 +21,12 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod checksum;
 pub mod frame;
 pub mod hello;
 pub mod ip;
 pub mod message;
+pub mod tcp;
 
 mod field;
 

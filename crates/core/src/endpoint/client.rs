@@ -1,6 +1,7 @@
 //! The client: joining the hub, pings, the directory of other clients, reconnecting.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
@@ -9,18 +10,45 @@ use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
 
 use super::handshake::Request;
 use super::{Endpoint, RoleState};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, TransportMode};
 use crate::event::Event;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
-use crate::peer::{Path, Peer, PeerId, Source, Unconfirmed};
+use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport, Unconfirmed};
 use crate::session::Session;
 use crate::stats::DropReason;
+
+/// Silence over UDP (with traffic unanswered) after which `auto` moves to FakeTCP.
+const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+/// Unanswered for this long, the client pings every [`FAST_PING`] to find out quickly.
+const SUSPECT_AFTER: Duration = Duration::from_secs(1);
+/// Ping interval while the path is suspect.
+const FAST_PING: Duration = Duration::from_secs(1);
+/// On FakeTCP in `auto`, a UDP probe goes out this often.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// A probe unanswered this long counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive answered probes (a stable period of 15 s) before `auto` returns to UDP.
+const PROBES_TO_RETURN: u32 = 3;
+/// Handshake attempts on one transport before `auto` tries the other.
+const ATTEMPTS_PER_TRANSPORT: u32 = 2;
 
 /// Client-only state.
 #[derive(Debug)]
 pub(super) struct Client {
+    /// The hub's underlay address.
+    pub(super) server: SocketAddr,
+    /// Which transports may be used.
+    mode: TransportMode,
+    /// The last switch of transport: when, to what, why.
+    switched: Option<(Instant, Transport, &'static str)>,
+    /// Handshake attempts since the last switch.
+    attempts_here: u32,
+    probe_seq: u32,
+    probe_out: Option<(u32, Instant)>,
+    probes_answered: u32,
+    next_probe: Option<Instant>,
     /// The hub key from the configuration (pinned); without it any key is accepted.
     pub(super) server_key: Option<PublicKey>,
     /// Node id the hub gave us, once joined.
@@ -67,6 +95,14 @@ impl DirectoryAssembly {
 impl Client {
     pub(super) fn new(cfg: ClientConfig) -> Self {
         Self {
+            server: cfg.server,
+            mode: cfg.transport,
+            switched: None,
+            attempts_here: 0,
+            probe_seq: 0,
+            probe_out: None,
+            probes_answered: 0,
+            next_probe: None,
             server_key: cfg.server_key,
             node: None,
             isolation: false,
@@ -80,7 +116,14 @@ impl Client {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.next_ping
+        [
+            self.next_ping,
+            self.next_probe,
+            self.probe_out.map(|(_, t)| t + PROBE_TIMEOUT),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -329,10 +372,141 @@ impl Endpoint {
             self.retry_handshake(now, PeerId::HUB);
         }
         if joined {
+            self.auto_transport(now);
             if self.client().next_ping.is_some_and(|p| p <= now) {
                 self.send_ping(now);
             }
             self.maybe_rekey(now, PeerId::HUB);
         }
+    }
+
+    /// `auto`: leaves UDP when it goes silent, probes it while on FakeTCP, returns to it
+    /// once probes have been answered for a stable period.
+    fn auto_transport(&mut self, now: Instant) {
+        if self.client().mode != TransportMode::Auto {
+            return;
+        }
+        let hub = &self.peers[&PeerId::HUB];
+        let unanswered = hub
+            .unanswered_since
+            .map(|t| now.saturating_duration_since(t));
+        let active = self.active_transport();
+        if active == Transport::Udp {
+            if unanswered.is_some_and(|u| u >= FAILOVER_AFTER) {
+                self.switch_transport(now, Transport::FakeTcp, "nothing heard over UDP for 3 s");
+            } else if unanswered.is_some_and(|u| u >= SUSPECT_AFTER) {
+                // Suspect: ping fast to tell a lost pong from a blocked path.
+                let c = self.client();
+                if c.next_ping.is_none_or(|p| p > now + FAST_PING) {
+                    c.next_ping = Some(now);
+                }
+            }
+            return;
+        }
+        let c = self.client();
+        if let Some((_, sent)) = c.probe_out {
+            if now.saturating_duration_since(sent) >= PROBE_TIMEOUT {
+                c.probe_out = None;
+                c.probes_answered = 0;
+            }
+        }
+        if c.next_probe.is_none_or(|p| p <= now) {
+            c.probe_seq = c.probe_seq.wrapping_add(1);
+            let seq = c.probe_seq;
+            c.probe_out = Some((seq, now));
+            c.next_probe = Some(now + PROBE_INTERVAL);
+            let to = Remote::udp(c.server);
+            self.send_frame_to(PeerId::HUB, to, &Frame::Probe { seq });
+        }
+    }
+
+    /// `auto`: a probe came back over UDP.
+    pub(super) fn on_probe_ack(&mut self, now: Instant, seq: u32) -> Result<(), DropReason> {
+        let RoleState::Client(c) = &mut self.role else {
+            return Err(DropReason::BadFrame);
+        };
+        if c.probe_out.is_none_or(|(s, _)| s != seq) {
+            return Err(DropReason::BadFrame);
+        }
+        c.probe_out = None;
+        c.probes_answered += 1;
+        if c.probes_answered >= PROBES_TO_RETURN {
+            self.switch_transport(now, Transport::Udp, "UDP answered 3 probes in a row (15 s)");
+        }
+        Ok(())
+    }
+
+    /// The transport the client currently uses towards the hub.
+    pub(super) fn active_transport(&self) -> Transport {
+        match self.peers.get(&PeerId::HUB).map(|h| h.path) {
+            Some(Path::Direct(Some(r))) => r.transport,
+            _ => Transport::Udp,
+        }
+    }
+
+    /// Moves the hub path to another transport; the session and its counters stay.
+    pub(super) fn switch_transport(&mut self, now: Instant, to: Transport, why: &'static str) {
+        let from = self.active_transport();
+        let c = self.client();
+        let server = c.server;
+        c.switched = Some((now, to, why));
+        c.attempts_here = 0;
+        c.probe_out = None;
+        c.probes_answered = 0;
+        c.next_probe = None;
+        let joined = self
+            .peers
+            .get(&PeerId::HUB)
+            .is_some_and(|h| h.current.is_some());
+        if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+            hub.path = Path::Direct(Some(Remote {
+                transport: to,
+                addr: server,
+            }));
+            hub.unanswered_since = None;
+        }
+        tracing::info!(
+            from = from.as_str(),
+            to = to.as_str(),
+            "switched transport: {why}"
+        );
+        self.events
+            .push_back(Event::TransportChanged { transport: to });
+        if joined {
+            // Tells the hub where we are now, and measures the new path.
+            self.send_ping(now);
+        }
+        self.deadline_dirty = true;
+    }
+
+    /// `auto`: after failed handshake attempts on one transport, tries the other.
+    pub(super) fn next_join_transport(&mut self, now: Instant) {
+        let c = self.client();
+        c.attempts_here += 1;
+        if c.mode != TransportMode::Auto || c.attempts_here <= ATTEMPTS_PER_TRANSPORT {
+            return;
+        }
+        match self.active_transport() {
+            Transport::Udp => {
+                self.switch_transport(now, Transport::FakeTcp, "no handshake answer over UDP")
+            }
+            Transport::FakeTcp => {
+                self.switch_transport(now, Transport::Udp, "no handshake answer over FakeTCP")
+            }
+        }
+    }
+
+    /// The last transport switch, for status.
+    pub(super) fn describe_switch(&self, now: Instant) -> Option<String> {
+        let RoleState::Client(c) = &self.role else {
+            return None;
+        };
+        c.switched.map(|(at, to, why)| {
+            format!(
+                "to {} {:.0}s ago: {why}",
+                to.as_str(),
+                now.saturating_duration_since(at).as_secs_f64()
+            )
+        })
     }
 }

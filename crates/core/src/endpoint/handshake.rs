@@ -124,7 +124,8 @@ impl Endpoint {
             if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path) {
                 if attempts >= 3 && attempts.is_power_of_two() {
                     tracing::warn!(
-                        server = %addr,
+                        server = %addr.addr,
+                        transport = addr.transport.as_str(),
                         attempts,
                         waited_s = now.saturating_duration_since(h.sent).as_secs(),
                         "no answer from the server: check its address, that its port is reachable \
@@ -135,6 +136,7 @@ impl Endpoint {
             if attempts > 0 && attempts % 3 == 0 {
                 self.events.push_back(crate::Event::Rebind);
             }
+            self.next_join_transport(now);
         } else if attempts >= PEER_ATTEMPTS {
             tracing::debug!(
                 peer = id.0,
@@ -163,11 +165,11 @@ impl Endpoint {
     ) -> Result<(), DropReason> {
         let init = HandshakeInit::new_checked(msg).map_err(|_| DropReason::Malformed)?;
         if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
-            if hub.cookies.note_handshake(now) && !hub.cookies.check_mac2(&init, from) {
+            if hub.cookies.note_handshake(now) && !hub.cookies.check_mac2(&init, from.addr) {
                 let psk = self.cfg.psk_for(&self.public);
                 let mut out = [0u8; COOKIE_REPLY_LEN];
                 hub.cookies
-                    .reply(&mut self.rng, &psk, &init, from, &mut out);
+                    .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
                 self.outbox.push_back(super::OwnedTransmit {
                     to: from,
                     bytes: out.to_vec(),
@@ -188,7 +190,7 @@ impl Endpoint {
             if let Source::Addr(from) = src {
                 self.log_refusal(
                     now,
-                    from,
+                    from.addr,
                     "handshake failed authentication: wrong passphrase or server key?",
                 );
                 self.notice(now, from, NoticeCode::AuthFailed, init.index());
@@ -383,12 +385,9 @@ impl Endpoint {
         let notice = Notice::new_checked(msg).map_err(|_| DropReason::Malformed)?;
         let code = notice.code().map_err(|_| DropReason::Malformed)?;
         let hub = self.peers.get(&PeerId::HUB).ok_or(DropReason::BadNotice)?;
-        if !self.is_client()
-            || Source::Addr(match hub.path {
-                Path::Direct(Some(a)) => a,
-                _ => return Err(DropReason::BadNotice),
-            }) != src
-        {
+        let from_hub =
+            matches!((hub.path, src), (Path::Direct(Some(h)), Source::Addr(s)) if h.addr == s.addr);
+        if !self.is_client() || !from_hub {
             return Err(DropReason::BadNotice);
         }
         let pending = hub
@@ -482,7 +481,7 @@ fn cipher_bit(c: Cipher) -> u8 {
 
 fn hub_addr(hub: &crate::peer::Peer) -> std::net::SocketAddr {
     match hub.path {
-        Path::Direct(Some(a)) => a,
+        Path::Direct(Some(a)) => a.addr,
         _ => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }

@@ -1,6 +1,5 @@
 //! The hub: admission of clients, the directory, relaying between clients, expiry.
 
-use core::net::SocketAddr;
 use core::ops::Range;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use crate::cookie::CookieJar;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
-use crate::peer::{Path, Peer, PeerId, Source, Unconfirmed};
+use crate::peer::{Path, Peer, PeerId, Remote, Source, Unconfirmed};
 use crate::rng::Rng;
 use crate::session::Session;
 use crate::stats::DropReason;
@@ -77,7 +76,7 @@ impl Endpoint {
     pub(super) fn accept_join(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Remote,
         request: Request,
         responder: Responder,
         hello: Hello,
@@ -91,7 +90,7 @@ impl Endpoint {
         if key_mode && self.hub().binding(&key).is_none() {
             self.log_refusal(
                 now,
-                from,
+                from.addr,
                 &format!("handshake from unknown client key {key}: add it to [[peer]]"),
             );
             self.notice(now, from, NoticeCode::UnknownKey, init_index);
@@ -115,7 +114,7 @@ impl Endpoint {
         let (cipher, granted) = match verdict {
             Ok(v) => v,
             Err((code, text)) => {
-                self.log_refusal(now, from, &format!("refused client {key}: {text}"));
+                self.log_refusal(now, from.addr, &format!("refused client {key}: {text}"));
                 let reply = Reply::Refusal { code, text };
                 self.send_reply(now, Source::Addr(from), 0, request, responder, &reply)?;
                 return Ok(());

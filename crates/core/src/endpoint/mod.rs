@@ -26,7 +26,6 @@ mod client;
 mod handshake;
 mod hub;
 
-use core::net::SocketAddr;
 use core::ops::Range;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ use crate::config::{Config, Role};
 use crate::event::Event;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
-use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Slot, Source};
+use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Remote, Slot, Source};
 use crate::rng::Rng;
 use crate::router::Router;
 use crate::stats::{DropCounters, DropReason, Traffic};
@@ -68,7 +67,7 @@ const RECEIVE_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Underlay destination.
-    pub to: SocketAddr,
+    pub to: Remote,
     /// The bytes to send, within the caller's buffer.
     pub range: Range<usize>,
 }
@@ -77,7 +76,7 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedTransmit {
     /// Underlay destination.
-    pub to: SocketAddr,
+    pub to: Remote,
     /// The datagram.
     pub bytes: Vec<u8>,
 }
@@ -170,7 +169,11 @@ impl Endpoint {
             Role::Hub(h) => RoleState::Hub(Hub::new(h.clone(), &mut rng, now)),
             Role::Client(c) => {
                 let key = c.server_key.unwrap_or(PublicKey([0; 32]));
-                let hub = Peer::new(PeerId::HUB, key, Vec::new(), Path::Direct(Some(c.server)));
+                let first = Remote {
+                    transport: c.transport.first(),
+                    addr: c.server,
+                };
+                let hub = Peer::new(PeerId::HUB, key, Vec::new(), Path::Direct(Some(first)));
                 peers.insert(PeerId::HUB, hub);
                 RoleState::Client(Client::new(c.clone()))
             }
@@ -245,12 +248,12 @@ impl Endpoint {
     pub fn handle_datagram(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Remote,
         buf: &mut [u8],
         range: Range<usize>,
     ) -> DatagramOutcome {
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        self.handle_message(now, Source::Addr(from), buf, range)
+        let addr = core::net::SocketAddr::new(from.addr.ip().to_canonical(), from.addr.port());
+        self.handle_message(now, Source::Addr(Remote { addr, ..from }), buf, range)
     }
 
     /// Runs the timers that are due. Call when [`Endpoint::poll_timeout`]'s time has come.
@@ -291,9 +294,14 @@ impl Endpoint {
     }
 
     /// Client: points the hub at a new underlay address (re-resolved name, new network).
-    pub fn set_server_addr(&mut self, addr: SocketAddr) {
+    pub fn set_server_addr(&mut self, addr: core::net::SocketAddr) {
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
-            hub.path = Path::Direct(Some(addr));
+            if let Path::Direct(Some(r)) = &mut hub.path {
+                r.addr = addr;
+            }
+        }
+        if let RoleState::Client(c) = &mut self.role {
+            c.server = addr;
         }
     }
 
@@ -345,8 +353,17 @@ impl Endpoint {
                 },
                 addresses: p.addresses.iter().map(Prefix::to_string).collect(),
                 endpoint: match p.path {
-                    Path::Direct(a) => a.map(|a| a.to_string()),
+                    Path::Direct(a) => a.map(|a| a.addr.to_string()),
                     Path::Relay => None,
+                },
+                transport: match p.path {
+                    Path::Direct(Some(r)) => Some(r.transport),
+                    _ => None,
+                },
+                last_switch: if p.id == PeerId::HUB {
+                    self.describe_switch(now)
+                } else {
+                    None
                 },
                 path: if p.path == Path::Relay {
                     "relay"
@@ -462,7 +479,14 @@ impl Endpoint {
             Err(r) => return DatagramOutcome::Dropped(self.count_drop(r, Some(id))),
         };
         peer.last_rx = Some(now);
-        peer.unanswered_since = None;
+        // Only traffic over the transport we send on answers it (auto failover watches this).
+        let answers = match (src, peer.path) {
+            (Source::Addr(r), Path::Direct(Some(p))) => r.transport == p.transport,
+            _ => true,
+        };
+        if answers {
+            peer.unanswered_since = None;
+        }
         peer.traffic.rx_bytes += plain.len() as u64;
         peer.traffic.rx_packets += 1;
         self.traffic.rx_bytes += plain.len() as u64;
@@ -470,9 +494,13 @@ impl Endpoint {
         if slot == Slot::Next {
             self.confirm_next(now, id, src);
         }
-        if let (Source::Addr(from), Some(p)) = (src, self.peers.get_mut(&id)) {
+        // Roaming: the hub follows its clients (address or transport); a client keeps the
+        // hub where its configuration and transport choice put it. Probes never move a path.
+        let hub_of_client = self.is_client() && id == PeerId::HUB;
+        let roams = !hub_of_client && !frame::is_probe(&buf[plain.clone()]);
+        if let (Source::Addr(from), Some(p), true) = (src, self.peers.get_mut(&id), roams) {
             if matches!(p.path, Path::Direct(Some(old)) if old != from) {
-                tracing::info!(peer = id.0, %from, "peer roamed to a new underlay address");
+                tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
                 p.path = Path::Direct(Some(from));
             }
         }
@@ -546,6 +574,14 @@ impl Endpoint {
             Frame::Directory(part) => self.on_directory(now, id, part),
             Frame::DirRequest { .. } => self.on_dir_request(now, id),
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
+            Frame::Probe { seq } => match src {
+                Source::Addr(from) => {
+                    self.send_frame_to(id, from, &Frame::ProbeAck { seq });
+                    Ok(())
+                }
+                Source::Relay(_) => Err(DropReason::BadFrame),
+            },
+            Frame::ProbeAck { seq } => self.on_probe_ack(now, seq),
         };
         match result {
             Ok(()) => DatagramOutcome::Done,
@@ -650,6 +686,25 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Encodes a control frame, seals it in `id`'s session and sends it to `to` instead of
+    /// the peer's path (probes and their answers travel on the transport under test).
+    fn send_frame_to(&mut self, id: PeerId, to: Remote, frame: &Frame<'_>) {
+        let mut plain = Vec::new();
+        frame.emit(&mut plain);
+        let mut buf = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plain.len()].copy_from_slice(&plain);
+        let sealed = match self.peers.get_mut(&id).and_then(|p| p.current.as_mut()) {
+            Some(session) => session.seal(&mut buf, 0, plain.len()),
+            None => Err(DropReason::NoSession),
+        };
+        match sealed {
+            Ok(range) => self.push_owned(to, buf, range),
+            Err(r) => {
+                self.count_drop(r, Some(id));
+            }
+        }
+    }
+
     /// Encodes and sends a control frame to `id`; failures are counted, not returned.
     fn send_frame(&mut self, now: Instant, id: PeerId, frame: &Frame<'_>) {
         let mut plain = Vec::new();
@@ -694,7 +749,7 @@ impl Endpoint {
         }
     }
 
-    fn push_owned(&mut self, to: SocketAddr, mut buf: Vec<u8>, range: Range<usize>) {
+    fn push_owned(&mut self, to: Remote, mut buf: Vec<u8>, range: Range<usize>) {
         buf.truncate(range.end);
         buf.drain(..range.start);
         self.outbox.push_back(OwnedTransmit { to, bytes: buf });
@@ -857,7 +912,7 @@ impl Endpoint {
     fn notice(
         &mut self,
         now: Instant,
-        to: SocketAddr,
+        to: Remote,
         code: culvert_wire::message::NoticeCode,
         index: u32,
     ) {

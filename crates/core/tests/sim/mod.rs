@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use culvert_core::rng::Rng;
 use culvert_core::{
-    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, Role,
-    StaticSecret, TAILROOM, Timing, TunOutcome,
+    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, Remote, Role,
+    StaticSecret, TAILROOM, Timing, Transport, TransportMode, TunOutcome,
 };
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
@@ -28,10 +28,11 @@ fn epoch() -> Instant {
     Instant::now()
 }
 
-/// A datagram in flight.
+/// A datagram in flight (one outer message, whatever the transport).
 #[derive(Debug, Clone)]
 pub struct Datagram {
     pub at: Instant,
+    pub transport: Transport,
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
@@ -104,6 +105,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
         role: Role::Client(ClientConfig {
             server: HUB_ADDR.parse().unwrap(),
             server_key: None,
+            transport: TransportMode::Udp,
         }),
     }
 }
@@ -206,11 +208,12 @@ impl World {
         p > 0.0 && (self.rng.below(1_000_000) as f64) < p * 1_000_000.0
     }
 
-    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+    pub fn send(&mut self, from: SocketAddr, to: Remote, bytes: Vec<u8>) {
         let d = Datagram {
             at: self.now + self.latency,
+            transport: to.transport,
             from,
-            to,
+            to: to.addr,
             bytes,
         };
         self.log.push(d.clone());
@@ -237,6 +240,7 @@ impl World {
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.queue.push_back(Datagram {
             at: self.now,
+            transport: Transport::Udp,
             from,
             to,
             bytes,
@@ -275,9 +279,13 @@ impl World {
             let mut buf = d.bytes.clone();
             let len = buf.len();
             let now = self.now;
+            let from = Remote {
+                transport: d.transport,
+                addr: d.from,
+            };
             match self.nodes[i]
                 .ep
-                .handle_datagram(now, d.from, &mut buf, 0..len)
+                .handle_datagram(now, from, &mut buf, 0..len)
             {
                 DatagramOutcome::Deliver(r) => self.nodes[i].delivered.push(buf[r].to_vec()),
                 DatagramOutcome::Send(t) => {

@@ -12,7 +12,7 @@ use culvert_core::{ClientBinding, PublicKey};
 use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
-use crate::cli::{ClientArgs, CommonArgs, LogFormat, ServerArgs};
+use crate::cli::{ClientArgs, CommonArgs, LogFormat, ServerArgs, TransportArg};
 
 /// The commented example `culvert init server` prints.
 pub(crate) const EXAMPLE_SERVER: &str = include_str!("example-server.toml");
@@ -68,6 +68,9 @@ pub(crate) struct RawConfig {
     log_format: Option<LogFormat>,
     state_dir: Option<PathBuf>,
     keepalive: Option<u64>,
+    transport: Option<TransportArg>,
+    #[serde(skip)]
+    faketcp_isn: Option<u32>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -143,6 +146,8 @@ impl RawConfig {
         merge(&mut self.log_format, &a.log_format);
         merge(&mut self.state_dir, &a.state_dir);
         merge(&mut self.keepalive, &a.keepalive);
+        merge(&mut self.transport, &a.transport);
+        merge(&mut self.faketcp_isn, &a.faketcp_isn);
     }
 }
 
@@ -166,6 +171,8 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) keepalive: Duration,
+    pub(crate) transport: TransportArg,
+    pub(crate) faketcp_isn: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +386,8 @@ impl Settings {
             log_format: raw.log_format.unwrap_or_default(),
             state_dir: raw.state_dir,
             keepalive,
+            transport: raw.transport.unwrap_or_default(),
+            faketcp_isn: raw.faketcp_isn,
         })
     }
 }

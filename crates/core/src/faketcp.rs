@@ -1,0 +1,967 @@
+//! FakeTCP: culvert messages carried as real TCP segments, without a kernel TCP socket.
+//!
+//! The stack owns no socket: it turns messages into whole IP packets (IPv4 or IPv6 header,
+//! TCP header, records) and received IP packets back into messages. What it keeps per flow
+//! is what a stateful middlebox checks — a 3-way handshake first, sequence numbers that
+//! advance by the bytes sent, acknowledgements of what was received, timestamps — so a
+//! Linux conntrack in strict mode (`nf_conntrack_tcp_be_liberal=0`) passes the flow.
+//! Unlike TCP it never retransmits, never orders and never blocks: the session layer
+//! above already tolerates loss, and a retransmitting tunnel under a retransmitting
+//! inner TCP would collapse under loss.
+//!
+//! * The client opens with SYN (Linux-like options), waits for SYN-ACK, sends ACK.
+//! * The server keeps **no state for a SYN**: its SYN-ACK sequence number is a keyed MAC
+//!   of the 4-tuple under a secret that rotates every 64 s (a SYN cookie). The flow is
+//!   created only when a segment acknowledges that number, which proves the client
+//!   received the SYN-ACK — the final ACK or, if that was lost, any later segment (the
+//!   server has sent no data yet, so the acknowledgement is still exactly cookie + 1).
+//!   A SYN flood therefore costs one SYN-ACK of the same size per SYN (rate-limited) and
+//!   no memory.
+//! * Stray RSTs and FINs, and segments far outside the window, are counted and ignored;
+//!   they never tear down a flow. A client that saw an in-window RST and then hears nothing
+//!   for two seconds reconnects (a middlebox really dropped the flow), from a new port with
+//!   a new ISN.
+//! * If we receive a lot without sending (a one-way stream), we send pure ACKs so that the
+//!   middlebox's view of our window keeps up with the peer's sequence numbers.
+
+use core::net::SocketAddr;
+use core::ops::Range;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use culvert_wire::tcp::{
+    self, RECORD_HEADER_LEN, Segment, SegmentOptions, SegmentRepr, emit_record_header, flags,
+};
+
+use crate::keys::mac16;
+use crate::limit::RateWindow;
+use crate::rng::Rng;
+use crate::stats::DropReason;
+
+/// Window scale we announce: windows are multiplied by 128.
+const WSCALE: u8 = 7;
+/// Window field value we advertise (times 128: 8 MiB).
+const WINDOW: u16 = 65_535;
+/// Bytes a segment's sequence number may lie from what we expect and still be accepted.
+const ACCEPT_WINDOW: u32 = (WINDOW as u32) << WSCALE;
+/// Send a pure ACK once this much arrived since we last sent anything.
+const ACK_EVERY: u32 = ACCEPT_WINDOW / 8;
+/// Delayed-ACK timer: a pure ACK goes out this long after unacknowledged data arrived.
+const ACK_DELAY: Duration = Duration::from_millis(200);
+/// An idle established flow sends a pure ACK this often (keeps middlebox state alive).
+const IDLE_KEEPALIVE: Duration = Duration::from_secs(20);
+/// SYN retransmissions (1, 2, 4, 8 s apart) before the client starts over with a new port.
+const SYN_ATTEMPTS: u32 = 4;
+/// A client that saw an RST reconnects if nothing valid arrives this long after it.
+const RST_GRACE: Duration = Duration::from_secs(2);
+/// The server forgets a flow it has not heard from this long.
+const FLOW_IDLE: Duration = Duration::from_secs(180);
+/// SYN cookies are valid for two buckets of this length.
+const COOKIE_BUCKET: Duration = Duration::from_secs(64);
+/// SYN-ACKs sent per second at most (SYN flood limit).
+const SYNACK_LIMIT: u32 = 2_000;
+
+/// Client or server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Opens one flow to the server.
+    Client,
+    /// Accepts flows from many clients on one port.
+    Server,
+}
+
+/// Settings of a stack.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client or server.
+    pub side: Side,
+    /// The MSS announced in SYNs (what a Linux stack with this MTU would say).
+    pub mss: u16,
+    /// The most flows a server keeps; the least recently active is evicted beyond it.
+    pub max_flows: usize,
+    /// Fixed initial sequence number (tests of sequence-number wrap-around); random if
+    /// `None`.
+    pub isn: Option<u32>,
+}
+
+/// A received segment's messages: where the records lie in the packet, and who sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The peer's address and port.
+    pub from: SocketAddr,
+    /// Our address and port on the flow.
+    pub to: SocketAddr,
+    /// The segment payload (a sequence of records) within the packet.
+    pub payload: Range<usize>,
+}
+
+/// One flow, for `culvert status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowStatus {
+    /// Our end.
+    pub local: String,
+    /// The peer's end.
+    pub remote: String,
+    /// `syn-sent` or `established`.
+    pub state: &'static str,
+    /// Next sequence number we send.
+    pub snd_nxt: u32,
+    /// Next sequence number we expect.
+    pub rcv_nxt: u32,
+    /// Segments received and sent on this flow.
+    pub segments_in: u64,
+    /// Segments sent on this flow.
+    pub segments_out: u64,
+}
+
+#[derive(Debug)]
+struct Flow {
+    local: SocketAddr,
+    remote: SocketAddr,
+    established: bool,
+    isn: u32,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    ts_offset: u32,
+    ts_recent: u32,
+    ip_id: u16,
+    syn_attempts: u32,
+    syn_sent: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    unacked_rx: u32,
+    first_unacked: Option<Instant>,
+    rst_at: Option<Instant>,
+    segments_in: u64,
+    segments_out: u64,
+}
+
+/// The FakeTCP stack of one node.
+#[derive(Debug)]
+pub struct Stack {
+    cfg: Config,
+    rng: Rng,
+    epoch: Instant,
+    secret: [u8; 32],
+    old_secret: [u8; 32],
+    secret_born: Instant,
+    flows: BTreeMap<SocketAddr, Flow>,
+    /// Client: where to connect, from which address.
+    target: Option<(SocketAddr, SocketAddr)>,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    synacks: RateWindow,
+}
+
+impl Stack {
+    /// A stack; `seed` feeds its random choices (ISNs, ports, cookie secrets).
+    pub fn new(cfg: Config, seed: [u8; 32], now: Instant) -> Self {
+        let mut rng = Rng::from_seed(seed);
+        Self {
+            cfg,
+            secret: rng.array(),
+            old_secret: rng.array(),
+            secret_born: now,
+            rng,
+            epoch: now,
+            flows: BTreeMap::new(),
+            target: None,
+            outbox: VecDeque::new(),
+            synacks: RateWindow::new(SYNACK_LIMIT, Duration::from_secs(1)),
+        }
+    }
+
+    /// Client: opens a flow from `local` (its port is replaced by a random one when 0) to
+    /// `remote`, replacing any previous flow. The SYN waits in [`Stack::poll_transmit`].
+    pub fn connect(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) {
+        self.flows.clear();
+        let port = if local.port() == 0 {
+            32_768 + self.rng.below(28_000) as u16
+        } else {
+            local.port()
+        };
+        let local = SocketAddr::new(local.ip(), port);
+        self.target = Some((local, remote));
+        let isn = self.cfg.isn.unwrap_or_else(|| self.rng.u32());
+        let mut flow = Flow::new(local, remote, isn, self.rng.u32(), now);
+        flow.ip_id = self.rng.u32() as u16;
+        self.flows.insert(remote, flow);
+        self.send_syn(now, remote);
+    }
+
+    /// Client: starts over with a new source port and ISN (the path was lost).
+    pub fn reconnect(&mut self, now: Instant) {
+        if let Some((local, remote)) = self.target {
+            tracing::info!(%remote, "FakeTCP: reconnecting with a fresh handshake");
+            self.connect(now, SocketAddr::new(local.ip(), 0), remote);
+        }
+    }
+
+    /// Whether a flow to `remote` can carry messages.
+    pub fn established(&self, remote: SocketAddr) -> bool {
+        self.flows.get(&remote).is_some_and(|f| f.established)
+    }
+
+    /// Wraps the message `buf[msg]` into a segment to `remote`, in place: the record
+    /// header and the IP/TCP headers go into the bytes before `msg`. Returns the packet's
+    /// range.
+    ///
+    /// # Panics
+    /// If `buf` lacks [`HEADROOM`] bytes before `msg`.
+    pub fn encapsulate(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        buf: &mut [u8],
+        msg: Range<usize>,
+    ) -> Result<Range<usize>, DropReason> {
+        let flow = self
+            .flows
+            .get_mut(&remote)
+            .filter(|f| f.established)
+            .ok_or(DropReason::TcpNotConnected)?;
+        let rec = msg.start - RECORD_HEADER_LEN;
+        let header: &mut [u8; RECORD_HEADER_LEN] =
+            (&mut buf[rec..msg.start]).try_into().expect("2-byte slice");
+        emit_record_header(header, msg.len());
+        let payload_len = msg.end - rec;
+        let repr = flow.segment(now, self.epoch, flags::ACK | flags::PSH, payload_len);
+        let start = rec - repr.header_len();
+        repr.emit(&mut buf[start..msg.end]);
+        Ok(start..msg.end)
+    }
+
+    /// Handles one received IP packet. Returns the payload to split into records when the
+    /// segment carries data for a flow; replies (SYN-ACK, ACK) wait in
+    /// [`Stack::poll_transmit`].
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+    ) -> Result<Option<Received>, DropReason> {
+        let seg = Segment::parse(packet).map_err(|_| DropReason::Malformed)?;
+        if seg.has(flags::RST) {
+            if let Some(f) = self
+                .flows
+                .get_mut(&seg.src)
+                .filter(|f| f.in_window(seg.seq))
+            {
+                f.rst_at = Some(now);
+            }
+            return Err(DropReason::TcpRst);
+        }
+        match (self.cfg.side, seg.has(flags::SYN), seg.has(flags::ACK)) {
+            (Side::Server, true, false) => self.answer_syn(now, &seg).map(|()| None),
+            (Side::Client, true, true) => self.finish_connect(now, &seg).map(|()| None),
+            (_, true, _) => Err(DropReason::TcpOutOfWindow),
+            (_, false, true) => self.receive(now, &seg),
+            (_, false, false) => Err(DropReason::Malformed),
+        }
+    }
+
+    /// Runs the timers: SYN retransmission, delayed and keepalive ACKs, reconnection after
+    /// an RST, flow expiry, cookie secret rotation.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.secret_born) >= COOKIE_BUCKET {
+            self.old_secret = self.secret;
+            self.secret = self.rng.array();
+            self.secret_born = now;
+        }
+        let mut acks = Vec::new();
+        let mut syns = Vec::new();
+        let mut expired = Vec::new();
+        let mut reconnect = false;
+        for (remote, f) in &mut self.flows {
+            if !f.established {
+                let wait = Duration::from_secs(1 << f.syn_attempts.min(4));
+                if now.saturating_duration_since(f.syn_sent) >= wait {
+                    if f.syn_attempts >= SYN_ATTEMPTS {
+                        reconnect = true;
+                    } else {
+                        syns.push(*remote);
+                    }
+                }
+                continue;
+            }
+            if f.rst_at
+                .is_some_and(|r| now.saturating_duration_since(r) >= RST_GRACE && f.last_rx <= r)
+            {
+                reconnect = true;
+            }
+            let delayed = f
+                .first_unacked
+                .is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY);
+            let idle = now.saturating_duration_since(f.last_tx) >= IDLE_KEEPALIVE;
+            if delayed || idle {
+                acks.push(*remote);
+            }
+            if self.cfg.side == Side::Server
+                && now.saturating_duration_since(f.last_rx) >= FLOW_IDLE
+            {
+                expired.push(*remote);
+            }
+        }
+        for r in expired {
+            self.flows.remove(&r);
+        }
+        for r in syns {
+            self.send_syn(now, r);
+        }
+        for r in acks {
+            self.send_ack(now, r);
+        }
+        if reconnect && self.cfg.side == Side::Client {
+            self.reconnect(now);
+        }
+    }
+
+    /// When [`Stack::handle_timeout`] has work next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.secret_born + COOKIE_BUCKET;
+        for f in self.flows.values() {
+            let next = if f.established {
+                let mut n = f.last_tx + IDLE_KEEPALIVE;
+                if let Some(u) = f.first_unacked {
+                    n = n.min(u + ACK_DELAY);
+                }
+                if let Some(r) = f.rst_at {
+                    n = n.min(r + RST_GRACE);
+                }
+                n
+            } else {
+                f.syn_sent + Duration::from_secs(1 << f.syn_attempts.min(4))
+            };
+            t = t.min(next);
+        }
+        Some(t)
+    }
+
+    /// The next control segment to send: destination and the whole IP packet.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// Every flow, for `culvert status`.
+    pub fn status(&self) -> Vec<FlowStatus> {
+        self.flows
+            .values()
+            .map(|f| FlowStatus {
+                local: f.local.to_string(),
+                remote: f.remote.to_string(),
+                state: if f.established {
+                    "established"
+                } else {
+                    "syn-sent"
+                },
+                snd_nxt: f.snd_nxt,
+                rcv_nxt: f.rcv_nxt,
+                segments_in: f.segments_in,
+                segments_out: f.segments_out,
+            })
+            .collect()
+    }
+
+    fn send_syn(&mut self, now: Instant, remote: SocketAddr) {
+        let mss = self.cfg.mss;
+        let epoch = self.epoch;
+        let Some(f) = self.flows.get_mut(&remote) else {
+            return;
+        };
+        f.syn_attempts += 1;
+        f.syn_sent = now;
+        let repr = SegmentRepr {
+            src: f.local,
+            dst: f.remote,
+            seq: f.isn,
+            ack: 0,
+            flags: flags::SYN,
+            window: 64_240,
+            ip_id: f.next_ip_id(),
+            options: SegmentOptions::Syn {
+                mss,
+                wscale: WSCALE,
+                tsval: f.tsval(now, epoch),
+                tsecr: 0,
+            },
+        };
+        f.last_tx = now;
+        f.segments_out += 1;
+        self.push(repr, &[]);
+    }
+
+    fn send_ack(&mut self, now: Instant, remote: SocketAddr) {
+        let epoch = self.epoch;
+        let Some(f) = self.flows.get_mut(&remote) else {
+            return;
+        };
+        let repr = f.segment(now, epoch, flags::ACK, 0);
+        self.push(repr, &[]);
+    }
+
+    fn push(&mut self, repr: SegmentRepr, payload: &[u8]) {
+        let mut pkt = vec![0u8; repr.header_len() + payload.len()];
+        pkt[repr.header_len()..].copy_from_slice(payload);
+        repr.emit(&mut pkt);
+        self.outbox.push_back((repr.dst, pkt));
+    }
+
+    /// Server: a SYN. Answer with a cookie SYN-ACK; keep nothing.
+    fn answer_syn(&mut self, now: Instant, seg: &Segment) -> Result<(), DropReason> {
+        if seg.src.is_ipv4() != seg.dst.is_ipv4() {
+            return Err(DropReason::Malformed);
+        }
+        if !self.synacks.allow(now) {
+            return Err(DropReason::RateLimited);
+        }
+        let cookie = self.cookie(&self.secret, seg.src, seg.dst);
+        let tsval =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_millis() & 0xffff_ffff)
+                .unwrap_or(0)
+                .wrapping_add(cookie.rotate_left(7));
+        let repr = SegmentRepr {
+            src: seg.dst,
+            dst: seg.src,
+            seq: cookie,
+            ack: seg.seq.wrapping_add(1),
+            flags: flags::SYN | flags::ACK,
+            window: 65_160,
+            ip_id: 0,
+            options: SegmentOptions::Syn {
+                mss: self.cfg.mss,
+                wscale: WSCALE,
+                tsval,
+                tsecr: seg.timestamps.map_or(0, |(v, _)| v),
+            },
+        };
+        self.push(repr, &[]);
+        Ok(())
+    }
+
+    /// Client: the SYN-ACK. Complete the handshake.
+    fn finish_connect(&mut self, now: Instant, seg: &Segment) -> Result<(), DropReason> {
+        let epoch = self.epoch;
+        let f = self.flows.get_mut(&seg.src).ok_or(DropReason::TcpNoFlow)?;
+        if f.local != seg.dst || seg.ack != f.isn.wrapping_add(1) {
+            return Err(DropReason::TcpOutOfWindow);
+        }
+        if !f.established {
+            f.established = true;
+            f.snd_nxt = f.isn.wrapping_add(1);
+            f.rcv_nxt = seg.seq.wrapping_add(1);
+            tracing::debug!(remote = %seg.src, "FakeTCP: connected");
+        }
+        f.ts_recent = seg.timestamps.map_or(0, |(v, _)| v);
+        f.last_rx = now;
+        f.segments_in += 1;
+        // (Re)acknowledge: the SYN-ACK may be a retransmission after a lost ACK.
+        let repr = f.segment(now, epoch, flags::ACK, 0);
+        self.push(repr, &[]);
+        Ok(())
+    }
+
+    /// An ACK-bearing segment: data, a pure ACK, or the server's first sight of a flow.
+    fn receive(&mut self, now: Instant, seg: &Segment) -> Result<Option<Received>, DropReason> {
+        if !self.flows.contains_key(&seg.src) {
+            self.accept_flow(now, seg)?;
+        }
+        let f = self
+            .flows
+            .get_mut(&seg.src)
+            .expect("present or just accepted");
+        if f.local != seg.dst {
+            return Err(DropReason::TcpNoFlow);
+        }
+        if !f.established || !f.in_window(seg.seq) {
+            return Err(DropReason::TcpOutOfWindow);
+        }
+        let len = u32::try_from(seg.payload.len()).map_err(|_| DropReason::Malformed)?;
+        let end = seg.seq.wrapping_add(len);
+        if seq_gt(end, f.rcv_nxt) {
+            f.rcv_nxt = end;
+        }
+        if let Some((v, _)) = seg.timestamps {
+            f.ts_recent = v;
+        }
+        f.last_rx = now;
+        f.rst_at = None;
+        f.segments_in += 1;
+        if seg.has(flags::FIN) {
+            return Err(DropReason::TcpFin);
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        f.unacked_rx = f.unacked_rx.saturating_add(len);
+        f.first_unacked.get_or_insert(now);
+        if f.unacked_rx >= ACK_EVERY {
+            self.send_ack(now, seg.src);
+        }
+        Ok(Some(Received {
+            from: seg.src,
+            to: seg.dst,
+            payload: seg.payload.clone(),
+        }))
+    }
+
+    /// Server: an ACK from an unknown 4-tuple creates a flow if it carries a valid cookie.
+    fn accept_flow(&mut self, now: Instant, seg: &Segment) -> Result<(), DropReason> {
+        if self.cfg.side != Side::Server {
+            return Err(DropReason::TcpNoFlow);
+        }
+        let expected = seg.ack.wrapping_sub(1);
+        let valid = [self.secret, self.old_secret]
+            .iter()
+            .any(|s| self.cookie(s, seg.src, seg.dst) == expected);
+        if !valid {
+            return Err(DropReason::TcpNoFlow);
+        }
+        if self.flows.len() >= self.cfg.max_flows {
+            let oldest = self
+                .flows
+                .values()
+                .min_by_key(|f| f.last_rx)
+                .map(|f| f.remote);
+            if let Some(o) = oldest {
+                self.flows.remove(&o);
+            }
+        }
+        let mut flow = Flow::new(seg.dst, seg.src, expected, self.rng.u32(), now);
+        flow.established = true;
+        flow.snd_nxt = expected.wrapping_add(1);
+        flow.rcv_nxt = seg.seq;
+        flow.ip_id = self.rng.u32() as u16;
+        self.flows.insert(seg.src, flow);
+        tracing::debug!(remote = %seg.src, "FakeTCP: flow accepted");
+        Ok(())
+    }
+
+    fn cookie(&self, secret: &[u8; 32], client: SocketAddr, server: SocketAddr) -> u32 {
+        let mut buf = Vec::with_capacity(36);
+        for a in [client, server] {
+            match a.ip() {
+                core::net::IpAddr::V4(ip) => buf.extend_from_slice(&ip.to_ipv6_mapped().octets()),
+                core::net::IpAddr::V6(ip) => buf.extend_from_slice(&ip.octets()),
+            }
+            buf.extend_from_slice(&a.port().to_be_bytes());
+        }
+        let m = mac16(secret, &[&buf]);
+        u32::from_be_bytes([m[0], m[1], m[2], m[3]])
+    }
+}
+
+impl Flow {
+    fn new(local: SocketAddr, remote: SocketAddr, isn: u32, ts_offset: u32, now: Instant) -> Self {
+        Self {
+            local,
+            remote,
+            established: false,
+            isn,
+            snd_nxt: isn,
+            rcv_nxt: 0,
+            ts_offset,
+            ts_recent: 0,
+            ip_id: 0,
+            syn_attempts: 0,
+            syn_sent: now,
+            last_rx: now,
+            last_tx: now,
+            unacked_rx: 0,
+            first_unacked: None,
+            rst_at: None,
+            segments_in: 0,
+            segments_out: 0,
+        }
+    }
+
+    /// The header of the next segment carrying `len` payload bytes; advances the flow.
+    fn segment(&mut self, now: Instant, epoch: Instant, flag_bits: u8, len: usize) -> SegmentRepr {
+        let repr = SegmentRepr {
+            src: self.local,
+            dst: self.remote,
+            seq: self.snd_nxt,
+            ack: self.rcv_nxt,
+            flags: flag_bits,
+            window: WINDOW,
+            ip_id: self.next_ip_id(),
+            options: SegmentOptions::Timestamps {
+                tsval: self.tsval(now, epoch),
+                tsecr: self.ts_recent,
+            },
+        };
+        self.snd_nxt = self
+            .snd_nxt
+            .wrapping_add(u32::try_from(len).expect("segments fit in 64 KiB"));
+        self.last_tx = now;
+        self.unacked_rx = 0;
+        self.first_unacked = None;
+        self.segments_out += 1;
+        repr
+    }
+
+    fn next_ip_id(&mut self) -> u16 {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        self.ip_id
+    }
+
+    /// A millisecond timestamp clock with a per-flow random offset, as Linux does.
+    fn tsval(&self, now: Instant, epoch: Instant) -> u32 {
+        let ms = now.saturating_duration_since(epoch).as_millis() as u64;
+        (ms as u32).wrapping_add(self.ts_offset)
+    }
+
+    /// Whether `seq` is near enough to what we expect (either side, for reordering).
+    fn in_window(&self, seq: u32) -> bool {
+        let d = seq.wrapping_sub(self.rcv_nxt);
+        d < ACCEPT_WINDOW || d.wrapping_neg() < ACCEPT_WINDOW
+    }
+}
+
+/// `a` is after `b` in sequence space (RFC 1982 arithmetic).
+fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Bytes a caller must leave before a message for [`Stack::encapsulate`]: an IPv6 header,
+/// TCP with timestamps, and the record header.
+pub const HEADROOM: usize = 40 + tcp::TCP_HEADER_LEN + tcp::TS_OPTIONS_LEN + RECORD_HEADER_LEN;
+/// Per-message overhead on the wire over IPv4 (IP, TCP with timestamps, record header).
+pub const OVERHEAD_V4: usize = 20 + tcp::TCP_HEADER_LEN + tcp::TS_OPTIONS_LEN + RECORD_HEADER_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CLIENT: &str = "198.18.1.2:0";
+    const SERVER: &str = "198.19.1.2:9000";
+
+    fn stacks(isn: Option<u32>) -> (Stack, Stack, Instant) {
+        let now = crate::test_epoch();
+        let cfg = |side| Config {
+            side,
+            mss: 1460,
+            max_flows: 16,
+            isn,
+        };
+        (
+            Stack::new(cfg(Side::Client), [1; 32], now),
+            Stack::new(cfg(Side::Server), [2; 32], now),
+            now,
+        )
+    }
+
+    /// Moves every queued control segment from `a` to `b`; returns how many moved.
+    fn pump(a: &mut Stack, b: &mut Stack, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some((_, pkt)) = a.poll_transmit() {
+            assert!(
+                tcp::checksums_ok(&pkt),
+                "bad checksums on a control segment"
+            );
+            let _ = b.handle_packet(now, &pkt);
+            n += 1;
+        }
+        n
+    }
+
+    fn connect(c: &mut Stack, s: &mut Stack, now: Instant) -> SocketAddr {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        c.connect(now, CLIENT.parse().unwrap(), server);
+        pump(c, s, now); // SYN
+        assert!(s.flows.is_empty(), "a SYN must not create server state");
+        pump(s, c, now); // SYN-ACK
+        assert!(c.established(server));
+        pump(c, s, now); // ACK
+        server
+    }
+
+    /// Sends `msg` from `from` (to `to_addr`) and hands the packet to `to`; returns the
+    /// messages `to` extracted.
+    fn send(
+        from: &mut Stack,
+        to: &mut Stack,
+        to_addr: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; HEADROOM + msg.len()];
+        buf[HEADROOM..].copy_from_slice(msg);
+        let r = from
+            .encapsulate(now, to_addr, &mut buf, HEADROOM..HEADROOM + msg.len())
+            .unwrap();
+        let pkt = &buf[r];
+        assert!(tcp::checksums_ok(pkt));
+        match to.handle_packet(now, pkt) {
+            Ok(Some(rx)) => tcp::records(&pkt[rx.payload.clone()])
+                .map(|r| pkt[rx.payload.start..][r.unwrap()].to_vec())
+                .collect(),
+            other => panic!("segment not delivered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_then_data_both_ways_with_consistent_seq_ack() {
+        let (mut c, mut s, now) = stacks(None);
+        let server = connect(&mut c, &mut s, now);
+        let client = *s.flows.keys().next().expect("the ACK created the flow");
+        assert_eq!(
+            send(&mut c, &mut s, server, b"hello", now),
+            vec![b"hello".to_vec()]
+        );
+        assert_eq!(
+            send(&mut s, &mut c, client, b"world!", now),
+            vec![b"world!".to_vec()]
+        );
+        let (cf, sf) = (&c.flows[&server], &s.flows[&client]);
+        assert_eq!(
+            cf.snd_nxt, sf.rcv_nxt,
+            "server acks exactly what the client sent"
+        );
+        assert_eq!(
+            sf.snd_nxt, cf.rcv_nxt,
+            "client acks exactly what the server sent"
+        );
+        assert_eq!(cf.snd_nxt.wrapping_sub(cf.isn), 1 + 7, "SYN + record of 5");
+    }
+
+    #[test]
+    fn lost_final_ack_is_recovered_by_the_first_data_segment() {
+        let (mut c, mut s, now) = stacks(None);
+        let server: SocketAddr = SERVER.parse().unwrap();
+        c.connect(now, CLIENT.parse().unwrap(), server);
+        pump(&mut c, &mut s, now);
+        pump(&mut s, &mut c, now);
+        while c.poll_transmit().is_some() {} // the ACK is lost
+        assert_eq!(
+            send(&mut c, &mut s, server, b"data", now),
+            vec![b"data".to_vec()]
+        );
+        assert_eq!(s.flows.len(), 1);
+    }
+
+    #[test]
+    fn syn_flood_creates_no_state_and_is_rate_limited() {
+        let (_, mut s, now) = stacks(None);
+        let mut answered = 0;
+        for i in 0..5_000u32 {
+            let src: SocketAddr = format!("203.0.113.{}:{}", i % 250, 1024 + i)
+                .parse()
+                .unwrap();
+            let repr = SegmentRepr {
+                src,
+                dst: SERVER.parse().unwrap(),
+                seq: i,
+                ack: 0,
+                flags: flags::SYN,
+                window: 1000,
+                ip_id: 0,
+                options: SegmentOptions::Syn {
+                    mss: 1460,
+                    wscale: 7,
+                    tsval: 1,
+                    tsecr: 0,
+                },
+            };
+            let mut pkt = vec![0u8; repr.header_len()];
+            repr.emit(&mut pkt);
+            if s.handle_packet(now, &pkt).is_ok() {
+                answered += 1;
+            }
+        }
+        assert!(s.flows.is_empty());
+        assert_eq!(answered, SYNACK_LIMIT as usize);
+        let mut out = 0;
+        while let Some((_, p)) = s.poll_transmit() {
+            assert_eq!(p.len(), 60, "a SYN-ACK is no larger than the SYN");
+            out += 1;
+        }
+        assert_eq!(out, answered);
+    }
+
+    #[test]
+    fn forged_acks_do_not_create_flows() {
+        let (_, mut s, now) = stacks(None);
+        let repr = SegmentRepr {
+            src: "203.0.113.9:5555".parse().unwrap(),
+            dst: SERVER.parse().unwrap(),
+            seq: 1,
+            ack: 12345,
+            flags: flags::ACK,
+            window: 1000,
+            ip_id: 0,
+            options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+        };
+        let mut pkt = vec![0u8; repr.header_len() + 4];
+        repr.emit(&mut pkt);
+        assert_eq!(s.handle_packet(now, &pkt), Err(DropReason::TcpNoFlow));
+        assert!(s.flows.is_empty());
+    }
+
+    #[test]
+    fn stray_rst_fin_and_far_segments_never_tear_down_a_flow() {
+        let (mut c, mut s, now) = stacks(None);
+        let server = connect(&mut c, &mut s, now);
+        let client = *s.flows.keys().next().unwrap();
+        let f = &s.flows[&client];
+        for (flags_, seq, want) in [
+            (flags::RST, f.rcv_nxt, DropReason::TcpRst),
+            (
+                flags::RST | flags::ACK,
+                f.rcv_nxt.wrapping_add(1 << 31),
+                DropReason::TcpRst,
+            ),
+            (flags::FIN | flags::ACK, f.rcv_nxt, DropReason::TcpFin),
+            (
+                flags::ACK,
+                f.rcv_nxt.wrapping_add(1 << 31),
+                DropReason::TcpOutOfWindow,
+            ),
+            (flags::SYN | flags::ACK, 5, DropReason::TcpOutOfWindow),
+        ] {
+            let repr = SegmentRepr {
+                src: client,
+                dst: SERVER.parse().unwrap(),
+                seq,
+                ack: 0,
+                flags: flags_,
+                window: 0,
+                ip_id: 0,
+                options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+            };
+            let mut pkt = vec![0u8; repr.header_len()];
+            repr.emit(&mut pkt);
+            assert_eq!(s.handle_packet(now, &pkt), Err(want));
+        }
+        assert_eq!(
+            send(&mut c, &mut s, server, b"still up", now),
+            vec![b"still up".to_vec()]
+        );
+    }
+
+    #[test]
+    fn silence_after_an_rst_makes_the_client_reconnect_with_a_new_port_and_isn() {
+        let (mut c, mut s, now) = stacks(None);
+        let server = connect(&mut c, &mut s, now);
+        let (old_port, old_isn) = (c.flows[&server].local.port(), c.flows[&server].isn);
+        let f = &c.flows[&server];
+        let rst = SegmentRepr {
+            src: server,
+            dst: f.local,
+            seq: f.rcv_nxt,
+            ack: 0,
+            flags: flags::RST,
+            window: 0,
+            ip_id: 0,
+            options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+        };
+        let mut pkt = vec![0u8; rst.header_len()];
+        rst.emit(&mut pkt);
+        assert_eq!(c.handle_packet(now, &pkt), Err(DropReason::TcpRst));
+        c.handle_timeout(now + Duration::from_millis(500));
+        assert!(c.established(server), "one RST alone tears nothing down");
+        c.handle_timeout(now + RST_GRACE + Duration::from_millis(1));
+        assert!(!c.established(server));
+        let f = &c.flows[&server];
+        assert_ne!((f.local.port(), f.isn), (old_port, old_isn));
+        let (_, syn) = c.poll_transmit().unwrap();
+        assert!(Segment::parse(&syn).unwrap().has(flags::SYN));
+    }
+
+    #[test]
+    fn one_way_streams_are_acknowledged() {
+        let (mut c, mut s, now) = stacks(None);
+        let server = connect(&mut c, &mut s, now);
+        let msg = vec![7u8; 1400];
+        for _ in 0..(ACK_EVERY as usize / 1400 + 2) {
+            send(&mut c, &mut s, server, &msg, now);
+        }
+        let (_, ack) = s.poll_transmit().expect("a pure ACK after ACK_EVERY bytes");
+        let a = Segment::parse(&ack).unwrap();
+        assert!(a.payload.is_empty() && a.has(flags::ACK));
+        send(&mut c, &mut s, server, b"x", now);
+        s.handle_timeout(now + ACK_DELAY);
+        assert!(s.poll_transmit().is_some(), "delayed ACK");
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let (mut c, mut s, now) = stacks(Some(u32::MAX - 10_000));
+        let server = connect(&mut c, &mut s, now);
+        let msg = vec![1u8; 1400];
+        for _ in 0..20 {
+            assert_eq!(send(&mut c, &mut s, server, &msg, now).len(), 1);
+        }
+        let f = &c.flows[&server];
+        assert!(f.snd_nxt < 20_000, "wrapped past zero: {}", f.snd_nxt);
+        assert_eq!(s.flows.values().next().unwrap().rcv_nxt, f.snd_nxt);
+    }
+
+    #[test]
+    fn syn_is_retransmitted_then_the_client_starts_over() {
+        let (mut c, _, now) = stacks(None);
+        let server: SocketAddr = SERVER.parse().unwrap();
+        c.connect(now, CLIENT.parse().unwrap(), server);
+        let mut syns = 0;
+        let mut t = now;
+        for _ in 0..40 {
+            t += Duration::from_secs(1);
+            c.handle_timeout(t);
+            while let Some((_, p)) = c.poll_transmit() {
+                assert!(Segment::parse(&p).unwrap().has(flags::SYN));
+                syns += 1;
+            }
+        }
+        assert!(syns > SYN_ATTEMPTS as usize, "{syns} SYNs");
+    }
+
+    proptest! {
+        /// Random loss, duplication and reordering between two stacks: every delivered
+        /// message is one that was sent, the flow never goes down, and no side ever
+        /// acknowledges bytes the other did not send.
+        #[test]
+        fn lossy_exchange_keeps_invariants(ops in proptest::collection::vec((any::<bool>(), 0u8..4, 1usize..1400), 1..300)) {
+            let (mut c, mut s, now) = stacks(None);
+            let server = connect(&mut c, &mut s, now);
+            let client = *s.flows.keys().next().unwrap();
+            let mut in_flight: Vec<(bool, Vec<u8>)> = Vec::new();
+            for (i, (from_client, fate, len)) in ops.into_iter().enumerate() {
+                let msg = vec![(i % 251) as u8; len];
+                let (a, to) = if from_client { (&mut c, server) } else { (&mut s, client) };
+                let mut buf = vec![0u8; HEADROOM + len];
+                buf[HEADROOM..].copy_from_slice(&msg);
+                let r = a.encapsulate(now, to, &mut buf, HEADROOM..HEADROOM + len).unwrap();
+                let pkt = buf[r].to_vec();
+                match fate {
+                    0 => {}                                          // lost
+                    1 => in_flight.push((from_client, pkt.clone())), // delivered later (reordered)
+                    2 => { in_flight.push((from_client, pkt.clone())); in_flight.push((from_client, pkt)); }
+                    _ => in_flight.insert(0, (from_client, pkt)),
+                }
+                if i % 7 == 0 {
+                    for (fc, p) in in_flight.drain(..) {
+                        let b = if fc { &mut s } else { &mut c };
+                        if let Ok(Some(rx)) = b.handle_packet(now, &p) {
+                            for r in tcp::records(&p[rx.payload.clone()]) {
+                                let r = r.unwrap();
+                                let m = &p[rx.payload.start..][r];
+                                prop_assert!(m.iter().all(|&x| x == m[0]));
+                            }
+                        }
+                    }
+                }
+                let (cf, sf) = (&c.flows[&server], &s.flows[&client]);
+                prop_assert!(cf.established && sf.established);
+                prop_assert!(!seq_gt(sf.rcv_nxt, cf.snd_nxt), "server acks unsent client bytes");
+                prop_assert!(!seq_gt(cf.rcv_nxt, sf.snd_nxt), "client acks unsent server bytes");
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let (mut c, mut s, now) = stacks(None);
+            connect(&mut c, &mut s, now);
+            let _ = s.handle_packet(now, &bytes);
+            let _ = c.handle_packet(now, &bytes);
+            s.handle_timeout(now);
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The daemon: wires the core endpoint to the TUN device, the underlay (UDP and FakeTCP),
+//! timers, signals, the control socket and metrics, in one thread.
+//!
+//! Pipeline, per wake-up:
+//!
+//! ```text
+//! TUN readable     -> read up to BATCH packets -> seal in place -> sendmmsg (UDP or raw)
+//! UDP readable     -> recvmmsg                 -> open in place -> write to the TUN (or relay)
+//! packet socket    -> recvmmsg                 -> FakeTCP stack -> records -> as UDP
+//! timer due        -> handle_timeout (endpoint, FakeTCP)
+//! always           -> send queued control messages, act on events
+//! ```
+
+mod underlay;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use culvert_core::{
+    ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig,
+    Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
+};
+use culvert_sys::control::ControlListener;
+use culvert_sys::netlink::Netlink;
+use culvert_sys::poll::{Poller, Signals};
+use culvert_sys::tun::Tun;
+use culvert_sys::udp::{BATCH, RecvMeta, UdpSocket};
+use culvert_wire::addr::Prefix;
+use culvert_wire::hello::Cipher;
+use culvert_wire::message::DATA_OVERHEAD;
+use culvert_wire::tcp;
+
+use crate::cli::TransportArg;
+use crate::config::{RoleSettings, Settings};
+use crate::{identity, metrics};
+use underlay::{FakeTcp, Outbound, Underlay};
+
+const TUN: u64 = 0;
+const UDP: u64 = 1;
+const SIGNAL: u64 = 2;
+const CONTROL: u64 = 3;
+const METRICS: u64 = 4;
+/// Packet sockets of FakeTCP: `RAW + i`.
+const RAW: u64 = 8;
+
+/// Buffer slot per packet: room for any IP packet plus head- and tailroom.
+const SLOT: usize = 65_536 + 256;
+/// Where a TUN packet starts inside its slot: room for the core's headers and FakeTCP's.
+const TUN_OFFSET: usize = 128;
+/// Where a received datagram or packet lands inside its slot: room to re-wrap a relayed
+/// message for FakeTCP in place.
+const RX_OFFSET: usize = 128;
+/// Batches handled per readiness event before other sources get a turn.
+const ROUNDS: usize = 4;
+
+const _: () =
+    assert!(TUN_OFFSET >= HEADROOM + faketcp::HEADROOM && TUN_OFFSET + 65_535 + TAILROOM <= SLOT);
+const _: () = assert!(RX_OFFSET >= faketcp::HEADROOM);
+
+/// Runs a daemon until SIGINT/SIGTERM.
+pub(crate) fn run(settings: Settings) -> Result<()> {
+    let signals = Signals::new()?;
+    let netns = culvert_sys::netns::current_name();
+    let control = ControlListener::bind(&settings.tun_name)?;
+    let state_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| identity::default_state_dir(&netns, &settings.tun_name));
+    let (secret, created) = identity::resolve(settings.private_key_file.as_deref(), &state_dir)?;
+    if let Some(p) = created {
+        tracing::info!(path = %p.display(), "generated this instance's identity key");
+    }
+    tracing::info!(public_key = %secret.public_key(), instance = %settings.tun_name, netns = %netns, "starting");
+    let psk = settings
+        .passphrase
+        .as_deref()
+        .map(identity::stretch)
+        .transpose()?;
+    culvert_core::aead::check_known_answers(crate::aead::ring)
+        .map_err(|e| anyhow::anyhow!("AEAD self-test failed, refusing to run: {e}"))?;
+    let now = Instant::now();
+    let instance = settings.tun_name.clone();
+
+    let (role, underlay, v6, server) = match &settings.role {
+        RoleSettings::Server {
+            listen,
+            max_clients,
+            isolation,
+            peers,
+        } => {
+            let udp = (settings.transport != TransportArg::Faketcp)
+                .then(|| UdpSocket::bind(*listen))
+                .transpose()?;
+            let mss = mss_for(mtu_guess(&settings, false, listen.is_ipv6()));
+            let ftcp = match (
+                settings.transport,
+                FakeTcp::server(&instance, *listen, mss, now),
+            ) {
+                (TransportArg::Udp, _) => None,
+                (_, Ok(f)) => Some(f),
+                (TransportArg::Faketcp, Err(e)) => return Err(e.context("starting FakeTCP")),
+                (TransportArg::Auto, Err(e)) => {
+                    tracing::warn!("FakeTCP disabled, serving UDP only: {e:#}");
+                    None
+                }
+            };
+            let hub = HubConfig {
+                max_clients: *max_clients,
+                isolation: *isolation,
+                clients: peers.clone(),
+                handshake_load_limit: 500,
+            };
+            (
+                Role::Hub(hub),
+                Underlay { udp, ftcp },
+                listen.is_ipv6(),
+                None,
+            )
+        }
+        RoleSettings::Client { server, server_key } => {
+            let addr = resolve(server)?;
+            let udp = (settings.transport != TransportArg::Faketcp)
+                .then(|| bind_client(addr))
+                .transpose()?;
+            let mss = mss_for(mtu_guess(&settings, true, addr.is_ipv6()));
+            let ftcp = match (
+                settings.transport,
+                FakeTcp::client(&instance, addr, mss, settings.faketcp_isn, now),
+            ) {
+                (TransportArg::Udp, _) => None,
+                (_, Ok(f)) => Some(f),
+                (TransportArg::Faketcp, Err(e)) => return Err(e.context("starting FakeTCP")),
+                (TransportArg::Auto, Err(e)) => {
+                    tracing::warn!("FakeTCP unavailable, using UDP only: {e:#}");
+                    None
+                }
+            };
+            let transport = match (settings.transport, ftcp.is_some()) {
+                (TransportArg::Udp, _) | (TransportArg::Auto, false) => TransportMode::Udp,
+                (TransportArg::Faketcp, _) => TransportMode::FakeTcp,
+                (TransportArg::Auto, true) => TransportMode::Auto,
+            };
+            let cfg = ClientConfig {
+                server: addr,
+                server_key: *server_key,
+                transport,
+            };
+            (
+                Role::Client(cfg),
+                Underlay { udp, ftcp },
+                addr.is_ipv6(),
+                Some(server.clone()),
+            )
+        }
+    };
+    let faketcp_on = underlay.ftcp.is_some();
+    let udp_on = underlay.udp.is_some();
+    let is_client = server.is_some();
+    let mtu = settings
+        .mtu
+        .unwrap_or_else(|| default_mtu(is_client, v6, udp_on, faketcp_on));
+
+    let mut netlink = Netlink::open()?;
+    remove_stale_tun(&mut netlink, &settings.tun_name);
+    let tun = Tun::create(&settings.tun_name)?;
+    let ifindex = Netlink::link_index(tun.name())?;
+    netlink.set_link_up(ifindex, mtu)?;
+    for a in &settings.addresses {
+        netlink.add_address(ifindex, *a)?;
+    }
+    let transports = match (udp_on, faketcp_on) {
+        (true, true) => "udp+faketcp",
+        (true, false) => "udp",
+        _ => "faketcp",
+    };
+    tracing::info!(tun = tun.name(), mtu, addresses = %list(&settings.addresses), transports, "TUN device up");
+
+    let timing = Timing {
+        keepalive: settings.keepalive,
+        ..Timing::default()
+    };
+    let cfg = Config {
+        secret,
+        passphrase: psk,
+        addresses: settings.addresses.clone(),
+        ciphers: cipher_preference(),
+        aead: crate::aead::ring,
+        timing,
+        role,
+    };
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ep = Endpoint::new(cfg, identity::os_random(), now, unix);
+
+    let metrics = settings.metrics.map(metrics::Server::bind).transpose()?;
+    let poller = Poller::new(16)?;
+    poller.add(tun.as_raw_fd(), TUN)?;
+    if let Some(u) = &underlay.udp {
+        poller.add(u.as_raw_fd(), UDP)?;
+    }
+    if let Some(f) = &underlay.ftcp {
+        for (i, r) in f.receivers.iter().enumerate() {
+            poller.add(r.as_raw_fd(), RAW + i as u64)?;
+        }
+    }
+    poller.add(signals.as_raw_fd(), SIGNAL)?;
+    poller.add(control.as_raw_fd(), CONTROL)?;
+    if let Some(m) = &metrics {
+        poller.add(m.as_raw_fd(), METRICS)?;
+    }
+    let info = DaemonInfo {
+        instance,
+        netns,
+        mtu,
+        underlay: match &settings.role {
+            RoleSettings::Server { listen, .. } => listen.to_string(),
+            RoleSettings::Client { server, .. } => server.clone(),
+        },
+        transports,
+        nft_table: underlay.ftcp.as_ref().map(|f| f.table().to_owned()),
+        started: now,
+    };
+    let mut d = Daemon {
+        ep,
+        tun,
+        underlay,
+        poller,
+        signals,
+        control,
+        metrics,
+        netlink,
+        ifindex,
+        addresses: settings.addresses.clone(),
+        info,
+        server,
+        tun_buf: vec![0u8; SLOT * BATCH],
+        rx_buf: vec![0u8; SLOT * BATCH],
+        scratch: vec![0u8; SLOT],
+        meta: [RecvMeta::default(); BATCH],
+        lens: [0; BATCH],
+        merged_records: 0,
+        stop: false,
+        io_errors: 0,
+    };
+    d.run()
+}
+
+/// Static facts about the daemon, for status and metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct DaemonInfo {
+    pub(crate) instance: String,
+    pub(crate) netns: String,
+    pub(crate) mtu: u32,
+    pub(crate) underlay: String,
+    pub(crate) transports: &'static str,
+    pub(crate) nft_table: Option<String>,
+    pub(crate) started: Instant,
+}
+
+struct Daemon {
+    ep: Endpoint,
+    tun: Tun,
+    underlay: Underlay,
+    poller: Poller,
+    signals: Signals,
+    control: ControlListener,
+    metrics: Option<metrics::Server>,
+    netlink: Netlink,
+    ifindex: u32,
+    addresses: Vec<Prefix>,
+    info: DaemonInfo,
+    /// Client: the server as configured (re-resolved when rebinding).
+    server: Option<String>,
+    tun_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+    /// One slot for the extra messages of a merged (GRO) FakeTCP segment.
+    scratch: Vec<u8>,
+    meta: [RecvMeta; BATCH],
+    lens: [usize; BATCH],
+    /// FakeTCP messages that arrived behind another in one packet (merged by GRO).
+    merged_records: u64,
+    stop: bool,
+    io_errors: u64,
+}
+
+impl Daemon {
+    fn run(&mut self) -> Result<()> {
+        let mut ready = [0u64; 16];
+        while !self.stop {
+            let deadline = self.next_deadline();
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let mut n = 0;
+            for t in self.poller.wait(timeout)? {
+                if n < ready.len() {
+                    ready[n] = t;
+                    n += 1;
+                }
+            }
+            for &token in &ready[..n] {
+                match token {
+                    TUN => self.on_tun(),
+                    UDP => self.on_udp(),
+                    SIGNAL => self.on_signal(),
+                    CONTROL => self.on_control(),
+                    METRICS => self.on_metrics(),
+                    t if t >= RAW => self.on_raw((t - RAW) as usize),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if self.ep.poll_timeout() <= now {
+                self.ep.handle_timeout(now);
+            }
+            if let Some(f) = &mut self.underlay.ftcp {
+                if f.stack.poll_timeout().is_some_and(|t| t <= now) {
+                    f.stack.handle_timeout(now);
+                }
+            }
+            self.flush_control();
+            self.on_events();
+        }
+        tracing::info!("shutting down");
+        self.ep.shutdown(Instant::now());
+        self.flush_control();
+        Ok(())
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        let ep = self.ep.poll_timeout();
+        match self
+            .underlay
+            .ftcp
+            .as_ref()
+            .and_then(|f| f.stack.poll_timeout())
+        {
+            Some(t) => ep.min(t),
+            None => ep,
+        }
+    }
+
+    fn on_tun(&mut self) {
+        for _ in 0..ROUNDS {
+            let now = Instant::now();
+            let mut out = Outbound::new();
+            let mut read = 0;
+            while read < BATCH {
+                let slot = &mut self.tun_buf[read * SLOT..(read + 1) * SLOT];
+                let len = match self.tun.recv(&mut slot[TUN_OFFSET..SLOT - TAILROOM]) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.io_error("reading the TUN device", &e);
+                        break;
+                    }
+                };
+                if let TunOutcome::Send(t) = self.ep.handle_tun_packet(now, slot, TUN_OFFSET, len) {
+                    let at = read * SLOT;
+                    let range = at + t.range.start..at + t.range.end;
+                    self.underlay.queue(
+                        &mut self.ep,
+                        now,
+                        &mut out,
+                        t.to,
+                        &mut self.tun_buf,
+                        range,
+                    );
+                }
+                read += 1;
+            }
+            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.tun_buf) {
+                self.io_error("sending", &e);
+            }
+            if read < BATCH {
+                break;
+            }
+        }
+    }
+
+    fn on_udp(&mut self) {
+        for _ in 0..ROUNDS {
+            let Some(udp) = &self.underlay.udp else {
+                return;
+            };
+            let got = match udp.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.io_error("receiving UDP", &e);
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let mut out = Outbound::new();
+            for i in 0..got {
+                let m = self.meta[i];
+                let at = i * SLOT + RX_OFFSET;
+                self.deliver(now, &mut out, Remote::udp(m.from), at..at + m.len);
+            }
+            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
+                self.io_error("sending", &e);
+            }
+            self.flush_control();
+            if got < BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Packets from FakeTCP's packet socket `index`.
+    fn on_raw(&mut self, index: usize) {
+        for _ in 0..ROUNDS {
+            let Some(ft) = &self.underlay.ftcp else {
+                return;
+            };
+            let Some(rx) = ft.receivers.get(index) else {
+                return;
+            };
+            let got = match rx.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.lens) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.io_error("receiving FakeTCP", &e);
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let mut out = Outbound::new();
+            for i in 0..got {
+                let at = i * SLOT + RX_OFFSET;
+                let packet = at..at + self.lens[i];
+                let ft = self.underlay.ftcp.as_mut().expect("checked above");
+                let seg = match ft.stack.handle_packet(now, &self.rx_buf[packet]) {
+                    Ok(Some(seg)) if ft.accepts(seg.from) => seg,
+                    Ok(_) => continue,
+                    Err(reason) => {
+                        self.ep.count_shell_drop(reason);
+                        continue;
+                    }
+                };
+                let from = Remote::faketcp(seg.from);
+                let payload = at + seg.payload.start..at + seg.payload.end;
+                let mut first = true;
+                for record in tcp::records(&self.rx_buf[payload.clone()]).collect::<Vec<_>>() {
+                    let Ok(r) = record else {
+                        self.ep.count_shell_drop(DropReason::Malformed);
+                        break;
+                    };
+                    let msg = payload.start + r.start..payload.start + r.end;
+                    if first {
+                        // The first message has the packet's own headers before it: room
+                        // to re-wrap it in place if it must be relayed.
+                        self.deliver(now, &mut out, from, msg);
+                        first = false;
+                    } else {
+                        self.merged_records += 1;
+                        self.deliver_copy(now, from, msg);
+                    }
+                }
+            }
+            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
+                self.io_error("sending", &e);
+            }
+            self.flush_control();
+            if got < BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay.
+    fn deliver(&mut self, now: Instant, out: &mut Outbound, from: Remote, msg: Range<usize>) {
+        match self.ep.handle_datagram(now, from, &mut self.rx_buf, msg) {
+            DatagramOutcome::Deliver(r) => self.write_tun(r, false),
+            DatagramOutcome::Send(t) => {
+                self.underlay
+                    .queue(&mut self.ep, now, out, t.to, &mut self.rx_buf, t.range)
+            }
+            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+        }
+    }
+
+    /// Like [`Daemon::deliver`] for a message without headroom: copied to a scratch slot,
+    /// and a relay is sent at once.
+    fn deliver_copy(&mut self, now: Instant, from: Remote, msg: Range<usize>) {
+        let len = msg.len();
+        self.scratch[RX_OFFSET..RX_OFFSET + len].copy_from_slice(&self.rx_buf[msg]);
+        match self
+            .ep
+            .handle_datagram(now, from, &mut self.scratch, RX_OFFSET..RX_OFFSET + len)
+        {
+            DatagramOutcome::Deliver(r) => self.write_tun(r, true),
+            DatagramOutcome::Send(t) => {
+                let mut out = Outbound::new();
+                self.underlay.queue(
+                    &mut self.ep,
+                    now,
+                    &mut out,
+                    t.to,
+                    &mut self.scratch,
+                    t.range,
+                );
+                if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.scratch) {
+                    self.io_error("sending", &e);
+                }
+            }
+            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+        }
+    }
+
+    fn write_tun(&mut self, r: Range<usize>, scratch: bool) {
+        let buf = if scratch { &self.scratch } else { &self.rx_buf };
+        if let Err(e) = self.tun.send(&buf[r]) {
+            self.ep.count_shell_drop(DropReason::TunWriteFailed);
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                self.io_error("writing to the TUN device", &e);
+            }
+        }
+    }
+
+    /// Sends the endpoint's control messages and FakeTCP's own segments.
+    fn flush_control(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.ep.poll_transmit() {
+            if let Err(e) = self.underlay.send_owned(&mut self.ep, now, t.to, &t.bytes) {
+                self.io_error("sending", &e);
+            }
+        }
+        if let Err(e) = self.underlay.flush_faketcp_control(&mut self.ep) {
+            self.io_error("sending FakeTCP", &e);
+        }
+    }
+
+    fn on_events(&mut self) {
+        while let Some(ev) = self.ep.poll_event() {
+            match ev {
+                Event::Joined { granted, .. } => {
+                    for a in granted {
+                        if !self.addresses.contains(&a) {
+                            match self.netlink.add_address(self.ifindex, a) {
+                                Ok(()) => self.addresses.push(a),
+                                Err(e) => tracing::error!("{e}"),
+                            }
+                        }
+                    }
+                }
+                Event::Rebind => self.rebind(),
+                Event::TransportChanged {
+                    transport: Transport::FakeTcp,
+                } => {
+                    let server = self.server.as_deref().and_then(|s| resolve(s).ok());
+                    if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server) {
+                        if !ft.stack.established(server) {
+                            let _ = ft.connect(Instant::now(), server);
+                        }
+                    }
+                }
+                Event::TransportChanged { .. } => {}
+            }
+        }
+    }
+
+    /// Client: new sockets (new source ports) and the server's name resolved again.
+    fn rebind(&mut self) {
+        let Some(server) = &self.server else { return };
+        let addr = match resolve(server) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                return;
+            }
+        };
+        if self.underlay.udp.is_some() {
+            match bind_client(addr) {
+                Ok(udp) => {
+                    if let Some(old) = &self.underlay.udp {
+                        let _ = self.poller.remove(old.as_raw_fd());
+                    }
+                    if let Err(e) = self.poller.add(udp.as_raw_fd(), UDP) {
+                        tracing::error!("{e}");
+                        return;
+                    }
+                    tracing::info!(server = %addr, local = ?udp.local_addr().ok(), "rebound the UDP socket");
+                    self.underlay.udp = Some(udp);
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if let Some(ft) = &mut self.underlay.ftcp {
+            if let Err(e) = ft.connect(Instant::now(), addr) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        self.ep.set_server_addr(addr);
+    }
+
+    fn on_signal(&mut self) {
+        while let Some(sig) = self.signals.read() {
+            tracing::info!(signal = sig, "received signal");
+            self.stop = true;
+        }
+    }
+
+    fn on_control(&mut self) {
+        while let Some((mut stream, request)) = self.control.accept() {
+            let body = match request.trim() {
+                "status" | "" => crate::status::render_json(
+                    &self.ep.status(Instant::now()),
+                    &self.info,
+                    self.underlay
+                        .ftcp
+                        .as_ref()
+                        .map(|f| (f.stack.status(), self.merged_records)),
+                ),
+                other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
+            };
+            let _ = std::io::Write::write_all(&mut stream, body.as_bytes());
+        }
+    }
+
+    fn on_metrics(&mut self) {
+        let status = self.ep.status(Instant::now());
+        if let Some(m) = &self.metrics {
+            m.serve(&status, &self.info);
+        }
+    }
+
+    /// Logs an I/O error, rate-limited to the first few and then every 1000th.
+    fn io_error(&mut self, what: &str, e: &std::io::Error) {
+        self.io_errors += 1;
+        if self.io_errors <= 5 || self.io_errors % 1000 == 0 {
+            tracing::warn!(count = self.io_errors, "{what}: {e}");
+        }
+    }
+}
+
+fn resolve(server: &str) -> Result<SocketAddr> {
+    server
+        .to_socket_addrs()
+        .with_context(|| format!("resolving server {server}"))?
+        .next()
+        .with_context(|| format!("server {server} resolved to no address"))
+}
+
+fn bind_client(server: SocketAddr) -> Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    Ok(UdpSocket::bind(local)?)
+}
+
+/// The overlay MTU that keeps a 1500-byte underlay from fragmenting, whatever transport
+/// carries a packet: outer IP, the transport's header (UDP 8; FakeTCP's TCP header with
+/// timestamps and record length, 34), the data header and tag, and on clients the relay
+/// wrapping of client-to-client traffic (a second header, frame header and tag).
+pub(crate) fn default_mtu(client: bool, ipv6: bool, udp: bool, faketcp: bool) -> u32 {
+    let ip = if ipv6 { 40 } else { 20 };
+    let transport = if faketcp {
+        tcp::TCP_HEADER_LEN + tcp::TS_OPTIONS_LEN + tcp::RECORD_HEADER_LEN
+    } else {
+        8
+    };
+    let _ = udp;
+    let relay = if client {
+        DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN
+    } else {
+        0
+    };
+    (1500 - ip - transport - DATA_OVERHEAD - relay) as u32
+}
+
+/// The MTU before the transports are known for sure (to size FakeTCP's announced MSS).
+fn mtu_guess(settings: &Settings, client: bool, ipv6: bool) -> u32 {
+    settings
+        .mtu
+        .unwrap_or_else(|| default_mtu(client, ipv6, true, settings.transport != TransportArg::Udp))
+}
+
+/// The MSS a Linux stack on a 1500-byte link would announce.
+fn mss_for(_overlay_mtu: u32) -> u16 {
+    1460
+}
+
+/// AES-256-GCM first where the CPU has AES instructions, ChaCha20-Poly1305 first otherwise.
+fn cipher_preference() -> Vec<Cipher> {
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
+    if aes {
+        vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305]
+    } else {
+        vec![Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm]
+    }
+}
+
+/// Removes an interface of our name that a crashed run left behind. Only a TUN device
+/// that no process holds (no carrier) is touched, and only after the control socket proved
+/// that no live culvert daemon of this name runs here.
+fn remove_stale_tun(netlink: &mut Netlink, name: &str) {
+    let sys = std::path::Path::new("/sys/class/net").join(name);
+    let detached = std::fs::read_to_string(sys.join("carrier")).is_ok_and(|c| c.trim() == "0");
+    if !sys.join("tun_flags").exists() || !detached {
+        return;
+    }
+    if let Ok(index) = Netlink::link_index(name) {
+        match netlink.delete_link(index) {
+            Ok(()) => tracing::info!(
+                tun = name,
+                "removed a stale TUN device left by an earlier run"
+            ),
+            Err(e) => tracing::debug!("stale TUN {name}: {e}"),
+        }
+    }
+}
+
+fn list(p: &[Prefix]) -> String {
+    p.iter()
+        .map(Prefix::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,290 @@
+//! The underlay: the UDP socket and the FakeTCP machinery (stack, raw sender, packet
+//! receivers, nftables table), and the sending of outer messages over either.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
+use std::ops::Range;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use culvert_core::faketcp::{self, Side, Stack};
+use culvert_core::{DropReason, Endpoint, Remote, Transport};
+use culvert_sys::nft::{FlowMatch, Table};
+use culvert_sys::raw::{PacketReceiver, PortMatch, RawSender};
+use culvert_sys::udp::{BATCH, UdpSocket};
+
+/// FakeTCP's parts.
+pub(crate) struct FakeTcp {
+    pub(crate) stack: Stack,
+    sender: RawSender,
+    pub(crate) receivers: Vec<PacketReceiver>,
+    table: Table,
+    /// Client: the server it connects to (segments from anywhere else are dropped).
+    server: Option<SocketAddr>,
+}
+
+impl FakeTcp {
+    /// Server side: receives TCP for `listen`'s port, on the families `listen` covers.
+    pub(crate) fn server(
+        instance: &str,
+        listen: SocketAddr,
+        mss: u16,
+        now: Instant,
+    ) -> Result<Self> {
+        let (v4, v6) = families(listen.ip());
+        let table = Table::install(
+            instance,
+            FlowMatch::Server {
+                addr: listen.ip(),
+                port: listen.port(),
+            },
+        )?;
+        let mut receivers = Vec::new();
+        for v6r in [false, true]
+            .into_iter()
+            .filter(|&x| if x { v6 } else { v4 })
+        {
+            receivers.push(PacketReceiver::open(
+                v6r,
+                PortMatch::Destination(listen.port()),
+            )?);
+        }
+        let cfg = faketcp::Config {
+            side: Side::Server,
+            mss,
+            max_flows: 4096,
+            isn: None,
+        };
+        Ok(Self {
+            stack: Stack::new(cfg, crate::identity::os_random(), now),
+            sender: RawSender::open(v4, v6)?,
+            receivers,
+            table,
+            server: None,
+        })
+    }
+
+    /// Client side: one flow to `server`, opened at once (it stands by in `auto`).
+    pub(crate) fn client(
+        instance: &str,
+        server: SocketAddr,
+        mss: u16,
+        isn: Option<u32>,
+        now: Instant,
+    ) -> Result<Self> {
+        let table = Table::install(instance, FlowMatch::Client { server })?;
+        let receivers = vec![PacketReceiver::open(
+            server.is_ipv6(),
+            PortMatch::Source(server.port()),
+        )?];
+        let cfg = faketcp::Config {
+            side: Side::Client,
+            mss,
+            max_flows: 1,
+            isn,
+        };
+        let mut ft = Self {
+            stack: Stack::new(cfg, crate::identity::os_random(), now),
+            sender: RawSender::open(server.is_ipv4(), server.is_ipv6())?,
+            receivers,
+            table,
+            server: Some(server),
+        };
+        ft.connect(now, server)?;
+        Ok(ft)
+    }
+
+    /// Client: (re)connects to `server` from the address the routing table picks, with a
+    /// new port and ISN.
+    pub(crate) fn connect(&mut self, now: Instant, server: SocketAddr) -> Result<()> {
+        let local = source_address(server)?;
+        self.server = Some(server);
+        self.stack.connect(now, SocketAddr::new(local, 0), server);
+        tracing::debug!(%server, %local, "FakeTCP: connecting");
+        Ok(())
+    }
+
+    /// The nftables table name, for status.
+    pub(crate) fn table(&self) -> &str {
+        self.table.name()
+    }
+
+    /// Whether a segment from `from` belongs to us (a client only talks to its server).
+    pub(crate) fn accepts(&self, from: SocketAddr) -> bool {
+        self.server.is_none_or(|s| s == from)
+    }
+}
+
+fn families(ip: IpAddr) -> (bool, bool) {
+    match ip {
+        IpAddr::V4(_) => (true, false),
+        IpAddr::V6(a) if a.is_unspecified() => (true, true),
+        IpAddr::V6(_) => (false, true),
+    }
+}
+
+/// The local address the kernel would use to reach `server`.
+fn source_address(server: SocketAddr) -> Result<IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = StdUdp::bind(any).context("finding the source address towards the server")?;
+    s.connect(server)
+        .with_context(|| format!("no route to the server {server}"))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// The sockets messages leave and arrive on.
+pub(crate) struct Underlay {
+    pub(crate) udp: Option<UdpSocket>,
+    pub(crate) ftcp: Option<FakeTcp>,
+}
+
+/// Messages to send at the end of a batch: UDP datagrams and FakeTCP packets, as ranges of
+/// one buffer.
+pub(crate) struct Outbound {
+    udp: [(SocketAddr, usize, usize); BATCH],
+    n_udp: usize,
+    raw: [(IpAddr, usize, usize); BATCH],
+    n_raw: usize,
+}
+
+impl Outbound {
+    pub(crate) fn new() -> Self {
+        let zero = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            udp: [(zero, 0, 0); BATCH],
+            n_udp: 0,
+            raw: [(zero.ip(), 0, 0); BATCH],
+            n_raw: 0,
+        }
+    }
+}
+
+impl Underlay {
+    /// Queues `buf[range]` (a sealed outer message) for `to`. FakeTCP wraps it in place,
+    /// so `buf` must have [`faketcp::HEADROOM`] free bytes before `range`.
+    pub(crate) fn queue(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        out: &mut Outbound,
+        to: Remote,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) {
+        match to.transport {
+            Transport::Udp if self.udp.is_some() && out.n_udp < BATCH => {
+                out.udp[out.n_udp] = (to.addr, range.start, range.end);
+                out.n_udp += 1;
+            }
+            Transport::FakeTcp if out.n_raw < BATCH => {
+                let Some(ft) = &mut self.ftcp else {
+                    ep.count_shell_drop(DropReason::SendFailed);
+                    return;
+                };
+                match ft.stack.encapsulate(now, to.addr, buf, range) {
+                    Ok(r) => {
+                        out.raw[out.n_raw] = (to.addr.ip(), r.start, r.end);
+                        out.n_raw += 1;
+                    }
+                    Err(reason) => ep.count_shell_drop(reason),
+                }
+            }
+            _ => ep.count_shell_drop(DropReason::SendFailed),
+        }
+    }
+
+    /// Sends everything queued in `out` (ranges of `buf`); counts what the kernel refused.
+    pub(crate) fn flush(
+        &self,
+        ep: &mut Endpoint,
+        out: &mut Outbound,
+        buf: &[u8],
+    ) -> Result<(), std::io::Error> {
+        let mut result = Ok(());
+        if out.n_udp > 0 {
+            let mut msgs: [(SocketAddr, &[u8]); BATCH] = [(out.udp[0].0, &[]); BATCH];
+            for (m, &(to, s, e)) in msgs.iter_mut().zip(&out.udp[..out.n_udp]) {
+                *m = (to, &buf[s..e]);
+            }
+            let sent = self
+                .udp
+                .as_ref()
+                .map_or(Ok(0), |u| u.send_batch(&msgs[..out.n_udp]));
+            result = account(ep, sent, out.n_udp);
+        }
+        if out.n_raw > 0 {
+            let mut pkts: [(IpAddr, &[u8]); BATCH] = [(out.raw[0].0, &[]); BATCH];
+            for (p, &(to, s, e)) in pkts.iter_mut().zip(&out.raw[..out.n_raw]) {
+                *p = (to, &buf[s..e]);
+            }
+            let sent = self
+                .ftcp
+                .as_ref()
+                .map_or(Ok(0), |f| f.sender.send_batch(&pkts[..out.n_raw]));
+            let raw = account(ep, sent, out.n_raw);
+            result = result.and(raw);
+        }
+        out.n_udp = 0;
+        out.n_raw = 0;
+        result
+    }
+
+    /// Sends one message the endpoint built (a handshake, a control frame).
+    pub(crate) fn send_owned(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        to: Remote,
+        bytes: &[u8],
+    ) -> Result<(), std::io::Error> {
+        let mut buf = vec![0u8; faketcp::HEADROOM + bytes.len()];
+        buf[faketcp::HEADROOM..].copy_from_slice(bytes);
+        let mut out = Outbound::new();
+        self.queue(
+            ep,
+            now,
+            &mut out,
+            to,
+            &mut buf,
+            faketcp::HEADROOM..faketcp::HEADROOM + bytes.len(),
+        );
+        self.flush(ep, &mut out, &buf)
+    }
+
+    /// Sends FakeTCP's own segments (SYN, SYN-ACK, ACKs).
+    pub(crate) fn flush_faketcp_control(
+        &mut self,
+        ep: &mut Endpoint,
+    ) -> Result<(), std::io::Error> {
+        let Some(ft) = &mut self.ftcp else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        while let Some((to, pkt)) = ft.stack.poll_transmit() {
+            let sent = ft.sender.send_batch(&[(to.ip(), &pkt)]);
+            let r = account(ep, sent, 1);
+            result = result.and(r);
+        }
+        result
+    }
+}
+
+/// Counts the datagrams of a batch the kernel did not take as `send_failed` drops.
+fn account(
+    ep: &mut Endpoint,
+    sent: std::io::Result<usize>,
+    wanted: usize,
+) -> Result<(), std::io::Error> {
+    let (done, result) = match sent {
+        Ok(n) => (n, Ok(())),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (0, Ok(())),
+        Err(e) => (0, Err(e)),
+    };
+    for _ in done..wanted {
+        ep.count_shell_drop(DropReason::SendFailed);
+    }
+    result
+}
