@@ -18,11 +18,19 @@
 //!   A SYN flood therefore costs one SYN-ACK of the same size per SYN (rate-limited) and
 //!   no memory.
 //! * Stray RSTs and FINs, and segments far outside the window, are counted and ignored;
-//!   they never tear down a flow. A client that saw an in-window RST and then hears nothing
+//!   they never tear down a flow. A data segment moves the flow's state (what we
+//!   acknowledge, the timestamp we echo, liveness) only after the caller found an
+//!   authentic message in it ([`Stack::confirm`]): spoofed segments, even inside the
+//!   window, can neither drag the window away from the real peer nor make us acknowledge
+//!   bytes it never sent. A client that saw an in-window RST and then hears nothing
 //!   for two seconds reconnects (a middlebox really dropped the flow), from a new port with
 //!   a new ISN.
 //! * If we receive a lot without sending (a one-way stream), we send pure ACKs so that the
 //!   middlebox's view of our window keeps up with the peer's sequence numbers.
+//! * Each record's first 8 bytes (culvert's message type, reserved bytes and index, which
+//!   would otherwise repeat in every segment) are masked with random-looking bytes of the
+//!   same message ([`tcp::mask_record`]); the receiver applies the same function to
+//!   unmask them.
 
 use core::net::SocketAddr;
 use core::ops::Range;
@@ -84,7 +92,8 @@ pub struct Config {
     pub isn: Option<u32>,
 }
 
-/// A received segment's messages: where the records lie in the packet, and who sent them.
+/// A received data segment: where its records lie in the packet, who sent it, and what
+/// the flow learns from it once a record in it authenticates ([`Stack::confirm`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The peer's address and port.
@@ -93,6 +102,10 @@ pub struct Received {
     pub to: SocketAddr,
     /// The segment payload (a sequence of records) within the packet.
     pub payload: Range<usize>,
+    /// Sequence number just past the segment.
+    pub seq_end: u32,
+    /// The segment's timestamp value, if any.
+    pub tsval: Option<u32>,
 }
 
 /// One flow, for `culvert status`.
@@ -223,8 +236,11 @@ impl Stack {
         let header: &mut [u8; RECORD_HEADER_LEN] =
             (&mut buf[rec..msg.start]).try_into().expect("2-byte slice");
         emit_record_header(header, msg.len());
+        tcp::mask_record(&mut buf[msg.clone()]);
         let payload_len = msg.end - rec;
-        let repr = flow.segment(now, self.epoch, flags::ACK | flags::PSH, payload_len);
+        // No PSH: bulk TCP sets it only at the end of a write, and a receiver's GRO stops
+        // merging at PSH.
+        let repr = flow.segment(now, self.epoch, flags::ACK, payload_len);
         let start = rec - repr.header_len();
         repr.emit(&mut buf[start..msg.end]);
         Ok(start..msg.end)
@@ -473,33 +489,43 @@ impl Stack {
         if !f.established || !f.in_window(seg.seq) {
             return Err(DropReason::TcpOutOfWindow);
         }
-        let len = u32::try_from(seg.payload.len()).map_err(|_| DropReason::Malformed)?;
-        let end = seg.seq.wrapping_add(len);
-        if seq_gt(end, f.rcv_nxt) {
-            f.rcv_nxt = end;
-        }
-        if let Some((v, _)) = seg.timestamps {
-            f.ts_recent = v;
-        }
-        f.last_rx = now;
-        f.rst_at = None;
-        f.segments_in += 1;
         if seg.has(flags::FIN) {
             return Err(DropReason::TcpFin);
         }
+        let len = u32::try_from(seg.payload.len()).map_err(|_| DropReason::Malformed)?;
         if len == 0 {
             return Ok(None);
-        }
-        f.unacked_rx = f.unacked_rx.saturating_add(len);
-        f.first_unacked.get_or_insert(now);
-        if f.unacked_rx >= ACK_EVERY {
-            self.send_ack(now, seg.src);
         }
         Ok(Some(Received {
             from: seg.src,
             to: seg.dst,
             payload: seg.payload.clone(),
+            seq_end: seg.seq.wrapping_add(len),
+            tsval: seg.timestamps.map(|(v, _)| v),
         }))
+    }
+
+    /// Records that `rx` carried an authentic message: the flow acknowledges it, echoes its
+    /// timestamp, and counts as alive.
+    pub fn confirm(&mut self, now: Instant, rx: &Received) {
+        let Some(f) = self.flows.get_mut(&rx.from) else {
+            return;
+        };
+        let len = u32::try_from(rx.payload.len()).unwrap_or(0);
+        if seq_gt(rx.seq_end, f.rcv_nxt) {
+            f.rcv_nxt = rx.seq_end;
+        }
+        if let Some(v) = rx.tsval {
+            f.ts_recent = v;
+        }
+        f.last_rx = now;
+        f.rst_at = None;
+        f.segments_in += 1;
+        f.unacked_rx = f.unacked_rx.saturating_add(len);
+        f.first_unacked.get_or_insert(now);
+        if f.unacked_rx >= ACK_EVERY {
+            self.send_ack(now, rx.from);
+        }
     }
 
     /// Server: an ACK from an unknown 4-tuple creates a flow if it carries a valid cookie.
@@ -691,9 +717,16 @@ mod tests {
         let pkt = &buf[r];
         assert!(tcp::checksums_ok(pkt));
         match to.handle_packet(now, pkt) {
-            Ok(Some(rx)) => tcp::records(&pkt[rx.payload.clone()])
-                .map(|r| pkt[rx.payload.start..][r.unwrap()].to_vec())
-                .collect(),
+            Ok(Some(rx)) => {
+                to.confirm(now, &rx);
+                tcp::records(&pkt[rx.payload.clone()])
+                    .map(|r| {
+                        let mut m = pkt[rx.payload.start..][r.unwrap()].to_vec();
+                        tcp::mask_record(&mut m);
+                        m
+                    })
+                    .collect()
+            }
             other => panic!("segment not delivered: {other:?}"),
         }
     }
@@ -882,6 +915,52 @@ mod tests {
         assert!(s.poll_transmit().is_some(), "delayed ACK");
     }
 
+    /// What a receiver's GRO does: consecutive segments merged into one packet (payloads
+    /// concatenated, IP length fixed). Every message must come out intact.
+    #[test]
+    fn merged_segments_are_split_into_messages() {
+        let (mut c, mut s, now) = stacks(None);
+        let server = connect(&mut c, &mut s, now);
+        let msgs: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                (0..100 + u16::from(i) * 300)
+                    .map(|b| (b as u8) ^ i)
+                    .collect()
+            })
+            .collect();
+        let mut merged: Vec<u8> = Vec::new();
+        for m in &msgs {
+            let mut buf = vec![0u8; HEADROOM + m.len()];
+            buf[HEADROOM..].copy_from_slice(m);
+            let r = c
+                .encapsulate(now, server, &mut buf, HEADROOM..HEADROOM + m.len())
+                .unwrap();
+            let pkt = &buf[r];
+            let seg = Segment::parse(pkt).unwrap();
+            if merged.is_empty() {
+                merged.extend_from_slice(pkt);
+            } else {
+                merged.extend_from_slice(&pkt[seg.payload]);
+            }
+        }
+        let len = u16::try_from(merged.len()).unwrap();
+        merged[2..4].copy_from_slice(&len.to_be_bytes());
+        let rx = s.handle_packet(now, &merged).unwrap().expect("data");
+        s.confirm(now, &rx);
+        let got: Vec<Vec<u8>> = tcp::records(&merged[rx.payload.clone()])
+            .map(|r| {
+                let mut m = merged[rx.payload.start..][r.unwrap()].to_vec();
+                tcp::mask_record(&mut m);
+                m
+            })
+            .collect();
+        assert_eq!(got, msgs);
+        assert_eq!(
+            s.flows.values().next().unwrap().rcv_nxt,
+            c.flows[&server].snd_nxt
+        );
+    }
+
     #[test]
     fn sequence_numbers_wrap() {
         let (mut c, mut s, now) = stacks(Some(u32::MAX - 10_000));
@@ -940,10 +1019,11 @@ mod tests {
                     for (fc, p) in in_flight.drain(..) {
                         let b = if fc { &mut s } else { &mut c };
                         if let Ok(Some(rx)) = b.handle_packet(now, &p) {
+                            b.confirm(now, &rx);
                             for r in tcp::records(&p[rx.payload.clone()]) {
-                                let r = r.unwrap();
-                                let m = &p[rx.payload.start..][r];
-                                prop_assert!(m.iter().all(|&x| x == m[0]));
+                                let mut m = p[rx.payload.start..][r.unwrap()].to_vec();
+                                tcp::mask_record(&mut m);
+                                prop_assert!(m.iter().all(|&x| x == m[0]), "a message arrived altered");
                             }
                         }
                     }

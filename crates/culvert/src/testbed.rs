@@ -46,6 +46,8 @@ pub struct Transfer {
     pub bytes: u64,
     /// Seconds from connect to the last byte read.
     pub secs: f64,
+    /// The longest time the receiver waited for the next bytes, in seconds.
+    pub max_stall: f64,
 }
 
 impl Transfer {
@@ -292,7 +294,7 @@ impl Lab {
         })?;
         let (progress_tx, progress_rx) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
-            let rx = s.spawn(move || -> io::Result<(String, u64, f64)> {
+            let rx = s.spawn(move || -> io::Result<(String, u64, f64, f64)> {
                 let (mut c, _) = listener.accept()?;
                 c.set_read_timeout(Some(Duration::from_secs(60)))?;
                 let start = Instant::now();
@@ -300,8 +302,12 @@ impl Lab {
                 let mut n = 0u64;
                 let mut buf = vec![0u8; 1 << 16];
                 let mut signalled = false;
+                let mut last = Instant::now();
+                let mut max_stall = 0f64;
                 loop {
                     let k = c.read(&mut buf)?;
+                    max_stall = max_stall.max(last.elapsed().as_secs_f64());
+                    last = Instant::now();
                     if k == 0 {
                         break;
                     }
@@ -312,7 +318,12 @@ impl Lab {
                         let _ = progress_tx.send(());
                     }
                 }
-                Ok((hex(&h.finalize()), n, start.elapsed().as_secs_f64()))
+                Ok((
+                    hex(&h.finalize()),
+                    n,
+                    start.elapsed().as_secs_f64(),
+                    max_stall,
+                ))
             });
             let tx = s.spawn(move || -> io::Result<String> {
                 let mut c = in_ns(&tx_ns, move || {
@@ -347,7 +358,7 @@ impl Lab {
             let sent = tx
                 .join()
                 .map_err(|_| io::Error::other("sender panicked"))??;
-            let (received, bytes, secs) = rx
+            let (received, bytes, secs, max_stall) = rx
                 .join()
                 .map_err(|_| io::Error::other("receiver panicked"))??;
             Ok(Transfer {
@@ -355,6 +366,7 @@ impl Lab {
                 received,
                 bytes,
                 secs,
+                max_stall,
             })
         })
     }

@@ -353,22 +353,50 @@ impl Iterator for Records<'_> {
     type Item = Result<Range<usize>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
+        let item = next_record(self.rest, 0)?;
+        match &item {
+            Ok(r) => {
+                let (start, end) = (self.offset + r.start, self.offset + r.end);
+                self.rest = &self.rest[r.end..];
+                self.offset += r.end;
+                Some(Ok(start..end))
+            }
+            Err(_) => {
+                self.rest = &[];
+                Some(item)
+            }
         }
-        if self.rest.len() < RECORD_HEADER_LEN {
-            self.rest = &[];
-            return Some(Err(Error::Truncated));
-        }
-        let len = usize::from(be16(self.rest, 0..2));
-        if len == 0 || RECORD_HEADER_LEN + len > self.rest.len() {
-            self.rest = &[];
-            return Some(Err(Error::Malformed("record length")));
-        }
-        let start = self.offset + RECORD_HEADER_LEN;
-        self.offset += RECORD_HEADER_LEN + len;
-        self.rest = &self.rest[RECORD_HEADER_LEN + len..];
-        Some(Ok(start..start + len))
+    }
+}
+
+/// The message of the record that starts at `at` in `payload` (its range in `payload`), or
+/// `None` at the end. For callers that modify the payload between records.
+pub fn next_record(payload: &[u8], at: usize) -> Option<Result<Range<usize>>> {
+    let rest = payload.get(at..).filter(|r| !r.is_empty())?;
+    if rest.len() < RECORD_HEADER_LEN {
+        return Some(Err(Error::Truncated));
+    }
+    let len = usize::from(be16(rest, 0..2));
+    if len == 0 || RECORD_HEADER_LEN + len > rest.len() {
+        return Some(Err(Error::Malformed("record length")));
+    }
+    let start = at + RECORD_HEADER_LEN;
+    Some(Ok(start..start + len))
+}
+
+/// Hides a message's fixed header bytes (type, reserved, index) on the wire: XORs its
+/// first 8 bytes with 8 bytes from near its end, which are ciphertext or a tag and look
+/// random. Applying it twice restores the message (the source bytes are not changed).
+/// Messages shorter than 32 bytes are left as they are.
+pub fn mask_record(msg: &mut [u8]) {
+    let len = msg.len();
+    if len < 32 {
+        return;
+    }
+    let (head, tail) = msg.split_at_mut(8);
+    let src = &tail[len - 24 - 8..len - 16 - 8];
+    for (b, m) in head.iter_mut().zip(src) {
+        *b ^= m;
     }
 }
 
@@ -460,6 +488,21 @@ mod tests {
         assert!(checksums_ok(&pkt));
         pkt[50] ^= 1;
         assert!(!checksums_ok(&pkt));
+    }
+
+    #[test]
+    fn masking_is_an_involution_and_hides_the_header() {
+        let mut msg: Vec<u8> = (0..64u8).collect();
+        msg[..4].copy_from_slice(&[4, 0, 0, 0]);
+        let orig = msg.clone();
+        mask_record(&mut msg);
+        assert_ne!(&msg[..4], &[4, 0, 0, 0]);
+        assert_eq!(&msg[8..], &orig[8..]);
+        mask_record(&mut msg);
+        assert_eq!(msg, orig);
+        let mut short = vec![5u8, 2, 0, 0, 1, 2, 3, 4];
+        mask_record(&mut short);
+        assert_eq!(short, [5, 2, 0, 0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -19,12 +19,14 @@ use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport, Unconfirmed};
 use crate::session::Session;
 use crate::stats::DropReason;
 
-/// Silence over UDP (with traffic unanswered) after which `auto` moves to FakeTCP.
-const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+/// Silence over UDP (with traffic unanswered) after which `auto` moves to FakeTCP. Short
+/// enough that the switch lands before an inner TCP's retransmission timer has backed off
+/// past about 3 s (its retransmissions go out at 0.2, 0.6, 1.4, 3.0, 6.2 s).
+const FAILOVER_AFTER: Duration = Duration::from_secs(2);
 /// Unanswered for this long, the client pings every [`FAST_PING`] to find out quickly.
-const SUSPECT_AFTER: Duration = Duration::from_secs(1);
-/// Ping interval while the path is suspect.
-const FAST_PING: Duration = Duration::from_secs(1);
+const SUSPECT_AFTER: Duration = Duration::from_millis(500);
+/// Ping interval while the path is suspect: four pings must go unanswered to switch.
+const FAST_PING: Duration = Duration::from_millis(500);
 /// On FakeTCP in `auto`, a UDP probe goes out this often.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// A probe unanswered this long counts as failed.
@@ -393,7 +395,7 @@ impl Endpoint {
         let active = self.active_transport();
         if active == Transport::Udp {
             if unanswered.is_some_and(|u| u >= FAILOVER_AFTER) {
-                self.switch_transport(now, Transport::FakeTcp, "nothing heard over UDP for 3 s");
+                self.switch_transport(now, Transport::FakeTcp, "nothing heard over UDP for 2 s");
             } else if unanswered.is_some_and(|u| u >= SUSPECT_AFTER) {
                 // Suspect: ping fast to tell a lost pong from a blocked path.
                 let c = self.client();

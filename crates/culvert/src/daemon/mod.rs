@@ -397,7 +397,7 @@ impl Daemon {
             for i in 0..got {
                 let m = self.meta[i];
                 let at = i * SLOT + RX_OFFSET;
-                self.deliver(now, &mut out, Remote::udp(m.from), at..at + m.len);
+                let _ = self.deliver(now, &mut out, Remote::udp(m.from), at..at + m.len);
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
                 self.io_error("sending", &e);
@@ -441,21 +441,30 @@ impl Daemon {
                 };
                 let from = Remote::faketcp(seg.from);
                 let payload = at + seg.payload.start..at + seg.payload.end;
+                let mut next = 0;
                 let mut first = true;
-                for record in tcp::records(&self.rx_buf[payload.clone()]).collect::<Vec<_>>() {
+                let mut authentic = false;
+                while let Some(record) = tcp::next_record(&self.rx_buf[payload.clone()], next) {
                     let Ok(r) = record else {
                         self.ep.count_shell_drop(DropReason::Malformed);
                         break;
                     };
+                    next = r.end;
                     let msg = payload.start + r.start..payload.start + r.end;
-                    if first {
+                    tcp::mask_record(&mut self.rx_buf[msg.clone()]);
+                    authentic |= if first {
                         // The first message has the packet's own headers before it: room
                         // to re-wrap it in place if it must be relayed.
-                        self.deliver(now, &mut out, from, msg);
                         first = false;
+                        self.deliver(now, &mut out, from, msg)
                     } else {
                         self.merged_records += 1;
-                        self.deliver_copy(now, from, msg);
+                        self.deliver_copy(now, from, msg)
+                    };
+                }
+                if authentic {
+                    if let Some(ft) = &mut self.underlay.ftcp {
+                        ft.stack.confirm(now, &seg);
                     }
                 }
             }
@@ -469,21 +478,30 @@ impl Daemon {
         }
     }
 
-    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay.
-    fn deliver(&mut self, now: Instant, out: &mut Outbound, from: Remote, msg: Range<usize>) {
+    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay. Returns
+    /// whether the message was accepted (authentic).
+    fn deliver(
+        &mut self,
+        now: Instant,
+        out: &mut Outbound,
+        from: Remote,
+        msg: Range<usize>,
+    ) -> bool {
         match self.ep.handle_datagram(now, from, &mut self.rx_buf, msg) {
             DatagramOutcome::Deliver(r) => self.write_tun(r, false),
             DatagramOutcome::Send(t) => {
                 self.underlay
-                    .queue(&mut self.ep, now, out, t.to, &mut self.rx_buf, t.range)
+                    .queue(&mut self.ep, now, out, t.to, &mut self.rx_buf, t.range);
             }
-            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+            DatagramOutcome::Done => {}
+            DatagramOutcome::Dropped(_) => return false,
         }
+        true
     }
 
     /// Like [`Daemon::deliver`] for a message without headroom: copied to a scratch slot,
     /// and a relay is sent at once.
-    fn deliver_copy(&mut self, now: Instant, from: Remote, msg: Range<usize>) {
+    fn deliver_copy(&mut self, now: Instant, from: Remote, msg: Range<usize>) -> bool {
         let len = msg.len();
         self.scratch[RX_OFFSET..RX_OFFSET + len].copy_from_slice(&self.rx_buf[msg]);
         match self
@@ -505,8 +523,10 @@ impl Daemon {
                     self.io_error("sending", &e);
                 }
             }
-            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+            DatagramOutcome::Done => {}
+            DatagramOutcome::Dropped(_) => return false,
         }
+        true
     }
 
     fn write_tun(&mut self, r: Range<usize>, scratch: bool) {
