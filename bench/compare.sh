@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # bench/compare.sh [peer...]: culvert against userspace tunnels in one run, on the shared
+# namespace lab (../shared/lab). A peer `culvert:T` runs culvert with `--transport T`
+# (udp, faketcp, auto) and is labelled culvert-T. Default peers: culvert boringtun
+# wireguard-go openvpn.
+#
 # namespace lab (../shared/lab). For each tunnel: a fresh routed lab, the tunnel up, the lab's
 # bench.sh (TCP 1 and 4 streams, ping RTT, CPU seconds per GB, RSS), the tunnel down. Then a
 # table of medians and the ratios culvert / best peer.
@@ -31,20 +35,24 @@ rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel pro
   awk -v k="$kb" 'BEGIN {printf "%.1f", k / 1024}'
 }
 
-for peer in "${PEERS[@]}"; do
+LABELS=()
+for spec in "${PEERS[@]}"; do
+  peer=${spec%%:*} label=$peer
+  if [ "$spec" != "$peer" ]; then export CULVERT_TRANSPORT=${spec#*:}; label=$peer-${spec#*:}; else unset CULVERT_TRANSPORT; fi
+  LABELS+=("$label")
   "$LAB/netlab.sh" up routed >/dev/null
-  if ! "$LAB/peers/$peer.sh" up >/dev/null 2>"$OUT/$peer-$STAMP.up.log"; then
-    echo "$peer: could not start (see $OUT/$peer-$STAMP.up.log)" >&2
+  if ! "$LAB/peers/$peer.sh" up >/dev/null 2>"$OUT/$label-$STAMP.up.log"; then
+    echo "$label: could not start (see $OUT/$label-$STAMP.up.log)" >&2
     "$LAB/netlab.sh" down >/dev/null; continue
   fi
-  echo "{\"peer\":\"$peer\",\"test\":\"idle\",\"rss_idle_mb\":$(rss_idle "$peer")}" > "$OUT/$peer-$STAMP.idle.json"
-  "$LAB/bench.sh" "$peer" "$peer-$STAMP" > "$OUT/$peer-$STAMP.bench.log" 2>&1 || echo "$peer: bench failed (see log)" >&2
+  echo "{\"peer\":\"$label\",\"test\":\"idle\",\"rss_idle_mb\":$(rss_idle "$peer")}" > "$OUT/$label-$STAMP.idle.json"
+  "$LAB/bench.sh" "$peer" "$label-$STAMP" > "$OUT/$label-$STAMP.bench.log" 2>&1 || echo "$label: bench failed (see log)" >&2
   "$LAB/peers/$peer.sh" down >/dev/null 2>&1 || true
   "$LAB/netlab.sh" down >/dev/null
 done
 
 # One row per tunnel: medians from this run's result files.
-python3 - "$OUT" "$STAMP" "${PEERS[@]}" <<'PY'
+python3 - "$OUT" "$STAMP" "${LABELS[@]}" <<'PY'
 import json, sys, glob, datetime
 out, stamp, peers = sys.argv[1], sys.argv[2], sys.argv[3:]
 rows = {}
@@ -69,14 +77,21 @@ print("|---" * (len(cols) + 1) + "|")
 fmt = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 for p in peers:
     print(f"| {p} | " + " | ".join(fmt(rows[p].get(k)) for k, _, _ in cols) + " |")
-if "culvert" in rows:
-    others = [p for p in peers if p != "culvert"]
+ours = [p for p in peers if p.startswith("culvert")]
+others = [p for p in peers if not p.startswith("culvert")]
+for mine in ours:
     print()
     for k, name, best in cols:
         vals = [(rows[p].get(k), p) for p in others if rows[p].get(k) is not None]
-        c = rows["culvert"].get(k)
+        c = rows[mine].get(k)
         if not vals or c is None: continue
         b, who = best(vals)
         better = "higher" if best is max else "lower"
-        print(f"{name}: culvert {fmt(c)} vs best peer {who} {fmt(b)} -> ratio {c / b:.2f} ({better} is better)")
+        print(f"{name}: {mine} {fmt(c)} vs best peer {who} {fmt(b)} -> ratio {c / b:.2f} ({better} is better)")
+if "culvert-udp" in rows and "culvert-faketcp" in rows:
+    u, f = rows["culvert-udp"], rows["culvert-faketcp"]
+    print()
+    for k in ("tcp1", "tcp4"):
+        if u.get(k) and f.get(k):
+            print(f"{k}: culvert-faketcp / culvert-udp = {f[k] / u[k]:.2f}")
 PY
