@@ -26,6 +26,7 @@ fn config(role: Role, addr: &str, key: u8) -> Config {
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: Timing::default(),
+        fec: culvert_core::fec::Config::default(),
         role,
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub aead: AeadFactory,
     /// Protocol timers.
     pub timing: Timing,
+    /// Forward error correction on direct paths.
+    pub fec: crate::fec::Config,
     /// Hub or client.
     pub role: Role,
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod cookie;
 pub mod event;
 pub mod faketcp;
+pub mod fec;
 pub mod keys;
 pub mod limit;
 pub mod noise;

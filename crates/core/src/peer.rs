@@ -147,9 +147,21 @@ pub(crate) struct Peer {
     pub(crate) rtt: Option<Duration>,
     pub(crate) traffic: Traffic,
     pub(crate) drops: DropCounters,
+    /// FEC for what we send on a direct path (created on first use).
+    pub(crate) fec_tx: Option<crate::fec::Encoder>,
+    /// FEC and loss measurement for what we receive.
+    pub(crate) fec_rx: crate::fec::Decoder,
 }
 
 impl Peer {
+    /// The FEC encoder for what we send, created on first use unless FEC is off.
+    pub(crate) fn encoder(&mut self, cfg: crate::fec::Config) -> Option<&mut crate::fec::Encoder> {
+        if self.fec_tx.is_none() && cfg.mode != crate::fec::Mode::Off {
+            self.fec_tx = Some(crate::fec::Encoder::new(cfg));
+        }
+        self.fec_tx.as_mut()
+    }
+
     pub(crate) fn new(id: PeerId, key: PublicKey, addresses: Vec<Prefix>, path: Path) -> Self {
         Self {
             id,
@@ -172,6 +184,8 @@ impl Peer {
             rtt: None,
             traffic: Traffic::default(),
             drops: DropCounters::default(),
+            fec_tx: None,
+            fec_rx: crate::fec::Decoder::default(),
         }
     }
 

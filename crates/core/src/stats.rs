@@ -91,6 +91,8 @@ drop_reasons! {
     TcpRst => "tcp_rst",
     /// FakeTCP: a FIN (counted and ignored).
     TcpFin => "tcp_fin",
+    /// FEC: a parity message for no session, or with an inconsistent group.
+    FecBadParity => "fec_bad_parity",
 }
 
 /// One counter per [`DropReason`].

@@ -58,4 +58,6 @@ pub struct PeerStatus {
     pub traffic: Traffic,
     /// Drops attributed to this peer.
     pub drops: DropCounters,
+    /// Forward error correction on the path to this peer.
+    pub fec: crate::fec::Stats,
 }

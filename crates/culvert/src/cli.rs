@@ -69,6 +69,24 @@ pub(crate) struct CommonArgs {
     /// udp, faketcp, or auto (UDP, falling back to FakeTCP). [key: transport]
     #[arg(long, value_enum)]
     pub(crate) transport: Option<TransportArg>,
+    /// Forward error correction: auto (parity adapted to the measured loss), off, or
+    /// DATA:PARITY, e.g. 10:3. [key: fec]
+    #[arg(long, value_name = "auto|off|D:P")]
+    pub(crate) fec: Option<String>,
+    /// Fixed FEC: data packets per group (with --fec-parity).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "fec_parity",
+        conflicts_with = "fec"
+    )]
+    pub(crate) fec_data: Option<u8>,
+    /// Fixed FEC: parity packets per group (with --fec-data).
+    #[arg(long, value_name = "N", requires = "fec_data")]
+    pub(crate) fec_parity: Option<u8>,
+    /// Longest wait, in ms, before parity of a partial group is sent. [key: fec_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    pub(crate) fec_timeout_ms: Option<u64>,
     /// Test hook: the initial FakeTCP sequence number (to exercise wrap-around).
     #[arg(long, hide = true, value_name = "N")]
     pub(crate) faketcp_isn: Option<u32>,

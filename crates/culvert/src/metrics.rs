@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use culvert_core::fec::Stats as FecStats;
 use culvert_core::{DropReason, Status};
 
 use crate::daemon::DaemonInfo;
@@ -174,6 +175,12 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
             p.node, p.traffic.tx_bytes
         );
     }
+    for (name, kind, help, value) in FEC_METRICS {
+        header(&mut o, name, kind, help);
+        for p in &status.peers {
+            let _ = writeln!(o, "{name}{{node=\"{}\"}} {}", p.node, value(&p.fec));
+        }
+    }
     header(
         &mut o,
         "culvert_peer_packets_dropped_total",
@@ -191,6 +198,78 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
     }
     o
 }
+
+/// Per-peer FEC metrics: name, type, help, and how to read it from the peer's stats.
+type FecMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&FecStats) -> f64,
+);
+
+#[allow(clippy::cast_precision_loss)] // counters far below 2^53
+const FEC_METRICS: [FecMetric; 9] = [
+    (
+        "culvert_peer_fec_groups_total",
+        "counter",
+        "FEC groups sent with parity.",
+        |s| s.groups as f64,
+    ),
+    (
+        "culvert_peer_fec_data_shards_total",
+        "counter",
+        "Data packets sent inside FEC groups.",
+        |s| s.data_shards as f64,
+    ),
+    (
+        "culvert_peer_fec_parity_shards_total",
+        "counter",
+        "FEC parity packets sent.",
+        |s| s.parity_shards as f64,
+    ),
+    (
+        "culvert_peer_fec_parity_received_total",
+        "counter",
+        "FEC parity packets received.",
+        |s| s.parity_received as f64,
+    ),
+    (
+        "culvert_peer_fec_recovered_total",
+        "counter",
+        "Packets recovered from FEC parity.",
+        |s| s.recovered as f64,
+    ),
+    (
+        "culvert_peer_fec_groups_lost_total",
+        "counter",
+        "FEC groups that expired with packets missing.",
+        |s| s.groups_lost as f64,
+    ),
+    (
+        "culvert_peer_fec_parity_ratio",
+        "gauge",
+        "Parity packets per data packet in a full group now.",
+        |s| {
+            if s.k == 0 {
+                0.0
+            } else {
+                f64::from(s.m) / f64::from(s.k)
+            }
+        },
+    ),
+    (
+        "culvert_peer_fec_peer_loss_ratio",
+        "gauge",
+        "Loss the peer reports on what we send (smoothed).",
+        |s| s.peer_loss,
+    ),
+    (
+        "culvert_peer_fec_local_loss_ratio",
+        "gauge",
+        "Loss measured on what we receive, before recovery.",
+        |s| s.local_loss,
+    ),
+];
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -88,7 +88,6 @@ pub(crate) fn command(args: &StatusArgs) -> Result<()> {
 /// A table for people.
 pub(crate) fn human(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -173,6 +172,9 @@ pub(crate) fn human(v: &Value) -> String {
         if let Some(sw) = p.get("last_switch").and_then(Value::as_str) {
             let _ = writeln!(out, "  node {} transport switched {sw}", n(p, "node"));
         }
+        if let Some(line) = p.get("fec").and_then(fec_line) {
+            let _ = writeln!(out, "  node {} fec {line}", n(p, "node"));
+        }
     }
     for f in v
         .get("faketcp_flows")
@@ -192,6 +194,33 @@ pub(crate) fn human(v: &Value) -> String {
     }
     out.push('\n');
     out
+}
+
+/// An unsigned field of a JSON object, 0 when absent.
+fn n(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// One line of a peer's FEC state, or `None` while FEC has done nothing with it.
+fn fec_line(f: &Value) -> Option<String> {
+    let counters = ["groups", "parity_received", "recovered", "groups_lost"];
+    if counters.iter().all(|k| n(f, k) == 0) && n(f, "m") == 0 {
+        return None;
+    }
+    let pct = |k: &str| f.get(k).and_then(Value::as_f64).unwrap_or(0.0) * 100.0;
+    Some(format!(
+        "{}:{}  sent groups {} data {} parity {}  received parity {} recovered {} groups lost {}  loss reported by peer {:.2}% measured here {:.2}%",
+        n(f, "k"),
+        n(f, "m"),
+        n(f, "groups"),
+        n(f, "data_shards"),
+        n(f, "parity_shards"),
+        n(f, "parity_received"),
+        n(f, "recovered"),
+        n(f, "groups_lost"),
+        pct("peer_loss"),
+        pct("local_loss"),
+    ))
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {

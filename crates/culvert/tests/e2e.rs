@@ -119,10 +119,9 @@ fn replayed_packets_are_dropped_and_counted() {
                 while Instant::now() < end && got.len() < 50 {
                     if let Ok(Some((n, culvert_sys::capture::Direction::In))) =
                         c.next(&mut buf, Duration::from_millis(100))
+                        && let Some(p) = udp_payload(&buf[..n], 9000)
                     {
-                        if let Some(p) = udp_payload(&buf[..n], 9000) {
-                            got.push(p);
-                        }
+                        got.push(p);
                     }
                 }
                 got

@@ -19,6 +19,7 @@
 //! DirRequest    | 05 | version the sender holds (8) |
 //! Goodbye       | 06 | reason (1) |
 //! Probe / ProbeAck | 07/08 | seq (4) |
+//! LossReport    | 09 | received (4) | expected (4) |
 //! ```
 
 use crate::addr::{self, Prefix};
@@ -35,6 +36,7 @@ mod kind {
     pub(super) const GOODBYE: u8 = 0x06;
     pub(super) const PROBE: u8 = 0x07;
     pub(super) const PROBE_ACK: u8 = 0x08;
+    pub(super) const LOSS_REPORT: u8 = 0x09;
 }
 
 /// Length of the relay frame header that precedes the inner message.
@@ -109,6 +111,14 @@ pub enum Frame<'a> {
     ProbeAck {
         /// The probe's sequence number.
         seq: u32,
+    },
+    /// What the sender of this frame received of the peer's messages since its last report
+    /// (before FEC recovery): the input of adaptive FEC.
+    LossReport {
+        /// Messages that arrived.
+        received: u32,
+        /// Messages the counters say were sent.
+        expected: u32,
     },
 }
 
@@ -211,6 +221,10 @@ impl<'a> Frame<'a> {
             },
             kind::PROBE => Self::Probe { seq: r.u32()? },
             kind::PROBE_ACK => Self::ProbeAck { seq: r.u32()? },
+            kind::LOSS_REPORT => Self::LossReport {
+                received: r.u32()?,
+                expected: r.u32()?,
+            },
             t => return Err(Error::UnknownType(t)),
         };
         r.finish()?;
@@ -267,6 +281,11 @@ impl<'a> Frame<'a> {
             Self::ProbeAck { seq } => {
                 out.push(kind::PROBE_ACK);
                 out.extend_from_slice(&seq.to_be_bytes());
+            }
+            Self::LossReport { received, expected } => {
+                out.push(kind::LOSS_REPORT);
+                out.extend_from_slice(&received.to_be_bytes());
+                out.extend_from_slice(&expected.to_be_bytes());
             }
         }
     }
@@ -380,6 +399,8 @@ mod tests {
             }),
             any::<u32>().prop_map(|seq| Frame::Probe { seq }),
             any::<u32>().prop_map(|seq| Frame::ProbeAck { seq }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(received, expected)| Frame::LossReport { received, expected }),
         ]
     }
 

@@ -17,6 +17,10 @@
 //! | 3    | [`CookieReply`]     | receiver's index    | nonce (12), sealed cookie (16 + 16)     |
 //! | 4    | [`Data`]            | receiver's index    | counter (8), ciphertext, tag (16)       |
 //! | 5    | [`Notice`]          | index it concerns   | none; byte 1 holds the notice code      |
+//! | 6    | [`FecParity`]       | receiver's index    | first counter (8), parity shard          |
+//!
+//! A [`FecParity`] message uses the three reserved bytes for its group shape: `k`, `m` and
+//! the parity index `j`.
 
 use crate::field::{Field, Rest, be32, be64};
 use crate::{Error, Result};
@@ -35,6 +39,8 @@ pub enum MessageType {
     Data = 4,
     /// An unauthenticated hint (handshake refused, session unknown).
     Notice = 5,
+    /// A Reed-Solomon parity shard over a group of data messages.
+    FecParity = 6,
 }
 
 impl MessageType {
@@ -47,6 +53,7 @@ impl MessageType {
             Some(3) => Ok(Self::CookieReply),
             Some(4) => Ok(Self::Data),
             Some(5) => Ok(Self::Notice),
+            Some(6) => Ok(Self::FecParity),
             Some(&t) => Err(Error::UnknownType(t)),
         }
     }
@@ -384,6 +391,68 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Notice<T> {
     }
 }
 
+/// Header length of a [`FecParity`] message: type, k, m, j, receiver index, first counter.
+pub const FEC_HEADER_LEN: usize = 16;
+
+view! {
+    /// FEC parity: `| 6 | k | m | j | receiver index | first counter (8) | shard |`.
+    ///
+    /// The group is the `k` data messages of the session with counters `first ..
+    /// first + k`; this is parity shard `j` of `m`.
+    FecParity
+}
+
+impl<T: AsRef<[u8]>> FecParity<T> {
+    /// Checks the type byte, a sane shape, and a non-empty shard.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_type(b, MessageType::FecParity)?;
+        if b.len() <= FEC_HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let (k, m, j) = (b[1], b[2], b[3]);
+        if k == 0 || m == 0 || j >= m || usize::from(k) + usize::from(m) > 256 {
+            return Err(Error::Malformed("FEC group shape"));
+        }
+        Ok(())
+    }
+
+    /// Data messages in the group.
+    pub fn k(&self) -> u8 {
+        self.buffer.as_ref()[1]
+    }
+
+    /// Parity shards in the group.
+    pub fn m(&self) -> u8 {
+        self.buffer.as_ref()[2]
+    }
+
+    /// This shard's parity index.
+    pub fn j(&self) -> u8 {
+        self.buffer.as_ref()[3]
+    }
+
+    /// Counter of the group's first data message.
+    pub fn first_counter(&self) -> u64 {
+        be64(self.buffer.as_ref(), field::COUNTER)
+    }
+
+    /// The parity shard.
+    pub fn shard(&self) -> &[u8] {
+        &self.buffer.as_ref()[FEC_HEADER_LEN..]
+    }
+}
+
+/// Writes a parity message header into `out[..FEC_HEADER_LEN]`.
+pub fn emit_fec_header(out: &mut [u8], k: u8, m: u8, j: u8, index: u32, first: u64) {
+    out[field::TYPE] = MessageType::FecParity as u8;
+    out[1] = k;
+    out[2] = m;
+    out[3] = j;
+    out[field::INDEX].copy_from_slice(&index.to_be_bytes());
+    out[field::COUNTER].copy_from_slice(&first.to_be_bytes());
+}
+
 /// Writes a complete notice into `out` and returns its length.
 pub fn emit_notice(out: &mut [u8; NOTICE_LEN], code: NoticeCode, index: u32) -> usize {
     let mut n = Notice::new_unchecked(&mut out[..]);
@@ -454,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn fec_parity_round_trip() {
+        let mut buf = [0u8; FEC_HEADER_LEN + 3];
+        emit_fec_header(&mut buf, 10, 3, 2, 0x0102_0304, 40);
+        buf[FEC_HEADER_LEN..].copy_from_slice(&[7, 8, 9]);
+        let f = FecParity::new_checked(&buf[..]).unwrap();
+        assert_eq!(
+            (f.k(), f.m(), f.j(), f.index(), f.first_counter()),
+            (10, 3, 2, 0x0102_0304, 40)
+        );
+        assert_eq!(f.shard(), &[7, 8, 9]);
+        let mut bad = buf;
+        bad[3] = 3;
+        assert!(
+            FecParity::new_checked(&bad[..]).is_err(),
+            "j must be below m"
+        );
+        assert!(
+            FecParity::new_checked(&buf[..FEC_HEADER_LEN]).is_err(),
+            "empty shard"
+        );
+    }
+
+    #[test]
     fn handshake_bounds() {
         let mut init = vec![0u8; handshake_init_len(NOISE_MIN_LEN)];
         HandshakeInit::new_unchecked(&mut init[..]).set_header(42);
@@ -490,6 +582,10 @@ mod tests {
             }
             if let Ok(n) = Notice::new_checked(&bytes[..]) {
                 let _ = n.code();
+            }
+            if let Ok(f) = FecParity::new_checked(&bytes[..]) {
+                prop_assert!(f.j() < f.m() && f.k() > 0 && !f.shard().is_empty());
+                let _ = (f.first_counter(), f.index());
             }
         }
 

@@ -196,13 +196,13 @@ impl Endpoint {
             return Ok(());
         }
         let c = self.client();
-        if let Some((s, sent)) = c.ping_out {
-            if s == seq {
-                c.ping_out = None;
-                let rtt = now.saturating_duration_since(sent);
-                if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
-                    hub.rtt = Some(rtt);
-                }
+        if let Some((s, sent)) = c.ping_out
+            && s == seq
+        {
+            c.ping_out = None;
+            let rtt = now.saturating_duration_since(sent);
+            if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
+                hub.rtt = Some(rtt);
             }
         }
         Ok(())
@@ -406,11 +406,11 @@ impl Endpoint {
             return;
         }
         let c = self.client();
-        if let Some((_, sent)) = c.probe_out {
-            if now.saturating_duration_since(sent) >= PROBE_TIMEOUT {
-                c.probe_out = None;
-                c.probes_answered = 0;
-            }
+        if let Some((_, sent)) = c.probe_out
+            && now.saturating_duration_since(sent) >= PROBE_TIMEOUT
+        {
+            c.probe_out = None;
+            c.probes_answered = 0;
         }
         if c.next_probe.is_none_or(|p| p <= now) {
             c.probe_seq = c.probe_seq.wrapping_add(1);

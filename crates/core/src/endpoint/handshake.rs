@@ -121,17 +121,18 @@ impl Endpoint {
         };
         let attempts = peer.attempts;
         if id == PeerId::HUB {
-            if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path) {
-                if attempts >= 3 && attempts.is_power_of_two() {
-                    tracing::warn!(
-                        server = %addr.addr,
-                        transport = addr.transport.as_str(),
-                        attempts,
-                        waited_s = now.saturating_duration_since(h.sent).as_secs(),
-                        "no answer from the server: check its address, that its port is reachable \
-                         (UDP not blocked), and that the passphrase or keys match"
-                    );
-                }
+            if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path)
+                && attempts >= 3
+                && attempts.is_power_of_two()
+            {
+                tracing::warn!(
+                    server = %addr.addr,
+                    transport = addr.transport.as_str(),
+                    attempts,
+                    waited_s = now.saturating_duration_since(h.sent).as_secs(),
+                    "no answer from the server: check its address, that its port is reachable \
+                     (UDP not blocked), and that the passphrase or keys match"
+                );
             }
             if attempts > 0 && attempts % 3 == 0 {
                 self.events.push_back(crate::Event::Rebind);
@@ -164,18 +165,19 @@ impl Endpoint {
         msg: &[u8],
     ) -> Result<(), DropReason> {
         let init = HandshakeInit::new_checked(msg).map_err(|_| DropReason::Malformed)?;
-        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
-            if hub.cookies.note_handshake(now) && !hub.cookies.check_mac2(&init, from.addr) {
-                let psk = self.cfg.psk_for(&self.public);
-                let mut out = [0u8; COOKIE_REPLY_LEN];
-                hub.cookies
-                    .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
-                self.outbox.push_back(super::OwnedTransmit {
-                    to: from,
-                    bytes: out.to_vec(),
-                });
-                return Err(DropReason::CookieRequired);
-            }
+        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src)
+            && hub.cookies.note_handshake(now)
+            && !hub.cookies.check_mac2(&init, from.addr)
+        {
+            let psk = self.cfg.psk_for(&self.public);
+            let mut out = [0u8; COOKIE_REPLY_LEN];
+            hub.cookies
+                .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
+            self.outbox.push_back(super::OwnedTransmit {
+                to: from,
+                bytes: out.to_vec(),
+            });
+            return Err(DropReason::CookieRequired);
         }
         let psk = self.cfg.psk_for(&self.public);
         let mut payload = [0u8; MAX_PAYLOAD];

@@ -97,10 +97,10 @@ impl Endpoint {
             return Err(DropReason::UnknownKey);
         }
         let existing = self.peers.values().find(|p| p.key == key).map(|p| p.id);
-        if let Some(id) = existing {
-            if hello.timestamp <= self.peers[&id].confirmed_timestamp {
-                return Err(DropReason::HandshakeReplay);
-            }
+        if let Some(id) = existing
+            && hello.timestamp <= self.peers[&id].confirmed_timestamp
+        {
+            return Err(DropReason::HandshakeReplay);
         }
         let verdict = match self.choose_cipher(hello.ciphers) {
             None => Err((
@@ -280,6 +280,7 @@ impl Endpoint {
         match (sealed, peer.path) {
             (Ok(range), Path::Direct(Some(to))) => {
                 peer.last_tx = Some(now);
+                self.fec_sealed(now, target, to, &buf[range.clone()]);
                 DatagramOutcome::Send(Transmit { to, range })
             }
             (Err(r), _) => DatagramOutcome::Dropped(self.count_drop(r, Some(target))),
@@ -324,10 +325,11 @@ impl Endpoint {
         id: PeerId,
         held: u64,
     ) -> Result<(), DropReason> {
-        if let RoleState::Hub(hub) = &self.role {
-            if held != hub.dir_version && !hub.cfg.isolation {
-                self.send_directory(now, id);
-            }
+        if let RoleState::Hub(hub) = &self.role
+            && held != hub.dir_version
+            && !hub.cfg.isolation
+        {
+            self.send_directory(now, id);
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{self, Frame, GoodbyeReason, RELAY_HEADER_LEN};
 use culvert_wire::ip;
-use culvert_wire::message::{DATA_HEADER_LEN, Data, MessageType, TAG_LEN};
+use culvert_wire::message::{DATA_HEADER_LEN, Data, FecParity, MessageType, TAG_LEN};
 
 use crate::config::{Config, Role};
 use crate::event::Event;
@@ -107,6 +107,15 @@ pub enum DatagramOutcome {
     Dropped(DropReason),
 }
 
+/// How a data message reached the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Received from the underlay (or unwrapped from a relay frame).
+    Wire,
+    /// Rebuilt by FEC from a group's parity.
+    Recovered,
+}
+
 /// One node's protocol state. See the module docs for the call protocol.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -118,6 +127,8 @@ pub struct Endpoint {
     by_index: BTreeMap<u32, PeerId>,
     routes: Router<PeerId>,
     outbox: VecDeque<OwnedTransmit>,
+    /// IP packets recovered by FEC, to write to the TUN device.
+    recovered: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     drops: DropCounters,
     traffic: Traffic,
@@ -191,6 +202,7 @@ impl Endpoint {
             by_index: BTreeMap::new(),
             routes: Router::default(),
             outbox: VecDeque::new(),
+            recovered: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
             traffic: Traffic::default(),
@@ -295,10 +307,10 @@ impl Endpoint {
 
     /// Client: points the hub at a new underlay address (re-resolved name, new network).
     pub fn set_server_addr(&mut self, addr: core::net::SocketAddr) {
-        if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
-            if let Path::Direct(Some(r)) = &mut hub.path {
-                r.addr = addr;
-            }
+        if let Some(hub) = self.peers.get_mut(&PeerId::HUB)
+            && let Path::Direct(Some(r)) = &mut hub.path
+        {
+            r.addr = addr;
         }
         if let RoleState::Client(c) = &mut self.role {
             c.server = addr;
@@ -311,6 +323,12 @@ impl Endpoint {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<OwnedTransmit> {
         self.outbox.pop_front()
+    }
+
+    /// The next IP packet FEC recovered, to write to the TUN device.
+    #[must_use]
+    pub fn poll_recovered(&mut self) -> Option<Vec<u8>> {
+        self.recovered.pop_front()
     }
 
     /// The next event for the shell.
@@ -388,6 +406,7 @@ impl Endpoint {
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 traffic: p.traffic,
                 drops: p.drops.clone(),
+                fec: crate::fec::stats(p.fec_tx.as_ref(), &p.fec_rx),
             })
             .collect();
         let (role, node, directory_version, isolation) = match &self.role {
@@ -417,7 +436,8 @@ impl Endpoint {
         range: Range<usize>,
     ) -> DatagramOutcome {
         let result = match MessageType::of(&buf[range.clone()]) {
-            Ok(MessageType::Data) => return self.handle_data(now, src, buf, range),
+            Ok(MessageType::Data) => return self.handle_data(now, src, buf, range, Arrival::Wire),
+            Ok(MessageType::FecParity) => self.handle_parity(now, src, &buf[range]),
             Ok(MessageType::HandshakeInit) => self.handle_init(now, src, &buf[range]),
             Ok(MessageType::HandshakeResponse) => self.handle_response(now, src, &buf[range]),
             Ok(MessageType::CookieReply) => self.handle_cookie(now, src, &buf[range]),
@@ -437,8 +457,11 @@ impl Endpoint {
         src: Source,
         buf: &mut [u8],
         range: Range<usize>,
+        arrival: Arrival,
     ) -> DatagramOutcome {
-        let Ok(index) = Data::new_checked(&buf[range.clone()]).map(|d| d.index()) else {
+        let Ok((index, counter)) =
+            Data::new_checked(&buf[range.clone()]).map(|d| (d.index(), d.counter()))
+        else {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::Malformed, None));
         };
         let Some(id) = self.by_index.get(&index).copied() else {
@@ -452,12 +475,10 @@ impl Endpoint {
             }
             return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, None));
         };
-        if let Source::Relay(origin) = src {
-            if origin != id {
-                return DatagramOutcome::Dropped(
-                    self.count_drop(DropReason::BadFrame, Some(origin)),
-                );
-            }
+        if let Source::Relay(origin) = src
+            && origin != id
+        {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(origin)));
         }
         let peer = self
             .peers
@@ -465,6 +486,13 @@ impl Endpoint {
             .expect("indices point at live peers");
         let Some(slot) = peer.slot(index) else {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
+        };
+        // FEC and the loss meter see what arrives on a direct path from this peer, in the
+        // session it sends in; a recovered message is not an arrival.
+        let metered = matches!(src, Source::Addr(_)) && slot == Slot::Current;
+        let kept = match arrival {
+            Arrival::Wire if metered => peer.fec_rx.keep(now, index, counter, &buf[range.clone()]),
+            _ => None,
         };
         let Some(session) = peer.session_mut(slot) else {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
@@ -478,6 +506,12 @@ impl Endpoint {
             Ok(p) => (range.start + p.start)..(range.start + p.end),
             Err(r) => return DatagramOutcome::Dropped(self.count_drop(r, Some(id))),
         };
+        if arrival == Arrival::Wire && metered {
+            peer.fec_rx.count(now, index, counter);
+            if let Some(k) = kept {
+                peer.fec_rx.authenticated(k);
+            }
+        }
         peer.last_rx = Some(now);
         // Only traffic over the transport we send on answers it (auto failover watches this).
         let answers = match (src, peer.path) {
@@ -498,11 +532,11 @@ impl Endpoint {
         // hub where its configuration and transport choice put it. Probes never move a path.
         let hub_of_client = self.is_client() && id == PeerId::HUB;
         let roams = !hub_of_client && !frame::is_probe(&buf[plain.clone()]);
-        if let (Source::Addr(from), Some(p), true) = (src, self.peers.get_mut(&id), roams) {
-            if matches!(p.path, Path::Direct(Some(old)) if old != from) {
-                tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
-                p.path = Path::Direct(Some(from));
-            }
+        if let (Source::Addr(from), Some(p), true) = (src, self.peers.get_mut(&id), roams)
+            && matches!(p.path, Path::Direct(Some(old)) if old != from)
+        {
+            tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
+            p.path = Path::Direct(Some(from));
         }
         let kind = match buf[plain.clone()].first() {
             None => return DatagramOutcome::Done,
@@ -513,6 +547,43 @@ impl Endpoint {
             None => self.check_inner_source(id, buf, plain),
             Some(_) => self.handle_frame(now, id, src, buf, range, plain),
         }
+    }
+
+    /// A parity message: may recover lost data messages of its group, which are then opened
+    /// (and authenticated) like any other.
+    fn handle_parity(&mut self, now: Instant, src: Source, msg: &[u8]) -> Result<(), DropReason> {
+        let Source::Addr(from) = src else {
+            return Err(DropReason::BadFrame);
+        };
+        let parity = FecParity::new_checked(msg).map_err(|_| DropReason::FecBadParity)?;
+        let id = *self
+            .by_index
+            .get(&parity.index())
+            .ok_or(DropReason::UnknownSession)?;
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("indices point at live peers");
+        let recovered = peer.fec_rx.on_parity(now, &parity);
+        for mut message in recovered {
+            let len = message.len();
+            match self.handle_data(
+                now,
+                Source::Addr(from),
+                &mut message,
+                0..len,
+                Arrival::Recovered,
+            ) {
+                DatagramOutcome::Deliver(r) => {
+                    message.truncate(r.end);
+                    message.drain(..r.start);
+                    self.recovered.push_back(message);
+                }
+                DatagramOutcome::Send(t) => self.push_owned(t.to, message, t.range),
+                DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Delivers an IP packet only if its source address belongs to the peer it came from.
@@ -582,6 +653,13 @@ impl Endpoint {
                 Source::Relay(_) => Err(DropReason::BadFrame),
             },
             Frame::ProbeAck { seq } => self.on_probe_ack(now, seq),
+            Frame::LossReport { received, expected } => {
+                let fec = self.cfg.fec;
+                if let Some(e) = self.peers.get_mut(&id).and_then(|p| p.encoder(fec)) {
+                    e.on_report(received, expected);
+                }
+                Ok(())
+            }
         };
         match result {
             Ok(()) => DatagramOutcome::Done,
@@ -643,7 +721,10 @@ impl Endpoint {
             peer.unanswered_since = Some(now);
         }
         match peer.path {
-            Path::Direct(Some(to)) => Ok(Transmit { to, range }),
+            Path::Direct(Some(to)) => {
+                self.fec_sealed(now, id, to, &buf[range.clone()]);
+                Ok(Transmit { to, range })
+            }
             Path::Direct(None) => Err(DropReason::NoRoute),
             Path::Relay => {
                 let at = range.start - RELAY_HEADER_LEN;
@@ -672,8 +753,52 @@ impl Endpoint {
         let range = session.seal(buf, at - DATA_HEADER_LEN, len)?;
         hub.last_tx = Some(now);
         match hub.path {
-            Path::Direct(Some(to)) => Ok(Transmit { to, range }),
+            Path::Direct(Some(to)) => {
+                self.fec_sealed(now, PeerId::HUB, to, &buf[range.clone()]);
+                Ok(Transmit { to, range })
+            }
             _ => Err(DropReason::NoRoute),
+        }
+    }
+
+    /// FEC: takes a data message just sealed for `id`'s direct path into the open group, and
+    /// queues the group's parity when it completes.
+    fn fec_sealed(&mut self, now: Instant, id: PeerId, to: Remote, message: &[u8]) {
+        let fec = self.cfg.fec;
+        let Some(encoder) = self.peers.get_mut(&id).and_then(|p| p.encoder(fec)) else {
+            return;
+        };
+        let Ok(data) = Data::new_checked(message) else {
+            return;
+        };
+        let parity = encoder.push(now, data.index(), data.counter(), message);
+        if let Some(d) = encoder.deadline() {
+            self.deadline = Some(self.deadline.map_or(d, |x| x.min(d)));
+        }
+        self.outbox
+            .extend(parity.into_iter().map(|bytes| OwnedTransmit { to, bytes }));
+    }
+
+    /// FEC timers of one peer: flushes a partial group, sends the loss report.
+    fn fec_timers(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.fec_rx.expire(now);
+        let report = p.fec_rx.take_report(now);
+        let parity = p
+            .fec_tx
+            .as_mut()
+            .map(|e| e.handle_timeout(now))
+            .unwrap_or_default();
+        if let Path::Direct(Some(to)) = p.path {
+            self.outbox
+                .extend(parity.into_iter().map(|bytes| OwnedTransmit { to, bytes }));
+        }
+        if let Some((received, expected)) = report
+            && self.ready(now, id)
+        {
+            self.send_frame(now, id, &Frame::LossReport { received, expected });
         }
     }
 
@@ -965,6 +1090,7 @@ impl Endpoint {
         for i in released {
             self.release_index(i);
         }
+        self.fec_timers(now, id);
         if keepalive_due && self.ready(now, id) {
             // An empty message: tells the peer we are alive without data of our own.
             if let Err(r) = self.send_plain(now, id, &[]) {
@@ -1005,6 +1131,8 @@ impl Endpoint {
                     .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
             );
             consider(p.next.as_ref().map(|u| u.session.established + t.retry_max));
+            consider(p.fec_tx.as_ref().and_then(crate::fec::Encoder::deadline));
+            consider(p.fec_rx.report_due());
         }
         match &self.role {
             RoleState::Hub(h) => consider(Some(h.next_deadline(&self.peers, t))),

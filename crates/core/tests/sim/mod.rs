@@ -81,6 +81,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
+        fec: culvert_core::fec::Config::default(),
         role: Role::Hub(HubConfig {
             max_clients: 100,
             isolation: false,
@@ -102,6 +103,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
+        fec: culvert_core::fec::Config::default(),
         role: Role::Client(ClientConfig {
             server: HUB_ADDR.parse().unwrap(),
             server_key: None,
@@ -199,6 +201,9 @@ impl World {
             let from = self.nodes[i].addr;
             self.send(from, t.to, t.bytes);
         }
+        while let Some(p) = self.nodes[i].ep.poll_recovered() {
+            self.nodes[i].delivered.push(p);
+        }
         while let Some(e) = self.nodes[i].ep.poll_event() {
             self.nodes[i].events.push(e);
         }
@@ -217,10 +222,10 @@ impl World {
             bytes,
         };
         self.log.push(d.clone());
-        if let Some(f) = self.filter.as_mut() {
-            if !f(&d) {
-                return;
-            }
+        if let Some(f) = self.filter.as_mut()
+            && !f(&d)
+        {
+            return;
         }
         if self.chance(self.loss) {
             return;

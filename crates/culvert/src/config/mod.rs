@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use culvert_core::fec::{Config as FecConfig, Mode as FecMode};
 use culvert_core::{ClientBinding, PublicKey};
 use culvert_wire::addr::Prefix;
 use serde::Deserialize;
@@ -69,6 +70,8 @@ pub(crate) struct RawConfig {
     state_dir: Option<PathBuf>,
     keepalive: Option<u64>,
     transport: Option<TransportArg>,
+    fec: Option<String>,
+    fec_timeout_ms: Option<u64>,
     #[serde(skip)]
     faketcp_isn: Option<u32>,
     #[serde(default, rename = "peer")]
@@ -147,6 +150,11 @@ impl RawConfig {
         merge(&mut self.state_dir, &a.state_dir);
         merge(&mut self.keepalive, &a.keepalive);
         merge(&mut self.transport, &a.transport);
+        merge(&mut self.fec, &a.fec);
+        if let (Some(d), Some(p)) = (a.fec_data, a.fec_parity) {
+            self.fec = Some(format!("{d}:{p}"));
+        }
+        merge(&mut self.fec_timeout_ms, &a.fec_timeout_ms);
         merge(&mut self.faketcp_isn, &a.faketcp_isn);
     }
 }
@@ -172,6 +180,7 @@ pub(crate) struct Settings {
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) keepalive: Duration,
     pub(crate) transport: TransportArg,
+    pub(crate) fec: FecConfig,
     pub(crate) faketcp_isn: Option<u32>,
 }
 
@@ -375,6 +384,20 @@ impl Settings {
             }
             None => culvert_core::Timing::default().keepalive,
         };
+        let fec = FecConfig {
+            mode: raw.fec.as_deref().map_or(Ok(FecMode::Auto), parse_fec)?,
+            flush: match raw.fec_timeout_ms {
+                Some(ms @ 1..=1000) => Duration::from_millis(ms),
+                Some(ms) => {
+                    return Err(err(
+                        "fec_timeout_ms",
+                        format!("{ms} is out of range 1..=1000 milliseconds"),
+                    ));
+                }
+                None => FecConfig::default().flush,
+            },
+            ..FecConfig::default()
+        };
         Ok(Self {
             role,
             addresses,
@@ -387,10 +410,43 @@ impl Settings {
             state_dir: raw.state_dir,
             keepalive,
             transport: raw.transport.unwrap_or_default(),
+            fec,
             faketcp_isn: raw.faketcp_isn,
         })
     }
 }
+
+/// `auto`, `off`, or `DATA:PARITY`.
+fn parse_fec(s: &str) -> Result<FecMode, ConfigError> {
+    let bad = |why: &str| {
+        err(
+            "fec",
+            format!("{s:?}: {why}; use \"auto\", \"off\" or DATA:PARITY such as \"10:3\""),
+        )
+    };
+    match s {
+        "auto" => return Ok(FecMode::Auto),
+        "off" => return Ok(FecMode::Off),
+        _ => {}
+    }
+    let (d, p) = s.split_once(':').ok_or_else(|| bad("not a mode"))?;
+    let (Ok(k), Ok(m)) = (d.trim().parse::<u8>(), p.trim().parse::<u8>()) else {
+        return Err(bad("DATA and PARITY must be numbers"));
+    };
+    if !(1..=MAX_FEC_DATA).contains(&k) || m > k {
+        return Err(bad(&format!(
+            "DATA must be 1..={MAX_FEC_DATA} and PARITY at most DATA"
+        )));
+    }
+    Ok(if m == 0 {
+        FecMode::Off
+    } else {
+        FecMode::Fixed { k, m }
+    })
+}
+
+/// Largest FEC group of data packets: larger groups wait longer to fill and buy little.
+const MAX_FEC_DATA: u8 = 64;
 
 fn load_optional(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
     path.map_or_else(|| Ok(RawConfig::default()), RawConfig::load)
@@ -493,6 +549,59 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "peer[0].public_key");
+    }
+
+    #[test]
+    fn fec_settings() {
+        let base = "address = \"10.0.0.1/24\"\npassphrase = \"x\"\n";
+        let fec = |extra: &str| server(&format!("{base}{extra}")).map(|s| s.fec);
+        assert_eq!(fec("").unwrap().mode, FecMode::Auto, "auto by default");
+        assert_eq!(fec("fec = \"off\"").unwrap().mode, FecMode::Off);
+        assert_eq!(
+            fec("fec = \"10:3\"").unwrap().mode,
+            FecMode::Fixed { k: 10, m: 3 }
+        );
+        assert_eq!(fec("fec = \"20:0\"").unwrap().mode, FecMode::Off);
+        let f = fec("fec = \"20:10\"\nfec_timeout_ms = 8").unwrap();
+        assert_eq!(f.flush, Duration::from_millis(8));
+        for bad in [
+            "fec = \"10:11\"",
+            "fec = \"0:1\"",
+            "fec = \"ten\"",
+            "fec = \"65:3\"",
+        ] {
+            assert_eq!(fec(bad).unwrap_err().key, "fec", "{bad}");
+        }
+        assert_eq!(fec("fec_timeout_ms = 0").unwrap_err().key, "fec_timeout_ms");
+    }
+
+    #[test]
+    fn fec_flags_override_the_file() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "culvert",
+            "client",
+            "-r",
+            "h:1",
+            "-t",
+            "10.0.0.2/24",
+            "-k",
+            "x",
+            "--fec-data",
+            "20",
+            "--fec-parity",
+            "10",
+        ])
+        .unwrap();
+        let crate::cli::Command::Client(args) = cli.command else {
+            panic!("not a client command");
+        };
+        let s = Settings::client(&args).unwrap();
+        assert_eq!(s.fec.mode, FecMode::Fixed { k: 20, m: 10 });
+        assert!(
+            crate::cli::Cli::try_parse_from(["culvert", "client", "--fec-data", "20"]).is_err(),
+            "--fec-data needs --fec-parity"
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     let is_client = server.is_some();
     let mtu = settings
         .mtu
-        .unwrap_or_else(|| default_mtu(is_client, v6, udp_on, faketcp_on));
+        .unwrap_or_else(|| default_mtu(is_client, v6, faketcp_on, fec_on(&settings)));
 
     let mut netlink = Netlink::open()?;
     remove_stale_tun(&mut netlink, &settings.tun_name);
@@ -189,6 +189,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         ciphers: cipher_preference(),
         aead: crate::aead::ring,
         timing,
+        fec: settings.fec,
         role,
     };
     let unix = SystemTime::now()
@@ -315,10 +316,10 @@ impl Daemon {
             if self.ep.poll_timeout() <= now {
                 self.ep.handle_timeout(now);
             }
-            if let Some(f) = &mut self.underlay.ftcp {
-                if f.stack.poll_timeout().is_some_and(|t| t <= now) {
-                    f.stack.handle_timeout(now);
-                }
+            if let Some(f) = &mut self.underlay.ftcp
+                && f.stack.poll_timeout().is_some_and(|t| t <= now)
+            {
+                f.stack.handle_timeout(now);
             }
             self.flush_control();
             self.on_events();
@@ -462,10 +463,8 @@ impl Daemon {
                         self.deliver_copy(now, from, msg)
                     };
                 }
-                if authentic {
-                    if let Some(ft) = &mut self.underlay.ftcp {
-                        ft.stack.confirm(now, &seg);
-                    }
+                if authentic && let Some(ft) = &mut self.underlay.ftcp {
+                    ft.stack.confirm(now, &seg);
                 }
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
@@ -539,8 +538,16 @@ impl Daemon {
         }
     }
 
-    /// Sends the endpoint's control messages and FakeTCP's own segments.
+    /// Sends the endpoint's control messages and FakeTCP's own segments, and writes the
+    /// packets FEC recovered to the TUN device.
     fn flush_control(&mut self) {
+        while let Some(packet) = self.ep.poll_recovered() {
+            let Some(slot) = self.scratch.get_mut(..packet.len()) else {
+                continue;
+            };
+            slot.copy_from_slice(&packet);
+            self.write_tun(0..packet.len(), true);
+        }
         let now = Instant::now();
         while let Some(t) = self.ep.poll_transmit() {
             if let Err(e) = self.underlay.send_owned(&mut self.ep, now, t.to, &t.bytes) {
@@ -570,10 +577,10 @@ impl Daemon {
                     transport: Transport::FakeTcp,
                 } => {
                     let server = self.server.as_deref().and_then(|s| resolve(s).ok());
-                    if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server) {
-                        if !ft.stack.established(server) {
-                            let _ = ft.connect(Instant::now(), server);
-                        }
+                    if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server)
+                        && !ft.stack.established(server)
+                    {
+                        let _ = ft.connect(Instant::now(), server);
                     }
                 }
                 Event::TransportChanged { .. } => {}
@@ -607,10 +614,10 @@ impl Daemon {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        if let Some(ft) = &mut self.underlay.ftcp {
-            if let Err(e) = ft.connect(Instant::now(), addr) {
-                tracing::warn!("{e:#}");
-            }
+        if let Some(ft) = &mut self.underlay.ftcp
+            && let Err(e) = ft.connect(Instant::now(), addr)
+        {
+            tracing::warn!("{e:#}");
         }
         self.ep.set_server_addr(addr);
     }
@@ -649,7 +656,7 @@ impl Daemon {
     /// Logs an I/O error, rate-limited to the first few and then every 1000th.
     fn io_error(&mut self, what: &str, e: &std::io::Error) {
         self.io_errors += 1;
-        if self.io_errors <= 5 || self.io_errors % 1000 == 0 {
+        if self.io_errors <= 5 || self.io_errors.is_multiple_of(1000) {
             tracing::warn!(count = self.io_errors, "{what}: {e}");
         }
     }
@@ -675,28 +682,44 @@ fn bind_client(server: SocketAddr) -> Result<UdpSocket> {
 /// The overlay MTU that keeps a 1500-byte underlay from fragmenting, whatever transport
 /// carries a packet: outer IP, the transport's header (UDP 8; FakeTCP's TCP header with
 /// timestamps and record length, 34), the data header and tag, and on clients the relay
-/// wrapping of client-to-client traffic (a second header, frame header and tag).
-pub(crate) fn default_mtu(client: bool, ipv6: bool, udp: bool, faketcp: bool) -> u32 {
+/// wrapping of client-to-client traffic (a second header, frame header and tag). With FEC,
+/// a parity message is longer than the longest message it protects by its header and the
+/// length prefix of its shards.
+pub(crate) fn default_mtu(client: bool, ipv6: bool, faketcp: bool, fec: bool) -> u32 {
     let ip = if ipv6 { 40 } else { 20 };
     let transport = if faketcp {
         tcp::TCP_HEADER_LEN + tcp::TS_OPTIONS_LEN + tcp::RECORD_HEADER_LEN
     } else {
         8
     };
-    let _ = udp;
+    let parity = if fec {
+        culvert_core::fec::PARITY_OVERHEAD
+    } else {
+        0
+    };
     let relay = if client {
         DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN
     } else {
         0
     };
-    (1500 - ip - transport - DATA_OVERHEAD - relay) as u32
+    (1500 - ip - transport - DATA_OVERHEAD - relay - parity) as u32
 }
 
 /// The MTU before the transports are known for sure (to size FakeTCP's announced MSS).
 fn mtu_guess(settings: &Settings, client: bool, ipv6: bool) -> u32 {
-    settings
-        .mtu
-        .unwrap_or_else(|| default_mtu(client, ipv6, true, settings.transport != TransportArg::Udp))
+    settings.mtu.unwrap_or_else(|| {
+        default_mtu(
+            client,
+            ipv6,
+            settings.transport != TransportArg::Udp,
+            fec_on(settings),
+        )
+    })
+}
+
+/// Whether this node may send FEC parity (which sizes the default MTU).
+fn fec_on(settings: &Settings) -> bool {
+    settings.fec.mode != culvert_core::fec::Mode::Off
 }
 
 /// The MSS a Linux stack on a 1500-byte link would announce.

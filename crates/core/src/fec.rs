@@ -1,0 +1,762 @@
+//! Forward error correction over one session's data messages.
+//!
+//! **Where it sits.** FEC works on *sealed* data messages, after encryption on the sending
+//! side and before decryption on the receiving side. A group is `k` data messages with
+//! consecutive counters; the counter already tells a receiver where a message belongs, so
+//! the original messages go out unchanged — no FEC header, no delay, no extra byte. The
+//! sender follows each complete group (or a partial one, after the flush timeout) with `m`
+//! parity messages ([`culvert_wire::message::FecParity`]) computed with a systematic
+//! Reed-Solomon code over the shards `| length (u16) | ciphertext and tag | zero padding |`.
+//! A data message's header is left out of its shard: the group's index and counters rebuild
+//! it, so a parity message is only [`PARITY_OVERHEAD`] bytes longer than the longest message
+//! it protects.
+//!
+//! **What it can cost.** A recovered message is a ciphertext: it goes through the same replay
+//! check and AEAD as any other, so tampered, forged or duplicated parity can only produce
+//! drops, never bytes that did not authenticate. A received original counts towards
+//! recovery only after its tag verified. State is bounded: a ring of the last
+//! [`RING`] originals, at most [`MAX_GROUPS`] open groups, each expiring after
+//! [`GROUP_TTL`].
+//!
+//! **Adaptive parity.** Each receiver counts, per report interval, the messages that
+//! arrived (before recovery) against those the counters say were sent, and reports both to
+//! the sender ([`culvert_wire::frame::Frame::LossReport`]). The sender smooths the loss rate
+//! and picks the least parity `m` (for groups of [`AUTO_K`]) that keeps the residual loss —
+//! a message lost *and* more than `m` of the other `k + m − 1` shards lost — under the
+//! target, capped at `m = k`. It raises `m` at once and lowers it only after three reports
+//! in a row ask for less, so it reacts within seconds and does not oscillate. On a clean path it sends no
+//! parity at all.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use culvert_fec::Codec;
+use culvert_wire::message::{DATA_HEADER_LEN, Data, FEC_HEADER_LEN, FecParity, emit_fec_header};
+
+/// How FEC is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No parity is sent (parity received is still used).
+    Off,
+    /// Always `data:parity`.
+    Fixed {
+        /// Data messages per group.
+        k: u8,
+        /// Parity messages per group.
+        m: u8,
+    },
+    /// Parity chosen from the loss the peer reports.
+    Auto,
+}
+
+/// FEC settings of a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Off, fixed or adaptive.
+    pub mode: Mode,
+    /// The longest a partial group waits for more messages before its parity is sent.
+    pub flush: Duration,
+    /// `auto`: the residual loss to stay under.
+    pub target_loss: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            flush: Duration::from_millis(5),
+            target_loss: 0.001,
+        }
+    }
+}
+
+/// How much longer a parity message is than the longest data message it protects: its
+/// header, less the data header it replaces, and the length prefix of each shard.
+pub const PARITY_OVERHEAD: usize = FEC_HEADER_LEN - DATA_HEADER_LEN + 2;
+
+/// Group size `auto` uses: big enough that parity is cheap, small enough to fill fast.
+pub const AUTO_K: u8 = 20;
+/// Messages longer than this are sent unprotected (the group buffers stay bounded).
+pub const MAX_MESSAGE: usize = 4096;
+/// Received originals kept for recovery.
+pub const RING: usize = 512;
+/// Open groups kept at most by a receiver.
+pub const MAX_GROUPS: usize = 32;
+/// A group that cannot complete is dropped after this long.
+pub const GROUP_TTL: Duration = Duration::from_millis(1500);
+/// A receiver keeps originals only while parity has been seen this recently.
+const ACTIVE_FOR: Duration = Duration::from_secs(3);
+/// How often a receiver reports loss.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Reports with fewer expected messages carry too little information to act on.
+const MIN_REPORT: u32 = 20;
+
+/// FEC counters of one peer, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// Groups for which parity was sent.
+    pub groups: u64,
+    /// Data messages sent inside groups.
+    pub data_shards: u64,
+    /// Parity messages sent.
+    pub parity_shards: u64,
+    /// Parity messages received.
+    pub parity_received: u64,
+    /// Messages recovered from parity.
+    pub recovered: u64,
+    /// Groups that expired with messages still missing.
+    pub groups_lost: u64,
+    /// Current shape, data messages per group (0: no parity).
+    pub k: u8,
+    /// Current shape, parity messages per group.
+    pub m: u8,
+    /// Loss the peer last reported on what we send, smoothed (0..1).
+    pub peer_loss: f64,
+    /// Loss we measured on what we receive over the last report interval (0..1).
+    pub local_loss: f64,
+}
+
+/// The status of one peer's FEC: what we send from the encoder, what we receive from the
+/// decoder.
+pub fn stats(tx: Option<&Encoder>, rx: &Decoder) -> Stats {
+    let mut s = rx.stats;
+    if let Some(e) = tx {
+        s.groups = e.stats.groups;
+        s.data_shards = e.stats.data_shards;
+        s.parity_shards = e.stats.parity_shards;
+        s.k = e.stats.k;
+        s.m = e.stats.m;
+        s.peer_loss = e.stats.peer_loss;
+    }
+    s
+}
+
+/// The sending side of one session.
+#[derive(Debug)]
+pub struct Encoder {
+    cfg: Config,
+    k: u8,
+    m: u8,
+    /// The session the open group belongs to (its remote index).
+    index: u32,
+    first: u64,
+    shards: Vec<Vec<u8>>,
+    count: usize,
+    shard_len: usize,
+    deadline: Option<Instant>,
+    codecs: BTreeMap<(u8, u8), Codec>,
+    loss: Option<f64>,
+    /// `auto`: the loss rate `m` was last chosen for; sizes the parity of partial groups.
+    level: f64,
+    lower_votes: u8,
+    pub(crate) stats: Stats,
+}
+
+impl Encoder {
+    /// An encoder for `cfg`.
+    pub fn new(cfg: Config) -> Self {
+        let (k, m) = match cfg.mode {
+            Mode::Off | Mode::Auto => (AUTO_K, 0),
+            Mode::Fixed { k, m } => (k, m),
+        };
+        Self {
+            cfg,
+            k,
+            m,
+            index: 0,
+            first: 0,
+            shards: Vec::new(),
+            count: 0,
+            shard_len: 0,
+            deadline: None,
+            codecs: BTreeMap::new(),
+            loss: None,
+            level: 0.0,
+            lower_votes: 0,
+            stats: Stats {
+                k,
+                m,
+                ..Stats::default()
+            },
+        }
+    }
+
+    /// Records a data message just sealed with `counter` in the session `index`; returns
+    /// the parity messages to send after it when the group completes.
+    pub fn push(&mut self, now: Instant, index: u32, counter: u64, msg: &[u8]) -> Vec<Vec<u8>> {
+        if self.m == 0 {
+            return Vec::new();
+        }
+        let body = msg.get(DATA_HEADER_LEN..).unwrap_or_default();
+        let mut out = Vec::new();
+        let continues =
+            self.count > 0 && index == self.index && counter == self.first + self.count as u64;
+        if self.count > 0 && !continues {
+            out = self.finish();
+        }
+        if body.len() > MAX_MESSAGE {
+            return out;
+        }
+        if self.count == 0 {
+            self.index = index;
+            self.first = counter;
+            self.shard_len = 0;
+            self.deadline = Some(now + self.cfg.flush);
+        }
+        if self.shards.len() <= self.count {
+            self.shards.push(Vec::new());
+        }
+        let shard = &mut self.shards[self.count];
+        shard.clear();
+        shard.extend_from_slice(
+            &u16::try_from(body.len())
+                .expect("bounded by MAX_MESSAGE")
+                .to_be_bytes(),
+        );
+        shard.extend_from_slice(body);
+        self.shard_len = self.shard_len.max(shard.len());
+        self.count += 1;
+        if self.count >= usize::from(self.k) {
+            out.extend(self.finish());
+        }
+        out
+    }
+
+    /// When the open group must be flushed.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Flushes a partial group whose time is up.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        match self.deadline {
+            Some(d) if d <= now && self.count > 0 => self.finish(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Computes and returns the parity of the open group, and closes it.
+    fn finish(&mut self) -> Vec<Vec<u8>> {
+        let k = u8::try_from(self.count).expect("count <= k <= 255");
+        let m = self.parity_of(k);
+        self.count = 0;
+        self.deadline = None;
+        if k == 0 || m == 0 {
+            return Vec::new();
+        }
+        let len = self.shard_len;
+        for s in &mut self.shards[..usize::from(k)] {
+            s.resize(len, 0);
+        }
+        let Some(codec) = codec(&mut self.codecs, k, m) else {
+            return Vec::new();
+        };
+        let mut msgs: Vec<Vec<u8>> = (0..m)
+            .map(|j| {
+                let mut v = vec![0u8; FEC_HEADER_LEN + len];
+                emit_fec_header(&mut v, k, m, j, self.index, self.first);
+                v
+            })
+            .collect();
+        let data: Vec<&[u8]> = self.shards[..usize::from(k)]
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let mut parity: Vec<&mut [u8]> =
+            msgs.iter_mut().map(|v| &mut v[FEC_HEADER_LEN..]).collect();
+        if codec.encode(&data, &mut parity).is_err() {
+            return Vec::new();
+        }
+        self.stats.groups += 1;
+        self.stats.data_shards += u64::from(k);
+        self.stats.parity_shards += u64::from(m);
+        msgs
+    }
+
+    /// Parity for a group of `k` data messages: the full shape's `m` for a full group; for
+    /// a partial one (flushed by the timeout), `auto` sizes it for the loss level, a fixed
+    /// ratio keeps its proportion (rounded up).
+    fn parity_of(&self, k: u8) -> u8 {
+        if k >= self.k || self.m == 0 {
+            return self.m;
+        }
+        match self.cfg.mode {
+            Mode::Auto => parity_for(self.level, k, self.cfg.target_loss).clamp(1, self.m),
+            Mode::Fixed { .. } | Mode::Off => {
+                u8::try_from((u16::from(self.m) * u16::from(k)).div_ceil(u16::from(self.k)))
+                    .unwrap_or(self.m)
+            }
+        }
+    }
+
+    /// `auto`: takes the peer's report of what it received, and adapts the parity.
+    pub fn on_report(&mut self, received: u32, expected: u32) {
+        if self.cfg.mode != Mode::Auto || expected < MIN_REPORT {
+            return;
+        }
+        let sample = 1.0 - f64::from(received.min(expected)) / f64::from(expected);
+        let p = self.loss.map_or(sample, |l| 0.5 * l + 0.5 * sample);
+        self.loss = Some(p);
+        self.stats.peer_loss = p;
+        let want = parity_for(p, self.k, self.cfg.target_loss);
+        if want > self.m {
+            self.m = want;
+            self.level = p;
+            self.lower_votes = 0;
+        } else if want < self.m {
+            self.lower_votes += 1;
+            if self.lower_votes >= 3 {
+                self.m = want;
+                self.level = p;
+                self.lower_votes = 0;
+            }
+        } else {
+            self.lower_votes = 0;
+        }
+        self.stats.k = self.k;
+        self.stats.m = self.m;
+    }
+}
+
+/// The least parity for groups of `k` that keeps the residual loss at loss rate `p` under
+/// `target`, capped at `k`.
+pub fn parity_for(p: f64, k: u8, target: f64) -> u8 {
+    (0..=k)
+        .find(|&m| residual_loss(p, k, m) <= target)
+        .unwrap_or(k)
+}
+
+/// The probability that a data message is lost for good: lost itself, and more than `m` of
+/// the other `k + m - 1` shards of its group lost too (independent losses at rate `p`).
+pub fn residual_loss(p: f64, k: u8, m: u8) -> f64 {
+    let n = u32::from(k) + u32::from(m) - 1;
+    // P(Binomial(n, p) >= m), summed directly: n is small.
+    let mut tail = 0.0;
+    let mut c = 1.0f64; // C(n, i)
+    for i in 0..=n {
+        if i >= u32::from(m) {
+            tail += c
+                * p.powi(i32::try_from(i).unwrap_or(i32::MAX))
+                * (1.0 - p).powi(i32::try_from(n - i).unwrap_or(i32::MAX));
+        }
+        c = c * f64::from(n - i) / f64::from(i + 1);
+    }
+    p * tail.min(1.0)
+}
+
+fn codec(cache: &mut BTreeMap<(u8, u8), Codec>, k: u8, m: u8) -> Option<&Codec> {
+    if let std::collections::btree_map::Entry::Vacant(e) = cache.entry((k, m)) {
+        e.insert(Codec::new(usize::from(k), usize::from(m)).ok()?);
+    }
+    cache.get(&(k, m))
+}
+
+/// One received original, kept for recovery.
+#[derive(Debug, Default)]
+struct Slot {
+    index: u32,
+    counter: u64,
+    valid: bool,
+    data: Vec<u8>,
+}
+
+/// One group the receiver has seen parity for.
+#[derive(Debug)]
+struct Group {
+    k: u8,
+    m: u8,
+    parity: Vec<Option<Vec<u8>>>,
+    created: Instant,
+    done: bool,
+}
+
+/// The receiving side of one peer's sessions.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    active_until: Option<Instant>,
+    ring: Vec<Slot>,
+    groups: BTreeMap<(u32, u64), Group>,
+    codecs: BTreeMap<(u8, u8), Codec>,
+    /// Loss meter: originals received and highest counter, per report interval.
+    received: u32,
+    highest: Option<u64>,
+    base: Option<u64>,
+    meter_index: u32,
+    next_report: Option<Instant>,
+    pub(crate) stats: Stats,
+}
+
+impl Decoder {
+    /// Whether originals must be kept (parity was seen recently).
+    pub fn active(&self, now: Instant) -> bool {
+        self.active_until.is_some_and(|t| now < t)
+    }
+
+    /// Keeps a copy of a data message that is about to be opened (only while active).
+    /// Returns the ring slot, to be marked valid once the message authenticated.
+    pub fn keep(&mut self, now: Instant, index: u32, counter: u64, msg: &[u8]) -> Option<usize> {
+        let body = msg.get(DATA_HEADER_LEN..)?;
+        if !self.active(now) || body.len() > MAX_MESSAGE {
+            return None;
+        }
+        if self.ring.is_empty() {
+            self.ring.resize_with(RING, Slot::default);
+        }
+        let at = (counter % RING as u64) as usize;
+        let slot = &mut self.ring[at];
+        slot.index = index;
+        slot.counter = counter;
+        slot.valid = false;
+        slot.data.clear();
+        slot.data.extend_from_slice(body);
+        Some(at)
+    }
+
+    /// The kept message in `slot` authenticated: it counts towards recovery.
+    pub fn authenticated(&mut self, slot: usize) {
+        if let Some(s) = self.ring.get_mut(slot) {
+            s.valid = true;
+        }
+    }
+
+    /// Counts an original that arrived (for the loss report).
+    pub fn count(&mut self, now: Instant, index: u32, counter: u64) {
+        if index != self.meter_index {
+            self.meter_index = index;
+            self.received = 0;
+            self.base = Some(counter);
+            self.highest = Some(counter);
+        }
+        self.received = self.received.saturating_add(1);
+        self.highest = Some(self.highest.map_or(counter, |h| h.max(counter)));
+        self.base.get_or_insert(counter);
+        self.next_report.get_or_insert(now + REPORT_INTERVAL);
+    }
+
+    /// When the next loss report is due.
+    pub fn report_due(&self) -> Option<Instant> {
+        self.next_report
+    }
+
+    /// The loss report for the interval that ended, if one is due: `(received, expected)`.
+    pub fn take_report(&mut self, now: Instant) -> Option<(u32, u32)> {
+        if self.next_report.is_none_or(|t| t > now) {
+            return None;
+        }
+        let (base, high) = (self.base?, self.highest?);
+        let expected = u32::try_from(high.saturating_sub(base) + 1).unwrap_or(u32::MAX);
+        let received = self.received.min(expected);
+        self.stats.local_loss = 1.0 - f64::from(received) / f64::from(expected.max(1));
+        self.base = Some(high + 1);
+        self.received = 0;
+        self.next_report = None;
+        (expected >= MIN_REPORT).then_some((received, expected))
+    }
+
+    /// Takes a parity message; returns the data messages it allowed to recover (sealed,
+    /// to be opened like any other).
+    pub fn on_parity(&mut self, now: Instant, p: &FecParity<&[u8]>) -> Vec<Vec<u8>> {
+        self.stats.parity_received += 1;
+        self.active_until = Some(now + ACTIVE_FOR);
+        self.expire(now);
+        let key = (p.index(), p.first_counter());
+        if !self.groups.contains_key(&key) {
+            if self.groups.len() >= MAX_GROUPS {
+                let oldest = self
+                    .groups
+                    .iter()
+                    .min_by_key(|(_, g)| g.created)
+                    .map(|(k, _)| *k);
+                if let Some(o) = oldest {
+                    self.drop_group(o);
+                }
+            }
+            self.groups.insert(
+                key,
+                Group {
+                    k: p.k(),
+                    m: p.m(),
+                    parity: vec![None; usize::from(p.m())],
+                    created: now,
+                    done: false,
+                },
+            );
+        }
+        let g = self.groups.get_mut(&key).expect("just inserted");
+        if g.done || g.k != p.k() || g.m != p.m() {
+            return Vec::new();
+        }
+        g.parity[usize::from(p.j())] = Some(p.shard().to_vec());
+        self.try_recover(key)
+    }
+
+    /// Drops groups older than [`GROUP_TTL`].
+    pub fn expire(&mut self, now: Instant) {
+        let old: Vec<(u32, u64)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| now.saturating_duration_since(g.created) >= GROUP_TTL)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old {
+            self.drop_group(k);
+        }
+    }
+
+    fn drop_group(&mut self, key: (u32, u64)) {
+        if let Some(g) = self.groups.remove(&key)
+            && !g.done
+            && (0..u64::from(g.k)).any(|i| self.original(key.0, key.1 + i).is_none())
+        {
+            self.stats.groups_lost += 1;
+        }
+    }
+
+    fn original(&self, index: u32, counter: u64) -> Option<&[u8]> {
+        let s = self.ring.get((counter % RING as u64) as usize)?;
+        (s.valid && s.index == index && s.counter == counter).then_some(&s.data[..])
+    }
+
+    fn try_recover(&mut self, key: (u32, u64)) -> Vec<Vec<u8>> {
+        let g = &self.groups[&key];
+        let (k, m) = (usize::from(g.k), usize::from(g.m));
+        let have: Vec<bool> = (0..k)
+            .map(|i| self.original(key.0, key.1 + i as u64).is_some())
+            .collect();
+        let missing = have.iter().filter(|h| !**h).count();
+        let parity = g.parity.iter().filter(|p| p.is_some()).count();
+        if missing == 0 {
+            self.groups.get_mut(&key).expect("present").done = true;
+            return Vec::new();
+        }
+        if parity < missing {
+            return Vec::new();
+        }
+        let Some(len) = g.parity.iter().flatten().map(Vec::len).next() else {
+            return Vec::new();
+        };
+        if g.parity.iter().flatten().any(|p| p.len() != len) {
+            return Vec::new();
+        }
+        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(k + m);
+        for (i, h) in have.iter().enumerate() {
+            let mut s = vec![0u8; len];
+            if *h {
+                let msg = self.original(key.0, key.1 + i as u64).expect("checked");
+                if 2 + msg.len() > len {
+                    return Vec::new();
+                }
+                s[..2].copy_from_slice(&u16::try_from(msg.len()).unwrap_or(0).to_be_bytes());
+                s[2..2 + msg.len()].copy_from_slice(msg);
+            }
+            shards.push(s);
+        }
+        let present: Vec<bool> = have
+            .iter()
+            .copied()
+            .chain(g.parity.iter().map(Option::is_some))
+            .collect();
+        shards.extend(
+            g.parity
+                .iter()
+                .map(|p| p.clone().unwrap_or_else(|| vec![0u8; len])),
+        );
+        let Some(codec) = codec(&mut self.codecs, g.k, g.m) else {
+            return Vec::new();
+        };
+        let mut refs: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        if codec.reconstruct(&mut refs, &present).is_err() {
+            return Vec::new();
+        }
+        self.groups.get_mut(&key).expect("present").done = true;
+        let recovered: Vec<Vec<u8>> = have
+            .iter()
+            .zip(&shards)
+            .enumerate()
+            .filter(|(_, (h, _))| !**h)
+            .filter_map(|(i, (_, s))| {
+                let n = usize::from(u16::from_be_bytes([s[0], s[1]]));
+                (2 + n <= s.len()).then(|| data_message(key.0, key.1 + i as u64, &s[2..2 + n]))
+            })
+            .collect();
+        self.stats.recovered += recovered.len() as u64;
+        recovered
+    }
+}
+
+/// Rebuilds a data message from its group position and its shard's body.
+fn data_message(index: u32, counter: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; DATA_HEADER_LEN + body.len()];
+    let mut d = Data::new_unchecked(&mut v[..]);
+    d.set_header(index);
+    d.set_counter(counter);
+    v[DATA_HEADER_LEN..].copy_from_slice(body);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_policy() {
+        assert_eq!(parity_for(0.0, 20, 0.001), 0, "no parity on a clean path");
+        assert_eq!(parity_for(0.0005, 20, 0.001), 0);
+        let m5 = parity_for(0.05, 20, 0.001);
+        let m10 = parity_for(0.10, 20, 0.001);
+        assert!(m5 > 0 && m10 > m5, "{m5} {m10}");
+        assert!(m10 <= 10, "10% loss must cost at most 50%: {m10}");
+        assert!(residual_loss(0.10, 20, m10) <= 0.001);
+        assert_eq!(parity_for(0.6, 20, 0.001), 20, "capped at 1:1");
+        // Sanity of the binomial tail: m = 0 loses exactly p.
+        assert!((residual_loss(0.1, 10, 0) - 0.1).abs() < 1e-12);
+    }
+
+    fn epoch() -> Instant {
+        crate::test_epoch()
+    }
+
+    /// Sends `n` messages through an encoder and returns (messages, parity).
+    fn run(
+        enc: &mut Encoder,
+        t: Instant,
+        n: u64,
+        len: impl Fn(u64) -> usize,
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut msgs = Vec::new();
+        let mut parity = Vec::new();
+        for c in 0..n {
+            let body: Vec<u8> = (0..len(c)).map(|b| (b as u64 * 31 + c) as u8).collect();
+            let m = data_message(7, c, &body);
+            parity.extend(enc.push(t, 7, c, &m));
+            msgs.push(m);
+        }
+        parity.extend(enc.handle_timeout(t + Duration::from_secs(1)));
+        (msgs, parity)
+    }
+
+    fn receive(
+        dec: &mut Decoder,
+        t: Instant,
+        msgs: &[Vec<u8>],
+        lost: &[u64],
+        parity: &[Vec<u8>],
+    ) -> Vec<Vec<u8>> {
+        dec.active_until = Some(t + ACTIVE_FOR);
+        for (c, m) in msgs.iter().enumerate() {
+            if lost.contains(&(c as u64)) {
+                continue;
+            }
+            let slot = dec.keep(t, 7, c as u64, m).unwrap();
+            dec.authenticated(slot);
+        }
+        parity
+            .iter()
+            .flat_map(|p| dec.on_parity(t, &FecParity::new_checked(&p[..]).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn mixed_sizes_recover_exactly() {
+        let t = epoch();
+        let mut enc = Encoder::new(Config {
+            mode: Mode::Fixed { k: 10, m: 3 },
+            ..Config::default()
+        });
+        let (msgs, parity) = run(&mut enc, t, 23, |c| 40 + (c as usize * 137) % 1400);
+        assert_eq!(
+            parity.len(),
+            7,
+            "two full groups with 3 parity, a partial one of 3 with 1"
+        );
+        let mut dec = Decoder::default();
+        let lost = [0, 5, 9, 12, 18, 19, 21];
+        let mut got = receive(&mut dec, t, &msgs, &lost, &parity);
+        got.sort();
+        let mut want: Vec<Vec<u8>> = lost.iter().map(|&c| msgs[c as usize].clone()).collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(dec.stats.recovered, 7);
+        assert_eq!(dec.stats.groups_lost, 0);
+    }
+
+    #[test]
+    fn forged_and_truncated_parity_only_fails() {
+        let t = epoch();
+        let mut enc = Encoder::new(Config {
+            mode: Mode::Fixed { k: 4, m: 2 },
+            ..Config::default()
+        });
+        let (msgs, mut parity) = run(&mut enc, t, 4, |_| 100);
+        for p in &mut parity {
+            for b in &mut p[FEC_HEADER_LEN..] {
+                *b ^= 0x5a;
+            }
+        }
+        let mut dec = Decoder::default();
+        let got = receive(&mut dec, t, &msgs, &[1], &parity);
+        // Whatever comes out is not the real message; the session's AEAD will refuse it.
+        assert!(got.iter().all(|m| m != &msgs[1]));
+    }
+
+    #[test]
+    fn decoder_state_is_bounded() {
+        let t = epoch();
+        let mut dec = Decoder::default();
+        let mut buf = vec![0u8; FEC_HEADER_LEN + 64];
+        for g in 0..10_000u64 {
+            emit_fec_header(&mut buf, 10, 3, 0, 7, g * 10);
+            let _ = dec.on_parity(t, &FecParity::new_checked(&buf[..]).unwrap());
+        }
+        assert!(dec.groups.len() <= MAX_GROUPS);
+        assert!(dec.ring.len() <= RING);
+        dec.expire(t + GROUP_TTL);
+        assert!(dec.groups.is_empty());
+    }
+
+    #[test]
+    fn auto_reacts_and_does_not_oscillate() {
+        let mut enc = Encoder::new(Config::default());
+        assert_eq!(enc.m, 0);
+        enc.on_report(90, 100);
+        let high = enc.m;
+        assert!(high >= 5, "10% loss: {high}");
+        // One clean report does not drop it; three in a row lower it gradually.
+        enc.on_report(100, 100);
+        assert_eq!(enc.m, high);
+        let mut seen = vec![enc.m];
+        for _ in 0..30 {
+            enc.on_report(100, 100);
+            seen.push(enc.m);
+        }
+        assert_eq!(enc.m, 0, "back to no parity on a clean path");
+        assert!(
+            seen.windows(2).all(|w| w[1] <= w[0]),
+            "monotone descent: {seen:?}"
+        );
+        // Noisy loss around 5%: the choice stays within a narrow band.
+        let mut ms = Vec::new();
+        for i in 0..40 {
+            enc.on_report(if i % 2 == 0 { 94 } else { 96 }, 100);
+            ms.push(enc.m);
+        }
+        let tail = &ms[10..];
+        assert!(
+            tail.iter().max().unwrap() - tail.iter().min().unwrap() <= 1,
+            "{ms:?}"
+        );
+    }
+
+    #[test]
+    fn loss_meter() {
+        let t = epoch();
+        let mut dec = Decoder::default();
+        for c in 0..100u64 {
+            if c % 10 != 0 {
+                dec.count(t, 1, c);
+            }
+        }
+        assert_eq!(dec.take_report(t), None, "not due yet");
+        assert_eq!(dec.take_report(t + REPORT_INTERVAL), Some((90, 99)));
+    }
+}
