@@ -392,6 +392,11 @@ impl Decoder {
         self.active_until.is_some_and(|t| now < t)
     }
 
+    /// Groups held open now (at most [`MAX_GROUPS`]).
+    pub fn open_groups(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Keeps a copy of a data message that is about to be opened (only while active).
     /// Returns the ring slot, to be marked valid once the message authenticated.
     pub fn keep(&mut self, now: Instant, index: u32, counter: u64, msg: &[u8]) -> Option<usize> {
@@ -585,7 +590,7 @@ impl Decoder {
 }
 
 /// Rebuilds a data message from its group position and its shard's body.
-fn data_message(index: u32, counter: u64, body: &[u8]) -> Vec<u8> {
+pub fn data_message(index: u32, counter: u64, body: &[u8]) -> Vec<u8> {
     let mut v = vec![0u8; DATA_HEADER_LEN + body.len()];
     let mut d = Data::new_unchecked(&mut v[..]);
     d.set_header(index);

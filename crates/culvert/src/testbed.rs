@@ -10,7 +10,7 @@
 //! process left in its namespaces and deletes them, also when a test panics.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -368,6 +368,55 @@ impl Lab {
                 secs,
                 max_stall,
             })
+        })
+    }
+
+    /// Sends `count` numbered UDP datagrams of `size` bytes from host `from` to `to_ip` on
+    /// host `to`, paced at `rate` per second, and returns how many distinct ones arrived.
+    pub fn udp_stream(
+        &self,
+        from: usize,
+        to: usize,
+        to_ip: IpAddr,
+        count: u32,
+        size: usize,
+        rate: u32,
+    ) -> io::Result<u32> {
+        let port = 6201 + u16::try_from(from * 16 + to).unwrap_or(0);
+        let rx = in_ns(&self.ns(to), || {
+            UdpSocket::bind(SocketAddr::new(to_ip, port))
+        })?;
+        let tx = in_ns(&self.ns(from), || UdpSocket::bind("0.0.0.0:0"))?;
+        rx.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        std::thread::scope(|s| {
+            let receiver = s.spawn(|| {
+                let mut seen = vec![false; count as usize];
+                let mut buf = vec![0u8; 1 << 16];
+                // Until the sender is done and nothing more has come for a while.
+                while let Ok(n) = rx.recv(&mut buf) {
+                    if let Some(seq) = buf[..n].get(..4) {
+                        let seq = u32::from_be_bytes(seq.try_into().expect("4 bytes"));
+                        if let Some(slot) = seen.get_mut(seq as usize) {
+                            *slot = true;
+                        }
+                    }
+                }
+                seen.iter().filter(|s| **s).count()
+            });
+            let mut packet = vec![0x5au8; size.max(4)];
+            let start = Instant::now();
+            for seq in 0..count {
+                packet[..4].copy_from_slice(&seq.to_be_bytes());
+                tx.send_to(&packet, SocketAddr::new(to_ip, port))?;
+                let due = start + Duration::from_secs_f64(f64::from(seq + 1) / f64::from(rate));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let got = receiver
+                .join()
+                .map_err(|_| io::Error::other("receiver panicked"))?;
+            Ok(u32::try_from(got).unwrap_or(u32::MAX))
         })
     }
 

@@ -26,6 +26,20 @@ fn shapes(c: &mut Criterion) {
                 });
             },
         );
+        // Lose `m` data shards and rebuild them from the parity.
+        g.bench_with_input(
+            BenchmarkId::new("decode", format!("{k}:{m}")),
+            &k,
+            |b, _| {
+                let mut all: Vec<Vec<u8>> =
+                    data.iter().cloned().chain(parity.iter().cloned()).collect();
+                let present: Vec<bool> = (0..k + m).map(|i| i >= m).collect();
+                b.iter(|| {
+                    let mut refs: Vec<&mut [u8]> = all.iter_mut().map(Vec::as_mut_slice).collect();
+                    codec.reconstruct(black_box(&mut refs), &present).unwrap();
+                });
+            },
+        );
         // Encode, lose `m` data shards, decode: the whole cost of one protected group.
         g.bench_with_input(
             BenchmarkId::new("encode+decode", format!("{k}:{m}")),

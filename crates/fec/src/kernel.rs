@@ -3,7 +3,8 @@
 //!
 //! Outputs are computed in blocks of up to four: each input chunk is loaded and split into
 //! nibbles once, then folded into four accumulators held in registers. AVX-512BW handles
-//! 64 bytes per shuffle, AVX2 32; the scalar loop does the rest.
+//! 64 bytes per shuffle, AVX2 32, each with a zero-padded last chunk; the scalar loop serves
+//! CPUs with neither.
 #![allow(unsafe_code)]
 
 use crate::gf::mul;
@@ -22,9 +23,14 @@ impl Tables {
             lo: [0; 16],
             hi: [0; 16],
         };
-        for n in 0..16u8 {
-            t.lo[usize::from(n)] = mul(c, n);
-            t.hi[usize::from(n)] = mul(c, n << 4);
+        // Multiplication by c is linear: fill each table from its four basis products.
+        for bit in 0..4 {
+            let (lo, hi) = (mul(c, 1 << bit), mul(c, 1 << (bit + 4)));
+            let b = 1usize << bit;
+            for n in 0..b {
+                t.lo[b + n] = t.lo[n] ^ lo;
+                t.hi[b + n] = t.hi[n] ^ hi;
+            }
         }
         t
     }
@@ -107,7 +113,7 @@ pub(crate) fn dot_block_on<const N: usize>(
     }
 }
 
-/// AVX2: whole 32-byte chunks; returns how many bytes it wrote.
+/// AVX2: 32-byte chunks, the last one padded; returns how many bytes it wrote (all).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_avx2<const N: usize>(
@@ -118,14 +124,23 @@ unsafe fn dot_avx2<const N: usize>(
 ) -> usize {
     use std::arch::x86_64::*;
     let n = inputs.len();
-    let chunks = len / 32;
+    let chunks = len.div_ceil(32);
     let mask = _mm256_set1_epi8(0x0f);
     for c in 0..chunks {
         let off = c * 32;
+        // The last chunk may be partial: it goes through zero-padded copies.
+        let part = (len - off).min(32);
         let mut acc = [_mm256_setzero_si256(); N];
         for (i, x) in inputs.iter().enumerate() {
-            // SAFETY: `off + 32 <= len <= x.len()`.
-            let v = unsafe { _mm256_loadu_si256(x.as_ptr().add(off).cast()) };
+            let v = if part == 32 {
+                // SAFETY: `off + 32 <= len <= x.len()`.
+                unsafe { _mm256_loadu_si256(x.as_ptr().add(off).cast()) }
+            } else {
+                let mut b = [0u8; 32];
+                b[..part].copy_from_slice(&x[off..off + part]);
+                // SAFETY: `b` is 32 bytes.
+                unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+            };
             let l = _mm256_and_si256(v, mask);
             let h = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
             for (j, a) in acc.iter_mut().enumerate() {
@@ -144,14 +159,21 @@ unsafe fn dot_avx2<const N: usize>(
             }
         }
         for (o, a) in outs.iter_mut().zip(acc) {
-            // SAFETY: `off + 32 <= len <= o.len()`.
-            unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(off).cast(), a) };
+            if part == 32 {
+                // SAFETY: `off + 32 <= len <= o.len()`.
+                unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(off).cast(), a) };
+            } else {
+                let mut b = [0u8; 32];
+                // SAFETY: `b` is 32 bytes.
+                unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), a) };
+                o[off..off + part].copy_from_slice(&b[..part]);
+            }
         }
     }
-    chunks * 32
+    len
 }
 
-/// AVX-512BW: whole 64-byte chunks; returns how many bytes it wrote.
+/// AVX-512BW: 64-byte chunks, the last one padded; returns how many bytes it wrote (all).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn dot_avx512<const N: usize>(
@@ -162,14 +184,23 @@ unsafe fn dot_avx512<const N: usize>(
 ) -> usize {
     use std::arch::x86_64::*;
     let n = inputs.len();
-    let chunks = len / 64;
+    let chunks = len.div_ceil(64);
     let mask = _mm512_set1_epi8(0x0f);
     for c in 0..chunks {
         let off = c * 64;
+        // The last chunk may be partial: it goes through zero-padded copies.
+        let part = (len - off).min(64);
         let mut acc = [_mm512_setzero_si512(); N];
         for (i, x) in inputs.iter().enumerate() {
-            // SAFETY: `off + 64 <= len <= x.len()`.
-            let v = unsafe { _mm512_loadu_si512(x.as_ptr().add(off).cast()) };
+            let v = if part == 64 {
+                // SAFETY: `off + 64 <= len <= x.len()`.
+                unsafe { _mm512_loadu_si512(x.as_ptr().add(off).cast()) }
+            } else {
+                let mut b = [0u8; 64];
+                b[..part].copy_from_slice(&x[off..off + part]);
+                // SAFETY: `b` is 64 bytes.
+                unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+            };
             let l = _mm512_and_si512(v, mask);
             let h = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
             for (j, a) in acc.iter_mut().enumerate() {
@@ -188,11 +219,18 @@ unsafe fn dot_avx512<const N: usize>(
             }
         }
         for (o, a) in outs.iter_mut().zip(acc) {
-            // SAFETY: `off + 64 <= len <= o.len()`.
-            unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(off).cast(), a) };
+            if part == 64 {
+                // SAFETY: `off + 64 <= len <= o.len()`.
+                unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(off).cast(), a) };
+            } else {
+                let mut b = [0u8; 64];
+                // SAFETY: `b` is 64 bytes.
+                unsafe { _mm512_storeu_si512(b.as_mut_ptr().cast(), a) };
+                o[off..off + part].copy_from_slice(&b[..part]);
+            }
         }
     }
-    chunks * 64
+    len
 }
 
 #[cfg(test)]
