@@ -2,7 +2,7 @@
 
 use culvert_wire::frame::Frame;
 use culvert_wire::hello::{Hello, HelloKind};
-use culvert_wire::message::{Data, Notice, NoticeCode};
+use culvert_wire::message::{Data, FecParity, Notice, NoticeCode, emit_fec_header};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -87,4 +87,30 @@ fn relay() {
             message: &notice
         })
     );
+}
+
+#[test]
+fn parity() {
+    let bytes = example("parity");
+    let p = FecParity::new_checked(&bytes[..]).unwrap();
+    assert_eq!(
+        (p.k(), p.m(), p.j(), p.index(), p.first_counter(), p.shard()),
+        (10, 3, 2, 0x0102_0304, 40, &[7u8, 8, 9][..])
+    );
+    let mut built = bytes.clone();
+    emit_fec_header(&mut built, 10, 3, 2, 0x0102_0304, 40);
+    assert_eq!(built, bytes);
+}
+
+#[test]
+fn loss() {
+    let bytes = example("loss");
+    let f = Frame::LossReport {
+        received: 950,
+        expected: 1000,
+    };
+    assert_eq!(Frame::parse(&bytes), Ok(f.clone()));
+    let mut out = Vec::new();
+    f.emit(&mut out);
+    assert_eq!(out, bytes);
 }

@@ -769,3 +769,28 @@ fn list(p: &[Prefix]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::default_mtu;
+
+    /// The figures README.md and PROTOCOL.md quote, and what they add up to: the largest
+    /// outer packet — a parity message carried by FakeTCP, relayed — is exactly 1500 bytes.
+    #[test]
+    fn default_mtus() {
+        // (client, ipv6, faketcp, fec)
+        assert_eq!(default_mtu(false, false, true, true), 1412);
+        assert_eq!(default_mtu(true, false, true, true), 1375);
+        assert_eq!(default_mtu(false, false, false, true), 1438);
+        assert_eq!(default_mtu(true, false, false, true), 1401);
+        assert_eq!(default_mtu(false, false, true, false), 1414);
+        assert_eq!(default_mtu(true, true, true, true), 1355);
+        let fec = culvert_core::fec::PARITY_OVERHEAD;
+        let faketcp = culvert_wire::tcp::TCP_HEADER_LEN
+            + culvert_wire::tcp::TS_OPTIONS_LEN
+            + culvert_wire::tcp::RECORD_HEADER_LEN;
+        let relay = culvert_wire::message::DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN;
+        let outer = 20 + faketcp + culvert_wire::message::DATA_OVERHEAD + relay + fec;
+        assert_eq!(default_mtu(true, false, true, true) as usize + outer, 1500);
+    }
+}
