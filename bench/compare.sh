@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/compare.sh [peer...]: culvert against userspace tunnels in one run, on the shared
 # namespace lab (../shared/lab). A peer `culvert:T` runs culvert with `--transport T`
-# (udp, faketcp, auto) and is labelled culvert-T. Default peers: culvert boringtun
-# wireguard-go openvpn.
+# (udp, faketcp, auto) and is labelled culvert-T; `culvert@F` runs it with `--fec F`
+# (auto, off, D:P) and is labelled culvert-fecF. Default peers: culvert boringtun
+# wireguard-go openvpn. With SKIP_LOSS=0 the table adds the loss tests (5% and 10% each way):
+# residual UDP loss and one TCP stream, CUBIC and BBR.
 #
 # namespace lab (../shared/lab). For each tunnel: a fresh routed lab, the tunnel up, the lab's
 # bench.sh (TCP 1 and 4 streams, ping RTT, CPU seconds per GB, RSS), the tunnel down. Then a
@@ -37,8 +39,12 @@ rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel pro
 
 LABELS=()
 for spec in "${PEERS[@]}"; do
-  peer=${spec%%:*} label=$peer
-  if [ "$spec" != "$peer" ]; then export CULVERT_TRANSPORT=${spec#*:}; label=$peer-${spec#*:}; else unset CULVERT_TRANSPORT; fi
+  peer=${spec%%[:@]*} label=$peer
+  unset CULVERT_TRANSPORT CULVERT_FEC
+  case $spec in
+    *@*) export CULVERT_FEC=${spec#*@}; label=$peer-fec${CULVERT_FEC/:/.} ;;
+    *:*) export CULVERT_TRANSPORT=${spec#*:}; label=$peer-${spec#*:} ;;
+  esac
   LABELS+=("$label")
   "$LAB/netlab.sh" up routed >/dev/null
   if ! "$LAB/peers/$peer.sh" up >/dev/null 2>"$OUT/$label-$STAMP.up.log"; then
@@ -62,16 +68,24 @@ for p in peers:
         for line in open(f):
             d = json.loads(line)
             if d.get("rep") != "median": continue
-            if d["test"] == "tcp" and d.get("loss_pct", 0) == 0:
+            loss = d.get("loss_pct", 0)
+            if d["test"] == "tcp" and loss == 0:
                 k = f"tcp{d['streams']}"
                 r[k] = d.get("mbps")
                 if d["streams"] == 1: r["cpu"] = d.get("cpu_s_per_gb")
+            elif d["test"] == "tcp":
+                r[f"tcp{loss}{d['cc']}"] = d.get("mbps")
+            if d["test"] == "udp": r[f"udp{loss}"] = d.get("rx_loss_pct")
             if d["test"] == "ping": r["rtt"] = d.get("rtt_avg_ms")
     try: r["rss"] = json.load(open(f"{out}/{p}-{stamp}.idle.json"))["rss_idle_mb"]
     except Exception: pass
     rows[p] = r
 cols = [("tcp1", "TCP 1 stream Mbit/s", max), ("tcp4", "TCP 4 streams Mbit/s", max),
         ("rtt", "RTT ms", min), ("cpu", "CPU s/GB", min), ("rss", "idle RSS MB", min)]
+if any("udp5" in r for r in rows.values()):
+    for l in (5, 10):
+        cols += [(f"udp{l}", f"UDP loss % at {l}%", min), (f"tcp{l}cubic", f"TCP at {l}% cubic Mbit/s", max),
+                 (f"tcp{l}bbr", f"TCP at {l}% bbr Mbit/s", max)]
 print("| tunnel | " + " | ".join(c[1] for c in cols) + " |")
 print("|---" * (len(cols) + 1) + "|")
 fmt = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -87,7 +101,8 @@ for mine in ours:
         if not vals or c is None: continue
         b, who = best(vals)
         better = "higher" if best is max else "lower"
-        print(f"{name}: {mine} {fmt(c)} vs best peer {who} {fmt(b)} -> ratio {c / b:.2f} ({better} is better)")
+        ratio = f"ratio {c / b:.2f}" if b else "ratio n/a"
+        print(f"{name}: {mine} {fmt(c)} vs best peer {who} {fmt(b)} -> {ratio} ({better} is better)")
 if "culvert-udp" in rows and "culvert-faketcp" in rows:
     u, f = rows["culvert-udp"], rows["culvert-faketcp"]
     print()

@@ -50,7 +50,11 @@ fn sent_shards(lab: &Lab) -> (u64, u64) {
 }
 
 fn start(lab: &mut Lab, fec: &str) {
-    let extra = ["--transport", "udp", "--fec", fec];
+    start_on(lab, "udp", fec);
+}
+
+fn start_on(lab: &mut Lab, transport: &str, fec: &str) {
+    let extra = ["--transport", transport, "--fec", fec];
     start_network(lab, 0, &extra);
     start_client_with(lab, 1, "10.0.0.2/24", KEY, &extra);
     wait_ping(lab, 1, overlay(0));
@@ -77,6 +81,26 @@ fn fixed_10_3_recovers_5_and_10_percent_loss() {
     assert!(loss5 <= 0.003, "10:3 at 5%: lost {:.3}%", loss5 * 100.0);
     assert!(loss10 <= 0.02, "10:3 at 10%: lost {:.3}%", loss10 * 100.0);
     assert!(recovered > 1000, "{recovered}");
+}
+
+#[test]
+fn fixed_10_3_works_over_faketcp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("fftcp", 2) else {
+        return;
+    };
+    start_on(&mut lab, "faketcp", "10:3");
+    set_loss(&lab, 50);
+    let loss = stream_loss(&lab);
+    eprintln!(
+        "10:3 over FakeTCP: residual UDP loss {:.3}% at 5%",
+        loss * 100.0
+    );
+    assert!(
+        loss <= 0.003,
+        "10:3 over FakeTCP at 5%: lost {:.3}%",
+        loss * 100.0
+    );
 }
 
 #[test]
