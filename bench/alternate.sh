@@ -2,8 +2,8 @@
 # bench/alternate.sh A B [pairs]: alternates two tunnels on a fresh routed lab (A B A B ...),
 # one TCP stream (iperf3, CUBIC, DUR s) and a ping run (-i 0.01, 200 pings) each time, and
 # prints the median A/B ratios. On a shared machine, alternation cancels most of the drift
-# that separate runs suffer. A tunnel is a lab peer name, or `culvert:T` for culvert with
-# `--transport T` (and CULVERT_FEC / CULVERT_ARGS from the environment).
+# that separate runs suffer. A tunnel is a lab peer name, `culvert:T` for culvert with
+# `--transport T`, or `culvert@F` for culvert with `--fec F` (CULVERT_ARGS from the environment).
 # Env: LAB (default ../shared/lab), CULVERT_BIN (default target/release/culvert), DUR=8,
 #      STREAMS=1, IMPAIR (e.g. "loss 5", applied after the tunnel is up).
 set -euo pipefail
@@ -15,10 +15,11 @@ export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
 [ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
 A=${1:?A} B=${2:?B} N=${3:-5} DUR=${DUR:-8} STREAMS=${STREAMS:-1}
 . "$LAB/common.sh"
+. "$ROOT/bench/spec.sh"
 
 run() {   # run <spec>: prints "mbps rtt_ms"
-  local spec=$1 peer=${1%%:*} m=0 r=0
-  if [ "$spec" != "$peer" ]; then export CULVERT_TRANSPORT=${spec#*:}; else unset CULVERT_TRANSPORT; fi
+  local m=0 r=0 peer
+  parse_spec "$1"; peer=$PEER_NAME
   "$LAB/netlab.sh" up routed >/dev/null
   if "$LAB/peers/$peer.sh" up >/dev/null 2>&1; then
     [ -n "${IMPAIR:-}" ] && "$LAB/impair.sh" $IMPAIR 2>/dev/null

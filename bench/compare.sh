@@ -26,6 +26,7 @@ OUT=${OUT:-/tmp/culvert-bench}; mkdir -p "$OUT"
 export LAB_RESULTS=$OUT SKIP_LOSS=${SKIP_LOSS:-1} REPS=${REPS:-3}
 PEERS=("$@"); [ ${#PEERS[@]} -gt 0 ] || PEERS=(culvert boringtun wireguard-go openvpn)
 STAMP=$(date +%H%M%S)
+. "$ROOT/bench/spec.sh"
 
 rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel process after 5 s idle
   sleep 5
@@ -39,12 +40,7 @@ rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel pro
 
 LABELS=()
 for spec in "${PEERS[@]}"; do
-  peer=${spec%%[:@]*} label=$peer
-  unset CULVERT_TRANSPORT CULVERT_FEC
-  case $spec in
-    *@*) export CULVERT_FEC=${spec#*@}; label=$peer-fec${CULVERT_FEC/:/.} ;;
-    *:*) export CULVERT_TRANSPORT=${spec#*:}; label=$peer-${spec#*:} ;;
-  esac
+  parse_spec "$spec"; peer=$PEER_NAME label=$LABEL
   LABELS+=("$label")
   "$LAB/netlab.sh" up routed >/dev/null
   if ! "$LAB/peers/$peer.sh" up >/dev/null 2>"$OUT/$label-$STAMP.up.log"; then

@@ -1,7 +1,8 @@
 //! Every outer-message view: parse never panics, accessors never panic after a check.
 #![no_main]
 use culvert_wire::message::{
-    CookieReply, Data, HandshakeInit, HandshakeResponse, MessageType, Notice,
+    CookieReply, Data, FEC_HEADER_LEN, FecParity, HandshakeInit, HandshakeResponse, MessageType,
+    Notice,
 };
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -22,5 +23,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     if let Ok(n) = Notice::new_checked(data) {
         assert!(n.code().is_ok());
+    }
+    if let Ok(f) = FecParity::new_checked(data) {
+        assert!(f.j() < f.m() && f.k() > 0);
+        assert_eq!(f.shard().len() + FEC_HEADER_LEN, data.len());
+        let _ = (f.index(), f.first_counter());
     }
 });

@@ -146,7 +146,8 @@ pub struct Encoder {
     deadline: Option<Instant>,
     codecs: BTreeMap<(u8, u8), Codec>,
     loss: Option<f64>,
-    /// `auto`: the loss rate `m` was last chosen for; sizes the parity of partial groups.
+    /// The loss rate `m` was last chosen for (`auto`) or last reported (fixed); sizes the
+    /// parity of partial groups.
     level: f64,
     lower_votes: u8,
     pub(crate) stats: Stats,
@@ -273,31 +274,41 @@ impl Encoder {
         msgs
     }
 
-    /// Parity for a group of `k` data messages: the full shape's `m` for a full group; for
-    /// a partial one (flushed by the timeout), `auto` sizes it for the loss level, a fixed
-    /// ratio keeps its proportion (rounded up).
+    /// Parity for a group of `k` data messages: the full shape's `m` for a full group. A
+    /// partial one (flushed by the timeout) gets what holds the residual loss at the last
+    /// reported loss rate: under the target for `auto`; for a fixed shape, no higher than
+    /// a full group's — at least its proportion of `m` (rounded up), at most `m`.
     fn parity_of(&self, k: u8) -> u8 {
         if k >= self.k || self.m == 0 {
             return self.m;
         }
+        let proportional =
+            u8::try_from((u16::from(self.m) * u16::from(k)).div_ceil(u16::from(self.k)))
+                .unwrap_or(self.m);
         match self.cfg.mode {
             Mode::Auto => parity_for(self.level, k, self.cfg.target_loss).clamp(1, self.m),
-            Mode::Fixed { .. } | Mode::Off => {
-                u8::try_from((u16::from(self.m) * u16::from(k)).div_ceil(u16::from(self.k)))
-                    .unwrap_or(self.m)
+            Mode::Fixed { .. } | Mode::Off if self.level > 0.0 => {
+                let full = residual_loss(self.level, self.k, self.m);
+                parity_for(self.level, k, full).clamp(proportional, self.m)
             }
+            Mode::Fixed { .. } | Mode::Off => proportional,
         }
     }
 
-    /// `auto`: takes the peer's report of what it received, and adapts the parity.
+    /// Takes the peer's report of what it received: `auto` adapts the parity to it, a
+    /// fixed shape only sizes partial groups by it.
     pub fn on_report(&mut self, received: u32, expected: u32) {
-        if self.cfg.mode != Mode::Auto || expected < MIN_REPORT {
+        if expected < MIN_REPORT {
             return;
         }
         let sample = 1.0 - f64::from(received.min(expected)) / f64::from(expected);
         let p = self.loss.map_or(sample, |l| 0.5 * l + 0.5 * sample);
         self.loss = Some(p);
         self.stats.peer_loss = p;
+        if self.cfg.mode != Mode::Auto {
+            self.level = p;
+            return;
+        }
         let want = parity_for(p, self.k, self.cfg.target_loss);
         if want > self.m {
             self.m = want;
@@ -683,6 +694,40 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(dec.stats.recovered, 7);
         assert_eq!(dec.stats.groups_lost, 0);
+    }
+
+    proptest::proptest! {
+        /// Any pattern of at most `m` lost messages per group is recovered exactly, for
+        /// random group shapes and message sizes (partial last groups included).
+        #[test]
+        fn any_m_losses_per_group_are_recovered(
+            k in 1u8..24,
+            m in 1u8..8,
+            n in 1u64..80,
+            sizes in proptest::collection::vec(0usize..1500, 80),
+            picks in proptest::collection::vec(proptest::num::u64::ANY, 80),
+        ) {
+            let t = epoch();
+            let mut enc = Encoder::new(Config { mode: Mode::Fixed { k, m }, ..Config::default() });
+            let (msgs, parity) = run(&mut enc, t, n, |c| sizes[c as usize]);
+            // Per group, lose as many messages as that group has parity (chosen by `picks`).
+            let mut lost = Vec::new();
+            for (g, first) in (0..n).step_by(usize::from(k)).enumerate() {
+                let len = (n - first).min(u64::from(k));
+                let shards = u64::from(enc.parity_of(u8::try_from(len).unwrap()));
+                let mut group: Vec<u64> = (first..first + len).collect();
+                for i in 0..shards.min(len) {
+                    let at = usize::try_from(picks[g] .wrapping_add(i * 7) % (len - i)).unwrap();
+                    lost.push(group.swap_remove(at));
+                }
+            }
+            let mut dec = Decoder::default();
+            let mut got = receive(&mut dec, t, &msgs, &lost, &parity);
+            got.sort();
+            let mut want: Vec<Vec<u8>> = lost.iter().map(|&c| msgs[c as usize].clone()).collect();
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
