@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use culvert_sys::sockopt::{Buffers, grow_buffers};
 use sha2::{Digest, Sha256};
 
 /// A lab: a router namespace and host namespaces, the daemons running in them, and a
@@ -54,6 +55,27 @@ impl Transfer {
     /// Megabits per second.
     pub fn mbps(&self) -> f64 {
         self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e6
+    }
+}
+
+/// What became of a paced UDP stream ([`Lab::udp_stream`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    /// Datagrams sent.
+    pub sent: u32,
+    /// Datagrams the sending host's kernel dropped from a full TUN queue before the
+    /// daemon read them: the host was starved of CPU (a shared test machine), not the
+    /// tunnel lossy.
+    pub not_read: u32,
+    /// Distinct datagrams that arrived.
+    pub received: u32,
+}
+
+impl Stream {
+    /// The share of the datagrams culvert took in that never arrived.
+    pub fn tunnel_loss(&self) -> f64 {
+        let taken = self.sent.saturating_sub(self.not_read).max(1);
+        1.0 - f64::from(self.received.min(taken)) / f64::from(taken)
     }
 }
 
@@ -372,7 +394,7 @@ impl Lab {
     }
 
     /// Sends `count` numbered UDP datagrams of `size` bytes from host `from` to `to_ip` on
-    /// host `to`, paced at `rate` per second, and returns how many distinct ones arrived.
+    /// host `to`, paced at `rate` per second, and says how many distinct ones arrived.
     pub fn udp_stream(
         &self,
         from: usize,
@@ -381,13 +403,27 @@ impl Lab {
         count: u32,
         size: usize,
         rate: u32,
-    ) -> io::Result<u32> {
+    ) -> io::Result<Stream> {
+        let tun_drops = || -> io::Result<u64> {
+            let out = self.sh(
+                Some(from),
+                "for d in /sys/class/net/*; do [ -e $d/tun_flags ] && cat $d/statistics/tx_dropped; done; true",
+            )?;
+            Ok(out
+                .split_whitespace()
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum())
+        };
+        let dropped_before = tun_drops()?;
         let port = 6201 + u16::try_from(from * 16 + to).unwrap_or(0);
         let rx = in_ns(&self.ns(to), || {
             UdpSocket::bind(SocketAddr::new(to_ip, port))
         })?;
         let tx = in_ns(&self.ns(from), || UdpSocket::bind("0.0.0.0:0"))?;
         rx.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        // The tunnel's loss is measured, not this reader's: a descheduled test thread
+        // must not overflow a default-sized buffer.
+        grow_buffers(&rx, Buffers::Receive);
         std::thread::scope(|s| {
             let receiver = s.spawn(|| {
                 let mut seen = vec![false; count as usize];
@@ -413,10 +449,15 @@ impl Lab {
                     std::thread::sleep(wait);
                 }
             }
-            let got = receiver
+            let received = receiver
                 .join()
                 .map_err(|_| io::Error::other("receiver panicked"))?;
-            Ok(u32::try_from(got).unwrap_or(u32::MAX))
+            let not_read = tun_drops()?.saturating_sub(dropped_before);
+            Ok(Stream {
+                sent: count,
+                not_read: u32::try_from(not_read).unwrap_or(u32::MAX),
+                received: u32::try_from(received).unwrap_or(u32::MAX),
+            })
         })
     }
 

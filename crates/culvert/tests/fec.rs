@@ -31,12 +31,24 @@ fn set_loss(lab: &Lab, per_mille: u32) {
     }
 }
 
-/// Loss of a UDP stream from the client to the server, through the tunnel.
+/// Loss of a UDP stream from the client to the server, through the tunnel: of the
+/// datagrams culvert read from the TUN device (on a CPU-starved test machine the kernel
+/// may drop some before the daemon runs; that is not link loss FEC could recover).
 fn stream_loss(lab: &Lab) -> f64 {
-    let got = lab
+    let s = lab
         .udp_stream(1, 0, overlay(0), PACKETS, SIZE, RATE)
         .unwrap();
-    1.0 - f64::from(got) / f64::from(PACKETS)
+    if s.not_read > 0 {
+        eprintln!(
+            "note: the client host dropped {} of {} datagrams before culvert read them (CPU starved)",
+            s.not_read, s.sent
+        );
+    }
+    assert!(
+        s.not_read <= s.sent / 2,
+        "the test host is too starved of CPU to measure: {s:?}"
+    );
+    s.tunnel_loss()
 }
 
 /// The client's FEC counters for the server: (data shards, parity shards).

@@ -4,6 +4,7 @@
 //! * [`netlink`] — addresses, MTU, routes and link state over rtnetlink (no `ip` commands);
 //! * [`udp`] — UDP sockets with batched receive and send (`recvmmsg`/`sendmmsg`);
 //! * [`raw`] and [`nft`] — FakeTCP's raw and packet sockets, and its nftables table;
+//! * [`sockopt`] — socket options, and the large buffers datagram sockets need;
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
 //! * [`control`] — the daemon's local control socket (abstract namespace, per netns);
 //! * [`netns`] — which network namespace this process is in, and entering one;
@@ -21,6 +22,7 @@ pub mod netns;
 pub mod nft;
 pub mod poll;
 pub mod raw;
+pub mod sockopt;
 pub mod tun;
 pub mod udp;
 

@@ -13,6 +13,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use crate::sockopt::{Buffers, grow_buffers, set_int};
 use crate::udp::BATCH;
 use crate::{Error, Result};
 
@@ -42,7 +43,7 @@ impl RawSender {
                 set_int(&fd, libc::IPPROTO_IPV6, IPV6_HDRINCL, 1)
                     .map_err(|e| Error::io("enabling IPV6_HDRINCL for FakeTCP", e))?;
             }
-            let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20);
+            grow_buffers(&fd, Buffers::Send);
             Ok(fd)
         };
         Ok(Self {
@@ -151,9 +152,7 @@ impl PacketReceiver {
         if rc < 0 {
             return Err(Error::last("attaching the FakeTCP packet filter"));
         }
-        if set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20).is_err() {
-            let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 8 << 20);
-        }
+        grow_buffers(&fd, Buffers::Receive);
         Ok(Self { fd })
     }
 
@@ -246,28 +245,5 @@ fn filter(v6: bool, port: PortMatch) -> Vec<libc::sock_filter> {
             op(RET_K, 0, 0, 0x4_0000), // accept
             op(RET_K, 0, 0, 0),        // drop
         ]
-    }
-}
-
-fn set_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    opt: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }

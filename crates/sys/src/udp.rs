@@ -10,8 +10,6 @@ use crate::{Error, Result};
 
 /// Most datagrams moved by one batched call.
 pub const BATCH: usize = 64;
-/// Socket buffer size asked for (root may exceed `net.core.rmem_max`).
-const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 /// A non-blocking UDP socket.
 #[derive(Debug)]
@@ -55,33 +53,8 @@ impl UdpSocket {
             v6: addr.is_ipv6(),
             sock,
         };
-        for (force, normal) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            if s.setsockopt(force, SOCKET_BUFFER).is_err() {
-                let _ = s.setsockopt(normal, SOCKET_BUFFER);
-            }
-        }
+        crate::sockopt::grow_buffers(&s.sock, crate::sockopt::Buffers::Both);
         Ok(s)
-    }
-
-    fn setsockopt(&self, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: passes a pointer to a live c_int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
     }
 
     /// The bound address.

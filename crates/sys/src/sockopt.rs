@@ -1,0 +1,93 @@
+//! Integer socket options, and the large buffers every datagram socket of culvert asks for.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Socket buffer size asked for: a burst of several milliseconds at gigabit rates, so a
+/// briefly descheduled reader does not drop datagrams.
+pub const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
+/// Which buffers [`grow_buffers`] enlarges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffers {
+    /// The receive buffer only.
+    Receive,
+    /// The send buffer only.
+    Send,
+    /// Both.
+    Both,
+}
+
+/// Sets the socket's buffers to [`SOCKET_BUFFER`]: with the `*BUFFORCE` options when
+/// privileged (they may exceed `net.core.rmem_max`), else as far as the limits allow.
+/// Best effort: a smaller buffer only means drops under bursts, never a failure.
+pub fn grow_buffers(fd: &impl AsFd, which: Buffers) {
+    let mut opts = Vec::with_capacity(2);
+    if which != Buffers::Send {
+        opts.push((libc::SO_RCVBUFFORCE, libc::SO_RCVBUF));
+    }
+    if which != Buffers::Receive {
+        opts.push((libc::SO_SNDBUFFORCE, libc::SO_SNDBUF));
+    }
+    for (force, normal) in opts {
+        if set_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = set_int(fd, libc::SOL_SOCKET, normal, SOCKET_BUFFER);
+        }
+    }
+}
+
+/// `setsockopt(2)` with an `int` value.
+pub(crate) fn set_int(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size; the fd is borrowed, so open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            opt,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_grow() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = get_int(&sock, libc::SO_RCVBUF);
+        grow_buffers(&sock, Buffers::Receive);
+        assert!(get_int(&sock, libc::SO_RCVBUF) > before);
+    }
+
+    fn get_int(fd: &impl AsFd, opt: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: passes a live c_int and its size for the kernel to fill.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value
+    }
+}
