@@ -15,6 +15,7 @@ export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
 [ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
 A=${1:?A} B=${2:?B} N=${3:-5} DUR=${DUR:-8} STREAMS=${STREAMS:-1}
 . "$LAB/common.sh"
+need_apt iperf3 iperf3; need_apt ping iputils-ping   # the peers' `up` pings before bench.sh runs
 . "$ROOT/bench/spec.sh"
 
 run() {   # run <spec>: prints "mbps rtt_ms"

@@ -27,6 +27,8 @@ export LAB_RESULTS=$OUT SKIP_LOSS=${SKIP_LOSS:-1} REPS=${REPS:-3}
 PEERS=("$@"); [ ${#PEERS[@]} -gt 0 ] || PEERS=(culvert boringtun wireguard-go openvpn)
 STAMP=$(date +%H%M%S)
 . "$ROOT/bench/spec.sh"
+. "$LAB/common.sh"
+need_apt iperf3 iperf3; need_apt ping iputils-ping   # the peers' `up` pings before bench.sh runs
 
 rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel process after 5 s idle
   sleep 5
