@@ -113,125 +113,87 @@ pub(crate) fn dot_block_on<const N: usize>(
     }
 }
 
-/// AVX2: 32-byte chunks, the last one padded; returns how many bytes it wrote (all).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2<const N: usize>(
-    tables: &[Tables],
-    inputs: &[&[u8]],
-    outs: &mut [&mut [u8]],
-    len: usize,
-) -> usize {
-    use std::arch::x86_64::*;
-    let n = inputs.len();
-    let chunks = len.div_ceil(32);
-    let mask = _mm256_set1_epi8(0x0f);
-    for c in 0..chunks {
-        let off = c * 32;
-        // The last chunk may be partial: it goes through zero-padded copies.
-        let part = (len - off).min(32);
-        let mut acc = [_mm256_setzero_si256(); N];
-        for (i, x) in inputs.iter().enumerate() {
-            let v = if part == 32 {
-                // SAFETY: `off + 32 <= len <= x.len()`.
-                unsafe { _mm256_loadu_si256(x.as_ptr().add(off).cast()) }
-            } else {
-                let mut b = [0u8; 32];
-                b[..part].copy_from_slice(&x[off..off + part]);
-                // SAFETY: `b` is 32 bytes.
-                unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
-            };
-            let l = _mm256_and_si256(v, mask);
-            let h = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-            for (j, a) in acc.iter_mut().enumerate() {
-                let t = &tables[j * n + i];
-                // SAFETY: the tables are 16-byte aligned arrays of 16 bytes.
-                let (lo, hi) = unsafe {
-                    (
-                        _mm256_broadcastsi128_si256(_mm_load_si128(t.lo.as_ptr().cast())),
-                        _mm256_broadcastsi128_si256(_mm_load_si128(t.hi.as_ptr().cast())),
-                    )
-                };
-                *a = _mm256_xor_si256(
-                    *a,
-                    _mm256_xor_si256(_mm256_shuffle_epi8(lo, l), _mm256_shuffle_epi8(hi, h)),
-                );
+/// Defines one SIMD kernel: `$width`-byte chunks (the last one zero-padded), four
+/// accumulators of `$vec`, and the given intrinsics; returns how many bytes it wrote (all).
+/// One body for every instruction set, so the paths cannot drift apart.
+macro_rules! simd_dot {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $width:literal, $vec:ident,
+     zero = $zero:ident, splat = $splat:ident, load = $load:ident, store = $store:ident,
+     and = $and:ident, shr = $shr:ident, xor = $xor:ident, shuffle = $shuffle:ident,
+     broadcast = $broadcast:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name<const N: usize>(
+            tables: &[Tables],
+            inputs: &[&[u8]],
+            outs: &mut [&mut [u8]],
+            len: usize,
+        ) -> usize {
+            use std::arch::x86_64::*;
+            let n = inputs.len();
+            let mask = $splat(0x0f);
+            for c in 0..len.div_ceil($width) {
+                let off = c * $width;
+                // The last chunk may be partial: it goes through zero-padded copies.
+                let part = (len - off).min($width);
+                let mut acc: [$vec; N] = [$zero(); N];
+                for (i, x) in inputs.iter().enumerate() {
+                    let v = if part == $width {
+                        // SAFETY: `off + $width <= len <= x.len()`.
+                        unsafe { $load(x.as_ptr().add(off).cast()) }
+                    } else {
+                        let mut b = [0u8; $width];
+                        b[..part].copy_from_slice(&x[off..off + part]);
+                        // SAFETY: `b` is `$width` bytes.
+                        unsafe { $load(b.as_ptr().cast()) }
+                    };
+                    let l = $and(v, mask);
+                    let h = $and($shr(v, 4), mask);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let t = &tables[j * n + i];
+                        // SAFETY: the tables are 16-byte aligned arrays of 16 bytes.
+                        let (lo, hi) = unsafe {
+                            (
+                                $broadcast(_mm_load_si128(t.lo.as_ptr().cast())),
+                                $broadcast(_mm_load_si128(t.hi.as_ptr().cast())),
+                            )
+                        };
+                        *a = $xor(*a, $xor($shuffle(lo, l), $shuffle(hi, h)));
+                    }
+                }
+                for (o, a) in outs.iter_mut().zip(acc) {
+                    if part == $width {
+                        // SAFETY: `off + $width <= len <= o.len()`.
+                        unsafe { $store(o.as_mut_ptr().add(off).cast(), a) };
+                    } else {
+                        let mut b = [0u8; $width];
+                        // SAFETY: `b` is `$width` bytes.
+                        unsafe { $store(b.as_mut_ptr().cast(), a) };
+                        o[off..off + part].copy_from_slice(&b[..part]);
+                    }
+                }
             }
+            len
         }
-        for (o, a) in outs.iter_mut().zip(acc) {
-            if part == 32 {
-                // SAFETY: `off + 32 <= len <= o.len()`.
-                unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(off).cast(), a) };
-            } else {
-                let mut b = [0u8; 32];
-                // SAFETY: `b` is 32 bytes.
-                unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), a) };
-                o[off..off + part].copy_from_slice(&b[..part]);
-            }
-        }
-    }
-    len
+    };
 }
 
-/// AVX-512BW: 64-byte chunks, the last one padded; returns how many bytes it wrote (all).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn dot_avx512<const N: usize>(
-    tables: &[Tables],
-    inputs: &[&[u8]],
-    outs: &mut [&mut [u8]],
-    len: usize,
-) -> usize {
-    use std::arch::x86_64::*;
-    let n = inputs.len();
-    let chunks = len.div_ceil(64);
-    let mask = _mm512_set1_epi8(0x0f);
-    for c in 0..chunks {
-        let off = c * 64;
-        // The last chunk may be partial: it goes through zero-padded copies.
-        let part = (len - off).min(64);
-        let mut acc = [_mm512_setzero_si512(); N];
-        for (i, x) in inputs.iter().enumerate() {
-            let v = if part == 64 {
-                // SAFETY: `off + 64 <= len <= x.len()`.
-                unsafe { _mm512_loadu_si512(x.as_ptr().add(off).cast()) }
-            } else {
-                let mut b = [0u8; 64];
-                b[..part].copy_from_slice(&x[off..off + part]);
-                // SAFETY: `b` is 64 bytes.
-                unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
-            };
-            let l = _mm512_and_si512(v, mask);
-            let h = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-            for (j, a) in acc.iter_mut().enumerate() {
-                let t = &tables[j * n + i];
-                // SAFETY: the tables are 16-byte aligned arrays of 16 bytes.
-                let (lo, hi) = unsafe {
-                    (
-                        _mm512_broadcast_i32x4(_mm_load_si128(t.lo.as_ptr().cast())),
-                        _mm512_broadcast_i32x4(_mm_load_si128(t.hi.as_ptr().cast())),
-                    )
-                };
-                *a = _mm512_xor_si512(
-                    *a,
-                    _mm512_xor_si512(_mm512_shuffle_epi8(lo, l), _mm512_shuffle_epi8(hi, h)),
-                );
-            }
-        }
-        for (o, a) in outs.iter_mut().zip(acc) {
-            if part == 64 {
-                // SAFETY: `off + 64 <= len <= o.len()`.
-                unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(off).cast(), a) };
-            } else {
-                let mut b = [0u8; 64];
-                // SAFETY: `b` is 64 bytes.
-                unsafe { _mm512_storeu_si512(b.as_mut_ptr().cast(), a) };
-                o[off..off + part].copy_from_slice(&b[..part]);
-            }
-        }
-    }
-    len
-}
+simd_dot!(
+    /// AVX2: 32 bytes per shuffle.
+    dot_avx2, "avx2", 32, __m256i,
+    zero = _mm256_setzero_si256, splat = _mm256_set1_epi8, load = _mm256_loadu_si256,
+    store = _mm256_storeu_si256, and = _mm256_and_si256, shr = _mm256_srli_epi16,
+    xor = _mm256_xor_si256, shuffle = _mm256_shuffle_epi8, broadcast = _mm256_broadcastsi128_si256
+);
+
+simd_dot!(
+    /// AVX-512BW: 64 bytes per shuffle.
+    dot_avx512, "avx512f,avx512bw", 64, __m512i,
+    zero = _mm512_setzero_si512, splat = _mm512_set1_epi8, load = _mm512_loadu_si512,
+    store = _mm512_storeu_si512, and = _mm512_and_si512, shr = _mm512_srli_epi16,
+    xor = _mm512_xor_si512, shuffle = _mm512_shuffle_epi8, broadcast = _mm512_broadcast_i32x4
+);
 
 #[cfg(test)]
 mod tests {
