@@ -84,8 +84,11 @@ pub const RING: usize = 512;
 pub const MAX_GROUPS: usize = 32;
 /// A group that cannot complete is dropped after this long.
 pub const GROUP_TTL: Duration = Duration::from_millis(1500);
-/// A receiver keeps originals only while parity has been seen this recently.
-const ACTIVE_FOR: Duration = Duration::from_secs(3);
+/// A receiver keeps originals only while parity has been seen (or loss reported) this
+/// recently. Long enough to bridge the pauses of bursty traffic: the first group after a
+/// pause is as recoverable as any other, while a path that has stayed clean for a minute
+/// costs no copy per message.
+const ACTIVE_FOR: Duration = Duration::from_secs(60);
 /// How often a receiver reports loss.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Reports with fewer expected messages carry too little information to act on.
@@ -398,7 +401,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Whether originals must be kept (parity was seen recently).
+    /// Whether originals must be kept (parity was seen, or loss reported, recently).
     pub fn active(&self, now: Instant) -> bool {
         self.active_until.is_some_and(|t| now < t)
     }
@@ -466,7 +469,13 @@ impl Decoder {
         self.base = Some(high + 1);
         self.received = 0;
         self.next_report = None;
-        (expected >= MIN_REPORT).then_some((received, expected))
+        let report = (expected >= MIN_REPORT).then_some((received, expected));
+        if report.is_some_and(|(r, e)| r < e) {
+            // The peer will answer this report with parity: keep the originals of its
+            // first group too.
+            self.active_until = Some(now + ACTIVE_FOR);
+        }
+        report
     }
 
     /// Takes a parity message; returns the data messages it allowed to recover (sealed,
@@ -795,6 +804,61 @@ mod tests {
             tail.iter().max().unwrap() - tail.iter().min().unwrap() <= 1,
             "{ms:?}"
         );
+    }
+
+    /// Feeds the survivors of messages `range` (all but `lost`) and the given parity to a
+    /// decoder the way the endpoint does (kept only while active); returns how many
+    /// messages were recovered.
+    fn deliver(
+        dec: &mut Decoder,
+        t: Instant,
+        msgs: &[Vec<u8>],
+        range: std::ops::Range<u64>,
+        lost: u64,
+        parity: &[Vec<u8>],
+    ) -> usize {
+        for c in range.filter(|&c| c != lost) {
+            if let Some(slot) = dec.keep(t, 7, c, &msgs[c as usize]) {
+                dec.authenticated(slot);
+            }
+        }
+        parity
+            .iter()
+            .map(|p| {
+                dec.on_parity(t, &FecParity::new_checked(&p[..]).unwrap())
+                    .len()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn first_group_after_a_loss_report_or_a_pause_is_recovered() {
+        let t = epoch();
+        let fixed = Config {
+            mode: Mode::Fixed { k: 10, m: 3 },
+            ..Config::default()
+        };
+        // Two groups of 10, 3 parity each.
+        let (msgs, parity) = run(&mut Encoder::new(fixed), t, 20, |_| 900);
+        // A loss report primes a receiver that never saw parity: the first group the peer
+        // protects in answer is recoverable.
+        let mut dec = Decoder::default();
+        for c in (100..200u64).filter(|c| c % 10 != 0) {
+            dec.count(t, 7, c);
+        }
+        let t1 = t + REPORT_INTERVAL;
+        assert_eq!(dec.take_report(t1), Some((90, 99)));
+        assert_eq!(deliver(&mut dec, t1, &msgs, 0..10, 4, &parity[..3]), 1);
+        // Traffic resumes after a 30 s pause: its first group is recovered too.
+        let t2 = t1 + Duration::from_secs(30);
+        assert_eq!(deliver(&mut dec, t2, &msgs, 10..20, 10, &parity[3..]), 1);
+        // A path with neither loss nor parity for longer than that copies nothing.
+        let idle = t2 + ACTIVE_FOR + Duration::from_secs(1);
+        assert!(!dec.active(idle));
+        assert_eq!(dec.keep(idle, 7, 10, &msgs[10]), None);
+        // Without the report, a fresh receiver cannot recover the first group.
+        let mut cold = Decoder::default();
+        assert_eq!(deliver(&mut cold, t1, &msgs, 0..10, 4, &parity[..3]), 0);
     }
 
     #[test]
