@@ -8,15 +8,8 @@
 #      STREAMS=1, IMPAIR (e.g. "loss 5", applied after the tunnel is up).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-LAB=${LAB:-$(cd "$ROOT/../shared/lab" 2>/dev/null && pwd || true)}
-[ -n "$LAB" ] && [ -x "$LAB/bench.sh" ] || { echo "set LAB to the shared lab directory" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "the bench needs root (network namespaces)" >&2; exit 2; }
-export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
-[ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
+. "$ROOT/bench/lib.sh"
 A=${1:?A} B=${2:?B} N=${3:-5} DUR=${DUR:-8} STREAMS=${STREAMS:-1}
-. "$LAB/common.sh"
-need_apt iperf3 iperf3; need_apt ping iputils-ping   # the peers' `up` pings before bench.sh runs
-. "$ROOT/bench/spec.sh"
 
 run() {   # run <spec>: prints "mbps rtt_ms"
   local m=0 r=0 peer

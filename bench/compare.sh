@@ -17,18 +17,11 @@
 #      CULVERT_TRANSPORT / CULVERT_FEC / CULVERT_ARGS pass through to the culvert peer
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-LAB=${LAB:-$(cd "$ROOT/../shared/lab" 2>/dev/null && pwd || true)}
-[ -n "$LAB" ] && [ -x "$LAB/bench.sh" ] || { echo "set LAB to the shared lab directory" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "the bench needs root (network namespaces)" >&2; exit 2; }
-export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
-[ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
+. "$ROOT/bench/lib.sh"
 OUT=${OUT:-/tmp/culvert-bench}; mkdir -p "$OUT"
 export LAB_RESULTS=$OUT SKIP_LOSS=${SKIP_LOSS:-1} REPS=${REPS:-3}
 PEERS=("$@"); [ ${#PEERS[@]} -gt 0 ] || PEERS=(culvert boringtun wireguard-go openvpn)
 STAMP=$(date +%H%M%S)
-. "$ROOT/bench/spec.sh"
-. "$LAB/common.sh"
-need_apt iperf3 iperf3; need_apt ping iputils-ping   # the peers' `up` pings before bench.sh runs
 
 rss_idle() {   # rss_idle <peer>: VmRSS (MB) of the first client-side tunnel process after 5 s idle
   sleep 5

@@ -1,21 +1,14 @@
 #!/usr/bin/env bash
 # bench/fec-udp.sh TUNNEL [runs]: residual loss of a UDP stream and its cost on the wire, at
 # 5% and 10% random loss each way, on the shared namespace lab. TUNNEL is a lab peer name or
-# `culvert@F` (see bench/spec.sh). Each run: iperf3 -u -b 20M -l 1200 -t 10 from the client;
+# `culvert@F` (see bench/lib.sh). Each run: iperf3 -u -b 20M -l 1200 -t 10 from the client;
 # prints the packets lost and the bytes the client put on the wire per payload byte (read
 # from the router's counters), so FEC shapes can be compared on what they cost, not only on
 # what they recover.
 # Env: LAB (default ../shared/lab), CULVERT_BIN (default target/release/culvert), TINYVPN_BIN.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-LAB=${LAB:-$(cd "$ROOT/../shared/lab" 2>/dev/null && pwd || true)}
-[ -n "$LAB" ] && [ -x "$LAB/bench.sh" ] || { echo "set LAB to the shared lab directory" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "the bench needs root (network namespaces)" >&2; exit 2; }
-export CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
-[ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
-. "$LAB/common.sh"
-need_apt iperf3 iperf3; need_apt ping iputils-ping
-. "$ROOT/bench/spec.sh"
+. "$ROOT/bench/lib.sh"
 parse_spec "${1:?usage: bench/fec-udp.sh TUNNEL [runs]}"; RUNS=${2:-5}
 "$LAB/netlab.sh" up routed >/dev/null
 trap '"$LAB/impair.sh" clear >/dev/null 2>&1; "$LAB/peers/$PEER_NAME.sh" down >/dev/null 2>&1; "$LAB/netlab.sh" down >/dev/null' EXIT
