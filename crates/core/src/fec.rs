@@ -20,12 +20,12 @@
 //!
 //! **Adaptive parity.** Each receiver counts, per report interval, the messages that
 //! arrived (before recovery) against those the counters say were sent, and reports both to
-//! the sender ([`culvert_wire::frame::Frame::LossReport`]). The sender smooths the loss rate
-//! and picks the least parity `m` (for groups of [`AUTO_K`]) that keeps the residual loss —
-//! a message lost *and* more than `m` of the other `k + m − 1` shards lost — under the
-//! target, capped at `m = k`. It raises `m` at once and lowers it only after three reports
-//! in a row ask for less, so it reacts within seconds and does not oscillate. On a clean path it sends no
-//! parity at all.
+//! the sender ([`culvert_wire::frame::Frame::LossReport`]). The sender believes a rise in
+//! loss at once and smooths a fall, and picks the least parity `m` (for groups of
+//! [`AUTO_K`]) that keeps the residual loss — a message lost *and* more than `m` of the
+//! other `k + m − 1` shards lost — under the target, capped at `m = k`. It raises `m` at
+//! once and lowers it only after three reports in a row ask for less, so it reacts within
+//! one report and does not oscillate. On a clean path it sends no parity at all.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -305,7 +305,13 @@ impl Encoder {
             return;
         }
         let sample = 1.0 - f64::from(received.min(expected)) / f64::from(expected);
-        let p = self.loss.map_or(sample, |l| 0.5 * l + 0.5 * sample);
+        // Rising loss is believed at once: smoothing it would leave the first seconds of a
+        // loss episode short of parity (from a clean path, 5 then 6 then 7 parity per 20 at
+        // 10% loss, where 8 are needed). A fall is smoothed, so noise cannot pull `m` down.
+        let p = match self.loss {
+            Some(l) if sample < l => 0.5 * l + 0.5 * sample,
+            _ => sample,
+        };
         self.loss = Some(p);
         self.stats.peer_loss = p;
         if self.cfg.mode != Mode::Auto {
@@ -859,6 +865,20 @@ mod tests {
         // Without the report, a fresh receiver cannot recover the first group.
         let mut cold = Decoder::default();
         assert_eq!(deliver(&mut cold, t1, &msgs, 0..10, 4, &parity[..3]), 0);
+    }
+
+    #[test]
+    fn loss_rising_on_a_clean_path_gets_full_parity_at_the_first_report() {
+        let mut enc = Encoder::new(Config::default());
+        for _ in 0..5 {
+            enc.on_report(5000, 5000);
+        }
+        assert_eq!(enc.m, 0);
+        enc.on_report(4500, 5000);
+        assert_eq!(enc.m, parity_for(0.1, AUTO_K, 0.001), "10% at once");
+        // A fall is smoothed: one report of 5% does not lower it.
+        enc.on_report(4750, 5000);
+        assert_eq!(enc.m, parity_for(0.1, AUTO_K, 0.001));
     }
 
     #[test]
