@@ -65,7 +65,7 @@ impl Default for Config {
         Self {
             mode: Mode::Auto,
             flush: Duration::from_millis(5),
-            target_loss: 0.001,
+            target_loss: TARGET_LOSS,
         }
     }
 }
@@ -74,6 +74,9 @@ impl Default for Config {
 /// header, less the data header it replaces, and the length prefix of each shard.
 pub const PARITY_OVERHEAD: usize = FEC_HEADER_LEN - DATA_HEADER_LEN + 2;
 
+/// The residual loss `auto` holds by default. A peer in `auto` sends parity only when the
+/// loss we report exceeds it (with no parity, the residual is the loss itself).
+pub const TARGET_LOSS: f64 = 0.001;
 /// Group size `auto` uses: big enough that parity is cheap, small enough to fill fast.
 pub const AUTO_K: u8 = 20;
 /// Messages longer than this are sent unprotected (the group buffers stay bounded).
@@ -476,9 +479,9 @@ impl Decoder {
         self.received = 0;
         self.next_report = None;
         let report = (expected >= MIN_REPORT).then_some((received, expected));
-        if report.is_some_and(|(r, e)| r < e) {
-            // The peer will answer this report with parity: keep the originals of its
-            // first group too.
+        if report.is_some() && self.stats.local_loss > TARGET_LOSS {
+            // A peer in `auto` answers this report with parity: keep the originals of its
+            // first group too. Lower loss draws no parity, so it starts no copying.
             self.active_until = Some(now + ACTIVE_FOR);
         }
         report
@@ -862,6 +865,13 @@ mod tests {
         let idle = t2 + ACTIVE_FOR + Duration::from_secs(1);
         assert!(!dec.active(idle));
         assert_eq!(dec.keep(idle, 7, 10, &msgs[10]), None);
+        // A report of loss that draws no parity from an `auto` peer starts no copying.
+        let mut quiet = Decoder::default();
+        for c in (0..2000u64).filter(|&c| c != 7) {
+            quiet.count(t, 7, c);
+        }
+        assert_eq!(quiet.take_report(t1), Some((1999, 2000)));
+        assert!(!quiet.active(t1));
         // Without the report, a fresh receiver cannot recover the first group.
         let mut cold = Decoder::default();
         assert_eq!(deliver(&mut cold, t1, &msgs, 0..10, 4, &parity[..3]), 0);
