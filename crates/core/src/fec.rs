@@ -669,6 +669,29 @@ mod tests {
         (msgs, parity)
     }
 
+    /// Feeds the messages of `range` that were not `lost`, then `parity`, to a decoder the
+    /// way the endpoint does (originals are kept only while it is active); returns what was
+    /// recovered.
+    fn deliver(
+        dec: &mut Decoder,
+        t: Instant,
+        msgs: &[Vec<u8>],
+        range: std::ops::Range<u64>,
+        lost: &[u64],
+        parity: &[Vec<u8>],
+    ) -> Vec<Vec<u8>> {
+        for c in range.filter(|c| !lost.contains(c)) {
+            if let Some(slot) = dec.keep(t, 7, c, &msgs[c as usize]) {
+                dec.authenticated(slot);
+            }
+        }
+        parity
+            .iter()
+            .flat_map(|p| dec.on_parity(t, &FecParity::new_checked(&p[..]).unwrap()))
+            .collect()
+    }
+
+    /// [`deliver`] of every message to a receiver that already keeps originals.
     fn receive(
         dec: &mut Decoder,
         t: Instant,
@@ -677,17 +700,12 @@ mod tests {
         parity: &[Vec<u8>],
     ) -> Vec<Vec<u8>> {
         dec.active_until = Some(t + ACTIVE_FOR);
-        for (c, m) in msgs.iter().enumerate() {
-            if lost.contains(&(c as u64)) {
-                continue;
-            }
-            let slot = dec.keep(t, 7, c as u64, m).unwrap();
-            dec.authenticated(slot);
+        let got = deliver(dec, t, msgs, 0..msgs.len() as u64, lost, parity);
+        // An active receiver kept every message that arrived, authenticated.
+        for c in (0..msgs.len() as u64).filter(|c| !lost.contains(c)) {
+            assert!(dec.original(7, c).is_some(), "message {c} was not kept");
         }
-        parity
-            .iter()
-            .flat_map(|p| dec.on_parity(t, &FecParity::new_checked(&p[..]).unwrap()))
-            .collect()
+        got
     }
 
     #[test]
@@ -815,31 +833,6 @@ mod tests {
         );
     }
 
-    /// Feeds the survivors of messages `range` (all but `lost`) and the given parity to a
-    /// decoder the way the endpoint does (kept only while active); returns how many
-    /// messages were recovered.
-    fn deliver(
-        dec: &mut Decoder,
-        t: Instant,
-        msgs: &[Vec<u8>],
-        range: std::ops::Range<u64>,
-        lost: u64,
-        parity: &[Vec<u8>],
-    ) -> usize {
-        for c in range.filter(|&c| c != lost) {
-            if let Some(slot) = dec.keep(t, 7, c, &msgs[c as usize]) {
-                dec.authenticated(slot);
-            }
-        }
-        parity
-            .iter()
-            .map(|p| {
-                dec.on_parity(t, &FecParity::new_checked(&p[..]).unwrap())
-                    .len()
-            })
-            .sum()
-    }
-
     #[test]
     fn first_group_after_a_loss_report_or_a_pause_is_recovered() {
         let t = epoch();
@@ -857,10 +850,16 @@ mod tests {
         }
         let t1 = t + REPORT_INTERVAL;
         assert_eq!(dec.take_report(t1), Some((90, 99)));
-        assert_eq!(deliver(&mut dec, t1, &msgs, 0..10, 4, &parity[..3]), 1);
+        assert_eq!(
+            deliver(&mut dec, t1, &msgs, 0..10, &[4], &parity[..3]).len(),
+            1
+        );
         // Traffic resumes after a 30 s pause: its first group is recovered too.
         let t2 = t1 + Duration::from_secs(30);
-        assert_eq!(deliver(&mut dec, t2, &msgs, 10..20, 10, &parity[3..]), 1);
+        assert_eq!(
+            deliver(&mut dec, t2, &msgs, 10..20, &[10], &parity[3..]).len(),
+            1
+        );
         // A path with neither loss nor parity for longer than that copies nothing.
         let idle = t2 + ACTIVE_FOR + Duration::from_secs(1);
         assert!(!dec.active(idle));
@@ -874,7 +873,10 @@ mod tests {
         assert!(!quiet.active(t1));
         // Without the report, a fresh receiver cannot recover the first group.
         let mut cold = Decoder::default();
-        assert_eq!(deliver(&mut cold, t1, &msgs, 0..10, 4, &parity[..3]), 0);
+        assert_eq!(
+            deliver(&mut cold, t1, &msgs, 0..10, &[4], &parity[..3]).len(),
+            0
+        );
     }
 
     #[test]
