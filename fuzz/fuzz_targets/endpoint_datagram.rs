@@ -43,6 +43,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         server: "198.19.1.2:9000".parse().unwrap(),
         server_key: None,
         transport: TransportMode::Auto,
+        networks: vec!["10.0.0.0/24".parse().unwrap()],
     });
     let mut eps = [
         Endpoint::new(

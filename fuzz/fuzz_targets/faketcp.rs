@@ -20,6 +20,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         mss: 1460,
         max_flows: 8,
         isn: None,
+        mask_key: [3; 32],
     };
     let mut c = Stack::new(cfg(Side::Client), [1; 32], now);
     let mut s = Stack::new(cfg(Side::Server), [2; 32], now);
@@ -38,8 +39,19 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let (op, rest) = chunk.split_first().unwrap_or((&0, &[]));
         now += Duration::from_millis(u64::from(*op & 0x1f) * 100);
         match op >> 5 {
-            0 => drop(s.handle_packet(now, rest)),
-            1 => drop(c.handle_packet(now, rest)),
+            0 | 1 => {
+                // A packet, and the records of its payload if it carried any.
+                let stack = if op >> 5 == 0 { &mut s } else { &mut c };
+                if let Ok(Some(rx)) = stack.handle_packet(now, rest) {
+                    let mut payload = rest[rx.payload.clone()].to_vec();
+                    let mut at = 0;
+                    while let Some(Ok(r)) = stack.next_message(&rx, &mut payload, at) {
+                        assert!(r.end <= payload.len() && r.start > at);
+                        at = r.end;
+                    }
+                    stack.confirm(now, &rx);
+                }
+            }
             2 => {
                 // A real segment of ours, with fuzz bytes XORed over it.
                 let mut buf = vec![0u8; HEADROOM + 8];

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use culvert_core::aead::rustcrypto;
+use culvert_core::aead::{nonce, rustcrypto};
 use culvert_core::replay::ReplayWindow;
 use culvert_core::router::Router;
 use culvert_wire::addr::Prefix;
@@ -24,15 +24,16 @@ fn aead(c: &mut Criterion) {
                 let mut counter = 0u64;
                 b.iter(|| {
                     counter += 1;
-                    key.seal(counter, &header, black_box(&mut payload), &mut tag);
+                    key.seal(&nonce(counter), &header, black_box(&mut payload), &mut tag);
                 });
             });
             let mut sealed = vec![0xa5u8; size];
-            key.seal(1, &header, &mut sealed, &mut tag);
+            key.seal(&nonce(1), &header, &mut sealed, &mut tag);
             g.bench_with_input(BenchmarkId::new("open", size), &size, |b, _| {
                 b.iter(|| {
                     let mut p = sealed.clone();
-                    key.open(1, &header, black_box(&mut p), &tag).unwrap();
+                    key.open(&nonce(1), &header, black_box(&mut p), &tag)
+                        .unwrap();
                 });
             });
         }

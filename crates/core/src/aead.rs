@@ -1,8 +1,10 @@
 //! The data-message AEAD: where packets are sealed and opened in place.
 //!
-//! The nonce is four zero bytes followed by the 64-bit message counter, little-endian (as in
-//! WireGuard). The 16-byte data header (type, reserved, receiver index, counter) is the
-//! associated data, so no header byte can be altered without the tag failing.
+//! A data message's nonce is four zero bytes followed by the 64-bit message counter,
+//! little-endian (as in WireGuard); a parity message's starts with `01 j 00 00` and carries
+//! the counter of its group's first message, so the two never meet under one key. The
+//! 16-byte header is the associated data, so no header byte can be altered without the tag
+//! failing.
 //!
 //! The implementation is pluggable ([`AeadFactory`]): the core ships a pure-Rust one
 //! ([`rustcrypto`]) so that it stays free of C code, OS dependencies and `unsafe`; the
@@ -19,12 +21,12 @@ use culvert_wire::message::TAG_LEN;
 /// A one-direction AEAD key of an established session.
 pub trait Aead: Send + Sync + fmt::Debug {
     /// Encrypts `payload` in place and writes the 16-byte tag.
-    fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]);
+    fn seal(&self, nonce: &[u8; 12], header: &[u8], payload: &mut [u8], tag: &mut [u8]);
     /// Verifies the tag and decrypts `payload` in place. On failure `payload` must not be
     /// used.
     fn open(
         &self,
-        counter: u64,
+        nonce: &[u8; 12],
         header: &[u8],
         payload: &mut [u8],
         tag: &[u8],
@@ -38,10 +40,19 @@ pub type AeadFactory = fn(Cipher, &[u8; 32]) -> Box<dyn Aead>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenError;
 
-/// The nonce for a message counter.
+/// The nonce of the data message with `counter`.
 pub fn nonce(counter: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
+    n
+}
+
+/// The nonce of parity shard `j` of the group that starts at counter `first`. Each group
+/// starts at a distinct counter, so no two parity messages of a session share a nonce.
+pub fn parity_nonce(first: u64, j: u8) -> [u8; 12] {
+    let mut n = nonce(first);
+    n[0] = 1;
+    n[1] = j;
     n
 }
 
@@ -62,24 +73,24 @@ impl<A> fmt::Debug for RustCrypto<A> {
 }
 
 impl<A: AeadInPlace + Send + Sync> Aead for RustCrypto<A> {
-    fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
+    fn seal(&self, nonce: &[u8; 12], header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
         let t = self
             .0
-            .encrypt_in_place_detached(nonce(counter).as_slice().into(), header, payload)
+            .encrypt_in_place_detached(nonce.as_slice().into(), header, payload)
             .expect("packets are far below the AEAD's length limit");
         tag[..TAG_LEN].copy_from_slice(&t);
     }
 
     fn open(
         &self,
-        counter: u64,
+        nonce: &[u8; 12],
         header: &[u8],
         payload: &mut [u8],
         tag: &[u8],
     ) -> Result<(), OpenError> {
         let tag = aes_gcm::Tag::from_slice(&tag[..TAG_LEN]);
         self.0
-            .decrypt_in_place_detached(nonce(counter).as_slice().into(), header, payload, tag)
+            .decrypt_in_place_detached(nonce.as_slice().into(), header, payload, tag)
             .map_err(|_| OpenError)
     }
 }
@@ -111,13 +122,13 @@ pub fn check_known_answers(factory: AeadFactory) -> Result<(), String> {
         let k = factory(cipher, &key);
         let mut payload = *b"hello";
         let mut t = [0u8; 16];
-        k.seal(1, b"hdr", &mut payload, &mut t);
+        k.seal(&nonce(1), b"hdr", &mut payload, &mut t);
         if payload != ciphertext || t != tag {
             return Err(format!("{cipher:?}: sealing gives the wrong bytes"));
         }
         let refused = |counter, header: &[u8], tag: &[u8; 16]| {
             let mut p = ciphertext;
-            k.open(counter, header, &mut p, tag).is_err()
+            k.open(&nonce(counter), header, &mut p, tag).is_err()
         };
         let mut bad_tag = tag;
         bad_tag[0] ^= 1;
@@ -125,7 +136,11 @@ pub fn check_known_answers(factory: AeadFactory) -> Result<(), String> {
             return Err(format!("{cipher:?}: accepts a tampered message"));
         }
         let mut p = ciphertext;
-        if k.open(1, b"hdr", &mut p, &tag).is_err() || &p != b"hello" {
+        if k.open(&parity_nonce(1, 0), b"hdr", &mut p, &tag).is_ok() {
+            return Err(format!("{cipher:?}: ignores the nonce's first bytes"));
+        }
+        let mut p = ciphertext;
+        if k.open(&nonce(1), b"hdr", &mut p, &tag).is_err() || &p != b"hello" {
             return Err(format!("{cipher:?}: cannot open its own message"));
         }
     }
@@ -157,7 +172,7 @@ mod doc_tests {
         let k = super::rustcrypto(culvert_wire::hello::Cipher::Aes256Gcm, &key);
         let mut p = *b"hello";
         let mut tag = [0u8; 16];
-        k.seal(1, b"hdr", &mut p, &mut tag);
+        k.seal(&super::nonce(1), b"hdr", &mut p, &mut tag);
         assert_eq!(&bytes[..5], &p);
         assert_eq!(&bytes[5..], &tag);
     }

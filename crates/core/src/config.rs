@@ -68,10 +68,16 @@ pub struct ClientBinding {
 pub struct ClientConfig {
     /// The hub's underlay address (the same port serves UDP and FakeTCP).
     pub server: SocketAddr,
-    /// The hub's public key: required in key mode, optional pinning in passphrase mode.
+    /// The hub's pinned public key: configured (required in key mode), or remembered from
+    /// the first contact in passphrase mode. `None`: trust the first hub that answers,
+    /// then pin it ([`crate::Event::ServerKeyPinned`]).
     pub server_key: Option<PublicKey>,
     /// Which transports to use towards the hub.
     pub transport: TransportMode,
+    /// The overlay networks this client accepts addresses and routes in: what the hub
+    /// grants, its own addresses and the directory's entries must lie inside one of them;
+    /// anything else is refused and logged.
+    pub networks: Vec<Prefix>,
 }
 
 /// The transports a client may use.

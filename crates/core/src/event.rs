@@ -26,4 +26,18 @@ pub enum Event {
         /// The transport now in use.
         transport: crate::peer::Transport,
     },
+    /// Passphrase mode, first contact: the hub welcomed us with this key, which is pinned
+    /// from now on. The shell stores it so that later runs refuse any other key.
+    ServerKeyPinned {
+        /// The hub's public key.
+        key: crate::keys::PublicKey,
+    },
+    /// A responder at the hub's address proved a key other than the pinned one: an
+    /// impostor, or a hub whose identity changed. Nothing was accepted from it.
+    ServerKeyMismatch {
+        /// The pinned key.
+        pinned: crate::keys::PublicKey,
+        /// The key it proved.
+        offered: crate::keys::PublicKey,
+    },
 }

@@ -27,21 +27,29 @@
 //!   a new ISN.
 //! * If we receive a lot without sending (a one-way stream), we send pure ACKs so that the
 //!   middlebox's view of our window keeps up with the peer's sequence numbers.
-//! * Each record's first 8 bytes (culvert's message type, reserved bytes and index, which
-//!   would otherwise repeat in every segment) are masked with random-looking bytes of the
-//!   same message ([`tcp::mask_record`]); the receiver applies the same function to
-//!   unmask them.
+//! * Each record's length and the first 16 bytes of its message (culvert's type, index and
+//!   counter, which would otherwise repeat or count up in every segment) are XORed with a
+//!   keystream: ChaCha20 under a per-flow key derived from the PSK and both ISNs, at the
+//!   record's sequence number. No byte of a segment's payload is constant or predictable
+//!   to someone without the PSK ([`Stack::next_message`] unmasks).
+//! * The server keeps flows that completed the handshake but never carried an authentic
+//!   message apart ([`MAX_UNPROVEN`]): they never evict a flow that did, never get an idle
+//!   keepalive, and expire after [`UNPROVEN_IDLE`]. SYN-ACKs are budgeted per source
+//!   prefix as well as globally, so a flood from one network cannot starve the others.
 
 use core::net::SocketAddr;
 use core::ops::Range;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use chacha20::ChaCha20;
+use chacha20::cipher::{KeyIvInit, StreamCipher};
 use culvert_wire::tcp::{
     self, RECORD_HEADER_LEN, Segment, SegmentOptions, SegmentRepr, emit_record_header, flags,
 };
 
-use crate::keys::mac16;
+use crate::budget::SourceBudget;
+use crate::keys::{blake2s, mac16};
 use crate::limit::RateWindow;
 use crate::rng::Rng;
 use crate::stats::DropReason;
@@ -68,6 +76,14 @@ const FLOW_IDLE: Duration = Duration::from_secs(180);
 const COOKIE_BUCKET: Duration = Duration::from_secs(64);
 /// SYN-ACKs sent per second at most (SYN flood limit).
 const SYNACK_LIMIT: u32 = 2_000;
+/// SYN-ACKs per second to one source prefix (/24, /56).
+const SYNACK_PER_PREFIX: u32 = 50;
+/// Flows a server keeps that completed the handshake but carried no authentic message yet.
+pub const MAX_UNPROVEN: usize = 1024;
+/// Such a flow is forgotten after this long.
+pub const UNPROVEN_IDLE: Duration = Duration::from_secs(30);
+/// Message bytes masked at the start of each record (after its length).
+const MASKED_MESSAGE: usize = 16;
 
 /// Client or server side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +106,15 @@ pub struct Config {
     /// Fixed initial sequence number (tests of sequence-number wrap-around); random if
     /// `None`.
     pub isn: Option<u32>,
+    /// The secret both ends derive the flows' masks from (from the handshake PSK, see
+    /// [`mask_key`]).
+    pub mask_key: [u8; 32],
+}
+
+/// The masking secret of a network whose handshakes use `psk`: every node of it knows
+/// it, a scanner does not.
+pub fn mask_key(psk: &crate::keys::Psk) -> [u8; 32] {
+    blake2s(&[b"culvert faketcp mask v2", psk.as_bytes()])
 }
 
 /// A received data segment: where its records lie in the packet, who sent it, and what
@@ -102,6 +127,8 @@ pub struct Received {
     pub to: SocketAddr,
     /// The segment payload (a sequence of records) within the packet.
     pub payload: Range<usize>,
+    /// Sequence number of the payload's first byte.
+    pub seq: u32,
     /// Sequence number just past the segment.
     pub seq_end: u32,
     /// The segment's timestamp value, if any.
@@ -115,7 +142,7 @@ pub struct FlowStatus {
     pub local: String,
     /// The peer's end.
     pub remote: String,
-    /// `syn-sent` or `established`.
+    /// `syn-sent`, `unproven` (handshake done, nothing authentic yet) or `established`.
     pub state: &'static str,
     /// Next sequence number we send.
     pub snd_nxt: u32,
@@ -132,6 +159,10 @@ struct Flow {
     local: SocketAddr,
     remote: SocketAddr,
     established: bool,
+    /// An authentic message arrived on it.
+    proven: bool,
+    /// The flow's masking key, once both ISNs are known.
+    mask: [u8; 32],
     isn: u32,
     snd_nxt: u32,
     rcv_nxt: u32,
@@ -163,17 +194,21 @@ pub struct Stack {
     target: Option<(SocketAddr, SocketAddr)>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     synacks: RateWindow,
+    synacks_per_prefix: SourceBudget,
 }
 
 impl Stack {
     /// A stack; `seed` feeds its random choices (ISNs, ports, cookie secrets).
     pub fn new(cfg: Config, seed: [u8; 32], now: Instant) -> Self {
         let mut rng = Rng::from_seed(seed);
+        let synacks_per_prefix =
+            SourceBudget::new(&mut rng, SYNACK_PER_PREFIX, Duration::from_secs(1), 24, 56);
         Self {
             cfg,
             secret: rng.array(),
             old_secret: rng.array(),
             secret_born: now,
+            synacks_per_prefix,
             rng,
             epoch: now,
             flows: BTreeMap::new(),
@@ -236,7 +271,9 @@ impl Stack {
         let header: &mut [u8; RECORD_HEADER_LEN] =
             (&mut buf[rec..msg.start]).try_into().expect("2-byte slice");
         emit_record_header(header, msg.len());
-        tcp::mask_record(&mut buf[msg.clone()]);
+        let direction = self.cfg.side.direction();
+        let ks = keystream(&flow.mask, direction, flow.snd_nxt);
+        apply_mask(&mut buf[rec..msg.end], &ks);
         let payload_len = msg.end - rec;
         // No PSH: bulk TCP sets it only at the end of a write, and a receiver's GRO stops
         // merging at PSH.
@@ -306,12 +343,13 @@ impl Stack {
             let delayed = f
                 .first_unacked
                 .is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY);
-            let idle = now.saturating_duration_since(f.last_tx) >= IDLE_KEEPALIVE;
+            // A flow that never carried anything authentic gets nothing from us.
+            let idle = f.proven && now.saturating_duration_since(f.last_tx) >= IDLE_KEEPALIVE;
             if delayed || idle {
                 acks.push(*remote);
             }
-            if self.cfg.side == Side::Server
-                && now.saturating_duration_since(f.last_rx) >= FLOW_IDLE
+            let lifetime = if f.proven { FLOW_IDLE } else { UNPROVEN_IDLE };
+            if self.cfg.side == Side::Server && now.saturating_duration_since(f.last_rx) >= lifetime
             {
                 expired.push(*remote);
             }
@@ -335,7 +373,11 @@ impl Stack {
         let mut t = self.secret_born + COOKIE_BUCKET;
         for f in self.flows.values() {
             let next = if f.established {
-                let mut n = f.last_tx + IDLE_KEEPALIVE;
+                let mut n = if f.proven {
+                    f.last_tx + IDLE_KEEPALIVE
+                } else {
+                    f.last_rx + UNPROVEN_IDLE
+                };
                 if let Some(u) = f.first_unacked {
                     n = n.min(u + ACK_DELAY);
                 }
@@ -363,10 +405,10 @@ impl Stack {
             .map(|f| FlowStatus {
                 local: f.local.to_string(),
                 remote: f.remote.to_string(),
-                state: if f.established {
-                    "established"
-                } else {
-                    "syn-sent"
+                state: match (f.established, f.proven) {
+                    (true, true) => "established",
+                    (true, false) => "unproven",
+                    (false, _) => "syn-sent",
                 },
                 snd_nxt: f.snd_nxt,
                 rcv_nxt: f.rcv_nxt,
@@ -425,7 +467,7 @@ impl Stack {
         if seg.src.is_ipv4() != seg.dst.is_ipv4() {
             return Err(DropReason::Malformed);
         }
-        if !self.synacks.allow(now) {
+        if !self.synacks_per_prefix.allow(now, seg.src.ip()) || !self.synacks.allow(now) {
             return Err(DropReason::RateLimited);
         }
         let cookie = self.cookie(&self.secret, seg.src, seg.dst);
@@ -463,6 +505,7 @@ impl Stack {
             f.established = true;
             f.snd_nxt = f.isn.wrapping_add(1);
             f.rcv_nxt = seg.seq.wrapping_add(1);
+            f.mask = flow_key(&self.cfg.mask_key, f.isn, seg.seq);
             tracing::debug!(remote = %seg.src, "FakeTCP: connected");
         }
         f.ts_recent = seg.timestamps.map_or(0, |(v, _)| v);
@@ -500,17 +543,48 @@ impl Stack {
             from: seg.src,
             to: seg.dst,
             payload: seg.payload.clone(),
+            seq: seg.seq,
             seq_end: seg.seq.wrapping_add(len),
             tsval: seg.timestamps.map(|(v, _)| v),
         }))
     }
 
+    /// Unmasks the record that starts at `at` in `payload` (the payload of `rx`, in place)
+    /// and returns its message's range, or `None` past the last record.
+    pub fn next_message(
+        &self,
+        rx: &Received,
+        payload: &mut [u8],
+        at: usize,
+    ) -> Option<Result<Range<usize>, DropReason>> {
+        let f = self.flows.get(&rx.from)?;
+        if at >= payload.len() {
+            return None;
+        }
+        let direction = 1 - self.cfg.side.direction();
+        let ks = keystream(&f.mask, direction, rx.seq.wrapping_add(at as u32));
+        let head = at + RECORD_HEADER_LEN.min(payload.len() - at);
+        apply_mask(&mut payload[at..head], &ks);
+        match tcp::next_record(payload, at)? {
+            Ok(msg) => {
+                apply_mask(&mut payload[msg.clone()], &ks[RECORD_HEADER_LEN..]);
+                Some(Ok(msg))
+            }
+            Err(_) => Some(Err(DropReason::Malformed)),
+        }
+    }
+
     /// Records that `rx` carried an authentic message: the flow acknowledges it, echoes its
-    /// timestamp, and counts as alive.
+    /// timestamp, and counts as alive — and as proven, if it was not yet.
     pub fn confirm(&mut self, now: Instant, rx: &Received) {
+        let unproven = self.flows.get(&rx.from).is_some_and(|f| !f.proven);
+        if unproven && self.cfg.side == Side::Server {
+            self.make_room_for_proven(rx.from);
+        }
         let Some(f) = self.flows.get_mut(&rx.from) else {
             return;
         };
+        f.proven = true;
         let len = u32::try_from(rx.payload.len()).unwrap_or(0);
         if seq_gt(rx.seq_end, f.rcv_nxt) {
             f.rcv_nxt = rx.seq_end;
@@ -540,10 +614,13 @@ impl Stack {
         if !valid {
             return Err(DropReason::TcpNoFlow);
         }
-        if self.flows.len() >= self.cfg.max_flows {
+        // A new flow has proven nothing yet: it may displace only another such flow.
+        let unproven = self.flows.values().filter(|f| !f.proven).count();
+        if unproven >= MAX_UNPROVEN.min(self.cfg.max_flows) {
             let oldest = self
                 .flows
                 .values()
+                .filter(|f| !f.proven)
                 .min_by_key(|f| f.last_rx)
                 .map(|f| f.remote);
             if let Some(o) = oldest {
@@ -554,10 +631,29 @@ impl Stack {
         flow.established = true;
         flow.snd_nxt = expected.wrapping_add(1);
         flow.rcv_nxt = seg.seq;
+        // The client's ISN is one before its first sequence number after the SYN.
+        flow.mask = flow_key(&self.cfg.mask_key, seg.seq.wrapping_sub(1), expected);
         flow.ip_id = self.rng.u32() as u16;
         self.flows.insert(seg.src, flow);
         tracing::debug!(remote = %seg.src, "FakeTCP: flow accepted");
         Ok(())
+    }
+
+    /// A flow is about to be proven: if the proven ones fill the table, the least recently
+    /// heard of them goes (a real client that vanished).
+    fn make_room_for_proven(&mut self, from: SocketAddr) {
+        let proven = self.flows.values().filter(|f| f.proven).count();
+        if proven + 1 > self.cfg.max_flows {
+            let oldest = self
+                .flows
+                .values()
+                .filter(|f| f.proven && f.remote != from)
+                .min_by_key(|f| f.last_rx)
+                .map(|f| f.remote);
+            if let Some(o) = oldest {
+                self.flows.remove(&o);
+            }
+        }
     }
 
     fn cookie(&self, secret: &[u8; 32], client: SocketAddr, server: SocketAddr) -> u32 {
@@ -580,6 +676,8 @@ impl Flow {
             local,
             remote,
             established: false,
+            proven: false,
+            mask: [0; 32],
             isn,
             snd_nxt: isn,
             rcv_nxt: 0,
@@ -641,6 +739,44 @@ impl Flow {
     }
 }
 
+impl Side {
+    /// The direction byte of the masks of what this side sends.
+    fn direction(self) -> u8 {
+        match self {
+            Self::Client => 0,
+            Self::Server => 1,
+        }
+    }
+}
+
+/// A flow's masking key: per network (the PSK) and per flow (both ISNs).
+fn flow_key(mask_key: &[u8; 32], client_isn: u32, server_isn: u32) -> [u8; 32] {
+    blake2s(&[
+        b"culvert faketcp flow v2",
+        mask_key,
+        &client_isn.to_be_bytes(),
+        &server_isn.to_be_bytes(),
+    ])
+}
+
+/// The mask of the record at `seq` sent in `direction`: its length and first message bytes.
+fn keystream(key: &[u8; 32], direction: u8, seq: u32) -> [u8; RECORD_HEADER_LEN + MASKED_MESSAGE] {
+    let mut nonce = [0u8; 12];
+    nonce[0] = direction;
+    nonce[8..].copy_from_slice(&seq.to_be_bytes());
+    let mut ks = [0u8; RECORD_HEADER_LEN + MASKED_MESSAGE];
+    ChaCha20::new(key.into(), &nonce.into()).apply_keystream(&mut ks);
+    ks
+}
+
+/// XORs the start of a record (or message) with its mask; the rest is left alone.
+fn apply_mask(bytes: &mut [u8], mask: &[u8]) {
+    let masked = bytes.len().min(mask.len());
+    for (b, m) in bytes[..masked].iter_mut().zip(mask) {
+        *b ^= m;
+    }
+}
+
 /// `a` is after `b` in sequence space (RFC 1982 arithmetic).
 fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
@@ -667,6 +803,7 @@ mod tests {
             mss: 1460,
             max_flows: 16,
             isn,
+            mask_key: [7; 32],
         };
         (
             Stack::new(cfg(Side::Client), [1; 32], now),
@@ -719,16 +856,23 @@ mod tests {
         match to.handle_packet(now, pkt) {
             Ok(Some(rx)) => {
                 to.confirm(now, &rx);
-                tcp::records(&pkt[rx.payload.clone()])
-                    .map(|r| {
-                        let mut m = pkt[rx.payload.start..][r.unwrap()].to_vec();
-                        tcp::mask_record(&mut m);
-                        m
-                    })
-                    .collect()
+                messages(to, &rx, pkt)
             }
             other => panic!("segment not delivered: {other:?}"),
         }
+    }
+
+    /// The messages of a received segment, unmasked.
+    fn messages(stack: &Stack, rx: &Received, pkt: &[u8]) -> Vec<Vec<u8>> {
+        let mut payload = pkt[rx.payload.clone()].to_vec();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(r) = stack.next_message(rx, &mut payload, at) {
+            let r = r.unwrap();
+            out.push(payload[r.clone()].to_vec());
+            at = r.end;
+        }
+        out
     }
 
     #[test]
@@ -774,15 +918,11 @@ mod tests {
     #[test]
     fn syn_flood_creates_no_state_and_is_rate_limited() {
         let (_, mut s, now) = stacks(None);
-        let mut answered = 0;
-        for i in 0..5_000u32 {
-            let src: SocketAddr = format!("203.0.113.{}:{}", i % 250, 1024 + i)
-                .parse()
-                .unwrap();
+        let syn = |src: SocketAddr, seq: u32| {
             let repr = SegmentRepr {
                 src,
                 dst: SERVER.parse().unwrap(),
-                seq: i,
+                seq,
                 ack: 0,
                 flags: flags::SYN,
                 window: 1000,
@@ -796,18 +936,128 @@ mod tests {
             };
             let mut pkt = vec![0u8; repr.header_len()];
             repr.emit(&mut pkt);
-            if s.handle_packet(now, &pkt).is_ok() {
+            pkt
+        };
+        // One network floods: it gets its prefix's budget, nothing more.
+        let mut answered = 0;
+        for i in 0..5_000u32 {
+            let src = format!("203.0.113.{}:{}", i % 250, 1024 + i)
+                .parse()
+                .unwrap();
+            if s.handle_packet(now, &syn(src, i)).is_ok() {
                 answered += 1;
             }
         }
-        assert!(s.flows.is_empty());
-        assert_eq!(answered, SYNACK_LIMIT as usize);
+        assert_eq!(answered, SYNACK_PER_PREFIX as usize);
+        // A real client elsewhere still connects during that flood.
+        assert!(
+            s.handle_packet(now, &syn("198.18.7.2:5000".parse().unwrap(), 1))
+                .is_ok()
+        );
+        // Many networks at once meet the global limit.
+        for i in 0..10_000u32 {
+            let src = format!("10.{}.{}.1:{}", i / 250, i % 250, 1024 + i % 60_000)
+                .parse()
+                .unwrap();
+            if s.handle_packet(now, &syn(src, i)).is_ok() {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered + 1, SYNACK_LIMIT as usize);
+        assert!(s.flows.is_empty(), "a SYN must not create state");
         let mut out = 0;
         while let Some((_, p)) = s.poll_transmit() {
             assert_eq!(p.len(), 60, "a SYN-ACK is no larger than the SYN");
             out += 1;
         }
-        assert_eq!(out, answered);
+        assert_eq!(out, answered + 1);
+    }
+
+    /// Completes a handshake from `client` to `s` by hand (what a scanner's kernel does)
+    /// and returns the new flow's address.
+    fn scanner_connects(s: &mut Stack, client: SocketAddr, now: Instant) {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let mut c = Stack::new(
+            Config {
+                side: Side::Client,
+                mss: 1460,
+                max_flows: 1,
+                isn: None,
+                mask_key: [0; 32],
+            },
+            [9; 32],
+            now,
+        );
+        c.connect(now, client, server);
+        pump(&mut c, s, now);
+        pump(s, &mut c, now);
+        pump(&mut c, s, now);
+    }
+
+    #[test]
+    fn unproven_flows_never_evict_proven_ones_and_get_no_keepalives() {
+        let (mut c, mut s, now) = stacks(None);
+        s.cfg.max_flows = 4;
+        let server = connect(&mut c, &mut s, now);
+        send(&mut c, &mut s, server, b"authentic", now);
+        let real = *s.flows.keys().next().unwrap();
+        for i in 0..200u16 {
+            let src = format!("203.0.{}.{}:{}", i / 200, i % 200, 2000 + i)
+                .parse()
+                .unwrap();
+            scanner_connects(&mut s, src, now + Duration::from_millis(u64::from(i)));
+        }
+        assert!(
+            s.flows.contains_key(&real),
+            "a scanner evicted the real client"
+        );
+        assert!(s.flows.values().filter(|f| !f.proven).count() <= MAX_UNPROVEN);
+        while s.poll_transmit().is_some() {}
+        s.handle_timeout(now + IDLE_KEEPALIVE + Duration::from_secs(1));
+        let to: Vec<SocketAddr> =
+            std::iter::from_fn(|| s.poll_transmit().map(|(to, _)| to)).collect();
+        assert!(
+            to.iter().all(|t| *t == real),
+            "keepalives to unproven flows: {to:?}"
+        );
+        s.handle_timeout(now + UNPROVEN_IDLE + Duration::from_secs(1));
+        assert_eq!(s.flows.len(), 1, "unproven flows expire");
+        assert_eq!(
+            send(&mut c, &mut s, server, b"still", now),
+            vec![b"still".to_vec()]
+        );
+    }
+
+    #[test]
+    fn masking_leaves_no_constant_bytes() {
+        // The same 32-byte message (the size of an empty data message) on two flows and
+        // twice on one: no byte of the segment payload repeats, and none is the clear text.
+        let msg = [
+            4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+            9, 9, 9, 9,
+        ];
+        let mut payloads = Vec::new();
+        for isn in [Some(1), Some(2)] {
+            let (mut c, mut s, now) = stacks(isn);
+            let server = connect(&mut c, &mut s, now);
+            for _ in 0..2 {
+                let mut buf = vec![0u8; HEADROOM + msg.len()];
+                buf[HEADROOM..].copy_from_slice(&msg);
+                let r = c
+                    .encapsulate(now, server, &mut buf, HEADROOM..HEADROOM + msg.len())
+                    .unwrap();
+                let seg = Segment::parse(&buf[r.clone()]).unwrap();
+                payloads.push(buf[r][seg.payload].to_vec());
+            }
+        }
+        let clear: Vec<u8> = [0u8, 32].iter().chain(&msg).copied().collect();
+        for p in &payloads {
+            assert_ne!(&p[..18], &clear[..18], "the record start went out in clear");
+        }
+        for i in 0..18 {
+            let column: std::collections::BTreeSet<u8> = payloads.iter().map(|p| p[i]).collect();
+            assert!(column.len() > 1, "byte {i} is the same in every segment");
+        }
     }
 
     #[test]
@@ -947,14 +1197,7 @@ mod tests {
         merged[2..4].copy_from_slice(&len.to_be_bytes());
         let rx = s.handle_packet(now, &merged).unwrap().expect("data");
         s.confirm(now, &rx);
-        let got: Vec<Vec<u8>> = tcp::records(&merged[rx.payload.clone()])
-            .map(|r| {
-                let mut m = merged[rx.payload.start..][r.unwrap()].to_vec();
-                tcp::mask_record(&mut m);
-                m
-            })
-            .collect();
-        assert_eq!(got, msgs);
+        assert_eq!(messages(&s, &rx, &merged), msgs);
         assert_eq!(
             s.flows.values().next().unwrap().rcv_nxt,
             c.flows[&server].snd_nxt
@@ -1020,9 +1263,7 @@ mod tests {
                         let b = if fc { &mut s } else { &mut c };
                         if let Ok(Some(rx)) = b.handle_packet(now, &p) {
                             b.confirm(now, &rx);
-                            for r in tcp::records(&p[rx.payload.clone()]) {
-                                let mut m = p[rx.payload.start..][r.unwrap()].to_vec();
-                                tcp::mask_record(&mut m);
+                            for m in messages(b, &rx, &p) {
                                 prop_assert!(m.iter().all(|&x| x == m[0]), "a message arrived altered");
                             }
                         }

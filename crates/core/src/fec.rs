@@ -31,7 +31,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use culvert_fec::Codec;
-use culvert_wire::message::{DATA_HEADER_LEN, Data, FEC_HEADER_LEN, FecParity, emit_fec_header};
+use culvert_wire::message::{
+    DATA_HEADER_LEN, Data, FEC_HEADER_LEN, FEC_OVERHEAD, FecParity, emit_fec_header,
+};
 
 /// How FEC is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +73,17 @@ impl Default for Config {
 }
 
 /// How much longer a parity message is than the longest data message it protects: its
-/// header, less the data header it replaces, and the length prefix of each shard.
-pub const PARITY_OVERHEAD: usize = FEC_HEADER_LEN - DATA_HEADER_LEN + 2;
+/// header and tag, less the data header it replaces, and the length prefix of each shard.
+pub const PARITY_OVERHEAD: usize = FEC_OVERHEAD - DATA_HEADER_LEN + 2;
+/// Largest group a receiver decodes: what a sender may configure. Bounds the decoding work
+/// per received byte (it grows with `k`).
+pub const MAX_K: u8 = 64;
+
+/// Whether a receiver accepts parity of a `k:m` group ([`MAX_K`], at most one parity
+/// message per data message, as any sender of ours uses).
+pub fn acceptable_shape(k: u8, m: u8) -> bool {
+    k <= MAX_K && m <= k
+}
 
 /// The residual loss `auto` holds by default. A peer in `auto` sends parity only when the
 /// loss we report exceeds it (with no parity, the residual is the loss itself).
@@ -196,8 +207,9 @@ impl Encoder {
         }
         let body = msg.get(DATA_HEADER_LEN..).unwrap_or_default();
         let mut out = Vec::new();
-        let continues =
-            self.count > 0 && index == self.index && counter == self.first + self.count as u64;
+        let continues = self.count > 0
+            && index == self.index
+            && self.first.checked_add(self.count as u64) == Some(counter);
         if self.count > 0 && !continues {
             out = self.finish();
         }
@@ -260,7 +272,8 @@ impl Encoder {
         };
         let mut msgs: Vec<Vec<u8>> = (0..m)
             .map(|j| {
-                let mut v = vec![0u8; FEC_HEADER_LEN + len];
+                // Room for the tag the session adds when it seals the message.
+                let mut v = vec![0u8; FEC_OVERHEAD + len];
                 emit_fec_header(&mut v, k, m, j, self.index, self.first);
                 v
             })
@@ -269,8 +282,10 @@ impl Encoder {
             .iter()
             .map(Vec::as_slice)
             .collect();
-        let mut parity: Vec<&mut [u8]> =
-            msgs.iter_mut().map(|v| &mut v[FEC_HEADER_LEN..]).collect();
+        let mut parity: Vec<&mut [u8]> = msgs
+            .iter_mut()
+            .map(|v| &mut v[FEC_HEADER_LEN..FEC_HEADER_LEN + len])
+            .collect();
         if codec.encode(&data, &mut parity).is_err() {
             return Vec::new();
         }
@@ -487,8 +502,8 @@ impl Decoder {
         report
     }
 
-    /// Takes a parity message; returns the data messages it allowed to recover (sealed,
-    /// to be opened like any other).
+    /// Takes a parity message the session has opened (its shard in the clear); returns the
+    /// data messages it allowed to recover (sealed, to be opened like any other).
     pub fn on_parity(&mut self, now: Instant, p: &FecParity<&[u8]>) -> Vec<Vec<u8>> {
         self.stats.parity_received += 1;
         self.active_until = Some(now + ACTIVE_FOR);
@@ -775,7 +790,8 @@ mod tests {
         });
         let (msgs, mut parity) = run(&mut enc, t, 4, |_| 100);
         for p in &mut parity {
-            for b in &mut p[FEC_HEADER_LEN..] {
+            let end = p.len() - culvert_wire::message::TAG_LEN;
+            for b in &mut p[FEC_HEADER_LEN..end] {
                 *b ^= 0x5a;
             }
         }
@@ -785,11 +801,55 @@ mod tests {
         assert!(got.iter().all(|m| m != &msgs[1]));
     }
 
+    proptest::proptest! {
+        /// Groups at the very end of the counter space: the last whole group recovers, and
+        /// the arithmetic `first + i` never overflows (a parity claiming a group that would
+        /// pass `u64::MAX` does not parse).
+        #[test]
+        fn groups_at_the_end_of_the_counter_space(back in 0u64..12, lost in 0u64..4) {
+            let t = epoch();
+            let mut enc = Encoder::new(Config {
+                mode: Mode::Fixed { k: 4, m: 2 },
+                ..Config::default()
+            });
+            let first = u64::MAX - back;
+            let mut msgs = Vec::new();
+            let mut parity = Vec::new();
+            for c in first..=u64::MAX {
+                let m = data_message(7, c, &[c as u8; 40]);
+                parity.extend(enc.push(t, 7, c, &m));
+                msgs.push((c, m));
+            }
+            parity.extend(enc.handle_timeout(t + Duration::from_secs(1)));
+            let mut dec = Decoder {
+                active_until: Some(t + ACTIVE_FOR),
+                ..Decoder::default()
+            };
+            let victim = first.saturating_add(lost);
+            for (c, m) in msgs.iter().filter(|(c, _)| *c != victim) {
+                if let Some(slot) = dec.keep(t, 7, *c, m) {
+                    dec.authenticated(slot);
+                }
+            }
+            let mut got = Vec::new();
+            for p in &parity {
+                let view = FecParity::new_checked(&p[..]);
+                proptest::prop_assert!(view.is_ok(), "our own parity must parse");
+                got.extend(dec.on_parity(t, &view.unwrap()));
+            }
+            let want = msgs.iter().find(|(c, _)| *c == victim).map(|(_, m)| m.clone());
+            proptest::prop_assert_eq!(got.first().cloned(), want);
+            let mut past = parity[0].clone();
+            emit_fec_header(&mut past, 4, 2, 0, 7, u64::MAX - 2);
+            proptest::prop_assert!(FecParity::new_checked(&past[..]).is_err());
+        }
+    }
+
     #[test]
     fn decoder_state_is_bounded() {
         let t = epoch();
         let mut dec = Decoder::default();
-        let mut buf = vec![0u8; FEC_HEADER_LEN + 64];
+        let mut buf = vec![0u8; FEC_OVERHEAD + 64];
         for g in 0..10_000u64 {
             emit_fec_header(&mut buf, 10, 3, 0, 7, g * 10);
             let _ = dec.on_parity(t, &FecParity::new_checked(&buf[..]).unwrap());

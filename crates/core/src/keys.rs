@@ -68,14 +68,9 @@ impl StaticSecret {
         Self(bytes)
     }
 
-    /// The raw key, for writing a key file.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        self.0
-    }
-
-    /// The key in standard base64, for writing a key file.
-    pub fn to_base64(&self) -> String {
-        PublicKey(self.0).to_string()
+    /// The key in standard base64, for writing a key file (zeroized when dropped).
+    pub fn to_base64(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(PublicKey(self.0).to_string())
     }
 
     /// The matching public key.
@@ -102,7 +97,7 @@ impl fmt::Debug for StaticSecret {
 
 impl Drop for StaticSecret {
     fn drop(&mut self) {
-        self.0.fill(0);
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -138,7 +133,7 @@ impl fmt::Debug for Psk {
 
 impl Drop for Psk {
     fn drop(&mut self) {
-        self.0.fill(0);
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -15,15 +15,19 @@
 #![warn(missing_docs)]
 
 pub mod aead;
+pub mod budget;
 pub mod config;
 pub mod cookie;
 pub mod event;
 pub mod faketcp;
 pub mod fec;
+#[doc(hidden)]
+pub mod forge;
 pub mod keys;
 pub mod limit;
 pub mod noise;
 pub mod peer;
+pub mod pending;
 pub mod replay;
 pub mod rng;
 pub mod router;

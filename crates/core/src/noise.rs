@@ -18,8 +18,9 @@ use snow::types::{Cipher, Dh, Hash, Random};
 use crate::keys::{Psk, PublicKey, StaticSecret};
 use crate::rng::Rng;
 
-const PATTERN: &str = "Noise_IXpsk0_25519_ChaChaPoly_BLAKE2s";
-const PROLOGUE: &[u8] = b"culvert v1";
+pub(crate) const PATTERN: &str = "Noise_IXpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Bound into every handshake: a node of another protocol version cannot complete one.
+pub(crate) const PROLOGUE: &[u8] = b"culvert v2";
 /// Longest handshake payload; keeps both messages under `HANDSHAKE_MAX_LEN`.
 pub const MAX_PAYLOAD: usize = 600;
 /// Bytes message 1 adds to its payload: ephemeral, sealed static, payload tag.
@@ -46,6 +47,13 @@ pub struct Split {
     pub send: [u8; 32],
     /// Key for messages this side receives.
     pub recv: [u8; 32],
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.send);
+        zeroize::Zeroize::zeroize(&mut self.recv);
+    }
 }
 
 impl core::fmt::Debug for Split {

@@ -103,16 +103,6 @@ pub(crate) struct PendingHandshake {
     pub(crate) sent: Instant,
 }
 
-/// A responder-side session not yet confirmed by data from the initiator.
-#[derive(Debug)]
-pub(crate) struct Unconfirmed {
-    pub(crate) session: Session,
-    /// Where message 1 came from; becomes the peer's path once confirmed.
-    pub(crate) source: Source,
-    /// The hello timestamp; becomes the replay floor once confirmed.
-    pub(crate) timestamp: u64,
-}
-
 /// Most packets held for a peer while its session is being set up.
 pub(crate) const QUEUE_LIMIT: usize = 64;
 
@@ -128,8 +118,6 @@ pub(crate) struct Peer {
     pub(crate) current: Option<Session>,
     /// The session replaced by the last handshake, kept for packets still in flight.
     pub(crate) previous: Option<Session>,
-    /// A responder session awaiting its first data message.
-    pub(crate) next: Option<Unconfirmed>,
     pub(crate) handshake: Option<PendingHandshake>,
     /// Failed attempts since the last success (drives the backoff).
     pub(crate) attempts: u32,
@@ -145,6 +133,8 @@ pub(crate) struct Peer {
     pub(crate) unanswered_since: Option<Instant>,
     pub(crate) last_handshake: Option<Instant>,
     pub(crate) rtt: Option<Duration>,
+    /// Hub: when this client was last sent the directory on its request (rate limit).
+    pub(crate) directory_sent: Option<Instant>,
     pub(crate) traffic: Traffic,
     pub(crate) drops: DropCounters,
     /// FEC for what we send on a direct path (created on first use).
@@ -170,7 +160,6 @@ impl Peer {
             path,
             current: None,
             previous: None,
-            next: None,
             handshake: None,
             attempts: 0,
             retry_at: None,
@@ -182,6 +171,7 @@ impl Peer {
             unanswered_since: None,
             last_handshake: None,
             rtt: None,
+            directory_sent: None,
             traffic: Traffic::default(),
             drops: DropCounters::default(),
             fec_tx: None,
@@ -189,7 +179,8 @@ impl Peer {
         }
     }
 
-    /// The session with local index `index`, if any (current, previous or unconfirmed).
+    /// The session with local index `index`, if any (current or previous), or our own
+    /// handshake's.
     pub(crate) fn slot(&self, index: u32) -> Option<Slot> {
         if self
             .current
@@ -203,12 +194,6 @@ impl Peer {
             .is_some_and(|s| s.local_index == index)
         {
             Some(Slot::Previous)
-        } else if self
-            .next
-            .as_ref()
-            .is_some_and(|u| u.session.local_index == index)
-        {
-            Some(Slot::Next)
         } else if self
             .handshake
             .as_ref()
@@ -224,7 +209,6 @@ impl Peer {
         match slot {
             Slot::Current => self.current.as_mut(),
             Slot::Previous => self.previous.as_mut(),
-            Slot::Next => self.next.as_mut().map(|u| &mut u.session),
             Slot::Handshake => None,
         }
     }
@@ -234,7 +218,6 @@ impl Peer {
         self.current
             .iter()
             .chain(self.previous.iter())
-            .chain(self.next.iter().map(|u| &u.session))
             .map(|s| s.local_index)
             .chain(self.handshake.iter().map(|h| h.local_index))
     }
@@ -257,6 +240,5 @@ impl Peer {
 pub(crate) enum Slot {
     Current,
     Previous,
-    Next,
     Handshake,
 }

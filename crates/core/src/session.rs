@@ -6,9 +6,9 @@ use core::ops::Range;
 use std::time::Instant;
 
 use culvert_wire::hello::Cipher;
-use culvert_wire::message::{DATA_HEADER_LEN, DATA_OVERHEAD, Data};
+use culvert_wire::message::{DATA_HEADER_LEN, DATA_OVERHEAD, Data, FecParity};
 
-use crate::aead::{Aead, AeadFactory};
+use crate::aead::{Aead, AeadFactory, nonce, parity_nonce};
 use crate::noise::Split;
 use crate::replay::{self, Refused, ReplayWindow};
 use crate::stats::DropReason;
@@ -77,8 +77,31 @@ impl Session {
         msg.set_header(self.remote_index);
         msg.set_counter(counter);
         let (header, payload, tag) = msg.split_mut();
-        self.send.seal(counter, header, payload, tag);
+        self.send.seal(&nonce(counter), header, payload, tag);
         Ok(range)
+    }
+
+    /// Seals a parity message in place: its shard is encrypted and tagged, its header
+    /// (shape, index, first counter) authenticated.
+    pub fn seal_parity(&self, msg: &mut [u8]) -> Result<(), DropReason> {
+        let p = FecParity::new_checked(&*msg).map_err(|_| DropReason::FecBadParity)?;
+        let n = parity_nonce(p.first_counter(), p.j());
+        let mut view = FecParity::new_unchecked(msg);
+        let (header, shard, tag) = view.split_mut();
+        self.send.seal(&n, header, shard, tag);
+        Ok(())
+    }
+
+    /// Authenticates and decrypts a parity message in place: one AEAD check is all a
+    /// forged one costs.
+    pub fn open_parity(&self, msg: &mut [u8]) -> Result<(), DropReason> {
+        let p = FecParity::new_checked(&*msg).map_err(|_| DropReason::FecBadParity)?;
+        let n = parity_nonce(p.first_counter(), p.j());
+        let mut view = FecParity::new_unchecked(msg);
+        let (header, shard, tag) = view.split_mut();
+        self.recv
+            .open(&n, header, shard, tag)
+            .map_err(|_| DropReason::FecBadParity)
     }
 
     /// Authenticates and decrypts a data message in place; returns the plaintext range
@@ -90,7 +113,7 @@ impl Session {
         let plain = DATA_HEADER_LEN..DATA_HEADER_LEN + data.payload_len();
         let (header, payload, tag) = data.split_mut();
         self.recv
-            .open(counter, header, payload, tag)
+            .open(&nonce(counter), header, payload, tag)
             .map_err(|_| DropReason::DecryptFailed)?;
         self.replay.mark(counter).map_err(replay_reason)?;
         Ok(plain)

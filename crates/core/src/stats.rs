@@ -57,8 +57,8 @@ drop_reasons! {
     RateLimited => "rate_limited",
     /// A control frame that could not be parsed, or is not valid in this direction.
     BadFrame => "bad_frame",
-    /// A notice from an address or about an index that does not match anything.
-    BadNotice => "bad_notice",
+    /// A confirmed join whose addresses or slot another client took while it was pending.
+    AdmissionRaced => "admission_raced",
     /// A TUN packet that is not IPv4/IPv6 or is inconsistent.
     BadTunPacket => "bad_tun_packet",
     /// A TUN packet for an overlay address no peer holds.

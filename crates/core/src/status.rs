@@ -19,6 +19,8 @@ pub struct Status {
     pub directory_version: u64,
     /// Client: whether the hub isolates clients.
     pub isolation: bool,
+    /// Responder handshakes waiting for their initiator to prove its key.
+    pub pending_handshakes: usize,
     /// Totals over all peers.
     pub traffic: Traffic,
     /// Every drop, by reason, including drops not attributable to a peer.
@@ -44,7 +46,7 @@ pub struct PeerStatus {
     pub transport: Option<crate::peer::Transport>,
     /// The last transport switch: when, to what, and why (client, towards the hub).
     pub last_switch: Option<String>,
-    /// `up`, `connecting`, `pending` (hub: awaiting confirmation) or `down`.
+    /// `up`, `connecting` (our handshake is under way) or `down`.
     pub state: &'static str,
     /// Data cipher of the current session.
     pub cipher: Option<&'static str>,

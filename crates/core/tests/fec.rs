@@ -153,10 +153,12 @@ fn forged_parity_only_causes_drops() {
         .cloned()
         .collect();
     assert!(!parity.is_empty());
-    // Forged: a flipped bit in every shard. Recovery runs, but what it rebuilds does not
-    // authenticate: counted drops, nothing delivered.
+    // Forged: a flipped bit in every message. Parity is sealed in the session, so each
+    // forgery fails its one AEAD check: counted drops, no recovery attempted, nothing
+    // delivered.
     let delivered = w.nodes[0].delivered.len();
     let failed_before = w.drops(0, "decrypt_failed");
+    let received_before = w.nodes[0].ep.status(w.now).peers[0].fec.parity_received;
     for d in &parity {
         let mut bytes = d.bytes.clone();
         let last = bytes.len() - 1;
@@ -174,6 +176,14 @@ fn forged_parity_only_causes_drops() {
         delivered,
         "forged parity delivered something"
     );
-    assert!(w.drops(0, "decrypt_failed") > failed_before);
-    assert!(w.drops(0, "fec_bad_parity") > 0);
+    assert_eq!(
+        w.drops(0, "decrypt_failed"),
+        failed_before,
+        "recovery ran on forgeries"
+    );
+    assert!(w.drops(0, "fec_bad_parity") >= parity.len() as u64);
+    assert_eq!(
+        w.nodes[0].ep.status(w.now).peers[0].fec.parity_received,
+        received_before
+    );
 }

@@ -2,7 +2,7 @@
 //! 2.5 times faster than the core's pure-Rust default on this project's reference machine
 //! (1.05 vs 2.7 µs to seal a 1400-byte packet with AES-256-GCM).
 
-use culvert_core::aead::{Aead, OpenError, nonce};
+use culvert_core::aead::{Aead, OpenError};
 use culvert_wire::hello::Cipher;
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
@@ -26,11 +26,11 @@ impl std::fmt::Debug for RingKey {
 }
 
 impl Aead for RingKey {
-    fn seal(&self, counter: u64, header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
+    fn seal(&self, nonce: &[u8; 12], header: &[u8], payload: &mut [u8], tag: &mut [u8]) {
         let t = self
             .0
             .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce(counter)),
+                Nonce::assume_unique_for_key(*nonce),
                 Aad::from(header),
                 payload,
             )
@@ -40,7 +40,7 @@ impl Aead for RingKey {
 
     fn open(
         &self,
-        counter: u64,
+        nonce: &[u8; 12],
         header: &[u8],
         payload: &mut [u8],
         tag: &[u8],
@@ -48,7 +48,7 @@ impl Aead for RingKey {
         let tag: [u8; 16] = tag[..16].try_into().map_err(|_| OpenError)?;
         self.0
             .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce(counter)),
+                Nonce::assume_unique_for_key(*nonce),
                 Aad::from(header),
                 Tag::from(tag),
                 payload,

@@ -26,6 +26,9 @@ pub(crate) enum Command {
     Pubkey,
     /// Print (or write) a commented example configuration.
     Init(InitArgs),
+    /// Forget the server key a client pinned at its first contact (passphrase mode), so
+    /// that the next start trusts the server that answers then.
+    ForgetServer(ForgetArgs),
     /// Build a throwaway network-namespace topology, run culvert in it, report, clean up.
     Demo(DemoArgs),
 }
@@ -39,12 +42,20 @@ pub(crate) struct CommonArgs {
     /// Overlay address with prefix, e.g. 10.0.0.2/24 (repeat for IPv6). [key: address]
     #[arg(short = 't', long = "address", value_name = "ADDR/PREFIX")]
     pub(crate) address: Vec<String>,
-    /// Shared passphrase (passphrase mode). [key: passphrase]
+    /// Shared passphrase (passphrase mode); visible in `ps` — prefer --key-file or the
+    /// CULVERT_KEY environment variable. [key: passphrase]
     #[arg(short = 'k', long = "key", value_name = "PASSPHRASE")]
     pub(crate) passphrase: Option<String>,
     /// Read the passphrase from a file instead. [key: passphrase_file]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "key-file", value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
+    /// Accept a passphrase shorter than 12 characters or of low entropy. [key: allow_weak_passphrase]
+    #[arg(long)]
+    pub(crate) allow_weak_key: bool,
+    /// Run as this user after setup, keeping only CAP_NET_ADMIN and CAP_NET_RAW; default
+    /// `culvert` when that user exists ("root" keeps root). [key: user]
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
     /// This node's private key file (base64, from `culvert genkey`). [key: private_key_file]
     #[arg(long, value_name = "FILE")]
     pub(crate) private_key_file: Option<PathBuf>,
@@ -129,6 +140,10 @@ pub(crate) struct ClientArgs {
     /// The server's public key (key mode; pins the server in passphrase mode). [key: server_public_key]
     #[arg(long, value_name = "KEY")]
     pub(crate) server_key: Option<String>,
+    /// Overlay network(s) the server may grant addresses and routes in (repeat); default:
+    /// the prefixes of -t, or the private ranges in key mode without -t. [key: network]
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) network: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +163,22 @@ pub(crate) struct InitArgs {
     /// Write it to this file (mode 0600) instead of printing it.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    /// Client: the server's public key, written as `server_public_key` (key mode).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) server_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ForgetArgs {
+    /// The client instance (its TUN name).
+    #[arg(long, value_name = "NAME", default_value = "culvert0")]
+    pub(crate) tun_name: String,
+    /// The instance's state directory, if not the default.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Only the key pinned for this server (as configured, HOST:PORT); default: all.
+    #[arg(short = 'r', long = "server", value_name = "HOST:PORT")]
+    pub(crate) server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use culvert_core::keys::decode_key;
-use culvert_core::{Psk, StaticSecret};
+use culvert_core::{Psk, PublicKey, StaticSecret};
 
 /// Argon2id parameters for the passphrase: 64 MiB, 3 passes (RFC 9106's second choice).
 const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
@@ -52,7 +52,8 @@ pub(crate) fn store(path: &Path, secret: &StaticSecret) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating key file {}", path.display()))?;
-    writeln!(f, "{}", secret.to_base64()).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{}", secret.to_base64().as_str())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -72,6 +73,91 @@ pub(crate) fn resolve(
     let secret = generate();
     store(&path, &secret)?;
     Ok((secret, Some(path)))
+}
+
+/// The file in a client's state directory that pins the servers it met (passphrase
+/// mode): one `SERVER KEY` line per configured server name.
+pub(crate) const KNOWN_SERVERS: &str = "known_servers";
+
+/// The key pinned for `server` (as configured) in `state_dir`, if any.
+pub(crate) fn known_server(state_dir: &Path, server: &str) -> Result<Option<PublicKey>> {
+    let path = state_dir.join(KNOWN_SERVERS);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    for line in text.lines() {
+        if let Some((name, key)) = line.trim().split_once(' ')
+            && name == server
+        {
+            return key
+                .trim()
+                .parse()
+                .map(Some)
+                .with_context(|| format!("{}: bad key for {server}", path.display()));
+        }
+    }
+    Ok(None)
+}
+
+/// Pins `key` for `server` in `state_dir` (replacing an older line for it).
+pub(crate) fn remember_server(state_dir: &Path, server: &str, key: &PublicKey) -> Result<()> {
+    let path = state_dir.join(KNOWN_SERVERS);
+    let mut lines = read_lines_except(&path, Some(server))?;
+    lines.push(format!("{server} {key}"));
+    write_private(&path, &lines)
+}
+
+/// Forgets the key pinned for `server`, or every pinned key; returns how many lines went.
+pub(crate) fn forget_server(state_dir: &Path, server: Option<&str>) -> Result<usize> {
+    let path = state_dir.join(KNOWN_SERVERS);
+    let all = read_lines_except(&path, None)?;
+    let kept = match server {
+        Some(s) => read_lines_except(&path, Some(s))?,
+        None => Vec::new(),
+    };
+    if kept.len() != all.len() {
+        write_private(&path, &kept)?;
+    }
+    Ok(all.len() - kept.len())
+}
+
+fn read_lines_except(path: &Path, server: Option<&str>) -> Result<Vec<String>> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| server.is_none_or(|s| l.split_once(' ').is_none_or(|(n, _)| n != s)))
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Replaces `path` with `lines` (mode 0600), through a temporary file and a rename.
+fn write_private(path: &Path, lines: &[String]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    for l in lines {
+        writeln!(f, "{l}").with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    f.sync_all().ok();
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// The default state directory of an instance: per network namespace and TUN name.
@@ -132,6 +218,30 @@ mod tests {
             s.public_key().to_string()
         );
         assert!(public_of("garbage").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn known_servers_pin_forget_and_stay_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("culvert-known-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (a, b) = (generate().public_key(), generate().public_key());
+        assert_eq!(known_server(&dir, "vpn:9000").unwrap(), None);
+        remember_server(&dir, "vpn:9000", &a).unwrap();
+        remember_server(&dir, "other:9000", &b).unwrap();
+        remember_server(&dir, "vpn:9000", &b).unwrap();
+        assert_eq!(known_server(&dir, "vpn:9000").unwrap(), Some(b));
+        assert_eq!(known_server(&dir, "other:9000").unwrap(), Some(b));
+        let mode = fs::metadata(dir.join(KNOWN_SERVERS))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(forget_server(&dir, Some("vpn:9000")).unwrap(), 1);
+        assert_eq!(known_server(&dir, "vpn:9000").unwrap(), None);
+        assert_eq!(forget_server(&dir, None).unwrap(), 1);
+        assert_eq!(known_server(&dir, "other:9000").unwrap(), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

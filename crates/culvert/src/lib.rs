@@ -31,11 +31,16 @@ pub fn main() -> ExitCode {
         Command::Client(args) => daemon_command(Settings::client(&args)),
         Command::Status(args) => status::command(&args),
         Command::Genkey => {
-            println!("{}", identity::generate().to_base64());
+            println!("{}", identity::generate().to_base64().as_str());
             Ok(())
         }
         Command::Pubkey => pubkey(),
-        Command::Init(args) => init(args.role, args.output.as_deref()),
+        Command::Init(args) => init(
+            args.role,
+            args.output.as_deref(),
+            args.server_key.as_deref(),
+        ),
+        Command::ForgetServer(args) => forget_server(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {
@@ -78,15 +83,63 @@ fn pubkey() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `culvert forget-server`: drops the pinned server key(s) of a client instance.
+fn forget_server(args: &cli::ForgetArgs) -> anyhow::Result<()> {
+    let netns = culvert_sys::netns::current_name();
+    let dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| identity::default_state_dir(&netns, &args.tun_name));
+    let n = identity::forget_server(&dir, args.server.as_deref())?;
+    let file = dir.join(identity::KNOWN_SERVERS);
+    if n == 0 {
+        eprintln!("no pinned server key in {}", file.display());
+    } else {
+        eprintln!(
+            "forgot {n} pinned server key(s) in {}; the next start trusts the server that answers \
+             then — check its key in the log against `culvert pubkey < server.key`",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 /// `culvert init`: the example with a freshly generated passphrase, printed or written 0600.
-fn init(role: InitRole, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// With `server_key` (a client in key mode) the server's key is written and the passphrase
+/// left out.
+fn init(
+    role: InitRole,
+    output: Option<&std::path::Path>,
+    server_key: Option<&str>,
+) -> anyhow::Result<()> {
     use base64::Engine;
     let example = match role {
         InitRole::Server => config::EXAMPLE_SERVER,
         InitRole::Client => config::EXAMPLE_CLIENT,
     };
     let passphrase = base64::engine::general_purpose::STANDARD.encode(identity::os_random::<24>());
-    let text = example.replace(config::PLACEHOLDER, &passphrase);
+    let mut text = example.replace(config::PLACEHOLDER, &passphrase);
+    if let Some(key) = server_key {
+        let key: culvert_core::PublicKey = key
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--server-key: {e}"))?;
+        if !matches!(role, InitRole::Client) {
+            anyhow::bail!("--server-key is for `culvert init client`");
+        }
+        text = text
+            .replace(
+                "# server_public_key = \"base64 public key of the server\"",
+                &format!("server_public_key = \"{key}\""),
+            )
+            .replace(
+                &format!("passphrase = \"{passphrase}\""),
+                "# passphrase = \"(key mode: none needed)\"",
+            )
+            .replace(
+                "address = [\"10.0.0.2/24\"]",
+                "# address = [\"10.0.0.2/24\"]",
+            );
+    }
     match output {
         None => print!("{text}"),
         Some(path) => {

@@ -3,10 +3,9 @@
 //! Opt-in (`metrics = "127.0.0.1:9100"`); every request gets the full set, whatever its path.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use culvert_core::fec::Stats as FecStats;
@@ -28,23 +27,24 @@ impl Server {
         Ok(Self { listener })
     }
 
-    /// Answers every pending request.
-    pub(crate) fn serve(&self, status: &Status, info: &DaemonInfo) {
-        while let Ok((mut s, _)) = self.listener.accept() {
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-            let mut req = [0u8; 1024];
-            let _ = s.read(&mut req);
-            let body = render(status, info);
-            let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(body.as_bytes());
-        }
+    /// The next pending connection, non-blocking (served by the event loop).
+    pub(crate) fn accept(&self) -> Option<std::net::TcpStream> {
+        let (s, _) = self.listener.accept().ok()?;
+        s.set_nonblocking(true).ok()?;
+        Some(s)
     }
+}
+
+/// The HTTP answer to any request: every metric, whatever the path.
+pub(crate) fn answer(status: &Status, info: &DaemonInfo) -> Vec<u8> {
+    let body = render(status, info);
+    let mut out = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 impl AsRawFd for Server {

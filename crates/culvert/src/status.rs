@@ -47,9 +47,10 @@ pub(crate) fn render_json(
 
 /// Runs `culvert status`.
 pub(crate) fn command(args: &StatusArgs) -> Result<()> {
+    let netns = culvert_sys::netns::current_name();
     let instances = match &args.instance {
         Some(i) => vec![i.clone()],
-        None => culvert_sys::control::instances(),
+        None => culvert_sys::control::instances(&netns),
     };
     if instances.is_empty() {
         bail!(
@@ -58,7 +59,7 @@ pub(crate) fn command(args: &StatusArgs) -> Result<()> {
     }
     let mut answers = Vec::new();
     for i in &instances {
-        let text = culvert_sys::control::request(i, "status").map_err(|e| {
+        let text = culvert_sys::control::request(&netns, i, "status").map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach daemon {i:?}: {e} (is it running? are you root or its user?)"
             )

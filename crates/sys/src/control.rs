@@ -1,90 +1,108 @@
-//! The daemon's control socket, in the abstract namespace: `@culvert/<instance>`.
+//! The daemon's control socket: `/run/culvert/<netns>/<instance>.sock`.
 //!
-//! Abstract Unix sockets belong to the network namespace they were created in, so
-//! `ip netns exec NS culvert status` reaches exactly the daemons of namespace NS, and a
-//! crashed daemon leaves no socket file behind. Abstract sockets carry no file mode, so
-//! access is checked on every connection with `SO_PEERCRED`: only root and the daemon's
-//! own user are served.
+//! Nobody else may squat or fake it. The socket is a file in a directory that only root
+//! (or, under systemd, the daemon's own user through `RuntimeDirectory=`) can write, so no
+//! other local user can bind the name first or put a socket of their own there. Both ends
+//! check the other with `SO_PEERCRED`: the daemon serves only root and its own user, and
+//! `culvert status` ([`request`]) talks only to a daemon that runs as root or as the owner
+//! of that directory. One directory per network namespace keeps `ip netns exec NS culvert
+//! status` to the daemons of NS.
+//!
+//! Connections are served by the daemon's event loop, never blocking it: accepted
+//! non-blocking, and read and written as far as they go ([`ControlListener::accept`]).
 #![allow(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{Error, Result};
 
-const PREFIX: &str = "culvert/";
-/// Longest request a client may send.
-const MAX_REQUEST: u64 = 4096;
+/// Where the per-namespace directories live.
+pub const RUN_DIR: &str = "/run/culvert";
+
+/// The directory of the control sockets of network namespace `netns`.
+pub fn dir(netns: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(netns)
+}
+
+/// The control socket of `instance` in network namespace `netns`.
+pub fn path(netns: &str, instance: &str) -> PathBuf {
+    dir(netns).join(format!("{instance}.sock"))
+}
 
 /// Listens for `culvert status` and similar requests.
 #[derive(Debug)]
 pub struct ControlListener {
     listener: UnixListener,
-    instance: String,
+    path: PathBuf,
 }
 
 impl ControlListener {
-    /// Binds `@culvert/<instance>`; fails if a daemon with that instance name runs in this
-    /// network namespace.
-    pub fn bind(instance: &str) -> Result<Self> {
-        let name = format!("{PREFIX}{instance}");
-        let addr = SocketAddr::from_abstract_name(name.as_bytes())
-            .map_err(|e| Error::io(format!("control socket name {name}"), e))?;
-        let listener = UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
-            io::ErrorKind::AddrInUse => Error::io(
-                format!("binding control socket @{name}"),
-                io::Error::new(
-                    e.kind(),
-                    "another culvert daemon with this instance name runs in this network namespace; \
-                     stop it or pick another --tun-name",
-                ),
-            ),
-            _ => Error::io(format!("binding control socket @{name}"), e),
-        })?;
+    /// Binds the control socket of `instance`; fails if a daemon with that instance name
+    /// answers there. A socket file left by a crashed daemon is replaced.
+    pub fn bind(netns: &str, instance: &str) -> Result<Self> {
+        let dir = dir(netns);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let path = path(netns, instance);
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(Error::io(
+                    format!("binding control socket {}", path.display()),
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another culvert daemon with this instance name runs in this network \
+                         namespace; stop it or pick another --tun-name",
+                    ),
+                ));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("binding control socket {}", path.display()), e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("control socket non-blocking", e))?;
-        Ok(Self {
-            listener,
-            instance: instance.to_owned(),
-        })
+        Ok(Self { listener, path })
     }
 
-    /// The instance name.
-    pub fn instance(&self) -> &str {
-        &self.instance
+    /// The socket file (to hand it and its directory to the daemon's user).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
-    /// Accepts one pending connection from an allowed user and reads its request line.
-    /// Returns `None` when nothing is pending; refused or broken connections are closed.
-    pub fn accept(&self) -> Option<(UnixStream, String)> {
-        let (mut stream, _) = self.listener.accept().ok()?;
-        let uid = peer_uid(&stream)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if uid != 0 && uid != me {
-            let _ = stream.write_all(
-                b"{\"error\":\"permission denied: run as root or as the daemon's user\"}\n",
-            );
-            return None;
+    /// Accepts one pending connection from root or the daemon's own user, non-blocking.
+    /// Returns `None` when nothing is pending; refused connections are closed.
+    pub fn accept(&self) -> Option<UnixStream> {
+        loop {
+            let (mut stream, _) = self.listener.accept().ok()?;
+            let allowed =
+                peer_uid(&stream).is_some_and(|uid| uid == 0 || uid == crate::privilege::euid());
+            if !allowed {
+                let _ = stream.set_nonblocking(true);
+                let _ = stream.write_all(
+                    b"{\"error\":\"permission denied: run as root or as the daemon's user\"}\n",
+                );
+                continue;
+            }
+            stream.set_nonblocking(true).ok()?;
+            return Some(stream);
         }
-        stream.set_nonblocking(false).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .ok()?;
-        stream
-            .set_write_timeout(Some(Duration::from_millis(500)))
-            .ok()?;
-        let mut req = String::new();
-        let mut limited = (&stream).take(MAX_REQUEST);
-        let mut byte = [0u8; 1];
-        while limited.read(&mut byte).ok()? == 1 && byte[0] != b'\n' {
-            req.push(char::from(byte[0]));
-        }
-        Some((stream, req))
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -94,7 +112,8 @@ impl AsRawFd for ControlListener {
     }
 }
 
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
+/// The user id of the process at the other end of a Unix socket.
+pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     // SAFETY: ucred is plain data; getsockopt writes at most `len` bytes into it.
     unsafe {
         let mut cred: libc::ucred = std::mem::zeroed();
@@ -110,10 +129,48 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     }
 }
 
-/// Sends `request` to the daemon `instance` of this network namespace; returns its answer.
-pub fn request(instance: &str, request: &str) -> io::Result<String> {
-    let addr = SocketAddr::from_abstract_name(format!("{PREFIX}{instance}").as_bytes())?;
-    let mut s = UnixStream::connect_addr(&addr)?;
+/// Who may answer on the control directory of `netns`: root, and the owner of that
+/// directory, provided neither it nor its parent can be written by anyone else. (Only root
+/// can create entries in `/run`, so the parent's owner was chosen by root: by hand, or by
+/// systemd's `RuntimeDirectory=` for the daemon's user.)
+fn trusted_daemon_uid(netns: &str) -> io::Result<u32> {
+    let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    let parent = std::fs::metadata(RUN_DIR)?;
+    if parent.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "{RUN_DIR} is writable by group or others: refusing to trust it"
+        )));
+    }
+    let d = dir(netns);
+    let meta = std::fs::metadata(&d)?;
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "{} is writable by others: refusing to trust it",
+            d.display()
+        )));
+    }
+    Ok(meta.uid())
+}
+
+/// Sends `request` to the daemon `instance` of network namespace `netns`; returns its
+/// answer. Refuses to talk to a process that is neither root nor the owner of the control
+/// directory (a fake daemon).
+pub fn request(netns: &str, instance: &str, request: &str) -> io::Result<String> {
+    let owner = trusted_daemon_uid(netns)?;
+    let mut s = UnixStream::connect(path(netns, instance))?;
+    match peer_uid(&s) {
+        Some(uid) if uid == 0 || uid == owner => {}
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the process on the control socket runs as uid {other:?}, neither root nor \
+                     the owner of {}: not a culvert daemon of this host",
+                    dir(netns).display()
+                ),
+            ));
+        }
+    }
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(request.as_bytes())?;
     s.write_all(b"\n")?;
@@ -122,18 +179,20 @@ pub fn request(instance: &str, request: &str) -> io::Result<String> {
     Ok(out)
 }
 
-/// Instance names of the culvert daemons listening in this network namespace.
-pub fn instances() -> Vec<String> {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+/// Instance names of the culvert daemons answering in network namespace `netns`.
+pub fn instances(netns: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir(netns)) else {
         return Vec::new();
     };
-    let mut out: Vec<String> = table
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(7))
-        .filter_map(|p| p.strip_prefix('@')?.strip_prefix(PREFIX))
-        .map(str::to_owned)
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let instance = name.strip_suffix(".sock")?.to_owned();
+            // A socket a crashed daemon left answers nothing.
+            UnixStream::connect(e.path()).ok().map(|_| instance)
+        })
         .collect();
     out.sort();
-    out.dedup();
     out
 }

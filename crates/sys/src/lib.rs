@@ -6,7 +6,8 @@
 //! * [`raw`] and [`nft`] — FakeTCP's raw and packet sockets, and its nftables table;
 //! * [`sockopt`] — socket options, and the large buffers datagram sockets need;
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
-//! * [`control`] — the daemon's local control socket (abstract namespace, per netns);
+//! * [`control`] — the daemon's local control socket (a file under `/run/culvert/<netns>`);
+//! * [`privilege`] — dropping root after setup: another user, two capabilities;
 //! * [`netns`] — which network namespace this process is in, and entering one;
 //! * [`icmp`] and [`capture`] — ICMP echo and packet capture, for the demo and tests.
 //!
@@ -21,6 +22,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod poll;
+pub mod privilege;
 pub mod raw;
 pub mod sockopt;
 pub mod tun;

@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! table inet culvert_<instance> {
-//!   chain pre { type filter hook prerouting priority raw - 10;   <our TCP flows> drop }
-//!   chain out { type filter hook output priority raw - 10;      <our TCP flows> notrack }
+//!   chain pre { type filter hook prerouting priority raw - 10;
+//!               fib daddr type local iifname != <tun> <our TCP flows> drop }
+//!   chain out { type filter hook output priority raw - 10;
+//!               oifname != <tun> <our TCP flows> notrack }
 //! }
 //! ```
 //!
 //! * `pre` drops our flows' incoming segments after the packet socket has copied them and
 //!   before the kernel's TCP stack sees them: no RST ever answers them, and the host's
-//!   conntrack and firewall never see them.
+//!   conntrack and firewall never see them. Only segments *to this host* match, and none
+//!   from the overlay's TUN device: TCP the host forwards (a router, a gateway) or that
+//!   overlay nodes send to the same port passes untouched.
 //! * `out` exempts our raw segments from the host's conntrack (and NAT), which would
-//!   otherwise track half a connection and might mark it invalid.
+//!   otherwise track half a connection and might mark it invalid; traffic into the TUN
+//!   is left alone.
 //!
 //! The table is replaced in one transaction at start (so a table left by a crash is
 //! replaced) and deleted at exit.
@@ -55,10 +60,14 @@ impl Table {
         format!("culvert_{clean}")
     }
 
-    /// Installs (or atomically replaces) the table of `instance`.
-    pub fn install(instance: &str, flows: FlowMatch) -> Result<Self> {
+    /// Installs (or atomically replaces) the table of `instance`, whose TUN device is
+    /// `tun`.
+    pub fn install(instance: &str, tun: &str, flows: FlowMatch) -> Result<Self> {
         let name = Self::name_for(instance);
         let (pre, out) = rules(flows);
+        let tun = quote(tun);
+        let pre = format!("fib daddr type local iifname != {tun} {pre}");
+        let out = format!("oifname != {tun} {out}");
         let script = format!(
             "table inet {name}\ndelete table inet {name}\ntable inet {name} {{\n\
              \tchain pre {{ type filter hook prerouting priority raw - 10; policy accept;\n\t\t{pre} counter drop comment \"culvert FakeTCP: read by the daemon\"\n\t}}\n\
@@ -88,6 +97,16 @@ impl Drop for Table {
     }
 }
 
+/// An interface name as an nftables string (names are 1-15 of `[A-Za-z0-9_.-]`, checked
+/// by the config; anything else is dropped rather than quoted).
+fn quote(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect();
+    format!("\"{clean}\"")
+}
+
 fn rules(flows: FlowMatch) -> (String, String) {
     let fam = |ip: IpAddr| if ip.is_ipv4() { "ip" } else { "ip6" };
     match flows {
@@ -108,20 +127,24 @@ fn rules(flows: FlowMatch) -> (String, String) {
     }
 }
 
+/// Where `nft` may be: run by absolute path, never looked up in `PATH` (which a caller
+/// could point at a program of their own).
+const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
+
 fn nft(script: &str) -> std::io::Result<()> {
-    let mut child = Command::new("nft")
+    let Some(bin) = NFT_PATHS.iter().find(|p| std::path::Path::new(p).exists()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the nft command is missing: install nftables (FakeTCP needs it) or use --transport udp",
+        ));
+    };
+    let mut child = Command::new(bin)
+        .env_clear()
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => std::io::Error::new(
-                e.kind(),
-                "the nft command is missing: install nftables (FakeTCP needs it) or use --transport udp",
-            ),
-            _ => e,
-        })?;
+        .spawn()?;
     child
         .stdin
         .take()

@@ -34,11 +34,23 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
+    /// Watches a registered `fd` for writability too (`true`), or again only for
+    /// readability: a reply that did not fit the socket buffer continues when it drains.
+    pub fn want_write(&self, fd: RawFd, token: u64, write: bool) -> Result<()> {
+        let events = if write {
+            libc::EPOLLIN | libc::EPOLLOUT
+        } else {
+            libc::EPOLLIN
         };
+        self.ctl_events(libc::EPOLL_CTL_MOD, fd, token, events as u32)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> Result<()> {
+        self.ctl_events(op, fd, token, libc::EPOLLIN as u32)
+    }
+
+    fn ctl_events(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the call's duration.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
         if rc < 0 {

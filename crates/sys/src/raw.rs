@@ -156,20 +156,22 @@ impl PacketReceiver {
         Ok(Self { fd })
     }
 
-    /// Receives up to `lens.len()` packets into `slot`-sized slots of `buf`, each at
-    /// `offset` within its slot; `lens[i]` is the length of packet `i`.
+    /// Receives up to `meta.len()` packets into `slot`-sized slots of `buf`, each at
+    /// `offset` within its slot; `meta[i]` tells packet `i`'s length and interface.
     pub fn recv_batch(
         &self,
         buf: &mut [u8],
         slot: usize,
         offset: usize,
-        lens: &mut [usize],
+        meta: &mut [PacketMeta],
     ) -> io::Result<usize> {
-        let n = lens.len().min(BATCH).min(buf.len() / slot);
+        let n = meta.len().min(BATCH).min(buf.len() / slot);
         // SAFETY: zeroed C structs are valid empty values, filled below.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut names: [libc::sockaddr_ll; BATCH] = unsafe { zeroed() };
         for i in 0..n {
             let at = i * slot + offset;
             iovs[i] = libc::iovec {
@@ -178,6 +180,8 @@ impl PacketReceiver {
             };
             hdrs[i].msg_hdr.msg_iov = &raw mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_name = (&raw mut names[i]).cast();
+            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
         }
         // SAFETY: each header points at a distinct live slot of `buf` of the length given.
         let got = unsafe {
@@ -198,10 +202,22 @@ impl PacketReceiver {
             };
         }
         for i in 0..got as usize {
-            lens[i] = hdrs[i].msg_len as usize;
+            meta[i] = PacketMeta {
+                len: hdrs[i].msg_len as usize,
+                ifindex: u32::try_from(names[i].sll_ifindex).unwrap_or(0),
+            };
         }
         Ok(got as usize)
     }
+}
+
+/// What a packet socket tells about one received packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// The packet's length.
+    pub len: usize,
+    /// The interface it arrived on.
+    pub ifindex: u32,
 }
 
 impl AsRawFd for PacketReceiver {

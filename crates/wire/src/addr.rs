@@ -89,6 +89,13 @@ impl Prefix {
         }
     }
 
+    /// True if all of `other` lies inside this prefix: its address is inside and its prefix
+    /// is no shorter. `10.0.0.0/24` covers `10.0.0.2/24` and `10.0.0.2/32`, not
+    /// `10.0.0.2/16`.
+    pub fn covers(&self, other: &Self) -> bool {
+        other.len >= self.len && self.contains(other.addr)
+    }
+
     /// Number of bytes [`Prefix::emit`] writes.
     pub fn buffer_len(&self) -> usize {
         match self.addr {
@@ -196,6 +203,16 @@ mod tests {
         assert!("nonsense/8".parse::<Prefix>().is_err());
         let zero: Prefix = "0.0.0.0/0".parse().unwrap();
         assert!(zero.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn covers() {
+        let net: Prefix = "10.0.0.0/24".parse().unwrap();
+        let p = |s: &str| s.parse::<Prefix>().unwrap();
+        assert!(net.covers(&p("10.0.0.2/24")) && net.covers(&p("10.0.0.2/32")));
+        assert!(!net.covers(&p("10.0.0.2/16")), "a wider route");
+        assert!(!net.covers(&p("8.8.8.8/32")) && !net.covers(&p("fd00::2/64")));
+        assert!(p("0.0.0.0/0").covers(&p("8.0.0.0/1")));
     }
 
     #[test]

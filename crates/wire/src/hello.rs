@@ -15,7 +15,7 @@ use crate::field::Reader;
 use crate::{Error, Result};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// What the initiator wants from the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,10 @@ pub enum RefusalCode {
     NoCommonCipher = 7,
     /// The responder does not accept peer sessions from this node.
     PeerNotAllowed = 8,
+    /// Key mode: the hub does not list the initiator's public key.
+    UnknownKey = 9,
+    /// An address claimed lies outside the hub's overlay network.
+    OutsideNetwork = 10,
 }
 
 /// Payload of handshake message 2.
@@ -217,6 +221,8 @@ impl Reply {
                     6 => RefusalCode::BadHello,
                     7 => RefusalCode::NoCommonCipher,
                     8 => RefusalCode::PeerNotAllowed,
+                    9 => RefusalCode::UnknownKey,
+                    10 => RefusalCode::OutsideNetwork,
                     _ => return Err(Error::Malformed("refusal code")),
                 };
                 let len = r.u8()?;
@@ -241,7 +247,7 @@ mod tests {
     /// A join hello claiming 10.0.0.2/24 at timestamp 1 with 2 bytes of padding, as in
     /// docs/PROTOCOL.md.
     const HELLO_BYTES: [u8; 22] = [
-        0x01, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24, 0, 2, 0, 0,
+        0x02, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24, 0, 2, 0, 0,
     ];
 
     #[test]
@@ -258,9 +264,9 @@ mod tests {
         assert_eq!(out, HELLO_BYTES);
         assert_eq!(h.unpadded_len() + 2, out.len());
         assert_eq!(Hello::parse(&out).unwrap(), h);
-        let mut v2 = out.clone();
-        v2[0] = 2;
-        assert_eq!(Hello::parse(&v2), Err(Error::UnsupportedVersion(2)));
+        let mut v1 = out.clone();
+        v1[0] = 1;
+        assert_eq!(Hello::parse(&v1), Err(Error::UnsupportedVersion(1)));
     }
 
     #[test]

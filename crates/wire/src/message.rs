@@ -16,11 +16,11 @@
 //! | 2    | [`HandshakeResponse`]| sender's index     | receiver index (4), Noise message 2    |
 //! | 3    | [`CookieReply`]     | receiver's index    | nonce (12), sealed cookie (16 + 16)     |
 //! | 4    | [`Data`]            | receiver's index    | counter (8), ciphertext, tag (16)       |
-//! | 5    | [`Notice`]          | index it concerns   | none; byte 1 holds the notice code      |
-//! | 6    | [`FecParity`]       | receiver's index    | first counter (8), parity shard          |
+//! | 6    | [`FecParity`]       | receiver's index    | first counter (8), parity shard, tag (16) |
 //!
 //! A [`FecParity`] message uses the three reserved bytes for its group shape: `k`, `m` and
-//! the parity index `j`.
+//! the parity index `j`. Type 5 (the unauthenticated notices of protocol version 1) is no
+//! longer defined: a node never answers what it cannot authenticate.
 
 use crate::field::{Field, Rest, be32, be64};
 use crate::{Error, Result};
@@ -37,9 +37,7 @@ pub enum MessageType {
     CookieReply = 3,
     /// An AEAD-sealed packet of an established session.
     Data = 4,
-    /// An unauthenticated hint (handshake refused, session unknown).
-    Notice = 5,
-    /// A Reed-Solomon parity shard over a group of data messages.
+    /// A Reed-Solomon parity shard over a group of data messages, sealed in the session.
     FecParity = 6,
 }
 
@@ -52,7 +50,6 @@ impl MessageType {
             Some(2) => Ok(Self::HandshakeResponse),
             Some(3) => Ok(Self::CookieReply),
             Some(4) => Ok(Self::Data),
-            Some(5) => Ok(Self::Notice),
             Some(6) => Ok(Self::FecParity),
             Some(&t) => Err(Error::UnknownType(t)),
         }
@@ -69,7 +66,6 @@ mod field {
     pub(super) const COUNTER: Field = 8..16;
     pub(super) const COOKIE_NONCE: Field = 8..20;
     pub(super) const COOKIE_SEALED: Field = 20..52;
-    pub(super) const NOTICE_CODE: usize = 1;
 }
 
 /// Length of the common header (type, reserved, index).
@@ -89,8 +85,6 @@ pub const NOISE_MIN_LEN: usize = 32 + 32 + TAG_LEN + TAG_LEN;
 pub const HANDSHAKE_MAX_LEN: usize = 1024;
 /// Length of a [`CookieReply`].
 pub const COOKIE_REPLY_LEN: usize = 52;
-/// Length of a [`Notice`].
-pub const NOTICE_LEN: usize = 8;
 
 macro_rules! view {
     ($(#[$doc:meta])* $name:ident) => {
@@ -343,76 +337,39 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Data<T> {
     }
 }
 
-/// What a [`Notice`] tells its receiver. Notices are unauthenticated: a receiver treats
-/// them as hints that may speed up recovery, never as facts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum NoticeCode {
-    /// The responder could not authenticate the handshake (wrong passphrase or key).
-    AuthFailed = 1,
-    /// The receiver has no session with this index (for example after a restart).
-    UnknownSession = 2,
-    /// The responder does not know the initiator's public key.
-    UnknownKey = 3,
-}
-
-view! {
-    /// Notice: `| 5 | code | rsv (2) | index |`, an unauthenticated hint.
-    Notice
-}
-
-impl<T: AsRef<[u8]>> Notice<T> {
-    /// Checks the type byte, the fixed length and the code.
-    pub fn check_len(&self) -> Result<()> {
-        let b = self.buffer.as_ref();
-        check_type(b, MessageType::Notice)?;
-        match b.len() {
-            NOTICE_LEN => self.code().map(|_| ()),
-            n if n < NOTICE_LEN => Err(Error::Truncated),
-            _ => Err(Error::TrailingBytes),
-        }
-    }
-
-    /// What the notice says.
-    pub fn code(&self) -> Result<NoticeCode> {
-        match self.buffer.as_ref()[field::NOTICE_CODE] {
-            1 => Ok(NoticeCode::AuthFailed),
-            2 => Ok(NoticeCode::UnknownSession),
-            3 => Ok(NoticeCode::UnknownKey),
-            _ => Err(Error::Malformed("notice code")),
-        }
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Notice<T> {
-    /// Sets the code (call after [`Notice::set_header`], which clears byte 1).
-    pub fn set_code(&mut self, code: NoticeCode) {
-        self.buffer.as_mut()[field::NOTICE_CODE] = code as u8;
-    }
-}
-
 /// Header length of a [`FecParity`] message: type, k, m, j, receiver index, first counter.
 pub const FEC_HEADER_LEN: usize = 16;
 
+/// Bytes a [`FecParity`] message adds around its shard: the header and the AEAD tag.
+pub const FEC_OVERHEAD: usize = FEC_HEADER_LEN + TAG_LEN;
+
 view! {
-    /// FEC parity: `| 6 | k | m | j | receiver index | first counter (8) | shard |`.
+    /// FEC parity: `| 6 | k | m | j | receiver index | first counter (8) | shard | tag (16) |`.
     ///
     /// The group is the `k` data messages of the session with counters `first ..
-    /// first + k`; this is parity shard `j` of `m`.
+    /// first + k`; this is parity shard `j` of `m`. The shard is sealed in the session
+    /// (the header is its associated data), so a forged parity message costs its receiver
+    /// one AEAD check and nothing more.
     FecParity
 }
 
 impl<T: AsRef<[u8]>> FecParity<T> {
-    /// Checks the type byte, a sane shape, and a non-empty shard.
+    /// Checks the type byte, a sane shape, a non-empty shard and room for the tag.
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         check_type(b, MessageType::FecParity)?;
-        if b.len() <= FEC_HEADER_LEN {
+        if b.len() <= FEC_OVERHEAD {
             return Err(Error::Truncated);
         }
         let (k, m, j) = (b[1], b[2], b[3]);
         if k == 0 || m == 0 || j >= m || usize::from(k) + usize::from(m) > 256 {
             return Err(Error::Malformed("FEC group shape"));
+        }
+        if be64(b, field::COUNTER)
+            .checked_add(u64::from(k) - 1)
+            .is_none()
+        {
+            return Err(Error::Malformed("FEC group past the last counter"));
         }
         Ok(())
     }
@@ -437,9 +394,21 @@ impl<T: AsRef<[u8]>> FecParity<T> {
         be64(self.buffer.as_ref(), field::COUNTER)
     }
 
-    /// The parity shard.
+    /// The parity shard (ciphertext until opened).
     pub fn shard(&self) -> &[u8] {
-        &self.buffer.as_ref()[FEC_HEADER_LEN..]
+        let b = self.buffer.as_ref();
+        &b[FEC_HEADER_LEN..b.len() - TAG_LEN]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> FecParity<T> {
+    /// Splits into (header, shard, tag) for in-place sealing or opening.
+    pub fn split_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        let b = self.buffer.as_mut();
+        let (head, rest) = b.split_at_mut(FEC_HEADER_LEN);
+        let at = rest.len() - TAG_LEN;
+        let (shard, tag) = rest.split_at_mut(at);
+        (head, shard, tag)
     }
 }
 
@@ -451,14 +420,6 @@ pub fn emit_fec_header(out: &mut [u8], k: u8, m: u8, j: u8, index: u32, first: u
     out[3] = j;
     out[field::INDEX].copy_from_slice(&index.to_be_bytes());
     out[field::COUNTER].copy_from_slice(&first.to_be_bytes());
-}
-
-/// Writes a complete notice into `out` and returns its length.
-pub fn emit_notice(out: &mut [u8; NOTICE_LEN], code: NoticeCode, index: u32) -> usize {
-    let mut n = Notice::new_unchecked(&mut out[..]);
-    n.set_header(index);
-    n.set_code(code);
-    NOTICE_LEN
 }
 
 #[cfg(test)]
@@ -475,9 +436,6 @@ mod tests {
         0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, // tag
         0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
     ];
-
-    /// A notice "unknown session" about index 0x0a0b0c0d (docs/PROTOCOL.md).
-    const NOTICE_BYTES: [u8; 8] = [0x05, 0x02, 0x00, 0x00, 0x0a, 0x0b, 0x0c, 0x0d];
 
     #[test]
     fn data_deconstruct() {
@@ -502,31 +460,23 @@ mod tests {
     }
 
     #[test]
-    fn notice_round_trip() {
-        let mut out = [0u8; NOTICE_LEN];
-        emit_notice(&mut out, NoticeCode::UnknownSession, 0x0a0b_0c0d);
-        assert_eq!(out, NOTICE_BYTES);
-        let n = Notice::new_checked(&out[..]).unwrap();
-        assert_eq!(n.code().unwrap(), NoticeCode::UnknownSession);
-        assert_eq!(n.index(), 0x0a0b_0c0d);
-        let mut bad = NOTICE_BYTES;
-        bad[1] = 9;
-        assert!(Notice::new_checked(&bad[..]).is_err());
-    }
-
-    #[test]
     fn wrong_type_is_refused() {
-        assert!(Notice::new_checked(&DATA_BYTES[..8]).is_err());
-        assert!(Data::new_checked(&NOTICE_BYTES[..]).is_err());
+        assert!(FecParity::new_checked(&DATA_BYTES[..]).is_err());
+        assert!(Data::new_checked(&[6u8; 40][..]).is_err());
+        assert_eq!(
+            MessageType::of(&[5]),
+            Err(Error::UnknownType(5)),
+            "notices are gone"
+        );
         assert_eq!(MessageType::of(&[9]), Err(Error::UnknownType(9)));
         assert_eq!(MessageType::of(&[]), Err(Error::Truncated));
     }
 
     #[test]
     fn fec_parity_round_trip() {
-        let mut buf = [0u8; FEC_HEADER_LEN + 3];
+        let mut buf = [0u8; FEC_OVERHEAD + 3];
         emit_fec_header(&mut buf, 10, 3, 2, 0x0102_0304, 40);
-        buf[FEC_HEADER_LEN..].copy_from_slice(&[7, 8, 9]);
+        buf[FEC_HEADER_LEN..FEC_HEADER_LEN + 3].copy_from_slice(&[7, 8, 9]);
         let f = FecParity::new_checked(&buf[..]).unwrap();
         assert_eq!(
             (f.k(), f.m(), f.j(), f.index(), f.first_counter()),
@@ -540,9 +490,17 @@ mod tests {
             "j must be below m"
         );
         assert!(
-            FecParity::new_checked(&buf[..FEC_HEADER_LEN]).is_err(),
+            FecParity::new_checked(&buf[..FEC_OVERHEAD]).is_err(),
             "empty shard"
         );
+        let mut last = buf;
+        emit_fec_header(&mut last, 10, 3, 2, 1, u64::MAX - 8);
+        assert!(
+            FecParity::new_checked(&last[..]).is_err(),
+            "a group whose counters would pass u64::MAX"
+        );
+        emit_fec_header(&mut last, 10, 3, 2, 1, u64::MAX - 9);
+        assert!(FecParity::new_checked(&last[..]).is_ok(), "the last group");
     }
 
     #[test]
@@ -580,11 +538,9 @@ mod tests {
             if let Ok(c) = CookieReply::new_checked(&bytes[..]) {
                 let _ = (c.nonce(), c.sealed_cookie());
             }
-            if let Ok(n) = Notice::new_checked(&bytes[..]) {
-                let _ = n.code();
-            }
             if let Ok(f) = FecParity::new_checked(&bytes[..]) {
                 prop_assert!(f.j() < f.m() && f.k() > 0 && !f.shard().is_empty());
+                prop_assert!(f.first_counter().checked_add(u64::from(f.k()) - 1).is_some());
                 let _ = (f.first_counter(), f.index());
             }
         }

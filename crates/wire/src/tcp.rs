@@ -384,22 +384,6 @@ pub fn next_record(payload: &[u8], at: usize) -> Option<Result<Range<usize>>> {
     Some(Ok(start..start + len))
 }
 
-/// Hides a message's fixed header bytes (type, reserved, index) on the wire: XORs its
-/// first 8 bytes with 8 bytes from near its end, which are ciphertext or a tag and look
-/// random. Applying it twice restores the message (the source bytes are not changed).
-/// Messages shorter than 32 bytes are left as they are.
-pub fn mask_record(msg: &mut [u8]) {
-    let len = msg.len();
-    if len < 32 {
-        return;
-    }
-    let (head, tail) = msg.split_at_mut(8);
-    let src = &tail[len - 24 - 8..len - 16 - 8];
-    for (b, m) in head.iter_mut().zip(src) {
-        *b ^= m;
-    }
-}
-
 /// Writes a record header for a message of `len` bytes.
 ///
 /// # Panics
@@ -488,21 +472,6 @@ mod tests {
         assert!(checksums_ok(&pkt));
         pkt[50] ^= 1;
         assert!(!checksums_ok(&pkt));
-    }
-
-    #[test]
-    fn masking_is_an_involution_and_hides_the_header() {
-        let mut msg: Vec<u8> = (0..64u8).collect();
-        msg[..4].copy_from_slice(&[4, 0, 0, 0]);
-        let orig = msg.clone();
-        mask_record(&mut msg);
-        assert_ne!(&msg[..4], &[4, 0, 0, 0]);
-        assert_eq!(&msg[8..], &orig[8..]);
-        mask_record(&mut msg);
-        assert_eq!(msg, orig);
-        let mut short = vec![5u8, 2, 0, 0, 1, 2, 3, 4];
-        mask_record(&mut short);
-        assert_eq!(short, [5, 2, 0, 0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use culvert_wire::frame::Frame;
 use culvert_wire::hello::{Hello, HelloKind};
-use culvert_wire::message::{Data, FecParity, Notice, NoticeCode, emit_fec_header};
+use culvert_wire::message::{Data, FecParity, emit_fec_header};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -41,16 +41,6 @@ fn data() {
 }
 
 #[test]
-fn notice() {
-    let bytes = example("notice");
-    let n = Notice::new_checked(&bytes[..]).unwrap();
-    assert_eq!(
-        (n.code(), n.index()),
-        (Ok(NoticeCode::UnknownSession), 0x0a0b_0c0d)
-    );
-}
-
-#[test]
 fn ping() {
     let bytes = example("ping");
     assert_eq!(
@@ -79,12 +69,12 @@ fn hello() {
 #[test]
 fn relay() {
     let bytes = example("relay");
-    let notice = example("notice");
+    let data = example("data");
     assert_eq!(
         Frame::parse(&bytes),
         Ok(Frame::Relay {
             node: 5,
-            message: &notice
+            message: &data
         })
     );
 }
@@ -97,6 +87,7 @@ fn parity() {
         (p.k(), p.m(), p.j(), p.index(), p.first_counter(), p.shard()),
         (10, 3, 2, 0x0102_0304, 40, &[7u8, 8, 9][..])
     );
+    assert_eq!(&bytes[19..], &[0xb0; 16], "the tag follows the shard");
     let mut built = bytes.clone();
     emit_fec_header(&mut built, 10, 3, 2, 0x0102_0304, 40);
     assert_eq!(built, bytes);

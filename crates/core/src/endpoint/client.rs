@@ -15,7 +15,8 @@ use crate::event::Event;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
-use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport, Unconfirmed};
+use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport};
+use crate::pending::{Claim, Pending};
 use crate::session::Session;
 use crate::stats::DropReason;
 
@@ -25,6 +26,11 @@ use crate::stats::DropReason;
 const FAILOVER_AFTER: Duration = Duration::from_secs(2);
 /// Unanswered for this long, the client pings every [`FAST_PING`] to find out quickly.
 const SUSPECT_AFTER: Duration = Duration::from_millis(500);
+/// Unanswered for this long (two fast pings lost), the client starts a new handshake with
+/// the hub while it keeps the current session: a hub that restarted and forgot us answers
+/// it at once (it says nothing to a session it does not know), and a live hub treats it as
+/// a rekey.
+const REJOIN_AFTER: Duration = Duration::from_millis(1500);
 /// Ping interval while the path is suspect: four pings must go unanswered to switch.
 const FAST_PING: Duration = Duration::from_millis(500);
 /// On FakeTCP in `auto`, a UDP probe goes out this often.
@@ -51,8 +57,10 @@ pub(super) struct Client {
     probe_out: Option<(u32, Instant)>,
     probes_answered: u32,
     next_probe: Option<Instant>,
-    /// The hub key from the configuration (pinned); without it any key is accepted.
+    /// The hub's pinned key: configured, remembered, or learnt at the first Welcome.
     pub(super) server_key: Option<PublicKey>,
+    /// Where addresses and routes may lie (what the hub grants, the directory).
+    networks: Vec<Prefix>,
     /// Node id the hub gave us, once joined.
     pub(super) node: Option<u32>,
     pub(super) isolation: bool,
@@ -106,6 +114,7 @@ impl Client {
             probes_answered: 0,
             next_probe: None,
             server_key: cfg.server_key,
+            networks: cfg.networks,
             node: None,
             isolation: false,
             granted: Vec::new(),
@@ -137,8 +146,41 @@ impl Endpoint {
         }
     }
 
+    /// Passphrase mode, first contact: the hub that welcomed us is the one we keep.
+    pub(super) fn pin_server_key(&mut self, key: PublicKey) {
+        let c = self.client();
+        if c.server_key.is_none() {
+            c.server_key = Some(key);
+            tracing::info!(server_key = %key, "pinned the server's key (first contact)");
+            self.events.push_back(Event::ServerKeyPinned { key });
+        }
+    }
+
+    /// Keeps the prefixes inside this client's overlay networks; logs the others, which
+    /// the hub (or whoever poses as it) cannot make us install.
+    fn inside_networks(&mut self, what: &str, prefixes: Vec<Prefix>) -> Vec<Prefix> {
+        let c = self.client();
+        let (ok, refused): (Vec<Prefix>, Vec<Prefix>) = prefixes
+            .into_iter()
+            .partition(|p| c.networks.iter().any(|n| n.covers(p)));
+        if !refused.is_empty() {
+            let allowed = c.networks.iter().map(Prefix::to_string).collect::<Vec<_>>();
+            tracing::warn!(
+                refused = %refused.iter().map(Prefix::to_string).collect::<Vec<_>>().join(", "),
+                allowed = %allowed.join(", "),
+                "refused {what} outside this client's overlay network (set 'network' to allow more)"
+            );
+        }
+        ok
+    }
+
     /// The hub accepted our join (first time, reconnect, or rekey).
-    pub(super) fn on_joined(&mut self, now: Instant, w: Welcome) {
+    pub(super) fn on_joined(&mut self, now: Instant, mut w: Welcome) {
+        w.responder_addresses = self.inside_networks(
+            "server addresses",
+            core::mem::take(&mut w.responder_addresses),
+        );
+        w.granted = self.inside_networks("granted addresses", core::mem::take(&mut w.granted));
         self.routes.remove_value(PeerId::HUB);
         for a in &w.responder_addresses {
             self.routes.insert(Prefix::host(a.addr()), PeerId::HUB);
@@ -234,6 +276,7 @@ impl Endpoint {
             let id = PeerId(e.node);
             keep.insert(id);
             let key = PublicKey(e.public_key);
+            let addresses = self.inside_networks("directory addresses", e.addresses);
             if self.peers.get(&id).is_some_and(|p| p.key != key) {
                 self.remove_peer(now, id);
             }
@@ -241,7 +284,7 @@ impl Endpoint {
                 .peers
                 .entry(id)
                 .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay));
-            peer.addresses = e.addresses;
+            peer.addresses = addresses;
             let hosts: Vec<Prefix> = peer
                 .addresses
                 .iter()
@@ -283,13 +326,13 @@ impl Endpoint {
         if peer.key != key || origin == PeerId::HUB {
             return Err(DropReason::UnknownKey);
         }
-        if hello.timestamp <= peer.confirmed_timestamp {
+        if hello.timestamp <= peer.confirmed_timestamp || self.pending.has(&key, hello.timestamp) {
             return Err(DropReason::HandshakeReplay);
         }
         let Some(cipher) = self.choose_cipher(hello.ciphers) else {
             return Err(DropReason::BadFrame);
         };
-        let local_index = self.new_index(origin);
+        let local_index = self.fresh_index();
         let welcome = Reply::Welcome(Welcome {
             cipher,
             node: 0,
@@ -298,20 +341,14 @@ impl Endpoint {
             responder_addresses: Vec::new(),
             granted: Vec::new(),
         });
-        let split = match self.send_reply(
+        let split = self.send_reply(
             now,
             Source::Relay(origin),
             local_index,
             request,
             responder,
             &welcome,
-        ) {
-            Ok(s) => s,
-            Err(r) => {
-                self.release_index(local_index);
-                return Err(r);
-            }
-        };
+        )?;
         let session = Session::new(
             self.cfg.aead,
             &split,
@@ -321,15 +358,16 @@ impl Endpoint {
             false,
             now,
         );
-        let peer = self.peers.get_mut(&origin).expect("checked above");
-        let replaced = peer.next.replace(Unconfirmed {
-            session,
-            source: Source::Relay(origin),
-            timestamp: hello.timestamp,
-        });
-        if let Some(old) = replaced {
-            self.release_index(old.session.local_index);
-        }
+        self.pending.insert(
+            local_index,
+            Pending {
+                session,
+                key,
+                claim: Claim::Peer(origin),
+                source: Source::Relay(origin),
+                timestamp: hello.timestamp,
+            },
+        );
         self.deadline_dirty = true;
         Ok(())
     }
@@ -374,11 +412,40 @@ impl Endpoint {
             self.retry_handshake(now, PeerId::HUB);
         }
         if joined {
+            self.watch_hub(now);
             self.auto_transport(now);
             if self.client().next_ping.is_some_and(|p| p <= now) {
                 self.send_ping(now);
             }
             self.maybe_rekey(now, PeerId::HUB);
+        }
+    }
+
+    /// Traffic to the hub goes unanswered: ping fast to tell a lost pong from a silent
+    /// hub, and soon start a new handshake beside the current session. Nothing the hub
+    /// does not authenticate can end a session, so this is how a client finds a hub that
+    /// restarted: a stranger's hint would be a way to disrupt it.
+    fn watch_hub(&mut self, now: Instant) {
+        let hub = &self.peers[&PeerId::HUB];
+        let Some(unanswered) = hub
+            .unanswered_since
+            .map(|t| now.saturating_duration_since(t))
+        else {
+            return;
+        };
+        let handshaking = hub.handshake.is_some();
+        if unanswered >= REJOIN_AFTER && !handshaking {
+            tracing::info!(
+                unanswered_ms = unanswered.as_millis() as u64,
+                "the server does not answer; starting a new handshake beside the session"
+            );
+            self.start_handshake(now, PeerId::HUB);
+        }
+        if unanswered >= SUSPECT_AFTER {
+            let c = self.client();
+            if c.next_ping.is_none_or(|p| p > now + FAST_PING) {
+                c.next_ping = Some(now);
+            }
         }
     }
 
@@ -396,12 +463,6 @@ impl Endpoint {
         if active == Transport::Udp {
             if unanswered.is_some_and(|u| u >= FAILOVER_AFTER) {
                 self.switch_transport(now, Transport::FakeTcp, "nothing heard over UDP for 2 s");
-            } else if unanswered.is_some_and(|u| u >= SUSPECT_AFTER) {
-                // Suspect: ping fast to tell a lost pong from a blocked path.
-                let c = self.client();
-                if c.next_ping.is_none_or(|p| p > now + FAST_PING) {
-                    c.next_ping = Some(now);
-                }
             }
             return;
         }
@@ -481,9 +542,17 @@ impl Endpoint {
         self.deadline_dirty = true;
     }
 
-    /// `auto`: after failed handshake attempts on one transport, tries the other.
+    /// `auto`: after failed join attempts on one transport, tries the other. (A handshake
+    /// beside a live session leaves the transport to [`Endpoint::auto_transport`].)
     pub(super) fn next_join_transport(&mut self, now: Instant) {
+        let joined = self
+            .peers
+            .get(&PeerId::HUB)
+            .is_some_and(|h| h.current.is_some());
         let c = self.client();
+        if joined {
+            return;
+        }
         c.attempts_here += 1;
         if c.mode != TransportMode::Auto || c.attempts_here <= ATTEMPTS_PER_TRANSPORT {
             return;

@@ -1,11 +1,15 @@
-//! Handshake messages: starting and retrying our own, answering others', cookies, notices.
+//! Handshake messages: starting and retrying our own, answering others', cookies.
+//!
+//! A responder answers only a message 1 that authenticates under the PSK, and what it
+//! answers changes no shared state: the handshake waits in the pending table until a data
+//! message proves the initiator's static key ([`crate::pending`]).
 
 use std::time::{Duration, Instant};
 
 use culvert_wire::hello::{Cipher, Hello, HelloKind, Reply};
 use culvert_wire::message::{
-    COOKIE_REPLY_LEN, CookieReply, HandshakeInit, HandshakeResponse, Notice, NoticeCode,
-    handshake_init_len, handshake_response_len,
+    COOKIE_REPLY_LEN, CookieReply, HandshakeInit, HandshakeResponse, handshake_init_len,
+    handshake_response_len,
 };
 
 use super::{Endpoint, RoleState};
@@ -158,6 +162,10 @@ impl Endpoint {
     }
 
     /// Handles message 1 from an initiator.
+    ///
+    /// Order matters: first the PSK (symmetric crypto only; a stranger gets silence), then,
+    /// on the hub, the load check (a cookie reply instead of any DH) and the per-source
+    /// budget, and only then the answer that costs Diffie-Hellman.
     pub(super) fn handle_init(
         &mut self,
         now: Instant,
@@ -165,20 +173,6 @@ impl Endpoint {
         msg: &[u8],
     ) -> Result<(), DropReason> {
         let init = HandshakeInit::new_checked(msg).map_err(|_| DropReason::Malformed)?;
-        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src)
-            && hub.cookies.note_handshake(now)
-            && !hub.cookies.check_mac2(&init, from.addr)
-        {
-            let psk = self.cfg.psk_for(&self.public);
-            let mut out = [0u8; COOKIE_REPLY_LEN];
-            hub.cookies
-                .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
-            self.outbox.push_back(super::OwnedTransmit {
-                to: from,
-                bytes: out.to_vec(),
-            });
-            return Err(DropReason::CookieRequired);
-        }
         let psk = self.cfg.psk_for(&self.public);
         let mut payload = [0u8; MAX_PAYLOAD];
         let read = Responder::read(
@@ -193,12 +187,28 @@ impl Endpoint {
                 self.log_refusal(
                     now,
                     from.addr,
-                    "handshake failed authentication: wrong passphrase or server key?",
+                    "handshake failed authentication: wrong passphrase or server key? (not answered)",
                 );
-                self.notice(now, from, NoticeCode::AuthFailed, init.index());
             }
             return Err(DropReason::HandshakeAuth);
         };
+        let pressure = self.pending.under_pressure();
+        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
+            let loaded = hub.cookies.note_handshake(now) || pressure;
+            if loaded && !hub.cookies.check_mac2(&init, from.addr) {
+                let mut out = [0u8; COOKIE_REPLY_LEN];
+                hub.cookies
+                    .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
+                self.outbox.push_back(super::OwnedTransmit {
+                    to: from,
+                    bytes: out.to_vec(),
+                });
+                return Err(DropReason::CookieRequired);
+            }
+            if !hub.handshake_budget.allow(now, from.addr.ip()) {
+                return Err(DropReason::RateLimited);
+            }
+        }
         let hello = match Hello::parse(&payload[..n]) {
             Ok(h) => h,
             Err(e) => {
@@ -283,19 +293,27 @@ impl Endpoint {
             self.release_index(local);
             return Err(DropReason::HandshakeAuth);
         };
-        let expected = peer.key;
+        // The hub's key is pinned (configured, or remembered from the first contact); a
+        // peer's comes from the directory. `None`: the first contact with a hub.
         let pinned = match &self.role {
-            RoleState::Client(c) if id == PeerId::HUB => c.server_key.is_some(),
-            _ => true,
+            RoleState::Client(c) if id == PeerId::HUB => c.server_key,
+            _ => Some(peer.key),
         };
-        if pinned && split.remote_static != expected {
+        if let Some(pinned) = pinned
+            && split.remote_static != pinned
+        {
             self.release_index(local);
-            tracing::error!(
-                peer = id.0,
-                expected = %expected,
-                got = %split.remote_static,
-                "the responder's public key is not the one configured; refusing the session"
-            );
+            if id == PeerId::HUB {
+                self.events.push_back(crate::Event::ServerKeyMismatch {
+                    pinned,
+                    offered: split.remote_static,
+                });
+            } else {
+                tracing::warn!(
+                    peer = id.0,
+                    "a peer proved a key other than its directory entry's"
+                );
+            }
             return Err(DropReason::UnknownKey);
         }
         peer.key = split.remote_static;
@@ -320,6 +338,7 @@ impl Endpoint {
                 );
                 self.install_initiated(now, id, session);
                 if id == PeerId::HUB {
+                    self.pin_server_key(split.remote_static);
                     self.on_joined(now, w);
                 } else if let Err(r) = self.send_plain(now, id, &[]) {
                     // An empty message confirms the session to the responder.
@@ -330,7 +349,21 @@ impl Endpoint {
             Reply::Refusal { code, text } => {
                 self.release_index(local);
                 if id == PeerId::HUB {
-                    tracing::error!(code = ?code, "the server refused to let us join: {text}");
+                    let hint = match code {
+                        culvert_wire::hello::RefusalCode::UnknownKey => {
+                            ": add our public key to the server's [[peer]] list"
+                        }
+                        _ => "",
+                    };
+                    tracing::error!(code = ?code, "the server refused to let us join: {text}{hint}");
+                    // The pinned hub said so, authenticated: a session we still hold is one
+                    // it no longer honours (a join refused after it was welcomed). Retries
+                    // go on at the backoff already set.
+                    let retry = self.peers.get(&id).and_then(|p| p.retry_at);
+                    self.reset_sessions(id);
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.retry_at = retry;
+                    }
                 } else {
                     tracing::debug!(peer = id.0, code = ?code, "peer refused a session: {text}");
                     if let Some(p) = self.peers.get_mut(&id) {
@@ -374,49 +407,6 @@ impl Endpoint {
         );
         peer.cookie = Some(cookie);
         self.start_handshake(now, id);
-        Ok(())
-    }
-
-    /// Handles an unauthenticated notice: only a hint from the hub's address is heeded.
-    pub(super) fn handle_notice(
-        &mut self,
-        now: Instant,
-        src: Source,
-        msg: &[u8],
-    ) -> Result<(), DropReason> {
-        let notice = Notice::new_checked(msg).map_err(|_| DropReason::Malformed)?;
-        let code = notice.code().map_err(|_| DropReason::Malformed)?;
-        let hub = self.peers.get(&PeerId::HUB).ok_or(DropReason::BadNotice)?;
-        let from_hub =
-            matches!((hub.path, src), (Path::Direct(Some(h)), Source::Addr(s)) if h.addr == s.addr);
-        if !self.is_client() || !from_hub {
-            return Err(DropReason::BadNotice);
-        }
-        let pending = hub
-            .handshake
-            .as_ref()
-            .is_some_and(|h| h.local_index == notice.index());
-        let ours = hub
-            .current
-            .as_ref()
-            .is_some_and(|s| s.remote_index == notice.index());
-        match code {
-            NoticeCode::AuthFailed if pending => {
-                self.log_refusal(now, hub_addr(hub), "the server rejected our handshake: the passphrase (-k) or server key does not match");
-            }
-            NoticeCode::UnknownKey if pending => {
-                self.log_refusal(
-                    now,
-                    hub_addr(hub),
-                    "the server does not know our public key: add it to the server's [[peer]] list",
-                );
-            }
-            NoticeCode::UnknownSession if ours => {
-                tracing::info!("the server no longer knows our session (restarted?); reconnecting");
-                self.lose_hub(now, false);
-            }
-            _ => return Err(DropReason::BadNotice),
-        }
         Ok(())
     }
 
@@ -478,12 +468,5 @@ fn cipher_bit(c: Cipher) -> u8 {
     match c {
         Cipher::Aes256Gcm => 0x01,
         Cipher::ChaCha20Poly1305 => 0x02,
-    }
-}
-
-fn hub_addr(hub: &crate::peer::Peer) -> std::net::SocketAddr {
-    match hub.path {
-        Path::Direct(Some(a)) => a.addr,
-        _ => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }

@@ -7,25 +7,37 @@ use std::time::{Duration, Instant};
 use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{DIRECTORY_HEADER_LEN, DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
-use culvert_wire::message::{DATA_HEADER_LEN, NoticeCode};
+use culvert_wire::message::DATA_HEADER_LEN;
 
 use super::handshake::Request;
 use super::{DatagramOutcome, Endpoint, MAX_FRAME, RoleState, Transmit};
+use crate::budget::SourceBudget;
 use crate::config::{HubConfig, Timing};
 use crate::cookie::CookieJar;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
-use crate::peer::{Path, Peer, PeerId, Remote, Source, Unconfirmed};
+use crate::peer::{Path, Peer, PeerId, Remote, Source};
+use crate::pending::{Claim, Pending};
 use crate::rng::Rng;
 use crate::session::Session;
 use crate::stats::DropReason;
+
+/// Handshake answers (each costs Diffie-Hellman) per second to one source address.
+const HANDSHAKES_PER_SOURCE: u32 = 30;
+/// A client is sent the directory on its request at most this often.
+const DIRECTORY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a join is refused: the code and the text both sides log.
+type Refusal = (RefusalCode, String);
 
 /// Hub-only state.
 #[derive(Debug)]
 pub(super) struct Hub {
     pub(super) cfg: HubConfig,
     pub(super) cookies: CookieJar,
+    /// Handshake answers per source address (on top of the cookies' global limit).
+    pub(super) handshake_budget: SourceBudget,
     pub(super) dir_version: u64,
     dir_dirty: bool,
     next_node: u32,
@@ -35,9 +47,12 @@ pub(super) struct Hub {
 impl Hub {
     pub(super) fn new(cfg: HubConfig, rng: &mut Rng, now: Instant) -> Self {
         let cookies = CookieJar::new(rng, now, cfg.handshake_load_limit);
+        let handshake_budget =
+            SourceBudget::new(rng, HANDSHAKES_PER_SOURCE, Duration::from_secs(1), 32, 64);
         Self {
             cfg,
             cookies,
+            handshake_budget,
             dir_version: 1,
             dir_dirty: false,
             next_node: 1,
@@ -72,7 +87,10 @@ impl Endpoint {
         }
     }
 
-    /// Admits (or refuses) a client whose message 1 authenticated.
+    /// Answers a message 1 of kind join that authenticated under the PSK. The static key it
+    /// claims is not proven yet, so nothing changes here but the pending table: the
+    /// Welcome's promises (node id, addresses) take effect when the first data message
+    /// opens ([`Endpoint::admit_confirmed`]).
     pub(super) fn accept_join(
         &mut self,
         now: Instant,
@@ -81,35 +99,32 @@ impl Endpoint {
         responder: Responder,
         hello: Hello,
     ) -> Result<(), DropReason> {
-        let init_index = request.index;
         let key = responder.remote_static();
         if key == self.public {
             return Err(DropReason::UnknownKey);
         }
-        let key_mode = !self.cfg.passphrase_mode();
-        if key_mode && self.hub().binding(&key).is_none() {
-            self.log_refusal(
-                now,
-                from.addr,
-                &format!("handshake from unknown client key {key}: add it to [[peer]]"),
-            );
-            self.notice(now, from, NoticeCode::UnknownKey, init_index);
-            return Err(DropReason::UnknownKey);
-        }
-        let existing = self.peers.values().find(|p| p.key == key).map(|p| p.id);
-        if let Some(id) = existing
-            && hello.timestamp <= self.peers[&id].confirmed_timestamp
-        {
+        let existing = self.peer_by_key(&key);
+        let floor = existing.map_or(0, |id| self.peers[&id].confirmed_timestamp);
+        if hello.timestamp <= floor || self.pending.has(&key, hello.timestamp) {
             return Err(DropReason::HandshakeReplay);
         }
-        let verdict = match self.choose_cipher(hello.ciphers) {
-            None => Err((
-                RefusalCode::NoCommonCipher,
-                "no data cipher in common".to_owned(),
-            )),
-            Some(cipher) => self
-                .admit(&key, existing, &hello)
-                .map(|granted| (cipher, granted)),
+        let key_mode = !self.cfg.passphrase_mode();
+        let verdict = if key_mode && self.hub().binding(&key).is_none() {
+            Err((
+                RefusalCode::UnknownKey,
+                format!("unknown client key {key}: add it to the server's [[peer]] list"),
+            ))
+        } else {
+            match self.choose_cipher(hello.ciphers) {
+                None => Err((
+                    RefusalCode::NoCommonCipher,
+                    "no data cipher in common".to_owned(),
+                )),
+                Some(cipher) => self
+                    .grant(&key, &hello)
+                    .and_then(|g| self.check_claims(&key, existing, &g).map(|()| g))
+                    .map(|granted| (cipher, granted)),
+            }
         };
         let (cipher, granted) = match verdict {
             Ok(v) => v,
@@ -120,62 +135,82 @@ impl Endpoint {
                 return Ok(());
             }
         };
-        let id = existing.unwrap_or_else(|| {
-            let hub = self.hub();
-            let id = PeerId(hub.next_node);
-            hub.next_node += 1;
-            id
-        });
-        let local_index = self.new_index(id);
+        let node = existing
+            .or_else(|| self.pending.promised_node(&key))
+            .unwrap_or_else(|| self.free_node_id());
+        let local_index = self.fresh_index();
         let hub = self.hub();
         let welcome = Reply::Welcome(Welcome {
             cipher,
-            node: id.0,
+            node: node.0,
             flags: if hub.cfg.isolation { FLAG_ISOLATION } else { 0 },
             keepalive_secs: u16::try_from(self.cfg.timing.keepalive.as_secs()).unwrap_or(u16::MAX),
             responder_addresses: self.cfg.addresses.clone(),
             granted: granted.clone(),
         });
-        let split = match self.send_reply(
+        let split = self.send_reply(
             now,
             Source::Addr(from),
             local_index,
             request,
             responder,
             &welcome,
-        ) {
-            Ok(s) => s,
-            Err(r) => {
-                self.release_index(local_index);
-                return Err(r);
-            }
-        };
+        )?;
         let session = Session::new(
             self.cfg.aead,
             &split,
             cipher,
             local_index,
-            init_index,
+            request.index,
             false,
             now,
         );
+        self.pending.insert(
+            local_index,
+            Pending {
+                session,
+                key,
+                claim: Claim::Join { node, granted },
+                source: Source::Addr(from),
+                timestamp: hello.timestamp,
+            },
+        );
+        self.deadline_dirty = true;
+        Ok(())
+    }
+
+    /// A join whose initiator proved its key. What may have changed while it waited is
+    /// checked again (another client confirmed the same address, the hub filled up); then
+    /// the node is created or updated: addresses, routes, directory.
+    pub(super) fn admit_confirmed(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        node: PeerId,
+        granted: &[Prefix],
+    ) -> Result<PeerId, DropReason> {
+        let existing = self.peer_by_key(key);
+        let id = existing.unwrap_or(node);
+        let raced = match self.check_claims(key, existing, granted) {
+            Err((_, text)) => Some(text),
+            Ok(()) if existing.is_none() && self.peers.contains_key(&id) => {
+                Some(format!("node id {} was taken", id.0))
+            }
+            Ok(()) => None,
+        };
+        if let Some(text) = raced {
+            tracing::warn!(%key, "refused a confirmed join: {text} while it was pending");
+            return Err(DropReason::AdmissionRaced);
+        }
         let peer = self
             .peers
             .entry(id)
-            .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Direct(None)));
-        let replaced = peer.next.replace(Unconfirmed {
-            session,
-            source: Source::Addr(from),
-            timestamp: hello.timestamp,
-        });
+            .or_insert_with(|| Peer::new(id, *key, Vec::new(), Path::Direct(None)));
         let changed = peer.addresses != granted;
-        peer.addresses = granted.clone();
-        if let Some(old) = replaced {
-            self.release_index(old.session.local_index);
-        }
+        peer.addresses = granted.to_vec();
         if changed {
             self.routes.remove_value(id);
-            for a in &granted {
+            for a in granted {
                 self.routes.insert(Prefix::host(a.addr()), id);
             }
             if existing.is_some() {
@@ -183,22 +218,32 @@ impl Endpoint {
                 self.schedule_now(now);
             }
         }
-        self.deadline_dirty = true;
-        Ok(())
+        let hub = self.hub();
+        hub.next_node = hub.next_node.max(id.0.saturating_add(1));
+        Ok(id)
     }
 
-    /// Decides which addresses a joining client gets, or why it may not join.
-    fn admit(
-        &mut self,
-        key: &PublicKey,
-        existing: Option<PeerId>,
-        hello: &Hello,
-    ) -> Result<Vec<Prefix>, (RefusalCode, String)> {
-        let hub = self.hub();
-        let binding = hub.binding(key).map(<[Prefix]>::to_vec);
-        let max_clients = hub.cfg.max_clients;
-        let granted = match (binding, hello.addresses.is_empty()) {
-            (Some(bound), true) => bound,
+    /// The node that holds `key`.
+    fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.peers.values().find(|p| p.key == *key).map(|p| p.id)
+    }
+
+    /// The lowest node id from the counter on that no node holds and no pending join was
+    /// promised: ids stay small and sequential, and forged joins burn none.
+    fn free_node_id(&mut self) -> PeerId {
+        let mut id = self.hub().next_node.max(1);
+        while self.peers.contains_key(&PeerId(id)) || self.pending.reserves(PeerId(id)) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        PeerId(id)
+    }
+
+    /// The addresses a joining client gets: what it claims (within its key's binding, if
+    /// it has one), or its binding when it claims none.
+    fn grant(&mut self, key: &PublicKey, hello: &Hello) -> Result<Vec<Prefix>, Refusal> {
+        let binding = self.hub().binding(key).map(<[Prefix]>::to_vec);
+        match (binding, hello.addresses.is_empty()) {
+            (Some(bound), true) => Ok(bound),
             (Some(bound), false) => {
                 if let Some(a) = hello
                     .addresses
@@ -214,31 +259,68 @@ impl Endpoint {
                         ),
                     ));
                 }
-                hello.addresses.clone()
+                Ok(hello.addresses.clone())
             }
-            (None, true) => {
-                return Err((
-                    RefusalCode::NoAddress,
-                    "no overlay address claimed: start the client with -t ADDRESS/PREFIX"
-                        .to_owned(),
-                ));
+            (None, true) => Err((
+                RefusalCode::NoAddress,
+                "no overlay address claimed: start the client with -t ADDRESS/PREFIX".to_owned(),
+            )),
+            (None, false) => {
+                // Unbound claims (passphrase mode) must lie in the hub's own network(s).
+                let own: Vec<Prefix> = self.cfg.addresses.iter().map(Prefix::network).collect();
+                match hello
+                    .addresses
+                    .iter()
+                    .find(|a| !own.iter().any(|n| n.covers(a)))
+                {
+                    Some(a) => Err((
+                        RefusalCode::OutsideNetwork,
+                        format!(
+                            "{a} is outside the server's overlay network ({})",
+                            list(&own)
+                        ),
+                    )),
+                    None => Ok(hello.addresses.clone()),
+                }
             }
-            (None, false) => hello.addresses.clone(),
-        };
-        for a in &granted {
+        }
+    }
+
+    /// Whether `key` may hold `granted` now: none is the hub's, held by another node or
+    /// bound to another key, and a new node fits under `max_clients`.
+    fn check_claims(
+        &mut self,
+        key: &PublicKey,
+        existing: Option<PeerId>,
+        granted: &[Prefix],
+    ) -> Result<(), Refusal> {
+        let max_clients = self.hub().cfg.max_clients;
+        for a in granted {
             if self.cfg.addresses.iter().any(|own| own.addr() == a.addr()) {
                 return Err((
                     RefusalCode::AddressInUse,
                     format!("{} is the server's own address", a.addr()),
                 ));
             }
-            let holder = self.peers.values().find(|p| {
+            let held = self.peers.values().any(|p| {
                 Some(p.id) != existing && p.addresses.iter().any(|h| h.addr() == a.addr())
             });
-            if holder.is_some() {
+            if held {
                 return Err((
                     RefusalCode::AddressInUse,
                     format!("{} is held by another client", a.addr()),
+                ));
+            }
+            let reserved = self
+                .hub()
+                .cfg
+                .clients
+                .iter()
+                .any(|b| b.key != *key && b.addresses.iter().any(|x| x.addr() == a.addr()));
+            if reserved {
+                return Err((
+                    RefusalCode::AddressInUse,
+                    format!("{} is reserved for another key ([[peer]])", a.addr()),
                 ));
             }
         }
@@ -248,7 +330,7 @@ impl Endpoint {
                 format!("the server is full: max_clients = {max_clients} clients are connected"),
             ));
         }
-        Ok(granted)
+        Ok(())
     }
 
     /// Passes a client's relay frame on to its destination, re-sealed in place.
@@ -329,19 +411,32 @@ impl Endpoint {
             && held != hub.dir_version
             && !hub.cfg.isolation
         {
-            self.send_directory(now, id);
+            // A ping too soon after the last answer is still answered; the next one gets
+            // the directory.
+            let _ = self.send_requested_directory(now, id);
         }
         Ok(())
     }
 
     pub(super) fn on_dir_request(&mut self, now: Instant, id: PeerId) -> Result<(), DropReason> {
         match &self.role {
-            RoleState::Hub(hub) if !hub.cfg.isolation => {
-                self.send_directory(now, id);
-                Ok(())
-            }
+            RoleState::Hub(hub) if !hub.cfg.isolation => self.send_requested_directory(now, id),
             _ => Err(DropReason::BadFrame),
         }
+    }
+
+    /// The directory on a client's request, at most once per [`DIRECTORY_INTERVAL`]: a
+    /// client cannot make the hub send it more than a bounded rate.
+    fn send_requested_directory(&mut self, now: Instant, id: PeerId) -> Result<(), DropReason> {
+        let p = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
+        if p.directory_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < DIRECTORY_INTERVAL)
+        {
+            return Err(DropReason::RateLimited);
+        }
+        p.directory_sent = Some(now);
+        self.send_directory(now, id);
+        Ok(())
     }
 
     /// Sends the current directory snapshot to one client, in as many parts as needed.
@@ -392,7 +487,7 @@ impl Endpoint {
             .values()
             .filter(|p| match p.last_rx {
                 Some(rx) => now.saturating_duration_since(rx) >= t.node_timeout,
-                None => p.current.is_none() && p.next.is_none(),
+                None => p.current.is_none(),
             })
             .map(|p| p.id)
             .collect();

@@ -38,8 +38,8 @@ use culvert_wire::message::{DATA_HEADER_LEN, Data, FecParity, MessageType, TAG_L
 use crate::config::{Config, Role};
 use crate::event::Event;
 use crate::keys::PublicKey;
-use crate::limit::RateWindow;
 use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Remote, Slot, Source};
+use crate::pending::{Claim, Pending, PendingTable};
 use crate::rng::Rng;
 use crate::router::Router;
 use crate::stats::{DropCounters, DropReason, Traffic};
@@ -57,8 +57,6 @@ pub const TAILROOM: usize = 2 * TAG_LEN;
 pub const MAX_FRAME: usize = 1200;
 /// The longest the endpoint sleeps between two `handle_timeout` calls.
 const MAX_TICK: Duration = Duration::from_secs(1);
-/// Unauthenticated replies (notices) allowed per second.
-const NOTICE_LIMIT: u32 = 50;
 /// A receiver keeps accepting a session this long after the sender stops using it, so
 /// packets in flight across the switch (and clock skew between the ends) are not lost.
 const RECEIVE_GRACE: Duration = Duration::from_secs(10);
@@ -125,6 +123,8 @@ pub struct Endpoint {
     clock: Clock,
     peers: BTreeMap<PeerId, Peer>,
     by_index: BTreeMap<u32, PeerId>,
+    /// Responder handshakes whose initiator has not proven its key yet.
+    pending: PendingTable,
     routes: Router<PeerId>,
     outbox: VecDeque<OwnedTransmit>,
     /// IP packets recovered by FEC, to write to the TUN device.
@@ -132,7 +132,6 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     drops: DropCounters,
     traffic: Traffic,
-    notices: RateWindow,
     /// Cached earliest timer; recomputed when `deadline_dirty`.
     deadline: Option<Instant>,
     deadline_dirty: bool,
@@ -200,13 +199,13 @@ impl Endpoint {
             },
             peers,
             by_index: BTreeMap::new(),
+            pending: PendingTable::default(),
             routes: Router::default(),
             outbox: VecDeque::new(),
             recovered: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
             traffic: Traffic::default(),
-            notices: RateWindow::new(NOTICE_LIMIT, Duration::from_secs(1)),
             deadline: None,
             deadline_dirty: true,
             urgent: None,
@@ -272,6 +271,7 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_tick = now;
         self.urgent = None;
+        self.pending.expire(now);
         match &self.role {
             RoleState::Hub(_) => self.hub_timers(now),
             RoleState::Client(_) => self.client_timers(now),
@@ -390,8 +390,6 @@ impl Endpoint {
                 },
                 state: if p.usable(now, self.cfg.timing.reject_after_time) {
                     "up"
-                } else if p.next.is_some() {
-                    "pending"
                 } else if p.handshake.is_some() {
                     "connecting"
                 } else {
@@ -420,6 +418,7 @@ impl Endpoint {
             addresses: self.cfg.addresses.iter().map(Prefix::to_string).collect(),
             directory_version,
             isolation,
+            pending_handshakes: self.pending.len(),
             traffic: self.traffic,
             drops: self.drops.clone(),
             peers,
@@ -437,11 +436,10 @@ impl Endpoint {
     ) -> DatagramOutcome {
         let result = match MessageType::of(&buf[range.clone()]) {
             Ok(MessageType::Data) => return self.handle_data(now, src, buf, range, Arrival::Wire),
-            Ok(MessageType::FecParity) => self.handle_parity(now, src, &buf[range]),
+            Ok(MessageType::FecParity) => self.handle_parity(now, src, &mut buf[range]),
             Ok(MessageType::HandshakeInit) => self.handle_init(now, src, &buf[range]),
             Ok(MessageType::HandshakeResponse) => self.handle_response(now, src, &buf[range]),
             Ok(MessageType::CookieReply) => self.handle_cookie(now, src, &buf[range]),
-            Ok(MessageType::Notice) => self.handle_notice(now, src, &buf[range]),
             Err(culvert_wire::Error::UnknownType(_)) => Err(DropReason::UnknownType),
             Err(_) => Err(DropReason::Malformed),
         };
@@ -464,29 +462,46 @@ impl Endpoint {
         else {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::Malformed, None));
         };
-        let Some(id) = self.by_index.get(&index).copied() else {
-            if let Source::Addr(from) = src {
-                self.notice(
-                    now,
-                    from,
-                    culvert_wire::message::NoticeCode::UnknownSession,
-                    index,
-                );
+        // Nothing answers a message for an unknown index: a stranger learns nothing.
+        let opened = match self.by_index.get(&index).copied() {
+            Some(id) => self.open_data(now, id, src, buf, range.clone(), arrival, counter),
+            None if arrival == Arrival::Wire && self.pending.contains(index) => {
+                self.confirm_pending(now, index, src, buf, range.clone())
             }
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, None));
+            None => Err((DropReason::UnknownSession, None)),
         };
+        match opened {
+            Ok((id, plain)) => self.after_open(now, id, src, buf, range, plain),
+            Err((r, peer)) => DatagramOutcome::Dropped(self.count_drop(r, peer)),
+        }
+    }
+
+    /// Opens a data message of one of `id`'s sessions; returns the plaintext's range.
+    #[allow(clippy::too_many_arguments)]
+    fn open_data(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        src: Source,
+        buf: &mut [u8],
+        range: Range<usize>,
+        arrival: Arrival,
+        counter: u64,
+    ) -> Result<(PeerId, Range<usize>), (DropReason, Option<PeerId>)> {
         if let Source::Relay(origin) = src
             && origin != id
         {
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(origin)));
+            return Err((DropReason::BadFrame, Some(origin)));
         }
+        let reject = self.cfg.timing.reject_after_time + RECEIVE_GRACE;
         let peer = self
             .peers
             .get_mut(&id)
             .expect("indices point at live peers");
-        let Some(slot) = peer.slot(index) else {
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
-        };
+        let index = Data::new_unchecked(&buf[range.clone()]).index();
+        let slot = peer
+            .slot(index)
+            .ok_or((DropReason::UnknownSession, Some(id)))?;
         // FEC and the loss meter see what arrives on a direct path from this peer, in the
         // session it sends in; a recovered message is not an arrival.
         let metered = matches!(src, Source::Addr(_)) && slot == Slot::Current;
@@ -494,24 +509,63 @@ impl Endpoint {
             Arrival::Wire if metered => peer.fec_rx.keep(now, index, counter, &buf[range.clone()]),
             _ => None,
         };
-        let Some(session) = peer.session_mut(slot) else {
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::UnknownSession, Some(id)));
-        };
-        if now.saturating_duration_since(session.established)
-            >= self.cfg.timing.reject_after_time + RECEIVE_GRACE
-        {
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::SessionExpired, Some(id)));
+        let session = peer
+            .session_mut(slot)
+            .ok_or((DropReason::UnknownSession, Some(id)))?;
+        if now.saturating_duration_since(session.established) >= reject {
+            return Err((DropReason::SessionExpired, Some(id)));
         }
-        let plain = match session.open(&mut buf[range.clone()]) {
-            Ok(p) => (range.start + p.start)..(range.start + p.end),
-            Err(r) => return DatagramOutcome::Dropped(self.count_drop(r, Some(id))),
-        };
+        let plain = session
+            .open(&mut buf[range.clone()])
+            .map_err(|r| (r, Some(id)))?;
         if arrival == Arrival::Wire && metered {
             peer.fec_rx.count(now, index, counter);
             if let Some(k) = kept {
                 peer.fec_rx.authenticated(k);
             }
         }
+        Ok((id, range.start + plain.start..range.start + plain.end))
+    }
+
+    /// A data message for a pending handshake. If it opens, the initiator has proven its
+    /// static key, and only now does the handshake take effect.
+    fn confirm_pending(
+        &mut self,
+        now: Instant,
+        index: u32,
+        src: Source,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> Result<(PeerId, Range<usize>), (DropReason, Option<PeerId>)> {
+        let p = self.pending.get_mut(index).expect("caller checked");
+        let expected = match (&p.claim, src) {
+            (Claim::Join { .. }, Source::Addr(_)) => true,
+            (Claim::Peer(id), Source::Relay(origin)) => *id == origin,
+            _ => false,
+        };
+        if !expected {
+            return Err((DropReason::BadFrame, src.relay_origin()));
+        }
+        let plain = p
+            .session
+            .open(&mut buf[range.clone()])
+            .map_err(|r| (r, src.relay_origin()))?;
+        let p = self.pending.take(index).expect("present");
+        let id = self.install_confirmed(now, p, src).map_err(|r| (r, None))?;
+        Ok((id, range.start + plain.start..range.start + plain.end))
+    }
+
+    /// What every authentic data message does: liveness, roaming, then its content.
+    fn after_open(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        src: Source,
+        buf: &mut [u8],
+        range: Range<usize>,
+        plain: Range<usize>,
+    ) -> DatagramOutcome {
+        let peer = self.peers.get_mut(&id).expect("opened for a live peer");
         peer.last_rx = Some(now);
         // Only traffic over the transport we send on answers it (auto failover watches this).
         let answers = match (src, peer.path) {
@@ -525,9 +579,6 @@ impl Endpoint {
         peer.traffic.rx_packets += 1;
         self.traffic.rx_bytes += plain.len() as u64;
         self.traffic.rx_packets += 1;
-        if slot == Slot::Next {
-            self.confirm_next(now, id, src);
-        }
         // Roaming: the hub follows its clients (address or transport); a client keeps the
         // hub where its configuration and transport choice put it. Probes never move a path.
         let hub_of_client = self.is_client() && id == PeerId::HUB;
@@ -549,21 +600,38 @@ impl Endpoint {
         }
     }
 
-    /// A parity message: may recover lost data messages of its group, which are then opened
-    /// (and authenticated) like any other.
-    fn handle_parity(&mut self, now: Instant, src: Source, msg: &[u8]) -> Result<(), DropReason> {
+    /// A parity message: authenticated in its session first (a forgery costs one AEAD
+    /// check), then it may recover lost data messages of its group, which are opened (and
+    /// authenticated) like any other.
+    fn handle_parity(
+        &mut self,
+        now: Instant,
+        src: Source,
+        msg: &mut [u8],
+    ) -> Result<(), DropReason> {
         let Source::Addr(from) = src else {
             return Err(DropReason::BadFrame);
         };
-        let parity = FecParity::new_checked(msg).map_err(|_| DropReason::FecBadParity)?;
+        let view = FecParity::new_checked(&*msg).map_err(|_| DropReason::FecBadParity)?;
+        let (index, k, m) = (view.index(), view.k(), view.m());
         let id = *self
             .by_index
-            .get(&parity.index())
+            .get(&index)
             .ok_or(DropReason::UnknownSession)?;
         let peer = self
             .peers
             .get_mut(&id)
             .expect("indices point at live peers");
+        let session = match peer.slot(index) {
+            Some(slot) => peer.session_mut(slot),
+            None => None,
+        }
+        .ok_or(DropReason::UnknownSession)?;
+        if !crate::fec::acceptable_shape(k, m) {
+            return Err(DropReason::FecBadParity);
+        }
+        session.open_parity(msg)?;
+        let parity = FecParity::new_unchecked(&*msg);
         let recovered = peer.fec_rx.on_parity(now, &parity);
         for mut message in recovered {
             let len = message.len();
@@ -775,8 +843,33 @@ impl Endpoint {
         if let Some(d) = encoder.deadline() {
             self.deadline = Some(self.deadline.map_or(d, |x| x.min(d)));
         }
-        self.outbox
-            .extend(parity.into_iter().map(|bytes| OwnedTransmit { to, bytes }));
+        self.send_parity(id, to, parity);
+    }
+
+    /// Seals parity messages in the session of their group and queues them.
+    fn send_parity(&mut self, id: PeerId, to: Remote, parity: Vec<Vec<u8>>) {
+        for mut bytes in parity {
+            let sealed = match self.peers.get(&id) {
+                Some(p) => {
+                    let index = FecParity::new_checked(&bytes[..]).map_or(0, |v| v.index());
+                    match [p.current.as_ref(), p.previous.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .find(|s| s.remote_index == index)
+                    {
+                        Some(s) => s.seal_parity(&mut bytes),
+                        None => Err(DropReason::NoSession),
+                    }
+                }
+                None => Err(DropReason::NoSession),
+            };
+            match sealed {
+                Ok(()) => self.outbox.push_back(OwnedTransmit { to, bytes }),
+                Err(r) => {
+                    self.count_drop(r, Some(id));
+                }
+            }
+        }
     }
 
     /// FEC timers of one peer: flushes a partial group, sends the loss report.
@@ -792,8 +885,7 @@ impl Endpoint {
             .map(|e| e.handle_timeout(now))
             .unwrap_or_default();
         if let Path::Direct(Some(to)) = p.path {
-            self.outbox
-                .extend(parity.into_iter().map(|bytes| OwnedTransmit { to, bytes }));
+            self.send_parity(id, to, parity);
         }
         if let Some((received, expected)) = report
             && self.ready(now, id)
@@ -883,8 +975,9 @@ impl Endpoint {
     /// Keeps a copy of a packet until the peer's session is up, and asks for one.
     fn enqueue(&mut self, now: Instant, id: PeerId, packet: &[u8]) -> TunOutcome {
         let can_initiate = self.may_initiate(id);
+        let awaited = self.pending.concerns(id);
         let peer = self.peers.get_mut(&id).expect("routes point at live peers");
-        if !can_initiate && peer.next.is_none() {
+        if !can_initiate && !awaited {
             return TunOutcome::Dropped(self.count_drop(DropReason::NoSession, Some(id)));
         }
         if peer.queue.len() >= QUEUE_LIMIT {
@@ -964,12 +1057,19 @@ impl Endpoint {
         reason
     }
 
-    /// A fresh local session index, unique within this endpoint.
+    /// A fresh local session index, registered for `id`.
     fn new_index(&mut self, id: PeerId) -> u32 {
+        let i = self.fresh_index();
+        self.by_index.insert(i, id);
+        i
+    }
+
+    /// A local index no session, handshake or pending handshake of this endpoint uses (a
+    /// pending one is registered in the pending table, not for a peer).
+    fn fresh_index(&mut self) -> u32 {
         loop {
             let i = self.rng.u32();
-            if i != 0 && !self.by_index.contains_key(&i) {
-                self.by_index.insert(i, id);
+            if i != 0 && !self.by_index.contains_key(&i) && !self.pending.contains(i) {
                 return i;
             }
         }
@@ -992,22 +1092,37 @@ impl Endpoint {
         self.deadline_dirty = true;
     }
 
-    /// Promotes a responder session after its first data message proved the initiator.
-    fn confirm_next(&mut self, now: Instant, id: PeerId, src: Source) {
-        let peer = self.peers.get_mut(&id).expect("caller checked the peer");
-        let Some(next) = peer.next.take() else { return };
-        peer.confirmed_timestamp = peer.confirmed_timestamp.max(next.timestamp);
+    /// A responder handshake whose initiator proved its key: its session becomes current
+    /// (the old one stays for receiving), its claim takes effect, and the key's replay
+    /// floor rises. Pending handshakes of the key that are not newer become moot.
+    fn install_confirmed(
+        &mut self,
+        now: Instant,
+        p: Pending,
+        src: Source,
+    ) -> Result<PeerId, DropReason> {
+        let id = match &p.claim {
+            Claim::Join { node, granted } => self.admit_confirmed(now, &p.key, *node, granted)?,
+            Claim::Peer(id) if self.peers.get(id).is_some_and(|peer| peer.key == p.key) => *id,
+            Claim::Peer(_) => return Err(DropReason::UnknownKey),
+        };
+        self.pending.supersede(&p.key, p.timestamp);
+        self.by_index.insert(p.session.local_index, id);
+        let peer = self.peers.get_mut(&id).expect("admitted above");
+        peer.confirmed_timestamp = peer.confirmed_timestamp.max(p.timestamp);
         if let Some(old) = peer.previous.take() {
             self.by_index.remove(&old.local_index);
         }
-        peer.previous = peer.current.replace(next.session);
+        let first = peer.current.is_none();
+        peer.previous = peer.current.replace(p.session);
         peer.last_handshake = Some(now);
-        if let (Path::Direct(_), Source::Addr(a)) = (peer.path, src.or(next.source)) {
+        if let (Path::Direct(_), Source::Addr(a)) = (peer.path, src.or(p.source)) {
             peer.path = Path::Direct(Some(a));
         }
-        let first = peer.previous.is_none();
+        self.deadline_dirty = true;
         self.on_confirmed(now, id, first);
         self.flush_queue(now, id);
+        Ok(id)
     }
 
     /// Drops every session of a peer (it left, or the hub vouches for someone else now).
@@ -1018,7 +1133,6 @@ impl Endpoint {
         let indices: Vec<u32> = peer.indices().collect();
         peer.current = None;
         peer.previous = None;
-        peer.next = None;
         peer.handshake = None;
         peer.queue.clear();
         for i in indices {
@@ -1028,28 +1142,14 @@ impl Endpoint {
 
     fn remove_peer(&mut self, now: Instant, id: PeerId) {
         self.reset_sessions(id);
+        if self.is_client() {
+            // A directory change: a pending session with the node's old key is moot. (The
+            // hub keeps a timed-out client's pending rejoin.)
+            self.pending.forget(id);
+        }
         self.peers.remove(&id);
         self.routes.remove_value(id);
         self.on_peer_removed(now, id);
-    }
-
-    /// Answers with an unauthenticated notice, within the notice budget.
-    fn notice(
-        &mut self,
-        now: Instant,
-        to: Remote,
-        code: culvert_wire::message::NoticeCode,
-        index: u32,
-    ) {
-        if !self.notices.allow(now) {
-            return;
-        }
-        let mut out = [0u8; culvert_wire::message::NOTICE_LEN];
-        culvert_wire::message::emit_notice(&mut out, code, index);
-        self.outbox.push_back(OwnedTransmit {
-            to,
-            bytes: out.to_vec(),
-        });
     }
 
     // ---- timers -------------------------------------------------------------------------
@@ -1070,12 +1170,6 @@ impl Endpoint {
         }
         if p.previous.as_ref().is_some_and(dead) {
             released.extend(p.previous.take().map(|s| s.local_index));
-        }
-        if p.next
-            .as_ref()
-            .is_some_and(|u| now.saturating_duration_since(u.session.established) >= t.retry_max)
-        {
-            released.extend(p.next.take().map(|u| u.session.local_index));
         }
         let retry_due = p.retry_at.is_some_and(|r| r <= now);
         let keepalive_due = id != PeerId::HUB
@@ -1130,10 +1224,10 @@ impl Endpoint {
                     .as_ref()
                     .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
             );
-            consider(p.next.as_ref().map(|u| u.session.established + t.retry_max));
             consider(p.fec_tx.as_ref().and_then(crate::fec::Encoder::deadline));
             consider(p.fec_rx.report_due());
         }
+        consider(self.pending.next_expiry());
         match &self.role {
             RoleState::Hub(h) => consider(Some(h.next_deadline(&self.peers, t))),
             RoleState::Client(c) => consider(c.next_deadline()),

@@ -59,6 +59,10 @@ pub struct World {
     pub log: Vec<Datagram>,
     /// Returns false to drop a datagram in flight (a firewall).
     pub filter: Option<Filter>,
+    /// Every handshake message is delivered twice (a router that duplicates them).
+    pub duplicate_handshakes: bool,
+    /// The hub's identity, when [`World::hub_and_clients`] made it (to restart it as itself).
+    pub hub_secret: Option<StaticSecret>,
     seeds: u8,
 }
 
@@ -108,6 +112,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             server: HUB_ADDR.parse().unwrap(),
             server_key: None,
             transport: TransportMode::Udp,
+            networks: vec![prefix("10.0.0.0/8"), prefix("fd00::/8")],
         }),
     }
 }
@@ -143,6 +148,8 @@ impl World {
             latency: Duration::from_millis(5),
             log: Vec::new(),
             filter: None,
+            duplicate_handshakes: false,
+            hub_secret: None,
             seeds: 0,
         }
     }
@@ -184,6 +191,7 @@ impl World {
     pub fn hub_and_clients(seed: u64, n: usize) -> Self {
         let mut w = Self::new(seed);
         let hs = w.secret();
+        w.hub_secret = Some(hs.clone());
         w.add(hub_config(hs, Some(passphrase())), HUB_ADDR);
         for i in 0..n {
             let s = w.secret();
@@ -230,7 +238,8 @@ impl World {
         if self.chance(self.loss) {
             return;
         }
-        if self.chance(self.duplicate) {
+        let handshake = matches!(d.bytes.first(), Some(1 | 2));
+        if self.chance(self.duplicate) || (self.duplicate_handshakes && handshake) {
             self.queue.push_back(d.clone());
         }
         if self.chance(self.reorder) && !self.queue.is_empty() {

@@ -58,8 +58,12 @@ pub(crate) struct RawConfig {
     server: Option<String>,
     server_public_key: Option<String>,
     address: Option<OneOrMany>,
+    network: Option<OneOrMany>,
     passphrase: Option<String>,
+    #[serde(alias = "key_file")]
     passphrase_file: Option<PathBuf>,
+    allow_weak_passphrase: Option<bool>,
+    user: Option<String>,
     private_key_file: Option<PathBuf>,
     tun_name: Option<String>,
     mtu: Option<u32>,
@@ -74,6 +78,9 @@ pub(crate) struct RawConfig {
     fec_timeout_ms: Option<u64>,
     #[serde(skip)]
     faketcp_isn: Option<u32>,
+    /// Where the passphrase came from, when a flag gave it (`-k` is visible in `ps`).
+    #[serde(skip)]
+    passphrase_origin: Option<PassphraseOrigin>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -102,6 +109,18 @@ impl OneOrMany {
         }
     }
 }
+
+/// A passphrase that did not come from the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PassphraseOrigin {
+    /// `-k` on the command line: visible to every local user in `ps`.
+    CommandLine,
+    /// The `CULVERT_KEY` environment variable.
+    Environment,
+}
+
+/// The environment variable that may carry the passphrase.
+pub(crate) const KEY_ENV: &str = "CULVERT_KEY";
 
 impl RawConfig {
     /// Parses TOML text; `origin` names the file in errors.
@@ -133,15 +152,28 @@ impl RawConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
-    fn merge_common(&mut self, a: &CommonArgs) {
+    /// Takes the flags (and the `CULVERT_KEY` environment value, `env_key`) over the
+    /// file's keys. Passphrase precedence: `-k`, `--key-file`, `CULVERT_KEY`, the file.
+    fn merge_common(&mut self, a: &CommonArgs, env_key: Option<String>) {
         if !a.address.is_empty() {
             self.address = Some(OneOrMany::Many(a.address.clone()));
         }
-        if a.passphrase.is_some() {
-            self.passphrase.clone_from(&a.passphrase);
+        if let Some(k) = &a.passphrase {
+            self.passphrase = Some(k.clone());
             self.passphrase_file = None;
+            self.passphrase_origin = Some(PassphraseOrigin::CommandLine);
+        } else if a.passphrase_file.is_some() {
+            self.passphrase = None;
+            self.passphrase_file.clone_from(&a.passphrase_file);
+        } else if let Some(k) = env_key.filter(|k| !k.is_empty()) {
+            self.passphrase = Some(k);
+            self.passphrase_file = None;
+            self.passphrase_origin = Some(PassphraseOrigin::Environment);
         }
-        merge(&mut self.passphrase_file, &a.passphrase_file);
+        if a.allow_weak_key {
+            self.allow_weak_passphrase = Some(true);
+        }
+        merge(&mut self.user, &a.user);
         merge(&mut self.private_key_file, &a.private_key_file);
         merge(&mut self.tun_name, &a.tun_name);
         merge(&mut self.mtu, &a.mtu);
@@ -170,8 +202,12 @@ fn merge<T: Clone>(slot: &mut Option<T>, flag: &Option<T>) {
 pub(crate) struct Settings {
     pub(crate) role: RoleSettings,
     pub(crate) addresses: Vec<Prefix>,
-    /// The passphrase (passphrase mode); `None` means key mode.
-    pub(crate) passphrase: Option<String>,
+    /// The passphrase (passphrase mode); `None` means key mode. Zeroized when dropped.
+    pub(crate) passphrase: Option<zeroize::Zeroizing<String>>,
+    /// Set when `-k` gave the passphrase on the command line (the daemon warns).
+    pub(crate) passphrase_origin: Option<PassphraseOrigin>,
+    /// The user to run as after setup: `None` means `culvert` when that user exists.
+    pub(crate) user: Option<String>,
     pub(crate) private_key_file: Option<PathBuf>,
     pub(crate) tun_name: String,
     pub(crate) mtu: Option<u32>,
@@ -195,6 +231,8 @@ pub(crate) enum RoleSettings {
     Client {
         server: String,
         server_key: Option<PublicKey>,
+        /// The overlay networks addresses and routes may lie in.
+        networks: Vec<Prefix>,
     },
 }
 
@@ -202,7 +240,7 @@ impl Settings {
     /// Server settings from an optional file and the flags.
     pub(crate) fn server(args: &ServerArgs) -> Result<Self, ConfigError> {
         let mut raw = load_optional(args.common.config.as_deref())?;
-        raw.merge_common(&args.common);
+        raw.merge_common(&args.common, std::env::var(KEY_ENV).ok());
         merge(&mut raw.listen, &args.listen);
         merge(&mut raw.max_clients, &args.max_clients);
         if args.client_isolation {
@@ -214,9 +252,12 @@ impl Settings {
     /// Client settings from an optional file and the flags.
     pub(crate) fn client(args: &ClientArgs) -> Result<Self, ConfigError> {
         let mut raw = load_optional(args.common.config.as_deref())?;
-        raw.merge_common(&args.common);
+        raw.merge_common(&args.common, std::env::var(KEY_ENV).ok());
         merge(&mut raw.server, &args.server);
         merge(&mut raw.server_public_key, &args.server_key);
+        if !args.network.is_empty() {
+            raw.network = Some(OneOrMany::Many(args.network.clone()));
+        }
         Self::build(raw, false)
     }
 
@@ -232,16 +273,21 @@ impl Settings {
         if addresses.len() > culvert_wire::addr::MAX_ADDRESSES {
             return Err(err("address", "at most 16 addresses"));
         }
+        let weak_ok = raw.allow_weak_passphrase.unwrap_or(false);
         let passphrase = match (raw.passphrase, raw.passphrase_file) {
-            (Some(p), _) => Some(check_passphrase("passphrase", p)?),
+            (Some(p), _) => Some(check_passphrase("passphrase", p, weak_ok)?),
             (None, Some(f)) => {
-                let p = std::fs::read_to_string(&f).map_err(|e| {
+                let p = zeroize::Zeroizing::new(std::fs::read_to_string(&f).map_err(|e| {
                     err(
                         "passphrase_file",
                         format!("cannot read {}: {e}", f.display()),
                     )
-                })?;
-                Some(check_passphrase("passphrase_file", p.trim().to_owned())?)
+                })?);
+                Some(check_passphrase(
+                    "passphrase_file",
+                    p.trim().to_owned(),
+                    weak_ok,
+                )?)
             }
             (None, None) => None,
         };
@@ -281,6 +327,12 @@ impl Settings {
         let role = if server {
             if raw.server.is_some() || server_key.is_some() {
                 return Err(err("server", "is a client setting; a server uses 'listen'"));
+            }
+            if raw.network.is_some() {
+                return Err(err(
+                    "network",
+                    "is a client setting; a server's network is the prefix of its addresses",
+                ));
             }
             if addresses.is_empty() {
                 return Err(err(
@@ -338,7 +390,12 @@ impl Settings {
                     "no overlay address: give one with -t, e.g. -t 10.0.0.2/24",
                 ));
             }
-            RoleSettings::Client { server, server_key }
+            let networks = client_networks(raw.network, &addresses)?;
+            RoleSettings::Client {
+                server,
+                server_key,
+                networks,
+            }
         };
         let tun_name = raw.tun_name.unwrap_or_else(|| "culvert0".to_owned());
         if tun_name.is_empty()
@@ -398,10 +455,20 @@ impl Settings {
             },
             ..FecConfig::default()
         };
+        if let Some(u) = &raw.user
+            && (u.is_empty()
+                || !u
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(err("user", format!("{u:?} is not a user name")));
+        }
         Ok(Self {
             role,
             addresses,
             passphrase,
+            passphrase_origin: raw.passphrase_origin,
+            user: raw.user,
             private_key_file: raw.private_key_file,
             tun_name,
             mtu: raw.mtu,
@@ -468,8 +535,13 @@ fn parse_prefix(key: &str, s: &str) -> Result<Prefix, ConfigError> {
     Ok(p)
 }
 
-fn check_passphrase(key: &str, p: String) -> Result<String, ConfigError> {
-    if p == PLACEHOLDER {
+fn check_passphrase(
+    key: &str,
+    p: String,
+    weak_ok: bool,
+) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    let p = zeroize::Zeroizing::new(p);
+    if *p == PLACEHOLDER {
         return Err(err(
             key,
             "still the example placeholder: choose a real passphrase",
@@ -478,8 +550,84 @@ fn check_passphrase(key: &str, p: String) -> Result<String, ConfigError> {
     if p.is_empty() {
         return Err(err(key, "is empty"));
     }
+    let bits = passphrase_bits(&p);
+    if !weak_ok && (p.chars().count() < MIN_PASSPHRASE_CHARS || bits < MIN_PASSPHRASE_BITS) {
+        return Err(err(
+            key,
+            format!(
+                "too weak to resist offline guessing (about {bits:.0} bits; at least \
+                 {MIN_PASSPHRASE_CHARS} characters and {MIN_PASSPHRASE_BITS:.0} bits are needed): \
+                 use `head -c 24 /dev/urandom | base64`, keys, or --allow-weak-key to insist"
+            ),
+        ));
+    }
     Ok(p)
 }
+
+/// Shortest passphrase accepted without `--allow-weak-key`.
+const MIN_PASSPHRASE_CHARS: usize = 12;
+/// Least estimated entropy accepted without `--allow-weak-key`. A recorded handshake lets
+/// an attacker guess offline at one Argon2id evaluation per guess.
+const MIN_PASSPHRASE_BITS: f64 = 50.0;
+
+/// A deliberately rough entropy estimate: length times the Shannon entropy of the
+/// passphrase's own character distribution. It catches short, repetitive and
+/// single-class passphrases; it cannot know that a long one is a famous quote.
+pub(crate) fn passphrase_bits(p: &str) -> f64 {
+    let chars: Vec<char> = p.chars().collect();
+    let n = chars.len() as f64;
+    let mut counts = std::collections::BTreeMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_insert(0u32) += 1;
+    }
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let q = f64::from(k) / n;
+            -q * q.log2()
+        })
+        .sum();
+    per_char * n
+}
+
+/// The networks a client accepts addresses and routes in: the `network` key, else the
+/// prefixes of its own addresses, else (key mode without addresses) the private ranges.
+fn client_networks(
+    configured: Option<OneOrMany>,
+    addresses: &[Prefix],
+) -> Result<Vec<Prefix>, ConfigError> {
+    let networks: Vec<Prefix> = match configured {
+        Some(list) => list
+            .into_vec()
+            .iter()
+            .map(|s| parse_prefix("network", s).map(|p| p.network()))
+            .collect::<Result<_, _>>()?,
+        None if !addresses.is_empty() => addresses.iter().map(Prefix::network).collect(),
+        None => PRIVATE_RANGES
+            .iter()
+            .map(|s| s.parse().expect("valid constant"))
+            .collect(),
+    };
+    if let Some(a) = addresses
+        .iter()
+        .find(|a| !networks.iter().any(|n| n.covers(a)))
+    {
+        return Err(err(
+            "network",
+            format!("this client's own address {a} lies outside it"),
+        ));
+    }
+    Ok(networks)
+}
+
+/// What a key-mode client without `-t` accepts from the hub: RFC 1918, CGNAT space, ULAs.
+const PRIVATE_RANGES: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
 
 /// Adds the default port when `host` has none; `None` if it cannot be a host:port.
 fn with_default_port(s: &str) -> Option<String> {
@@ -511,10 +659,10 @@ mod tests {
 
     #[test]
     fn examples_parse() {
-        let s = EXAMPLE_SERVER.replace(PLACEHOLDER, "a-real-passphrase");
+        let s = EXAMPLE_SERVER.replace(PLACEHOLDER, "a-real-passphrase-42");
         let s = server(&s).unwrap();
         assert!(matches!(s.role, RoleSettings::Server { listen, .. } if listen.port() == 9000));
-        let c = EXAMPLE_CLIENT.replace(PLACEHOLDER, "a-real-passphrase");
+        let c = EXAMPLE_CLIENT.replace(PLACEHOLDER, "a-real-passphrase-42");
         let c = client(&c).unwrap();
         assert_eq!(c.addresses[0].to_string(), "10.0.0.2/24");
         // The examples as printed must refuse to run with the placeholder.
@@ -524,25 +672,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = server("listen = \"1.2.3.4:99999\"\naddress = \"10.0.0.1/24\"\npassphrase = \"x\"")
+        let e = server("listen = \"1.2.3.4:99999\"\naddress = \"10.0.0.1/24\"\npassphrase = \"correct-horse-battery-9\"")
             .unwrap_err();
         assert_eq!(e.key, "listen");
         assert!(
             e.to_string()
                 .starts_with("config key 'listen': invalid address")
         );
-        let e = server("address = \"10.0.0.1\"\npassphrase = \"x\"").unwrap_err();
+        let e =
+            server("address = \"10.0.0.1\"\npassphrase = \"correct-horse-battery-9\"").unwrap_err();
         assert_eq!(e.key, "address");
         let e = server("address = \"10.0.0.1/24\"").unwrap_err();
         assert_eq!(e.key, "passphrase");
-        let e = client("server = \"h:1\"\npassphrase = \"x\"").unwrap_err();
+        let e = client("server = \"h:1\"\npassphrase = \"correct-horse-battery-9\"").unwrap_err();
         assert_eq!(e.key, "address");
-        let e = client("passphrase = \"x\"\naddress = \"10.0.0.2/24\"").unwrap_err();
+        let e = client("passphrase = \"correct-horse-battery-9\"\naddress = \"10.0.0.2/24\"")
+            .unwrap_err();
         assert_eq!(e.key, "server");
         let e = client("bogus = 1").unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
         assert!(e.message.contains("line 1"), "{e}");
-        let e = server("address = \"10.0.0.1/24\"\npassphrase = \"x\"\nmtu = 100").unwrap_err();
+        let e = server(
+            "address = \"10.0.0.1/24\"\npassphrase = \"correct-horse-battery-9\"\nmtu = 100",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "mtu");
         let e = server(
             "address = \"10.0.0.1/24\"\n[[peer]]\npublic_key = \"nope\"\naddress = \"10.0.0.2/32\"",
@@ -553,7 +706,7 @@ mod tests {
 
     #[test]
     fn fec_settings() {
-        let base = "address = \"10.0.0.1/24\"\npassphrase = \"x\"\n";
+        let base = "address = \"10.0.0.1/24\"\npassphrase = \"correct-horse-battery-9\"\n";
         let fec = |extra: &str| server(&format!("{base}{extra}")).map(|s| s.fec);
         assert_eq!(fec("").unwrap().mode, FecMode::Auto, "auto by default");
         assert_eq!(fec("fec = \"off\"").unwrap().mode, FecMode::Off);
@@ -586,7 +739,7 @@ mod tests {
             "-t",
             "10.0.0.2/24",
             "-k",
-            "x",
+            "correct-horse-battery-9",
             "--fec-data",
             "20",
             "--fec-parity",

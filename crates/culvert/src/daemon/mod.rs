@@ -11,21 +11,25 @@
 //! always           -> send queued control messages, act on events
 //! ```
 
+mod requests;
 mod underlay;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use culvert_core::{
-    ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig,
-    Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
+    ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig, Psk,
+    PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
 };
 use culvert_sys::control::ControlListener;
 use culvert_sys::netlink::Netlink;
 use culvert_sys::poll::{Poller, Signals};
+use culvert_sys::privilege;
+use culvert_sys::raw::PacketMeta;
 use culvert_sys::tun::Tun;
 use culvert_sys::udp::{BATCH, RecvMeta, UdpSocket};
 use culvert_wire::addr::Prefix;
@@ -34,8 +38,9 @@ use culvert_wire::message::DATA_OVERHEAD;
 use culvert_wire::tcp;
 
 use crate::cli::TransportArg;
-use crate::config::{RoleSettings, Settings};
+use crate::config::{PassphraseOrigin, RoleSettings, Settings};
 use crate::{identity, metrics};
+use requests::{Kind, Readable, Requests, Stream};
 use underlay::{FakeTcp, Outbound, Underlay};
 
 const TUN: u64 = 0;
@@ -45,6 +50,8 @@ const CONTROL: u64 = 3;
 const METRICS: u64 = 4;
 /// Packet sockets of FakeTCP: `RAW + i`.
 const RAW: u64 = 8;
+/// Control and metrics connections: from `CONNECTIONS` up.
+const CONNECTIONS: u64 = 1 << 20;
 
 /// Buffer slot per packet: room for any IP packet plus head- and tailroom.
 const SLOT: usize = 65_536 + 256;
@@ -64,7 +71,13 @@ const _: () = assert!(RX_OFFSET >= faketcp::HEADROOM);
 pub(crate) fn run(settings: Settings) -> Result<()> {
     let signals = Signals::new()?;
     let netns = culvert_sys::netns::current_name();
-    let control = ControlListener::bind(&settings.tun_name)?;
+    if settings.passphrase_origin == Some(PassphraseOrigin::CommandLine) {
+        tracing::warn!(
+            "the passphrase was given with -k: every local user can read it in `ps`; \
+             use --key-file FILE or the CULVERT_KEY environment variable instead"
+        );
+    }
+    let control = ControlListener::bind(&netns, &settings.tun_name)?;
     let state_dir = settings
         .state_dir
         .clone()
@@ -77,7 +90,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     let psk = settings
         .passphrase
         .as_deref()
-        .map(identity::stretch)
+        .map(|p| identity::stretch(p))
         .transpose()?;
     culvert_core::aead::check_known_answers(crate::aead::ring)
         .map_err(|e| anyhow::anyhow!("AEAD self-test failed, refusing to run: {e}"))?;
@@ -95,9 +108,10 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 .then(|| UdpSocket::bind(*listen))
                 .transpose()?;
             let mss = mss_for(mtu_guess(&settings, false, listen.is_ipv6()));
+            let mask = faketcp::mask_key(&handshake_psk(&psk, secret.public_key()));
             let ftcp = match (
                 settings.transport,
-                FakeTcp::server(&instance, *listen, mss, now),
+                FakeTcp::server(&instance, *listen, mss, mask, now),
             ) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
@@ -120,15 +134,30 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 None,
             )
         }
-        RoleSettings::Client { server, server_key } => {
+        RoleSettings::Client {
+            server,
+            server_key,
+            networks,
+        } => {
             let addr = resolve(server)?;
             let udp = (settings.transport != TransportArg::Faketcp)
                 .then(|| bind_client(addr))
                 .transpose()?;
+            // The configured key, else the one pinned at the first contact (passphrase mode).
+            let pinned = match server_key {
+                Some(k) => Some(*k),
+                None => identity::known_server(&state_dir, server)?,
+            };
+            if let (None, Some(k)) = (server_key, pinned) {
+                tracing::info!(server_key = %k, file = %state_dir.join(identity::KNOWN_SERVERS).display(), "the server's key is pinned from the first contact");
+            }
             let mss = mss_for(mtu_guess(&settings, true, addr.is_ipv6()));
+            // A key-mode client always has the server's key (the config requires it).
+            let responder = pinned.unwrap_or(PublicKey([0; 32]));
+            let mask = faketcp::mask_key(&handshake_psk(&psk, responder));
             let ftcp = match (
                 settings.transport,
-                FakeTcp::client(&instance, addr, mss, settings.faketcp_isn, now),
+                FakeTcp::client(&instance, addr, mss, settings.faketcp_isn, mask, now),
             ) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
@@ -145,8 +174,9 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             };
             let cfg = ClientConfig {
                 server: addr,
-                server_key: *server_key,
+                server_key: pinned,
                 transport,
+                networks: networks.clone(),
             };
             (
                 Role::Client(cfg),
@@ -167,6 +197,10 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     remove_stale_tun(&mut netlink, &settings.tun_name);
     let tun = Tun::create(&settings.tun_name)?;
     let ifindex = Netlink::link_index(tun.name())?;
+    let mut underlay = underlay;
+    if let Some(f) = &mut underlay.ftcp {
+        f.tun_ifindex = Some(ifindex);
+    }
     netlink.set_link_up(ifindex, mtu)?;
     for a in &settings.addresses {
         netlink.add_address(ifindex, *a)?;
@@ -198,7 +232,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     let ep = Endpoint::new(cfg, identity::os_random(), now, unix);
 
     let metrics = settings.metrics.map(metrics::Server::bind).transpose()?;
-    let poller = Poller::new(16)?;
+    let poller = Poller::new(64)?;
     poller.add(tun.as_raw_fd(), TUN)?;
     if let Some(u) = &underlay.udp {
         poller.add(u.as_raw_fd(), UDP)?;
@@ -225,6 +259,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         nft_table: underlay.ftcp.as_ref().map(|f| f.table().to_owned()),
         started: now,
     };
+    drop_privileges(settings.user.as_deref(), &state_dir, &control, faketcp_on)?;
     let mut d = Daemon {
         ep,
         tun,
@@ -233,6 +268,8 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         signals,
         control,
         metrics,
+        requests: Requests::new(CONNECTIONS),
+        state_dir,
         netlink,
         ifindex,
         addresses: settings.addresses.clone(),
@@ -242,7 +279,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         rx_buf: vec![0u8; SLOT * BATCH],
         scratch: vec![0u8; SLOT],
         meta: [RecvMeta::default(); BATCH],
-        lens: [0; BATCH],
+        packets: [PacketMeta::default(); BATCH],
         merged_records: 0,
         stop: false,
         io_errors: 0,
@@ -270,6 +307,10 @@ struct Daemon {
     signals: Signals,
     control: ControlListener,
     metrics: Option<metrics::Server>,
+    /// Open control and metrics connections.
+    requests: Requests,
+    /// Where this instance keeps its key and the pinned server keys.
+    state_dir: PathBuf,
     netlink: Netlink,
     ifindex: u32,
     addresses: Vec<Prefix>,
@@ -281,7 +322,7 @@ struct Daemon {
     /// One slot for the extra messages of a merged (GRO) FakeTCP segment.
     scratch: Vec<u8>,
     meta: [RecvMeta; BATCH],
-    lens: [usize; BATCH],
+    packets: [PacketMeta; BATCH],
     /// FakeTCP messages that arrived behind another in one packet (merged by GRO).
     merged_records: u64,
     stop: bool,
@@ -290,7 +331,7 @@ struct Daemon {
 
 impl Daemon {
     fn run(&mut self) -> Result<()> {
-        let mut ready = [0u64; 16];
+        let mut ready = [0u64; 64];
         while !self.stop {
             let deadline = self.next_deadline();
             let timeout = deadline.saturating_duration_since(Instant::now());
@@ -308,6 +349,7 @@ impl Daemon {
                     SIGNAL => self.on_signal(),
                     CONTROL => self.on_control(),
                     METRICS => self.on_metrics(),
+                    t if self.requests.owns(t) => self.on_request(t),
                     t if t >= RAW => self.on_raw((t - RAW) as usize),
                     _ => {}
                 }
@@ -323,6 +365,7 @@ impl Daemon {
             }
             self.flush_control();
             self.on_events();
+            self.requests.expire(&self.poller, now);
         }
         tracing::info!("shutting down");
         self.ep.shutdown(Instant::now());
@@ -332,15 +375,16 @@ impl Daemon {
 
     fn next_deadline(&mut self) -> Instant {
         let ep = self.ep.poll_timeout();
-        match self
-            .underlay
-            .ftcp
-            .as_ref()
-            .and_then(|f| f.stack.poll_timeout())
-        {
-            Some(t) => ep.min(t),
-            None => ep,
-        }
+        [
+            self.underlay
+                .ftcp
+                .as_ref()
+                .and_then(|f| f.stack.poll_timeout()),
+            self.requests.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(ep, Instant::min)
     }
 
     fn on_tun(&mut self) {
@@ -419,7 +463,7 @@ impl Daemon {
             let Some(rx) = ft.receivers.get(index) else {
                 return;
             };
-            let got = match rx.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.lens) {
+            let got = match rx.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.packets) {
                 Ok(n) => n,
                 Err(e) => {
                     self.io_error("receiving FakeTCP", &e);
@@ -430,8 +474,12 @@ impl Daemon {
             let mut out = Outbound::new();
             for i in 0..got {
                 let at = i * SLOT + RX_OFFSET;
-                let packet = at..at + self.lens[i];
+                let packet = at..at + self.packets[i].len;
                 let ft = self.underlay.ftcp.as_mut().expect("checked above");
+                if !ft.admits(now, self.packets[i], &self.rx_buf[packet.clone()]) {
+                    // Forwarded through this host, or overlay traffic: not ours to answer.
+                    continue;
+                }
                 let seg = match ft.stack.handle_packet(now, &self.rx_buf[packet]) {
                     Ok(Some(seg)) if ft.accepts(seg.from) => seg,
                     Ok(_) => continue,
@@ -445,14 +493,16 @@ impl Daemon {
                 let mut next = 0;
                 let mut first = true;
                 let mut authentic = false;
-                while let Some(record) = tcp::next_record(&self.rx_buf[payload.clone()], next) {
+                while let Some(record) = self.underlay.ftcp.as_ref().and_then(|ft| {
+                    ft.stack
+                        .next_message(&seg, &mut self.rx_buf[payload.clone()], next)
+                }) {
                     let Ok(r) = record else {
                         self.ep.count_shell_drop(DropReason::Malformed);
                         break;
                     };
                     next = r.end;
                     let msg = payload.start + r.start..payload.start + r.end;
-                    tcp::mask_record(&mut self.rx_buf[msg.clone()]);
                     authentic |= if first {
                         // The first message has the packet's own headers before it: room
                         // to re-wrap it in place if it must be relayed.
@@ -584,7 +634,33 @@ impl Daemon {
                     }
                 }
                 Event::TransportChanged { .. } => {}
+                Event::ServerKeyPinned { key } => self.remember_server(&key),
+                Event::ServerKeyMismatch { pinned, offered } => {
+                    tracing::error!(
+                        server = self.server.as_deref().unwrap_or_default(),
+                        %pinned,
+                        %offered,
+                        "the responder at the server's address proved another key than the pinned \
+                         one; nothing was accepted from it. If the server's identity really \
+                         changed, run `culvert forget-server --tun-name {}` and restart; \
+                         otherwise someone else answers at its address",
+                        self.info.instance
+                    );
+                }
             }
+        }
+    }
+
+    /// Stores the key of the server we met first (passphrase mode), so that later runs
+    /// refuse any other.
+    fn remember_server(&mut self, key: &PublicKey) {
+        let Some(server) = &self.server else { return };
+        let file = self.state_dir.join(identity::KNOWN_SERVERS);
+        match identity::remember_server(&self.state_dir, server, key) {
+            Ok(()) => {
+                tracing::info!(%key, file = %file.display(), "pinned the server's key: a server with another key will be refused")
+            }
+            Err(e) => tracing::error!("{e:#}: the server's key is pinned for this run only"),
         }
     }
 
@@ -630,26 +706,48 @@ impl Daemon {
     }
 
     fn on_control(&mut self) {
-        while let Some((mut stream, request)) = self.control.accept() {
-            let body = match request.trim() {
-                "status" | "" => crate::status::render_json(
-                    &self.ep.status(Instant::now()),
-                    &self.info,
-                    self.underlay
-                        .ftcp
-                        .as_ref()
-                        .map(|f| (f.stack.status(), self.merged_records)),
-                ),
-                other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
-            };
-            let _ = std::io::Write::write_all(&mut stream, body.as_bytes());
+        let now = Instant::now();
+        while let Some(stream) = self.control.accept() {
+            self.requests
+                .add(&self.poller, now, Kind::Control, Stream::Unix(stream));
         }
     }
 
     fn on_metrics(&mut self) {
+        let now = Instant::now();
+        while let Some(stream) = self.metrics.as_ref().and_then(metrics::Server::accept) {
+            self.requests
+                .add(&self.poller, now, Kind::Metrics, Stream::Tcp(stream));
+        }
+    }
+
+    /// A control or metrics connection is readable or writable.
+    fn on_request(&mut self, token: u64) {
+        match self.requests.readable(&self.poller, token) {
+            Readable::Request(kind, line) => {
+                let answer = self.answer(kind, &line);
+                self.requests.respond(&self.poller, token, answer);
+            }
+            Readable::Pending => self.requests.writable(&self.poller, token),
+        }
+    }
+
+    fn answer(&self, kind: Kind, request: &str) -> Vec<u8> {
         let status = self.ep.status(Instant::now());
-        if let Some(m) = &self.metrics {
-            m.serve(&status, &self.info);
+        match (kind, request) {
+            (Kind::Metrics, _) => metrics::answer(&status, &self.info),
+            (Kind::Control, "status" | "") => crate::status::render_json(
+                &status,
+                &self.info,
+                self.underlay
+                    .ftcp
+                    .as_ref()
+                    .map(|f| (f.stack.status(), self.merged_records)),
+            )
+            .into_bytes(),
+            (Kind::Control, other) => {
+                format!("{{\"error\":\"unknown request {other:?}\"}}\n").into_bytes()
+            }
         }
     }
 
@@ -660,6 +758,65 @@ impl Daemon {
             tracing::warn!(count = self.io_errors, "{what}: {e}");
         }
     }
+}
+
+/// The PSK of handshakes with `responder`: the passphrase's, or in key mode the one derived
+/// from the responder's key.
+fn handshake_psk(passphrase: &Option<Psk>, responder: PublicKey) -> Psk {
+    passphrase
+        .clone()
+        .unwrap_or_else(|| Psk::for_responder(&responder))
+}
+
+/// After setup: becomes the configured user (by default `culvert`, when it exists) with
+/// only CAP_NET_ADMIN, and CAP_NET_RAW when FakeTCP runs, and sets no_new_privs. What the
+/// daemon still writes later — its state directory, its control socket — is handed over
+/// first.
+fn drop_privileges(
+    user: Option<&str>,
+    state_dir: &Path,
+    control: &ControlListener,
+    raw: bool,
+) -> Result<()> {
+    if privilege::euid() != 0 {
+        // Started unprivileged with ambient capabilities (the systemd units).
+        privilege::no_new_privs()?;
+        return Ok(());
+    }
+    let target = match user {
+        Some("root") => {
+            tracing::warn!("keeping root (--user root): a flaw in culvert would be a flaw of root");
+            privilege::no_new_privs()?;
+            return Ok(());
+        }
+        Some(name) => privilege::lookup(name)?.with_context(|| {
+            format!("--user {name}: no such user (create it, or pass --user root to keep root)")
+        })?,
+        None => match privilege::lookup("culvert")? {
+            Some(u) => u,
+            None => {
+                tracing::info!(
+                    "running as root: create a 'culvert' system user (or pass --user NAME) to \
+                     drop root after setup"
+                );
+                privilege::no_new_privs()?;
+                return Ok(());
+            }
+        },
+    };
+    privilege::chown(state_dir, &target)?;
+    privilege::chown(control.path(), &target)?;
+    if let Some(dir) = control.path().parent() {
+        privilege::chown(dir, &target)?;
+    }
+    privilege::drop_to(&target, raw)?;
+    tracing::info!(
+        user = %target.name,
+        uid = target.uid,
+        capabilities = if raw { "CAP_NET_ADMIN, CAP_NET_RAW" } else { "CAP_NET_ADMIN" },
+        "dropped root"
+    );
+    Ok(())
 }
 
 fn resolve(server: &str) -> Result<SocketAddr> {
@@ -747,7 +904,7 @@ fn cipher_preference() -> Vec<Cipher> {
 /// that no process holds (no carrier) is touched, and only after the control socket proved
 /// that no live culvert daemon of this name runs here.
 fn remove_stale_tun(netlink: &mut Netlink, name: &str) {
-    let sys = std::path::Path::new("/sys/class/net").join(name);
+    let sys = Path::new("/sys/class/net").join(name);
     let detached = std::fs::read_to_string(sys.join("carrier")).is_ok_and(|c| c.trim() == "0");
     if !sys.join("tun_flags").exists() || !detached {
         return;
@@ -779,12 +936,12 @@ mod tests {
     #[test]
     fn default_mtus() {
         // (client, ipv6, faketcp, fec)
-        assert_eq!(default_mtu(false, false, true, true), 1412);
-        assert_eq!(default_mtu(true, false, true, true), 1375);
-        assert_eq!(default_mtu(false, false, false, true), 1438);
-        assert_eq!(default_mtu(true, false, false, true), 1401);
+        assert_eq!(default_mtu(false, false, true, true), 1396);
+        assert_eq!(default_mtu(true, false, true, true), 1359);
+        assert_eq!(default_mtu(false, false, false, true), 1422);
+        assert_eq!(default_mtu(true, false, false, true), 1385);
         assert_eq!(default_mtu(false, false, true, false), 1414);
-        assert_eq!(default_mtu(true, true, true, true), 1355);
+        assert_eq!(default_mtu(true, true, true, true), 1339);
         let fec = culvert_core::fec::PARITY_OVERHEAD;
         let faketcp = culvert_wire::tcp::TCP_HEADER_LEN
             + culvert_wire::tcp::TS_OPTIONS_LEN

@@ -1,15 +1,16 @@
 //! The underlay: the UDP socket and the FakeTCP machinery (stack, raw sender, packet
 //! receivers, nftables table), and the sending of outer messages over either.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use culvert_core::faketcp::{self, Side, Stack};
 use culvert_core::{DropReason, Endpoint, Remote, Transport};
 use culvert_sys::nft::{FlowMatch, Table};
-use culvert_sys::raw::{PacketReceiver, PortMatch, RawSender};
+use culvert_sys::raw::{PacketMeta, PacketReceiver, PortMatch, RawSender};
 use culvert_sys::udp::{BATCH, UdpSocket};
 
 /// FakeTCP's parts.
@@ -20,6 +21,10 @@ pub(crate) struct FakeTcp {
     table: Table,
     /// Client: the server it connects to (segments from anywhere else are dropped).
     server: Option<SocketAddr>,
+    /// The overlay's TUN device: segments that arrive on it are not ours.
+    pub(crate) tun_ifindex: Option<u32>,
+    /// Server: which destinations are this host's own.
+    local: Option<LocalAddresses>,
 }
 
 impl FakeTcp {
@@ -28,10 +33,12 @@ impl FakeTcp {
         instance: &str,
         listen: SocketAddr,
         mss: u16,
+        mask_key: [u8; 32],
         now: Instant,
     ) -> Result<Self> {
         let (v4, v6) = families(listen.ip());
         let table = Table::install(
+            instance,
             instance,
             FlowMatch::Server {
                 addr: listen.ip(),
@@ -53,6 +60,7 @@ impl FakeTcp {
             mss,
             max_flows: 4096,
             isn: None,
+            mask_key,
         };
         Ok(Self {
             stack: Stack::new(cfg, crate::identity::os_random(), now),
@@ -60,6 +68,8 @@ impl FakeTcp {
             receivers,
             table,
             server: None,
+            tun_ifindex: None,
+            local: Some(LocalAddresses::new(listen.ip())),
         })
     }
 
@@ -69,9 +79,10 @@ impl FakeTcp {
         server: SocketAddr,
         mss: u16,
         isn: Option<u32>,
+        mask_key: [u8; 32],
         now: Instant,
     ) -> Result<Self> {
-        let table = Table::install(instance, FlowMatch::Client { server })?;
+        let table = Table::install(instance, instance, FlowMatch::Client { server })?;
         let receivers = vec![PacketReceiver::open(
             server.is_ipv6(),
             PortMatch::Source(server.port()),
@@ -81,6 +92,7 @@ impl FakeTcp {
             mss,
             max_flows: 1,
             isn,
+            mask_key,
         };
         let mut ft = Self {
             stack: Stack::new(cfg, crate::identity::os_random(), now),
@@ -88,6 +100,8 @@ impl FakeTcp {
             receivers,
             table,
             server: Some(server),
+            tun_ifindex: None,
+            local: None,
         };
         ft.connect(now, server)?;
         Ok(ft)
@@ -111,6 +125,62 @@ impl FakeTcp {
     /// Whether a segment from `from` belongs to us (a client only talks to its server).
     pub(crate) fn accepts(&self, from: SocketAddr) -> bool {
         self.server.is_none_or(|s| s == from)
+    }
+
+    /// Whether a packet the packet socket saw is for the stack at all: not from the
+    /// overlay's TUN device, and — for a SYN, the only segment that gets an answer
+    /// without a flow — addressed to this host, not merely forwarded through it.
+    pub(crate) fn admits(&mut self, now: Instant, meta: PacketMeta, packet: &[u8]) -> bool {
+        if self.tun_ifindex == Some(meta.ifindex) {
+            return false;
+        }
+        match culvert_wire::tcp::Segment::parse(packet) {
+            Ok(seg) if seg.has(culvert_wire::tcp::flags::SYN) => self
+                .local
+                .as_mut()
+                .is_none_or(|l| l.is_local(now, seg.dst.ip())),
+            _ => true,
+        }
+    }
+}
+
+/// Which addresses are this host's own, remembered for a while (a SYN to any other was
+/// forwarded through us and must not be answered).
+struct LocalAddresses {
+    /// The one address served, or `None` for an unspecified listen address.
+    only: Option<IpAddr>,
+    known: BTreeMap<IpAddr, (bool, Instant)>,
+}
+
+impl LocalAddresses {
+    /// How long an answer is trusted (addresses come and go).
+    const TTL: Duration = Duration::from_secs(10);
+    /// Most addresses remembered; a flood of destinations only refills the cache.
+    const CAPACITY: usize = 256;
+
+    fn new(listen: IpAddr) -> Self {
+        Self {
+            only: (!listen.is_unspecified()).then_some(listen),
+            known: BTreeMap::new(),
+        }
+    }
+
+    fn is_local(&mut self, now: Instant, ip: IpAddr) -> bool {
+        if let Some(only) = self.only {
+            return ip == only;
+        }
+        if let Some(&(local, at)) = self.known.get(&ip)
+            && now.saturating_duration_since(at) < Self::TTL
+        {
+            return local;
+        }
+        if self.known.len() >= Self::CAPACITY {
+            self.known.clear();
+        }
+        // Binding succeeds only to an address of this host.
+        let local = StdUdp::bind(SocketAddr::new(ip, 0)).is_ok();
+        self.known.insert(ip, (local, now));
+        local
     }
 }
 

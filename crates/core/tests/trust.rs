@@ -1,0 +1,485 @@
+//! The trust model, attack by attack: each test performs the attack against endpoints on
+//! the simulated network and checks that nothing anyone else sees has changed.
+
+mod sim;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use culvert_core::forge;
+use culvert_core::pending::PER_KEY;
+use culvert_core::rng::Rng;
+use culvert_core::{ClientBinding, DropReason, Event, PeerStatus, Role, TunOutcome};
+use culvert_wire::message::{FEC_OVERHEAD, MessageType, emit_fec_header};
+use sim::{World, client_config, hub_config, ip_packet, passphrase, prefix};
+
+const SECOND: Duration = Duration::from_secs(1);
+const ATTACKER: &str = "192.0.2.66:6666";
+
+fn hub_addr() -> SocketAddr {
+    sim::HUB_ADDR.parse().unwrap()
+}
+
+fn attacker() -> SocketAddr {
+    ATTACKER.parse().unwrap()
+}
+
+/// Until every client is joined, confirmed at the hub, and knows the others.
+fn join_all(w: &mut World) {
+    let n = w.nodes.len();
+    assert!(w.run_until(10 * SECOND, |w| (1..n).all(|i| w.joined(i))
+        && hub_sees(w) == n - 1));
+    assert!(w.run_until(5 * SECOND, World::mesh_known));
+}
+
+/// Clients whose session the hub has confirmed.
+fn hub_sees(w: &World) -> usize {
+    let s = w.nodes[0].ep.status(w.now);
+    s.peers.iter().filter(|p| p.state == "up").count()
+}
+
+/// One peer as others see it: node id, key, addresses, endpoint, session state.
+type PeerView = (u32, String, Vec<String>, Option<String>, &'static str);
+
+/// What a node's peers look like to others: identity, addresses, path, session state.
+fn view(w: &World, i: usize) -> Vec<PeerView> {
+    let s = w.nodes[i].ep.status(w.now);
+    s.peers
+        .iter()
+        .map(|p: &PeerStatus| {
+            (
+                p.node,
+                p.public_key.clone(),
+                p.addresses.clone(),
+                p.endpoint.clone(),
+                p.state,
+            )
+        })
+        .collect()
+}
+
+fn handshakes_from(w: &World, from: SocketAddr) -> usize {
+    w.log
+        .iter()
+        .filter(|d| d.from == from && MessageType::of(&d.bytes) == Ok(MessageType::HandshakeInit))
+        .count()
+}
+
+/// Sends `count` packets from node `a` to node `b` and returns how many arrived.
+fn transfer(w: &mut World, a: usize, b: usize, count: usize) -> usize {
+    let before = w.nodes[b].delivered.len();
+    for i in 0..count {
+        let pkt = ip_packet(
+            &World::overlay(a),
+            &World::overlay(b),
+            format!("p{i}").as_bytes(),
+        );
+        let _ = w.tun(a, &pkt);
+        w.step(Duration::from_millis(1));
+    }
+    w.run(SECOND);
+    w.nodes[b].delivered.len() - before
+}
+
+#[test]
+fn a_forged_join_with_a_victims_public_key_changes_nothing() {
+    let mut w = World::hub_and_clients(30, 2);
+    join_all(&mut w);
+    let victim = w.nodes[1].ep.public_key();
+    let other = w.nodes[2].ep.public_key();
+    let before = (view(&w, 0), view(&w, 1), view(&w, 2));
+    let dir = w.nodes[0].ep.status(w.now).directory_version;
+    let victim_inits = handshakes_from(&w, w.nodes[1].addr);
+    let mut rng = Rng::from_seed([66; 32]);
+    // Claims: the victim's key with a new address, with its own address, and the other
+    // client's address; far-future timestamps, so no replay floor stops them.
+    let claims = [
+        (victim, vec![prefix("10.0.0.66/24")]),
+        (victim, vec![prefix("10.0.0.2/24")]),
+        (victim, vec![prefix("10.0.0.3/24")]),
+        (other, vec![prefix("10.0.0.99/24")]),
+    ];
+    for (n, (key, addrs)) in claims.iter().enumerate() {
+        let msg = forge::join_claiming(
+            &mut rng,
+            key,
+            &passphrase(),
+            1000 + n as u32,
+            addrs,
+            u64::MAX - n as u64,
+        );
+        w.inject(attacker(), hub_addr(), msg);
+    }
+    w.run(3 * SECOND);
+    assert!(
+        w.nodes[0].ep.status(w.now).pending_handshakes > 0,
+        "the claims were answered"
+    );
+    assert_eq!(
+        (view(&w, 0), view(&w, 1), view(&w, 2)),
+        before,
+        "a claim changed shared state"
+    );
+    assert_eq!(
+        w.nodes[0].ep.status(w.now).directory_version,
+        dir,
+        "the directory moved"
+    );
+    assert_eq!(
+        handshakes_from(&w, w.nodes[1].addr),
+        victim_inits,
+        "the victim had to rejoin"
+    );
+    assert!(matches!(
+        w.tun(0, &ip_packet("10.0.0.1", "10.0.0.66", b"x")),
+        TunOutcome::Dropped(DropReason::NoRoute)
+    ));
+    assert_eq!(transfer(&mut w, 1, 0, 20), 20);
+    assert_eq!(transfer(&mut w, 0, 1, 20), 20);
+    assert_eq!(transfer(&mut w, 2, 1, 20), 20);
+    // The victim rekeys: a handshake of its own still wins.
+    w.run(130 * SECOND);
+    assert_eq!(transfer(&mut w, 1, 2, 20), 20);
+}
+
+#[test]
+fn a_claim_before_the_victims_first_join_does_not_block_it() {
+    let mut w = World::new(31);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    if let Role::Hub(h) = &mut hub.role {
+        h.max_clients = 1;
+    }
+    w.add(hub, sim::HUB_ADDR);
+    let secret = w.secret();
+    let victim = secret.public_key();
+    let mut rng = Rng::from_seed([67; 32]);
+    // Before the victim exists: its key (far-future timestamp), and 50 random keys that
+    // would fill max_clients = 1 many times over if claims took slots.
+    let claim = forge::join_claiming(
+        &mut rng,
+        &victim,
+        &passphrase(),
+        7,
+        &[prefix("10.0.0.2/24")],
+        u64::MAX,
+    );
+    w.inject(attacker(), hub_addr(), claim);
+    for i in 0..50u32 {
+        let key = culvert_core::StaticSecret::from_bytes(rng.array()).public_key();
+        let addr = prefix(&format!("10.0.0.{}/24", 100 + i));
+        let msg = forge::join_claiming(&mut rng, &key, &passphrase(), 100 + i, &[addr], 1);
+        w.inject(attacker(), hub_addr(), msg);
+    }
+    w.run(SECOND);
+    let c = w.add(
+        client_config(secret, Some(passphrase()), "10.0.0.2/24"),
+        "198.18.1.2:4000",
+    );
+    assert!(
+        w.run_until(5 * SECOND, |w| w.joined(c) && hub_sees(w) == 1),
+        "the victim could not join"
+    );
+    let hub = w.nodes[0].ep.status(w.now);
+    assert_eq!(hub.peers.len(), 1);
+    assert_eq!(hub.peers[0].node, 1, "forged joins burnt node ids");
+    assert_eq!(hub.peers[0].public_key, victim.to_string());
+    assert_eq!(transfer(&mut w, c, 0, 10), 10);
+}
+
+#[test]
+fn duplicated_handshakes_never_kill_a_join_or_a_rekey() {
+    let mut w = World::new(32);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    hub.timing.rekey_after_time = Duration::from_secs(3);
+    hub.timing.reject_after_time = Duration::from_secs(6);
+    w.add(hub, sim::HUB_ADDR);
+    for i in 0..2 {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        c.timing.rekey_after_time = Duration::from_secs(3);
+        c.timing.reject_after_time = Duration::from_secs(6);
+        w.add(c, &format!("198.18.{}.2:4000", i + 1));
+    }
+    w.duplicate_handshakes = true;
+    join_all(&mut w);
+    assert_eq!(transfer(&mut w, 1, 2, 1), 1);
+    let (a, b) = (transfer(&mut w, 1, 0, 3000), transfer(&mut w, 2, 1, 3000));
+    assert_eq!(
+        (a, b),
+        (3000, 3000),
+        "packets lost across duplicated rekeys"
+    );
+    assert!(
+        w.drops(0, "handshake_replay") > 0,
+        "the duplicates were not even seen"
+    );
+    assert_eq!(
+        w.nodes[1]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Joined { .. }))
+            .count(),
+        1,
+        "a rejoin instead of rekeys"
+    );
+}
+
+#[test]
+fn a_replayed_message_1_changes_nothing() {
+    let mut w = World::hub_and_clients(33, 1);
+    join_all(&mut w);
+    let victim = w.nodes[1].addr;
+    let captured = w
+        .log
+        .iter()
+        .find(|d| d.from == victim && MessageType::of(&d.bytes) == Ok(MessageType::HandshakeInit))
+        .cloned()
+        .unwrap();
+    let before = view(&w, 0);
+    for i in 0..100 {
+        let from = if i % 2 == 0 { victim } else { attacker() };
+        w.inject(from, hub_addr(), captured.bytes.clone());
+    }
+    w.run(2 * SECOND);
+    assert_eq!(view(&w, 0), before);
+    assert_eq!(
+        w.nodes[0].ep.status(w.now).pending_handshakes,
+        0,
+        "a replay was answered"
+    );
+    // Refused as replays, or before that by the per-source budget.
+    assert!(w.drops(0, "handshake_replay") + w.drops(0, "rate_limited") >= 100);
+    assert!(w.drops(0, "handshake_replay") > 0);
+    assert_eq!(transfer(&mut w, 1, 0, 10), 10);
+}
+
+#[test]
+fn pending_handshakes_are_bounded_per_key() {
+    let mut w = World::hub_and_clients(34, 1);
+    join_all(&mut w);
+    let victim = w.nodes[1].ep.public_key();
+    let mut rng = Rng::from_seed([68; 32]);
+    for i in 0..40u32 {
+        let msg = forge::join_claiming(
+            &mut rng,
+            &victim,
+            &passphrase(),
+            500 + i,
+            &[prefix("10.0.0.2/24")],
+            u64::MAX - u64::from(i),
+        );
+        w.inject(attacker(), hub_addr(), msg);
+    }
+    w.step(Duration::from_millis(10));
+    let pending = w.nodes[0].ep.status(w.now).pending_handshakes;
+    assert!(
+        (1..=PER_KEY).contains(&pending),
+        "{pending} pending for one key"
+    );
+    assert_eq!(transfer(&mut w, 1, 0, 10), 10);
+}
+
+/// A hub that grants what no client should install: public prefixes, its own public
+/// address, directory entries outside the overlay.
+#[test]
+fn a_client_installs_only_what_its_networks_allow() {
+    let mut w = World::new(35);
+    let hs = w.secret();
+    let (a, b) = (w.secret(), w.secret());
+    let mut hub = hub_config(hs, Some(passphrase()));
+    hub.addresses.push(prefix("198.51.100.1/32"));
+    if let Role::Hub(h) = &mut hub.role {
+        h.clients = vec![
+            ClientBinding {
+                key: a.public_key(),
+                addresses: vec![prefix("10.0.0.2/24"), prefix("8.8.8.8/1")],
+            },
+            ClientBinding {
+                key: b.public_key(),
+                addresses: vec![prefix("10.0.0.3/24"), prefix("8.8.4.4/32")],
+            },
+        ];
+    }
+    w.add(hub, sim::HUB_ADDR);
+    for (s, at) in [(a, "198.18.1.2:4000"), (b, "198.18.2.2:4000")] {
+        let mut c = client_config(s, Some(passphrase()), "");
+        if let Role::Client(cc) = &mut c.role {
+            cc.networks = vec![prefix("10.0.0.0/24")];
+        }
+        w.add(c, at);
+    }
+    join_all(&mut w);
+    let granted = w.nodes[1]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Joined {
+                granted,
+                hub_addresses,
+                ..
+            } => Some((granted.clone(), hub_addresses.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        granted.0,
+        vec![prefix("10.0.0.2/24")],
+        "a public prefix reached the TUN"
+    );
+    assert_eq!(granted.1, vec![prefix("10.0.0.1/24")]);
+    for dst in ["8.8.8.8", "198.51.100.1", "8.8.4.4"] {
+        assert!(
+            matches!(
+                w.tun(1, &ip_packet("10.0.0.2", dst, b"x")),
+                TunOutcome::Dropped(DropReason::NoRoute)
+            ),
+            "{dst} routed into the tunnel"
+        );
+    }
+    let peer = w.nodes[1]
+        .ep
+        .status(w.now)
+        .peers
+        .into_iter()
+        .find(|p| p.node != 0)
+        .unwrap();
+    assert_eq!(peer.addresses, vec!["10.0.0.3/24"]);
+    assert_eq!(transfer(&mut w, 1, 2, 5), 5);
+}
+
+#[test]
+fn the_hub_accepts_claims_only_in_its_network_and_keeps_bindings_reserved() {
+    let mut w = World::new(36);
+    let hs = w.secret();
+    let bound = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    if let Role::Hub(h) = &mut hub.role {
+        h.clients = vec![ClientBinding {
+            key: bound.public_key(),
+            addresses: vec![prefix("10.0.0.5/24")],
+        }];
+    }
+    w.add(hub, sim::HUB_ADDR);
+    let mut refused = Vec::new();
+    for (i, claim) in ["192.168.1.5/24", "10.0.0.5/24", "10.0.0.7/16"]
+        .iter()
+        .enumerate()
+    {
+        let s = w.secret();
+        refused.push(w.add(
+            client_config(s, Some(passphrase()), claim),
+            &format!("198.18.{}.2:4000", i + 1),
+        ));
+    }
+    let ok = w.add(
+        client_config(bound, Some(passphrase()), ""),
+        "198.18.9.2:4000",
+    );
+    w.run(5 * SECOND);
+    for r in refused {
+        assert!(!w.joined(r), "client {r} was admitted");
+    }
+    assert!(w.joined(ok));
+    let hub = w.nodes[0].ep.status(w.now);
+    assert_eq!(hub.peers.len(), 1);
+    assert_eq!(hub.peers[0].addresses, vec!["10.0.0.5/24"]);
+}
+
+#[test]
+fn strangers_get_no_answer_and_cannot_end_a_session() {
+    let mut w = World::hub_and_clients(37, 1);
+    join_all(&mut w);
+    let client = w.nodes[1].addr;
+    // The client's current session index at the hub, as an on-path observer sees it.
+    let index = w
+        .log
+        .iter()
+        .rev()
+        .find(|d| {
+            d.from == hub_addr()
+                && d.to == client
+                && MessageType::of(&d.bytes) == Ok(MessageType::Data)
+        })
+        .map(|d| d.bytes[4..8].to_vec())
+        .unwrap();
+    let inits = handshakes_from(&w, client);
+    // A spoofed version-1 notice "unknown session" from the hub's address.
+    let mut notice = vec![5, 2, 0, 0];
+    notice.extend_from_slice(&index);
+    for _ in 0..10 {
+        w.inject(hub_addr(), client, notice.clone());
+    }
+    // Every message type, with random and truncated bodies, from a stranger.
+    let mut rng = Rng::from_seed([69; 32]);
+    for t in 0u8..=7 {
+        for len in [0usize, 1, 7, 8, 16, 31, 32, 52, 120, 720, 1400] {
+            let mut bytes = vec![0u8; len];
+            rng.fill(&mut bytes);
+            if let Some(b) = bytes.first_mut() {
+                *b = t;
+            }
+            if len >= 8 && t == 4 {
+                bytes[4..8].copy_from_slice(&index); // a known index, a forged tag
+            }
+            w.inject(attacker(), hub_addr(), bytes.clone());
+            w.inject(attacker(), client, bytes);
+        }
+    }
+    // A message 1 under a wrong passphrase.
+    let bad = forge::join_claiming(
+        &mut rng,
+        &w.nodes[1].ep.public_key(),
+        &culvert_core::Psk::from_bytes([1; 32]),
+        5,
+        &[],
+        9,
+    );
+    w.inject(attacker(), hub_addr(), bad);
+    w.run(3 * SECOND);
+    let answered: usize = w
+        .log
+        .iter()
+        .filter(|d| d.to == attacker())
+        .map(|d| d.bytes.len())
+        .sum();
+    assert_eq!(answered, 0, "bytes answered to a stranger");
+    assert_eq!(
+        handshakes_from(&w, client),
+        inits,
+        "a spoofed notice made the client rejoin"
+    );
+    assert!(w.drops(1, "unknown_type") >= 10);
+    assert_eq!(transfer(&mut w, 1, 0, 10), 10);
+}
+
+#[test]
+fn forged_parity_costs_one_check_and_recovers_nothing() {
+    let mut w = World::hub_and_clients(38, 1);
+    join_all(&mut w);
+    assert_eq!(transfer(&mut w, 1, 0, 5), 5);
+    let index = w
+        .log
+        .iter()
+        .rev()
+        .find(|d| d.to == hub_addr() && MessageType::of(&d.bytes) == Ok(MessageType::Data))
+        .map(|d| u32::from_be_bytes(d.bytes[4..8].try_into().unwrap()))
+        .unwrap();
+    let client = w.nodes[1].addr;
+    let mut rng = Rng::from_seed([70; 32]);
+    for g in 0..2000u64 {
+        let mut p = vec![0u8; FEC_OVERHEAD + 1200];
+        rng.fill(&mut p);
+        emit_fec_header(&mut p, 20, 10, (g % 10) as u8, index, g * 20);
+        w.inject(client, hub_addr(), p);
+    }
+    w.run(SECOND);
+    assert!(w.drops(0, "fec_bad_parity") >= 2000);
+    let fec = &w.nodes[0].ep.status(w.now).peers[0].fec;
+    assert_eq!(
+        fec.parity_received, 0,
+        "a forged parity reached the decoder"
+    );
+    assert_eq!(transfer(&mut w, 1, 0, 10), 10);
+}
