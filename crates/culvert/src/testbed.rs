@@ -470,6 +470,10 @@ impl Lab {
         {
             kill_and_delete(n);
         }
+        for n in &names {
+            // Control sockets a killed daemon left.
+            let _ = std::fs::remove_dir_all(culvert_sys::control::dir(n));
+        }
     }
 }
 
@@ -524,6 +528,89 @@ fn kill_and_delete(ns: &str) {
         }
     }
     let _ = ip(&["netns", "del", ns]);
+}
+
+impl Lab {
+    /// The process id of daemon `id` (`ip netns exec` execs the binary in place).
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.daemons.get(id)?.as_ref().map(|d| d.child.id())
+    }
+}
+
+/// `/proc/PID/status` of a process, for its user, capabilities and memory.
+pub fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// A field of `/proc/PID/status`, e.g. `Uid`, `CapEff`, `VmRSS`.
+pub fn proc_field(pid: u32, field: &str) -> Option<String> {
+    proc_status(pid).lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A message 1 (join) that claims `victim`'s public key and `addresses` without its
+/// private key — what any holder of `passphrase` can send. Its timestamp is far in the
+/// future, so no replay floor stops it.
+pub fn forged_join(
+    passphrase: &str,
+    victim: &culvert_core::PublicKey,
+    addresses: &[culvert_wire::addr::Prefix],
+    index: u32,
+) -> Vec<u8> {
+    let psk = crate::identity::stretch(passphrase).expect("stretching the passphrase");
+    let mut rng = culvert_core::rng::Rng::from_seed(crate::identity::os_random());
+    culvert_core::forge::join_claiming(
+        &mut rng,
+        victim,
+        &psk,
+        index,
+        addresses,
+        u64::MAX - u64::from(index),
+    )
+}
+
+/// Sends one UDP datagram with any source address (a spoofer), from the calling thread's
+/// network namespace. Needs CAP_NET_RAW.
+pub fn send_spoofed_udp(
+    from: std::net::SocketAddrV4,
+    to: std::net::SocketAddrV4,
+    payload: &[u8],
+) -> io::Result<()> {
+    let len = 28 + payload.len();
+    let mut pkt = vec![0u8; len];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&u16::try_from(len).map_err(io::Error::other)?.to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = 17;
+    pkt[12..16].copy_from_slice(&from.ip().octets());
+    pkt[16..20].copy_from_slice(&to.ip().octets());
+    let sum = culvert_wire::checksum::finish(culvert_wire::checksum::sum(0, &pkt[..20]));
+    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+    pkt[20..22].copy_from_slice(&from.port().to_be_bytes());
+    pkt[22..24].copy_from_slice(&to.port().to_be_bytes());
+    pkt[24..26].copy_from_slice(
+        &u16::try_from(8 + payload.len())
+            .map_err(io::Error::other)?
+            .to_be_bytes(),
+    );
+    pkt[28..].copy_from_slice(payload);
+    // A zero UDP checksum means "none" over IPv4.
+    let raw = culvert_sys::raw::RawSender::open(true, false).map_err(io::Error::other)?;
+    raw.send_batch(&[(IpAddr::V4(*to.ip()), &pkt)])?;
+    Ok(())
 }
 
 /// Runs `f` on a new thread inside network namespace `ns`.

@@ -53,6 +53,8 @@ pub(super) struct Client {
     switched: Option<(Instant, Transport, &'static str)>,
     /// Handshake attempts since the last switch.
     attempts_here: u32,
+    /// When the hub last refused a join (it answers, so "no answer" would mislead).
+    pub(super) refused_at: Option<Instant>,
     probe_seq: u32,
     probe_out: Option<(u32, Instant)>,
     probes_answered: u32,
@@ -109,6 +111,7 @@ impl Client {
             mode: cfg.transport,
             switched: None,
             attempts_here: 0,
+            refused_at: None,
             probe_seq: 0,
             probe_out: None,
             probes_answered: 0,
@@ -565,6 +568,13 @@ impl Endpoint {
                 self.switch_transport(now, Transport::Udp, "no handshake answer over FakeTCP")
             }
         }
+    }
+
+    /// The hub answered a join (with a refusal): the transport works, whatever it said.
+    pub(super) fn join_answered(&mut self, now: Instant) {
+        let c = self.client();
+        c.attempts_here = 0;
+        c.refused_at = Some(now);
     }
 
     /// The last transport switch, for status.

@@ -125,9 +125,12 @@ impl Endpoint {
         };
         let attempts = peer.attempts;
         if id == PeerId::HUB {
+            let refused = matches!(&self.role, RoleState::Client(c)
+                if c.refused_at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60)));
             if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path)
-                && attempts >= 3
+                && attempts >= 2
                 && attempts.is_power_of_two()
+                && !refused
             {
                 tracing::warn!(
                     server = %addr.addr,
@@ -135,7 +138,8 @@ impl Endpoint {
                     attempts,
                     waited_s = now.saturating_duration_since(h.sent).as_secs(),
                     "no answer from the server: check its address, that its port is reachable \
-                     (UDP not blocked), and that the passphrase or keys match"
+                     (UDP not blocked), and that the passphrase or keys match (a server answers \
+                     nothing to a wrong one)"
                 );
             }
             if attempts > 0 && attempts % 3 == 0 {
@@ -356,6 +360,7 @@ impl Endpoint {
                         _ => "",
                     };
                     tracing::error!(code = ?code, "the server refused to let us join: {text}{hint}");
+                    self.join_answered(now);
                     // The pinned hub said so, authenticated: a session we still hold is one
                     // it no longer honours (a join refused after it was welcomed). Retries
                     // go on at the backoff already set.
