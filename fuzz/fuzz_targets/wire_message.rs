@@ -11,8 +11,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let _ = (d.index(), d.counter());
     }
     if let Ok(h) = HandshakeInit::new_checked(data) {
-        assert_eq!(h.noise().len() + 24, data.len());
-        let _ = (h.mac2(), h.mac2_covered(), h.index());
+        assert_eq!(h.noise().len() + 40, data.len());
+        let _ = (h.mac1(), h.mac1_covered(), h.mac2(), h.mac2_covered(), h.index());
     }
     if let Ok(h) = HandshakeResponse::new_checked(data) {
         let _ = (h.noise(), h.receiver_index());

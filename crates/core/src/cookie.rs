@@ -9,6 +9,10 @@
 //! The reply is 52 bytes, smaller than any message 1, so it cannot amplify a flood. It is
 //! sealed under a key derived from the handshake PSK, with message 1's final tag as
 //! associated data: only the initiator that sent that message can read it.
+//!
+//! Before any of that, `mac1` (keyed with the PSK, [`mac1_key`]) tells a message 1 of a
+//! member from a stranger's with one MAC: a stranger's gets no answer — no cookie reply,
+//! nothing — and costs the responder nothing more.
 
 use core::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -118,6 +122,21 @@ impl CookieJar {
     }
 }
 
+/// The key of `mac1` for handshakes under `psk` (compute once per PSK).
+pub fn mac1_key(psk: &Psk) -> [u8; 32] {
+    blake2s(&[b"culvert mac1 v2", psk.as_bytes()])
+}
+
+/// The `mac1` of a message 1, keyed with [`mac1_key`].
+pub fn mac1(key: &[u8; 32], init: &HandshakeInit<&[u8]>) -> [u8; MAC_LEN] {
+    mac16(key, &[init.mac1_covered()])
+}
+
+/// Whether message 1 carries a valid `mac1` (its sender holds the PSK).
+pub fn check_mac1(key: &[u8; 32], init: &HandshakeInit<&[u8]>) -> bool {
+    constant_time_eq(&mac1(key, init), &init.mac1())
+}
+
 /// Opens a cookie reply to the message 1 we sent (`init`).
 pub fn open_reply(
     psk: &Psk,
@@ -143,9 +162,9 @@ fn reply_cipher(psk: &Psk) -> ChaCha20Poly1305 {
 
 /// The last 16 bytes of the Noise message: its final AEAD tag, unpredictable to others.
 fn init_tag<'a>(init: &HandshakeInit<&'a [u8]>) -> &'a [u8] {
-    let noise = init.into_inner();
-    let end = noise.len() - MAC_LEN;
-    &noise[end - TAG_LEN..end]
+    let msg = init.into_inner();
+    let end = msg.len() - 2 * MAC_LEN;
+    &msg[end - TAG_LEN..end]
 }
 
 fn constant_time_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {

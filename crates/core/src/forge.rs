@@ -13,7 +13,7 @@ use culvert_wire::message::{HandshakeInit, handshake_init_len};
 use snow::params::{CipherChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 
-use crate::keys::{Psk, PublicKey, StaticSecret};
+use crate::keys::{Psk, PublicKey};
 use crate::noise::{MSG1_OVERHEAD, PATTERN, PROLOGUE};
 use crate::rng::Rng;
 
@@ -42,6 +42,11 @@ pub fn join_claiming(
     let mut view = HandshakeInit::new_unchecked(&mut msg[..]);
     message1_claiming(rng, claimed, psk, &payload, view.noise_mut());
     view.set_header(index);
+    let mac1 = crate::cookie::mac1(
+        &crate::cookie::mac1_key(psk),
+        &HandshakeInit::new_unchecked(&msg[..]),
+    );
+    HandshakeInit::new_unchecked(&mut msg[..]).set_mac1(&mac1);
     msg
 }
 
@@ -83,8 +88,10 @@ pub fn message1_claiming(
     hash.hkdf(&ck[..32], psk.as_bytes(), 3, &mut o1, &mut o2, &mut o3);
     ck = o1;
     mix_hash(&mut hash, &mut h, &o2[..32]);
-    // e: MixHash(e), and in a PSK handshake MixKey(e) too.
-    let e = StaticSecret::from_bytes(rng.array()).public_key();
+    // e: MixHash(e), and in a PSK handshake MixKey(e) too. Any 32 bytes are an X25519
+    // public value, so a forger needs no scalar multiplication: this costs it a few
+    // symmetric operations per message.
+    let e = PublicKey(rng.array());
     mix_hash(&mut hash, &mut h, &e.0);
     // The new chaining key (o1) is not needed: message 1 ends before the next MixKey.
     hash.hkdf(&ck[..32], &e.0, 2, &mut o1, &mut o2, &mut o3);
@@ -105,6 +112,7 @@ pub fn message1_claiming(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::StaticSecret;
     use crate::noise::{MAX_PAYLOAD, Responder};
 
     /// snow, as a responder, reads the forged message and believes the claim — which is

@@ -561,56 +561,75 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The PSK every node derives from `passphrase` (Argon2id: slow, derive it once).
+pub fn passphrase_psk(passphrase: &str) -> culvert_core::Psk {
+    crate::identity::stretch(passphrase).expect("stretching the passphrase")
+}
+
+/// 32 random bytes from the OS, to seed test generators.
+pub fn random_seed() -> [u8; 32] {
+    crate::identity::os_random()
+}
+
 /// A message 1 (join) that claims `victim`'s public key and `addresses` without its
-/// private key — what any holder of `passphrase` can send. Its timestamp is far in the
-/// future, so no replay floor stops it.
+/// private key — what any holder of the passphrase (`psk`) can send. Its timestamp is far
+/// in the future, so no replay floor stops it.
 pub fn forged_join(
-    passphrase: &str,
+    psk: &culvert_core::Psk,
     victim: &culvert_core::PublicKey,
     addresses: &[culvert_wire::addr::Prefix],
     index: u32,
 ) -> Vec<u8> {
-    let psk = crate::identity::stretch(passphrase).expect("stretching the passphrase");
-    let mut rng = culvert_core::rng::Rng::from_seed(crate::identity::os_random());
+    let mut rng = culvert_core::rng::Rng::from_seed(random_seed());
     culvert_core::forge::join_claiming(
         &mut rng,
         victim,
-        &psk,
+        psk,
         index,
         addresses,
         u64::MAX - u64::from(index),
     )
 }
 
-/// Sends one UDP datagram with any source address (a spoofer), from the calling thread's
-/// network namespace. Needs CAP_NET_RAW.
-pub fn send_spoofed_udp(
-    from: std::net::SocketAddrV4,
-    to: std::net::SocketAddrV4,
-    payload: &[u8],
-) -> io::Result<()> {
-    let len = 28 + payload.len();
-    let mut pkt = vec![0u8; len];
-    pkt[0] = 0x45;
-    pkt[2..4].copy_from_slice(&u16::try_from(len).map_err(io::Error::other)?.to_be_bytes());
-    pkt[8] = 64;
-    pkt[9] = 17;
-    pkt[12..16].copy_from_slice(&from.ip().octets());
-    pkt[16..20].copy_from_slice(&to.ip().octets());
-    let sum = culvert_wire::checksum::finish(culvert_wire::checksum::sum(0, &pkt[..20]));
-    pkt[10..12].copy_from_slice(&sum.to_be_bytes());
-    pkt[20..22].copy_from_slice(&from.port().to_be_bytes());
-    pkt[22..24].copy_from_slice(&to.port().to_be_bytes());
-    pkt[24..26].copy_from_slice(
-        &u16::try_from(8 + payload.len())
-            .map_err(io::Error::other)?
-            .to_be_bytes(),
-    );
-    pkt[28..].copy_from_slice(payload);
-    // A zero UDP checksum means "none" over IPv4.
-    let raw = culvert_sys::raw::RawSender::open(true, false).map_err(io::Error::other)?;
-    raw.send_batch(&[(IpAddr::V4(*to.ip()), &pkt)])?;
-    Ok(())
+/// Sends UDP datagrams with any source address (a spoofer), from the network namespace of
+/// the thread that made it. Needs CAP_NET_RAW.
+#[derive(Debug)]
+pub struct Spoofer(culvert_sys::raw::RawSender);
+
+impl Spoofer {
+    /// A raw IPv4 socket in the calling thread's namespace.
+    pub fn new() -> io::Result<Self> {
+        culvert_sys::raw::RawSender::open(true, false)
+            .map(Self)
+            .map_err(io::Error::other)
+    }
+
+    /// Sends `payload` from `from` to `to`.
+    pub fn send(
+        &self,
+        from: std::net::SocketAddrV4,
+        to: std::net::SocketAddrV4,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let len = 28 + payload.len();
+        let len16 = u16::try_from(len).map_err(io::Error::other)?;
+        let mut pkt = vec![0u8; len];
+        pkt[0] = 0x45;
+        pkt[2..4].copy_from_slice(&len16.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&from.ip().octets());
+        pkt[16..20].copy_from_slice(&to.ip().octets());
+        let sum = culvert_wire::checksum::finish(culvert_wire::checksum::sum(0, &pkt[..20]));
+        pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+        pkt[20..22].copy_from_slice(&from.port().to_be_bytes());
+        pkt[22..24].copy_from_slice(&to.port().to_be_bytes());
+        pkt[24..26].copy_from_slice(&(len16 - 20).to_be_bytes());
+        pkt[28..].copy_from_slice(payload);
+        // A zero UDP checksum means "none" over IPv4.
+        self.0.send_batch(&[(IpAddr::V4(*to.ip()), &pkt)])?;
+        Ok(())
+    }
 }
 
 /// Runs `f` on a new thread inside network namespace `ns`.

@@ -13,7 +13,7 @@ use std::net::{SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
-use culvert::testbed::{cpu_seconds, forged_join, in_ns, proc_field, send_spoofed_udp};
+use culvert::testbed::{Spoofer, cpu_seconds, forged_join, in_ns, passphrase_psk, proc_field};
 use culvert_sys::capture::{Capture, Direction};
 
 const SERVER: &str = "198.18.1.2:9000";
@@ -110,6 +110,7 @@ fn a_forged_join_with_a_victims_public_key_changes_nothing() {
     let before = server_view(&lab);
     let dir = lab.status(0).unwrap()["directory_version"].clone();
     let victim = client_key(&lab, 1);
+    let psk = passphrase_psk(KEY);
     let claims: Vec<Vec<u8>> = [
         vec!["10.0.0.66/24".parse().unwrap()],
         vec!["10.0.0.2/24".parse().unwrap()],
@@ -117,7 +118,7 @@ fn a_forged_join_with_a_victims_public_key_changes_nothing() {
     ]
     .iter()
     .enumerate()
-    .map(|(i, a)| forged_join(KEY, &victim, a, 77 + i as u32))
+    .map(|(i, a)| forged_join(&psk, &victim, a, 77 + i as u32))
     .collect();
     in_ns(&lab.router(), || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -190,13 +191,48 @@ fn a_spoofed_notice_from_the_servers_address_changes_nothing() {
         .unwrap();
     let before = lab.log(1).len();
     let unknown = drops(&lab.status(1).unwrap(), "unknown_type");
-    // Version 1's "unknown session" for every index an observer might have seen, from the
-    // server's own address and port.
-    in_ns(&lab.router(), || {
-        for index in 0..64u32 {
-            let mut notice = vec![5, 2, 0, 0];
-            notice.extend_from_slice(&index.to_be_bytes());
-            send_spoofed_udp(SERVER.parse().unwrap(), endpoint, &notice).unwrap();
+    // The index the client receives its session under, as an on-path observer sees it.
+    let router = lab.router();
+    let index = std::thread::scope(|sc| {
+        let cap = sc.spawn(|| {
+            in_ns(&router, || {
+                let c = Capture::open("h1").unwrap();
+                let mut buf = vec![0u8; 65536];
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end {
+                    if let Ok(Some((n, Direction::Out))) =
+                        c.next(&mut buf, Duration::from_millis(100))
+                    {
+                        let p = &buf[..n];
+                        let ihl = usize::from(p[0] & 0x0f) * 4;
+                        if p[9] == 17
+                            && p[ihl..ihl + 2] == [0x23, 0x28]
+                            && p.get(ihl + 8) == Some(&4)
+                        {
+                            return Some(p[ihl + 12..ihl + 16].to_vec());
+                        }
+                    }
+                }
+                None
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            let _ = lab.ping(1, overlay(0), Duration::from_millis(200));
+        }
+        cap.join().unwrap()
+    })
+    .expect("no data message seen to the client");
+    // Version 1's "unknown session" about that index, from the server's own address and
+    // port: version 1 made the client drop its session and rejoin.
+    in_ns(&router, || {
+        let spoofer = Spoofer::new().unwrap();
+        let mut notice = vec![5, 2, 0, 0];
+        notice.extend_from_slice(&index);
+        for _ in 0..64 {
+            spoofer
+                .send(SERVER.parse().unwrap(), endpoint, &notice)
+                .unwrap();
         }
     });
     std::thread::sleep(Duration::from_secs(1));

@@ -12,7 +12,7 @@
 //!
 //! | type | message             | index is            | body                                   |
 //! |------|---------------------|---------------------|----------------------------------------|
-//! | 1    | [`HandshakeInit`]   | sender's index      | Noise message 1, then `mac2` (16)       |
+//! | 1    | [`HandshakeInit`]   | sender's index      | Noise message 1, `mac1` (16), `mac2` (16) |
 //! | 2    | [`HandshakeResponse`]| sender's index     | receiver index (4), Noise message 2    |
 //! | 3    | [`CookieReply`]     | receiver's index    | nonce (12), sealed cookie (16 + 16)     |
 //! | 4    | [`Data`]            | receiver's index    | counter (8), ciphertext, tag (16)       |
@@ -72,7 +72,7 @@ mod field {
 pub const COMMON_LEN: usize = 8;
 /// Length of an AEAD tag.
 pub const TAG_LEN: usize = 16;
-/// Length of the `mac2` field that ends a [`HandshakeInit`].
+/// Length of each of the `mac1` and `mac2` fields that end a [`HandshakeInit`].
 pub const MAC_LEN: usize = 16;
 /// Header length of a [`Data`] message: type, reserved, receiver index, counter.
 pub const DATA_HEADER_LEN: usize = 16;
@@ -143,7 +143,10 @@ fn check_type(buf: &[u8], ty: MessageType) -> Result<()> {
 }
 
 view! {
-    /// Handshake message 1: `| 1 | rsv | sender index | Noise msg 1 | mac2 (16) |`.
+    /// Handshake message 1: `| 1 | rsv | sender index | Noise msg 1 | mac1 (16) | mac2 (16) |`.
+    ///
+    /// `mac1` is keyed with the PSK: a responder tells a member's message from a stranger's
+    /// with one MAC, before any other work. `mac2` is keyed with a responder's cookie.
     HandshakeInit
 }
 
@@ -152,7 +155,7 @@ impl<T: AsRef<[u8]>> HandshakeInit<T> {
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         check_type(b, MessageType::HandshakeInit)?;
-        if b.len() < COMMON_LEN + NOISE_MIN_LEN + MAC_LEN {
+        if b.len() < COMMON_LEN + NOISE_MIN_LEN + 2 * MAC_LEN {
             return Err(Error::Truncated);
         }
         if b.len() > HANDSHAKE_MAX_LEN {
@@ -164,10 +167,24 @@ impl<T: AsRef<[u8]>> HandshakeInit<T> {
     /// The Noise handshake message.
     pub fn noise(&self) -> &[u8] {
         let b = self.buffer.as_ref();
-        &b[COMMON_LEN..b.len() - MAC_LEN]
+        &b[COMMON_LEN..b.len() - 2 * MAC_LEN]
     }
 
-    /// Everything `mac2` covers: the message up to the `mac2` field.
+    /// Everything `mac1` covers: the message up to the `mac1` field.
+    pub fn mac1_covered(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        &b[..b.len() - 2 * MAC_LEN]
+    }
+
+    /// The `mac1` field: a MAC keyed with the PSK.
+    pub fn mac1(&self) -> [u8; MAC_LEN] {
+        let b = self.buffer.as_ref();
+        let mut m = [0u8; MAC_LEN];
+        m.copy_from_slice(&b[b.len() - 2 * MAC_LEN..b.len() - MAC_LEN]);
+        m
+    }
+
+    /// Everything `mac2` covers: the message up to the `mac2` field (`mac1` included).
     pub fn mac2_covered(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         &b[..b.len() - MAC_LEN]
@@ -186,8 +203,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInit<T> {
     /// The Noise message area, for writing.
     pub fn noise_mut(&mut self) -> &mut [u8] {
         let b = self.buffer.as_mut();
-        let end = b.len() - MAC_LEN;
+        let end = b.len() - 2 * MAC_LEN;
         &mut b[COMMON_LEN..end]
+    }
+
+    /// Sets the `mac1` field.
+    pub fn set_mac1(&mut self, mac: &[u8; MAC_LEN]) {
+        let b = self.buffer.as_mut();
+        let at = b.len() - 2 * MAC_LEN;
+        b[at..at + MAC_LEN].copy_from_slice(mac);
     }
 
     /// Sets the `mac2` field.
@@ -200,7 +224,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInit<T> {
 
 /// Total length of a [`HandshakeInit`] carrying a Noise message of `noise_len` bytes.
 pub const fn handshake_init_len(noise_len: usize) -> usize {
-    COMMON_LEN + noise_len + MAC_LEN
+    COMMON_LEN + noise_len + 2 * MAC_LEN
 }
 
 view! {
@@ -530,7 +554,8 @@ mod tests {
                 let _ = (d.index(), d.counter(), d.payload_len());
             }
             if let Ok(h) = HandshakeInit::new_checked(&bytes[..]) {
-                let _ = (h.noise(), h.mac2(), h.mac2_covered());
+                prop_assert_eq!(h.noise().len() + 40, bytes.len());
+                let _ = (h.mac1(), h.mac1_covered(), h.mac2(), h.mac2_covered());
             }
             if let Ok(h) = HandshakeResponse::new_checked(&bytes[..]) {
                 let _ = (h.noise(), h.receiver_index());

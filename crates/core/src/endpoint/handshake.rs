@@ -95,8 +95,13 @@ impl Endpoint {
         };
         self.drop_pending(id);
         let local_index = self.new_index(id);
+        HandshakeInit::new_unchecked(&mut msg[..]).set_header(local_index);
+        let mac1 = crate::cookie::mac1(
+            &crate::cookie::mac1_key(&psk),
+            &HandshakeInit::new_unchecked(&msg[..]),
+        );
         let mut view = HandshakeInit::new_unchecked(&mut msg[..]);
-        view.set_header(local_index);
+        view.set_mac1(&mac1);
         if let Some(c) = cookie {
             let mac = c.mac2(view.mac2_covered());
             view.set_mac2(&mac);
@@ -167,9 +172,10 @@ impl Endpoint {
 
     /// Handles message 1 from an initiator.
     ///
-    /// Order matters: first the PSK (symmetric crypto only; a stranger gets silence), then,
-    /// on the hub, the load check (a cookie reply instead of any DH) and the per-source
-    /// budget, and only then the answer that costs Diffie-Hellman.
+    /// Order matters, cheapest first: `mac1` (one MAC: a stranger gets silence), then, on
+    /// the hub, the load check (a cookie reply instead of any further work) and the
+    /// per-source budget, then the Noise read (which derives our static public key: a
+    /// scalar multiplication), and only then the answer that costs Diffie-Hellman.
     pub(super) fn handle_init(
         &mut self,
         now: Instant,
@@ -177,16 +183,7 @@ impl Endpoint {
         msg: &[u8],
     ) -> Result<(), DropReason> {
         let init = HandshakeInit::new_checked(msg).map_err(|_| DropReason::Malformed)?;
-        let psk = self.cfg.psk_for(&self.public);
-        let mut payload = [0u8; MAX_PAYLOAD];
-        let read = Responder::read(
-            &mut self.rng,
-            &self.cfg.secret,
-            &psk,
-            init.noise(),
-            &mut payload,
-        );
-        let Ok((responder, n)) = read else {
+        if !crate::cookie::check_mac1(&self.mac1_key, &init) {
             if let Source::Addr(from) = src {
                 self.log_refusal(
                     now,
@@ -195,7 +192,8 @@ impl Endpoint {
                 );
             }
             return Err(DropReason::HandshakeAuth);
-        };
+        }
+        let psk = self.cfg.psk_for(&self.public);
         let pressure = self.pending.under_pressure();
         if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
             let loaded = hub.cookies.note_handshake(now) || pressure;
@@ -213,6 +211,19 @@ impl Endpoint {
                 return Err(DropReason::RateLimited);
             }
         }
+        let mut payload = [0u8; MAX_PAYLOAD];
+        let read = Responder::read(
+            &mut self.rng,
+            &self.cfg.secret,
+            &psk,
+            init.noise(),
+            &mut payload,
+        );
+        let Ok((responder, n)) = read else {
+            // A member's message with a valid mac1 that Noise refuses: tampered, or built
+            // for another responder key.
+            return Err(DropReason::HandshakeAuth);
+        };
         let hello = match Hello::parse(&payload[..n]) {
             Ok(h) => h,
             Err(e) => {

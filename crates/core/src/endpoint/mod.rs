@@ -119,6 +119,8 @@ enum Arrival {
 pub struct Endpoint {
     cfg: Config,
     public: PublicKey,
+    /// The `mac1` key of handshakes towards us (from our PSK), computed once.
+    mac1_key: [u8; 32],
     rng: Rng,
     clock: Clock,
     peers: BTreeMap<PeerId, Peer>,
@@ -188,9 +190,11 @@ impl Endpoint {
                 RoleState::Client(Client::new(c.clone()))
             }
         };
+        let mac1_key = crate::cookie::mac1_key(&cfg.psk_for(&public));
         let mut ep = Self {
             cfg,
             public,
+            mac1_key,
             rng,
             clock: Clock {
                 base: now,
