@@ -1,7 +1,11 @@
 //! The core's datagram entry point, on a hub and on a client: arbitrary datagrams from
 //! arbitrary sources, interleaved with timer events, never panic.
 //!
-//! Input: a sequence of `[role+source byte][time step byte][len lo][len hi][bytes...]`.
+//! A client first joins the hub over a perfect wire, so the input meets live sessions and
+//! pending handshakes. Input: a sequence of `[op][time step][len lo][len hi][bytes...]`; op
+//! bit 0 picks the endpoint, bits 1-2 the source, bit 7 the transport, bits 3-4 what is
+//! sent: the bytes, a real message replayed with the bytes XORed over it, a join claiming
+//! a key of the bytes' choice, or the real traffic in flight.
 #![no_main]
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -64,7 +68,39 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         "198.18.1.2:4000".parse().unwrap(),
         "[2001:db8::1]:5".parse().unwrap(),
     ];
+    // Real traffic first: the client joins, so that the fuzz input meets live sessions,
+    // pending handshakes and the directory, not only the parsers.
     let mut now = t0;
+    let mut wire: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut log: Vec<(usize, Vec<u8>)> = Vec::new();
+    let collect = |eps: &mut [Endpoint; 2], wire: &mut Vec<(usize, Vec<u8>)>| {
+        for (i, ep) in eps.iter_mut().enumerate() {
+            while let Some(t) = ep.poll_transmit() {
+                wire.push((1 - i, t.bytes));
+            }
+            while ep.poll_event().is_some() {}
+        }
+    };
+    collect(&mut eps, &mut wire);
+    for _ in 0..8 {
+        for (to, mut bytes) in std::mem::take(&mut wire) {
+            let len = bytes.len();
+            if log.len() < 64 {
+                log.push((to, bytes.clone()));
+            }
+            let from = Remote::udp(sources[1 - to]);
+            let _ = eps[to].handle_datagram(now, from, &mut bytes, 0..len);
+        }
+        now += Duration::from_millis(20);
+        for ep in &mut eps {
+            if ep.poll_timeout() <= now {
+                ep.handle_timeout(now);
+            }
+        }
+        collect(&mut eps, &mut wire);
+    }
+    assert!(eps[1].status(now).node.is_some(), "the client did not join");
+    let mut rng = culvert_core::rng::Rng::from_seed([9; 32]);
     let mut rest = data;
     while rest.len() >= 4 {
         let (head, tail) = rest.split_at(4);
@@ -72,14 +108,60 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let (msg, tail) = tail.split_at(len);
         rest = tail;
         now += Duration::from_millis(u64::from(head[1]) * 10);
-        let ep = &mut eps[usize::from(head[0] & 1)];
-        let from = sources[usize::from(head[0] >> 1) % sources.len()];
-        let mut buf = msg.to_vec();
+        let target = usize::from(head[0] & 1);
+        let from = sources[usize::from(head[0] >> 1 & 3) % sources.len()];
         let transport = if head[0] & 0x80 == 0 {
             Transport::Udp
         } else {
             Transport::FakeTcp
         };
+        let mut buf = match head[0] >> 3 & 3 {
+            // Arbitrary bytes.
+            0 => msg.to_vec(),
+            // A real message again (a replay), with the input XORed over it.
+            1 if !log.is_empty() => {
+                let (_, real) = &log[usize::from(msg.first().copied().unwrap_or(0)) % log.len()];
+                let mut b = real.clone();
+                for (x, m) in b.iter_mut().zip(msg.iter().skip(1)) {
+                    *x ^= m;
+                }
+                b
+            }
+            // A join claiming a key of the input's choice, as a passphrase holder can.
+            2 => {
+                let mut key = [0u8; 32];
+                for (k, m) in key.iter_mut().zip(msg) {
+                    *k = *m;
+                }
+                let addr = format!("10.0.0.{}/24", msg.get(32).copied().unwrap_or(2))
+                    .parse()
+                    .unwrap();
+                culvert_core::forge::join_claiming(
+                    &mut rng,
+                    &culvert_core::PublicKey(key),
+                    &Psk::from_bytes([7; 32]),
+                    u32::from(msg.get(33).copied().unwrap_or(1)),
+                    &[addr],
+                    u64::from(msg.get(34).copied().unwrap_or(0)),
+                )
+            }
+            // Let the real traffic in flight arrive.
+            _ => {
+                for (to, mut bytes) in std::mem::take(&mut wire) {
+                    let n = bytes.len();
+                    let _ = eps[to].handle_datagram(
+                        now,
+                        Remote::udp(sources[1 - to]),
+                        &mut bytes,
+                        0..n,
+                    );
+                }
+                collect(&mut eps, &mut wire);
+                continue;
+            }
+        };
+        let n = buf.len();
+        let ep = &mut eps[target];
         let _ = ep.handle_datagram(
             now,
             Remote {
@@ -87,13 +169,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 addr: from,
             },
             &mut buf,
-            0..len,
+            0..n,
         );
         if ep.poll_timeout() <= now {
             ep.handle_timeout(now);
         }
-        while ep.poll_transmit().is_some() {}
-        while ep.poll_event().is_some() {}
-        let _ = ep.status(now);
+        collect(&mut eps, &mut wire);
+        wire.truncate(256);
+        let _ = (eps[0].status(now), eps[1].status(now));
     }
 });

@@ -12,7 +12,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     if let Ok(h) = HandshakeInit::new_checked(data) {
         assert_eq!(h.noise().len() + 40, data.len());
-        let _ = (h.mac1(), h.mac1_covered(), h.mac2(), h.mac2_covered(), h.index());
+        let _ = (
+            h.mac1(),
+            h.mac1_covered(),
+            h.mac2(),
+            h.mac2_covered(),
+            h.index(),
+        );
     }
     if let Ok(h) = HandshakeResponse::new_checked(data) {
         let _ = (h.noise(), h.receiver_index());
@@ -24,7 +30,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert!(f.j() < f.m() && f.k() > 0);
         assert_eq!(f.shard().len() + FEC_OVERHEAD, data.len());
         // The group's last counter never passes u64::MAX.
-        assert!(f.first_counter().checked_add(u64::from(f.k()) - 1).is_some());
+        assert!(
+            f.first_counter()
+                .checked_add(u64::from(f.k()) - 1)
+                .is_some()
+        );
         let _ = (f.index(), f.first_counter());
     }
 });

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use culvert::testbed::{
     Lab, Spoofer, cpu_seconds, forged_join, in_ns, passphrase_psk, proc_field, random_seed,
+    server_args,
 };
 
 const KEY: &str = "bench-passphrase-for-the-flood";
@@ -27,20 +28,7 @@ fn main() {
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let bin = std::env::var("CULVERT_BIN").unwrap_or_else(|_| "target/release/culvert".into());
     let mut lab = Lab::new("cvtflood", 2, Path::new(&bin)).expect("building the lab");
-    let server = lab
-        .spawn(
-            0,
-            &[
-                "server",
-                "-l",
-                "0.0.0.0:9000",
-                "-t",
-                "10.0.0.1/24",
-                "-k",
-                KEY,
-            ],
-        )
-        .unwrap();
+    let server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
     lab.spawn(
         1,
         &[

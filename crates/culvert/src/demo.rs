@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::DemoArgs;
-use crate::testbed::{self, Lab};
+use crate::testbed::{self, Lab, server_args};
 
 const PREFIX: &str = "cvtdemo";
 
@@ -51,22 +51,12 @@ fn steps(megabytes: u32) -> Result<()> {
         "culvert demo: building namespaces {PREFIX}-0 (server), {PREFIX}-1 and {PREFIX}-2 (clients), joined by a router"
     );
     let mut lab = Lab::new(PREFIX, 3, &bin).context("building the demo namespaces")?;
-    let secret = format!("demo-{}", std::process::id());
+    let secret = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(crate::identity::os_random::<18>())
+    };
     let start = Instant::now();
-    lab.spawn(
-        0,
-        &[
-            "server",
-            "-l",
-            "0.0.0.0:9000",
-            "-t",
-            "10.0.0.1/24",
-            "-t",
-            "fd00::1/64",
-            "-k",
-            &secret,
-        ],
-    )?;
+    lab.spawn(0, &server_args(&secret, &[]))?;
     for c in 1..=2 {
         let v4 = format!("10.0.0.{}/24", c + 1);
         let v6 = format!("fd00::{}/64", c + 1);

@@ -37,8 +37,9 @@ pub(crate) fn load(path: &Path) -> Result<StaticSecret> {
     Ok(StaticSecret::from_bytes(bytes))
 }
 
-/// Writes a private key readable by its owner only (0600), refusing to overwrite.
-pub(crate) fn store(path: &Path, secret: &StaticSecret) -> Result<()> {
+/// Creates `path` readable by its owner only (0600), in a directory only its owner can
+/// enter (0700, made if missing); refuses to overwrite.
+fn create_private(path: &Path) -> Result<fs::File> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -46,12 +47,17 @@ pub(crate) fn store(path: &Path, secret: &StaticSecret) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut f = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Writes a private key readable by its owner only (0600), refusing to overwrite.
+pub(crate) fn store(path: &Path, secret: &StaticSecret) -> Result<()> {
+    let mut f = create_private(path)?;
     writeln!(f, "{}", secret.to_base64().as_str())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -138,21 +144,9 @@ fn read_lines_except(path: &Path, server: Option<&str>) -> Result<Vec<String>> {
 
 /// Replaces `path` with `lines` (mode 0600), through a temporary file and a rename.
 fn write_private(path: &Path, lines: &[String]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = create_private(&tmp)?;
     for l in lines {
         writeln!(f, "{l}").with_context(|| format!("writing {}", tmp.display()))?;
     }

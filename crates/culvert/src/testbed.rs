@@ -561,6 +561,24 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The arguments of the standard hub: host 0's UDP and FakeTCP port 9000, overlay
+/// 10.0.0.1/24 and fd00::1/64, passphrase `key`; `extra` follows.
+pub fn server_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "server",
+        "-l",
+        "0.0.0.0:9000",
+        "-t",
+        "10.0.0.1/24",
+        "-t",
+        "fd00::1/64",
+        "-k",
+        key,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 /// The PSK every node derives from `passphrase` (Argon2id: slow, derive it once).
 pub fn passphrase_psk(passphrase: &str) -> culvert_core::Psk {
     crate::identity::stretch(passphrase).expect("stretching the passphrase")

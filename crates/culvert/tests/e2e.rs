@@ -171,22 +171,7 @@ fn clients_recover_after_a_server_restart() {
     for kill in [false, true] {
         lab.stop(server, kill);
         let restarted = Instant::now();
-        server = lab
-            .spawn(
-                0,
-                &[
-                    "server",
-                    "-l",
-                    "0.0.0.0:9000",
-                    "-t",
-                    "10.0.0.1/24",
-                    "-t",
-                    "fd00::1/64",
-                    "-k",
-                    KEY,
-                ],
-            )
-            .unwrap();
+        server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
         for c in [1, 2] {
             let rtt = lab.ping_until(c, overlay(0), Duration::from_secs(10));
             assert!(

@@ -98,6 +98,42 @@ fn answered<T: Send>(
     })
 }
 
+/// The session index in the first data message the router forwards out of `iface` (to
+/// the server on `h0`, to client 1 on `h1`) while client 1 pings: what an on-path
+/// observer learns.
+fn observed_index(lab: &Lab, iface: &str) -> [u8; 4] {
+    let router = lab.router();
+    std::thread::scope(|sc| {
+        let cap = sc.spawn(|| {
+            in_ns(&router, || {
+                let c = Capture::open(iface).unwrap();
+                let mut buf = vec![0u8; 65536];
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end {
+                    if let Ok(Some((n, Direction::Out))) =
+                        c.next(&mut buf, Duration::from_millis(100))
+                    {
+                        let p = &buf[..n];
+                        let ihl = usize::from(p[0] & 0x0f) * 4;
+                        let ports = &p[ihl..ihl + 4];
+                        let culvert = ports[..2] == [0x23, 0x28] || ports[2..] == [0x23, 0x28];
+                        if p[9] == 17 && culvert && p.get(ihl + 8) == Some(&4) {
+                            return p[ihl + 12..ihl + 16].try_into().ok();
+                        }
+                    }
+                }
+                None
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            let _ = lab.ping(1, overlay(0), Duration::from_millis(200));
+        }
+        cap.join().unwrap()
+    })
+    .expect("no data message seen")
+}
+
 #[test]
 fn a_forged_join_with_a_victims_public_key_changes_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,36 +229,7 @@ fn a_spoofed_notice_from_the_servers_address_changes_nothing() {
     let unknown = drops(&lab.status(1).unwrap(), "unknown_type");
     // The index the client receives its session under, as an on-path observer sees it.
     let router = lab.router();
-    let index = std::thread::scope(|sc| {
-        let cap = sc.spawn(|| {
-            in_ns(&router, || {
-                let c = Capture::open("h1").unwrap();
-                let mut buf = vec![0u8; 65536];
-                let end = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < end {
-                    if let Ok(Some((n, Direction::Out))) =
-                        c.next(&mut buf, Duration::from_millis(100))
-                    {
-                        let p = &buf[..n];
-                        let ihl = usize::from(p[0] & 0x0f) * 4;
-                        if p[9] == 17
-                            && p[ihl..ihl + 2] == [0x23, 0x28]
-                            && p.get(ihl + 8) == Some(&4)
-                        {
-                            return Some(p[ihl + 12..ihl + 16].to_vec());
-                        }
-                    }
-                }
-                None
-            })
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        for _ in 0..5 {
-            let _ = lab.ping(1, overlay(0), Duration::from_millis(200));
-        }
-        cap.join().unwrap()
-    })
-    .expect("no data message seen to the client");
+    let index = observed_index(&lab, "h1");
     // Version 1's "unknown session" about that index, from the server's own address and
     // port: version 1 made the client drop its session and rejoin.
     in_ns(&router, || {
@@ -376,21 +383,7 @@ fn a_faketcp_handshake_flood_from_one_address_does_not_hurt_a_transfer() {
     let Some(mut lab) = lab("synflood", 2) else {
         return;
     };
-    lab.spawn(
-        0,
-        &[
-            "server",
-            "-l",
-            "0.0.0.0:9000",
-            "-t",
-            "10.0.0.1/24",
-            "-t",
-            "fd00::1/64",
-            "-k",
-            KEY,
-        ],
-    )
-    .unwrap();
+    lab.spawn(0, &server_args(KEY, &[])).unwrap();
     start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--transport", "faketcp"]);
     wait_ping(&lab, 1, overlay(0));
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -448,31 +441,7 @@ fn forged_parity_floods_cost_bounded_cpu_and_memory() {
     let pid = lab.pid(ids[0]).unwrap();
     // The index the server receives data under, as an on-path observer sees it.
     let router = lab.router();
-    let index = std::thread::scope(|sc| {
-        let cap = sc.spawn(|| {
-            in_ns(&router, || {
-                let c = Capture::open("h0").unwrap();
-                let mut buf = vec![0u8; 65536];
-                let end = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < end {
-                    if let Ok(Some((n, Direction::Out))) =
-                        c.next(&mut buf, Duration::from_millis(100))
-                        && let Some(p) = udp_payload(&buf[..n], 9000)
-                        && p.first() == Some(&4)
-                    {
-                        return Some(u32::from_be_bytes(p[4..8].try_into().unwrap()));
-                    }
-                }
-                None
-            })
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        for _ in 0..5 {
-            let _ = lab.ping(1, overlay(0), Duration::from_millis(200));
-        }
-        cap.join().unwrap()
-    })
-    .expect("no data message seen to the server");
+    let index = u32::from_be_bytes(observed_index(&lab, "h0"));
     let rss_before: u64 = proc_field(pid, "VmRSS")
         .unwrap()
         .trim_end_matches(" kB")
@@ -604,22 +573,7 @@ fn the_daemon_drops_root_and_still_cleans_up() {
         return;
     };
     let server = lab
-        .spawn(
-            0,
-            &[
-                "server",
-                "-l",
-                "0.0.0.0:9000",
-                "-t",
-                "10.0.0.1/24",
-                "-t",
-                "fd00::1/64",
-                "-k",
-                KEY,
-                "--user",
-                "nobody",
-            ],
-        )
+        .spawn(0, &server_args(KEY, &["--user", "nobody"]))
         .unwrap();
     let client = start_client_with(
         &mut lab,
@@ -673,4 +627,43 @@ fn the_daemon_drops_root_and_still_cleans_up() {
         !links.contains("cvtuser") && !links.contains("culvert0"),
         "{links}"
     );
+}
+
+#[test]
+fn tcp_to_the_faketcp_port_over_the_tunnel_reaches_a_real_service() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("tunport", 2) else {
+        return;
+    };
+    start_network(&mut lab, 1, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    // A real TCP service on the server's overlay address, same port as FakeTCP: culvert's
+    // rule and packet socket match only underlay traffic to this host, never the TUN.
+    let server_ns = lab.ns(0);
+    let listener = in_ns(&server_ns, || {
+        std::net::TcpListener::bind("10.0.0.1:9000").unwrap()
+    });
+    let echo = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(&mut c, &mut buf).unwrap();
+        std::io::Write::write_all(&mut c, &buf).unwrap();
+    });
+    let got = in_ns(&lab.ns(1), || {
+        let mut c =
+            TcpStream::connect_timeout(&"10.0.0.1:9000".parse().unwrap(), Duration::from_secs(5))
+                .expect("no connection to the real service over the tunnel");
+        std::io::Write::write_all(&mut c, b"hello").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 5];
+        std::io::Read::read_exact(&mut c, &mut buf).unwrap();
+        buf
+    });
+    echo.join().unwrap();
+    assert_eq!(&got, b"hello");
+    let flows = lab.status(0).unwrap()["faketcp_flows"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(flows, 0, "culvert's FakeTCP took the overlay connection");
 }

@@ -29,7 +29,24 @@ pub struct User {
     pub gid: u32,
 }
 
-/// Looks up `name` in the user database; `None` if there is no such user.
+/// Looks up `name` in `/etc/passwd` only: enough for a local system user, and it loads
+/// no NSS modules into the daemon (about 1 MB of RSS) for the default lookup.
+pub fn lookup_local(name: &str) -> Option<User> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| {
+            Some(User {
+                name: name.to_owned(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+            })
+        })?
+    })
+}
+
+/// Looks up `name` in the user database (NSS: files, LDAP, ...); `None` if there is no
+/// such user.
 pub fn lookup(name: &str) -> Result<Option<User>> {
     let c = CString::new(name).map_err(|_| {
         Error::io(
@@ -200,6 +217,8 @@ mod tests {
         let root = lookup("root").unwrap().expect("every system has root");
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(lookup("no-such-user-culvert-test").unwrap(), None);
+        assert_eq!(lookup_local("root"), Some(root));
+        assert_eq!(lookup_local("no-such-user-culvert-test"), None);
         assert!(lookup("bad\0name").is_err());
     }
 }

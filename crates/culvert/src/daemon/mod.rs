@@ -792,7 +792,7 @@ fn drop_privileges(
         Some(name) => privilege::lookup(name)?.with_context(|| {
             format!("--user {name}: no such user (create it, or pass --user root to keep root)")
         })?,
-        None => match privilege::lookup("culvert")? {
+        None => match privilege::lookup_local("culvert") {
             Some(u) => u,
             None => {
                 tracing::info!(

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use culvert::testbed::Lab;
+pub use culvert::testbed::{Lab, server_args};
 
 pub static SERIAL: Mutex<()> = Mutex::new(());
 pub const BIN: &str = env!("CARGO_BIN_EXE_culvert");
@@ -48,19 +48,7 @@ pub fn overlay(host: usize) -> IpAddr {
 
 /// Starts the server on host 0 and clients on hosts 1.. with the standard addresses.
 pub fn start_network(lab: &mut Lab, clients: usize, server_extra: &[&str]) -> Vec<usize> {
-    let mut args = vec![
-        "server",
-        "-l",
-        "0.0.0.0:9000",
-        "-t",
-        "10.0.0.1/24",
-        "-t",
-        "fd00::1/64",
-        "-k",
-        KEY,
-    ];
-    args.extend_from_slice(server_extra);
-    let mut ids = vec![lab.spawn(0, &args).unwrap()];
+    let mut ids = vec![lab.spawn(0, &server_args(KEY, server_extra)).unwrap()];
     for c in 1..=clients {
         ids.push(start_client(lab, c, &format!("10.0.0.{}/24", c + 1), KEY));
     }
