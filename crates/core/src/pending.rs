@@ -254,6 +254,48 @@ mod tests {
         assert!(table.under_pressure());
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, in whatever order: the table stays within its bounds, an
+        /// entry is found by the index it was filed under until it goes, and what it says it
+        /// displaced is gone.
+        #[test]
+        fn bounds_hold_under_any_sequence(ops in proptest::collection::vec((0u8..4, 0u32..40, 0u64..8, 0u64..40), 1..600)) {
+            let t = crate::test_epoch();
+            let mut table = PendingTable::default();
+            let mut live = std::collections::BTreeSet::new();
+            for (n, (op, k, ts, ms)) in ops.into_iter().enumerate() {
+                let index = n as u32 + 1;
+                let now = t + Duration::from_millis(ms * 500);
+                match op {
+                    0 | 1 => {
+                        for gone in table.insert(index, entry(k, ts, now)) {
+                            proptest::prop_assert!(live.remove(&gone));
+                            proptest::prop_assert!(!table.contains(gone));
+                        }
+                        live.insert(index);
+                    }
+                    2 => {
+                        if let Some(&i) = live.iter().next() {
+                            proptest::prop_assert!(table.take(i).is_some());
+                            live.remove(&i);
+                        }
+                    }
+                    _ => {
+                        for gone in table.expire(now + LIFETIME) {
+                            live.remove(&gone);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(table.len(), live.len());
+                proptest::prop_assert!(table.len() <= CAPACITY);
+                for k in 0..40 {
+                    let of_key = table.entries.values().filter(|p| p.key == key(k)).count();
+                    proptest::prop_assert!(of_key <= PER_KEY);
+                }
+            }
+        }
+    }
+
     #[test]
     fn duplicates_supersession_and_expiry() {
         let t = crate::test_epoch();

@@ -679,3 +679,53 @@ fn tcp_to_the_faketcp_port_over_the_tunnel_reaches_a_real_service() {
         "culvert's FakeTCP took the overlay connection: {overlay_flows:?}"
     );
 }
+
+#[test]
+fn another_local_user_can_neither_use_nor_squat_the_control_socket() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("ctlsock", 2) else {
+        return;
+    };
+    start_network(&mut lab, 1, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    let ns = lab.ns(1);
+    let dir = culvert_sys::control::dir(&ns);
+    let as_nobody = |cmd: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .output()
+            .unwrap()
+    };
+    // Reading the daemon's status: refused.
+    let out = as_nobody(&format!("{} status", common::BIN));
+    assert!(
+        !out.status.success(),
+        "nobody read the status: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Squatting: a socket of one's own in the control directory (before or beside the
+    // daemon's) cannot be made.
+    let squat = format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.bind('{}/fake.sock')\"",
+        dir.display()
+    );
+    let out = as_nobody(&squat);
+    assert!(
+        !out.status.success(),
+        "nobody made a socket in {}",
+        dir.display()
+    );
+    // Root still reads it, and only real daemons are listed.
+    assert_eq!(lab.status(1).unwrap()["role"], "client");
+}
