@@ -708,7 +708,7 @@ fn another_local_user_can_neither_use_nor_squat_the_control_socket() {
             .unwrap()
     };
     // Reading the daemon's status: refused.
-    let out = as_nobody(&format!("{} status", common::BIN));
+    let out = as_nobody(&format!("{BIN} status"));
     assert!(
         !out.status.success(),
         "nobody read the status: {}",
