@@ -48,6 +48,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         server_key: None,
         transport: TransportMode::Auto,
         networks: vec!["10.0.0.0/24".parse().unwrap()],
+        p2p: true,
     });
     let mut eps = [
         Endpoint::new(

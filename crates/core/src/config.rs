@@ -78,6 +78,8 @@ pub struct ClientConfig {
     /// grants, its own addresses and the directory's entries must lie inside one of them;
     /// anything else is refused and logged.
     pub networks: Vec<Prefix>,
+    /// Try direct paths to other clients (hole punching coordinated by the hub).
+    pub p2p: bool,
 }
 
 /// The transports a client may use.

@@ -26,6 +26,7 @@ pub mod forge;
 pub mod keys;
 pub mod limit;
 pub mod noise;
+pub mod path;
 pub mod peer;
 pub mod pending;
 pub mod replay;

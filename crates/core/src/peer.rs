@@ -74,14 +74,7 @@ impl core::fmt::Display for Remote {
     }
 }
 
-/// How packets reach a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Straight to an underlay endpoint (`None` until one is known).
-    Direct(Option<Remote>),
-    /// Inside a relay frame through the hub, end-to-end encrypted.
-    Relay,
-}
+pub use crate::path::Path;
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +106,12 @@ pub(crate) struct Peer {
     /// Static key; all zero while the hub's key is unknown (passphrase mode, before join).
     pub(crate) key: PublicKey,
     pub(crate) addresses: Vec<Prefix>,
+    /// How packets reach it now.
     pub(crate) path: Path,
+    /// Direct paths worth trying, and why it is relayed (client peers).
+    pub(crate) paths: crate::path::PathSet,
+    /// The last change of `path`: when, and why.
+    pub(crate) path_changed: Option<(Instant, &'static str)>,
     /// The session used for sending, and for receiving.
     pub(crate) current: Option<Session>,
     /// The session replaced by the last handshake, kept for packets still in flight.
@@ -158,6 +156,8 @@ impl Peer {
             key,
             addresses,
             path,
+            paths: crate::path::PathSet::default(),
+            path_changed: None,
             current: None,
             previous: None,
             handshake: None,

@@ -21,6 +21,10 @@ pub struct Status {
     pub isolation: bool,
     /// Responder handshakes waiting for their initiator to prove its key.
     pub pending_handshakes: usize,
+    /// Client: the UDP endpoint the hub sees us at (our server-reflexive address).
+    pub reflexive: Option<String>,
+    /// Messages this node relayed for others, and their bytes.
+    pub relayed: Traffic,
     /// Totals over all peers.
     pub traffic: Traffic,
     /// Every drop, by reason, including drops not attributable to a peer.
@@ -40,8 +44,16 @@ pub struct PeerStatus {
     pub addresses: Vec<String>,
     /// Underlay endpoint, for a direct path.
     pub endpoint: Option<String>,
-    /// `direct` or `relay` (through the hub).
+    /// `lan`, `direct` (a public endpoint) or `relay`.
     pub path: &'static str,
+    /// The node a relayed peer is reached through (0: the hub).
+    pub relay_via: Option<u32>,
+    /// Why a relayed peer is relayed (no candidates, punch timed out, disabled, ...).
+    pub path_reason: Option<&'static str>,
+    /// RTT of a client peer's direct path, from its probes, in milliseconds.
+    pub path_rtt_ms: Option<f64>,
+    /// Share of a direct path's probes that went unanswered.
+    pub path_loss: Option<f64>,
     /// Underlay transport of a direct path.
     pub transport: Option<crate::peer::Transport>,
     /// The last transport switch: when, to what, and why (client, towards the hub).

@@ -64,7 +64,8 @@ fn clients_join_and_reach_the_hub_and_each_other() {
     assert_eq!(transfer(&mut w, 3, 2, 50), 50, "and back");
     let s = w.nodes[1].ep.status(w.now);
     let peer3 = s.peers.iter().find(|p| p.node == 3).unwrap();
-    assert_eq!(peer3.path, "relay");
+    // Public addresses on both sides: the hub coordinated a direct path.
+    assert_eq!(peer3.path, "direct");
     assert_eq!(peer3.state, "up");
     // No handshake reply is larger than the message it answers.
     let inits: Vec<usize> = w

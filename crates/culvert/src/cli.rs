@@ -144,6 +144,16 @@ pub(crate) struct ClientArgs {
     /// the prefixes of -t, or the private ranges in key mode without -t. [key: network]
     #[arg(long, value_name = "PREFIX")]
     pub(crate) network: Vec<String>,
+    /// Try direct paths to other clients (hole punching coordinated by the server; the
+    /// default). [key: p2p]
+    #[arg(long, conflicts_with = "no_p2p")]
+    pub(crate) p2p: bool,
+    /// Keep every client-to-client packet on the server's relay. [key: p2p = false]
+    #[arg(long)]
+    pub(crate) no_p2p: bool,
+    /// UDP port for direct paths; 0 (the default) shares the main socket. [key: p2p_port]
+    #[arg(long, value_name = "PORT")]
+    pub(crate) p2p_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -151,6 +151,38 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
     }
     header(
         &mut o,
+        "culvert_peer_path_rtt_seconds",
+        "gauge",
+        "RTT of a client peer's direct path, from its probes.",
+    );
+    for p in &status.peers {
+        if let Some(ms) = p.path_rtt_ms {
+            let _ = writeln!(
+                o,
+                "culvert_peer_path_rtt_seconds{{node=\"{}\",path=\"{}\"}} {}",
+                p.node,
+                p.path,
+                ms / 1000.0
+            );
+        }
+    }
+    for (name, help, v) in [
+        (
+            "culvert_relayed_packets_total",
+            "Messages this node relayed for other nodes.",
+            status.relayed.tx_packets,
+        ),
+        (
+            "culvert_relayed_bytes_total",
+            "Bytes of the messages this node relayed for other nodes.",
+            status.relayed.tx_bytes,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    header(
+        &mut o,
         "culvert_peer_rx_bytes_total",
         "counter",
         "Plaintext bytes received from the peer.",

@@ -148,7 +148,11 @@ pub(crate) fn human(v: &Value) -> String {
                 p.get("path").and_then(Value::as_str),
                 p.get("transport").and_then(Value::as_str)
             ) {
-                (Some("direct"), Some(t)) => format!("direct/{t}"),
+                (Some(path @ ("direct" | "lan")), Some(t)) => format!("{path}/{t}"),
+                (Some("relay"), _) => match p.get("relay_via").and_then(Value::as_u64) {
+                    Some(0) | None => "relay".to_owned(),
+                    Some(via) => format!("relay via {via}"),
+                },
                 (Some(path), _) => path.to_owned(),
                 _ => "-".to_owned(),
             },
@@ -171,7 +175,15 @@ pub(crate) fn human(v: &Value) -> String {
         .flatten()
     {
         if let Some(sw) = p.get("last_switch").and_then(Value::as_str) {
-            let _ = writeln!(out, "  node {} transport switched {sw}", n(p, "node"));
+            let what = if n(p, "node") == 0 {
+                "transport"
+            } else {
+                "path"
+            };
+            let _ = writeln!(out, "  node {} {what} switched {sw}", n(p, "node"));
+        }
+        if let Some(why) = p.get("path_reason").and_then(Value::as_str) {
+            let _ = writeln!(out, "  node {} relayed: {why}", n(p, "node"));
         }
         if let Some(line) = p.get("fec").and_then(fec_line) {
             let _ = writeln!(out, "  node {} fec {line}", n(p, "node"));

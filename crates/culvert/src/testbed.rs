@@ -26,8 +26,23 @@ pub struct Lab {
     bin: PathBuf,
     dir: PathBuf,
     hosts: usize,
+    sites: Vec<Site>,
     daemons: Vec<Option<Daemon>>,
     logs: Vec<PathBuf>,
+}
+
+/// Where a lab host sits (see [`Lab::with_sites`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// On the router, with a public address.
+    Public,
+    /// Behind NAT router `nat` (hosts with the same id share its LAN).
+    Nat {
+        /// The NAT's id (1..=9).
+        nat: u8,
+        /// A new port per flow instead of keeping the source port.
+        symmetric: bool,
+    },
 }
 
 /// A daemon started in a lab host.
@@ -82,6 +97,21 @@ impl Stream {
 impl Lab {
     /// Builds the star topology with `hosts` hosts; names start with `prefix`.
     pub fn new(prefix: &str, hosts: usize, bin: &Path) -> io::Result<Self> {
+        Self::with_sites(prefix, &vec![Site::Public; hosts], bin)
+    }
+
+    /// Builds the star with one host per entry of `sites`: on the router directly, or
+    /// behind a NAT router of its own (or shared with other hosts of the same NAT id).
+    ///
+    /// ```text
+    ///   host i (public)   198.18.(i+1).2 ---------------------------- router
+    ///   host i (NAT n)    192.168.n.(10+i) -- lan | NAT n | wan 198.18.(100+n).2 -- router
+    /// ```
+    ///
+    /// A NAT masquerades what leaves its `wan` (Linux conntrack: the source port is kept
+    /// when free, and only answers to a flow come back in), or, when `symmetric`, picks a
+    /// random port per flow. It does not hairpin.
+    pub fn with_sites(prefix: &str, sites: &[Site], bin: &Path) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -89,7 +119,8 @@ impl Lab {
             prefix: prefix.to_owned(),
             bin: bin.to_owned(),
             dir,
-            hosts,
+            hosts: sites.len(),
+            sites: sites.to_vec(),
             daemons: Vec::new(),
             logs: Vec::new(),
         };
@@ -100,56 +131,110 @@ impl Lab {
         sh(&format!(
             "ip netns exec {router} sysctl -qw net.ipv4.ip_forward=1"
         ))?;
-        for i in 0..hosts {
+        for (i, site) in sites.iter().enumerate() {
             let ns = lab.ns(i);
-            let n = i + 1;
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("h{i}"),
-                "netns",
-                &router,
-            ])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("198.18.{n}.2/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.18.{n}.1"),
-            ])?;
-            ip(&[
-                "-n",
-                &router,
-                "addr",
-                "add",
-                &format!("198.18.{n}.1/24"),
-                "dev",
-                &format!("h{i}"),
-            ])?;
-            ip(&["-n", &router, "link", "set", &format!("h{i}"), "up"])?;
+            match *site {
+                Site::Public => {
+                    let n = i + 1;
+                    lab.link(&ns, "eth0", &router, &format!("h{i}"))?;
+                    lab.address(
+                        &ns,
+                        "eth0",
+                        &format!("198.18.{n}.2/24"),
+                        &format!("198.18.{n}.1"),
+                    )?;
+                    ip(&[
+                        "-n",
+                        &router,
+                        "addr",
+                        "add",
+                        &format!("198.18.{n}.1/24"),
+                        "dev",
+                        &format!("h{i}"),
+                    ])?;
+                    ip(&["-n", &router, "link", "set", &format!("h{i}"), "up"])?;
+                }
+                Site::Nat { nat, symmetric } => {
+                    let gw = lab.nat(nat, symmetric)?;
+                    let nat_ns = lab.nat_ns(nat);
+                    let port = format!("l{i}");
+                    lab.link(&ns, "eth0", &nat_ns, &port)?;
+                    ip(&["-n", &nat_ns, "link", "set", &port, "master", "lan", "up"])?;
+                    lab.address(&ns, "eth0", &format!("{}/24", lab.ip(i)), &gw)?;
+                }
+            }
         }
         Ok(lab)
+    }
+
+    /// A veth pair `a_name` in `a` and `b_name` in `b`.
+    fn link(&self, a: &str, a_name: &str, b: &str, b_name: &str) -> io::Result<()> {
+        ip(&[
+            "link", "add", a_name, "netns", a, "type", "veth", "peer", "name", b_name, "netns", b,
+        ])
+    }
+
+    /// Gives `dev` in `ns` an address, brings it up, and routes everything via `gw`.
+    fn address(&self, ns: &str, dev: &str, addr: &str, gw: &str) -> io::Result<()> {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", ns, "route", "add", "default", "via", gw])
+    }
+
+    /// NAT router `n` (made on first use); returns its LAN gateway address.
+    fn nat(&self, n: u8, symmetric: bool) -> io::Result<String> {
+        let ns = self.nat_ns(n);
+        let gw = format!("192.168.{n}.1");
+        if Path::new("/run/netns").join(&ns).exists() {
+            return Ok(gw);
+        }
+        let router = self.router();
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        self.link(&ns, "wan", &router, &format!("w{n}"))?;
+        self.address(
+            &ns,
+            "wan",
+            &format!("198.18.{}.2/24", 100 + u32::from(n)),
+            &format!("198.18.{}.1", 100 + u32::from(n)),
+        )?;
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("198.18.{}.1/24", 100 + u32::from(n)),
+            "dev",
+            &format!("w{n}"),
+        ])?;
+        ip(&["-n", &router, "link", "set", &format!("w{n}"), "up"])?;
+        ip(&["-n", &ns, "link", "add", "lan", "type", "bridge"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{gw}/24"), "dev", "lan"])?;
+        ip(&["-n", &ns, "link", "set", "lan", "up"])?;
+        sh(&format!(
+            "ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1"
+        ))?;
+        let random = if symmetric { "fully-random" } else { "" };
+        nft_in(
+            &ns,
+            &format!(
+                "table ip lab_nat {{\n  chain post {{ type nat hook postrouting priority srcnat; oifname \"wan\" masquerade {random}; }}\n  \
+                 chain forward {{ type filter hook forward priority filter; policy drop;\n    ct state established,related accept; iifname \"lan\" accept; }}\n}}\n"
+            ),
+        )?;
+        Ok(gw)
+    }
+
+    /// NAT router `n`'s namespace name.
+    pub fn nat_ns(&self, n: u8) -> String {
+        format!("{}-nat{n}", self.prefix)
+    }
+
+    /// Loads an nftables script in NAT router `n`.
+    pub fn nat_nft(&self, n: u8, script: &str) -> io::Result<()> {
+        nft_in(&self.nat_ns(n), script)
     }
 
     /// The router's namespace name.
@@ -162,9 +247,13 @@ impl Lab {
         format!("{}-{i}", self.prefix)
     }
 
-    /// Host `i`'s underlay address.
+    /// Host `i`'s underlay address (its private one, behind a NAT).
     pub fn ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, u8::try_from(i + 1).expect("few hosts"), 2)
+        let host = u8::try_from(i).expect("few hosts");
+        match self.sites.get(i) {
+            Some(Site::Nat { nat, .. }) => Ipv4Addr::new(192, 168, *nat, 10 + host),
+            _ => Ipv4Addr::new(198, 18, host + 1, 2),
+        }
     }
 
     /// The scratch directory (logs, state).
@@ -243,24 +332,7 @@ impl Lab {
 
     /// Loads an nftables script on the router.
     pub fn router_nft(&self, script: &str) -> io::Result<()> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.router(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "nft: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(())
+        nft_in(&self.router(), script)
     }
 
     /// `culvert status --json` in host `host`.
@@ -464,6 +536,7 @@ impl Lab {
     fn cleanup_namespaces(&self) {
         let mut names = vec![self.router()];
         names.extend((0..self.hosts).map(|i| self.ns(i)));
+        names.extend((1..=9).map(|n| self.nat_ns(n)));
         for n in names
             .iter()
             .filter(|n| Path::new("/run/netns").join(n).exists())
@@ -677,6 +750,28 @@ fn ip(args: &[&str]) -> io::Result<()> {
             "ip {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads an nftables script in namespace `ns`.
+fn nft_in(ns: &str, script: &str) -> io::Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
         )));
     }
     Ok(())

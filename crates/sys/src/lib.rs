@@ -9,6 +9,7 @@
 //! * [`control`] — the daemon's local control socket (a file under `/run/culvert/<netns>`);
 //! * [`privilege`] — dropping root after setup: another user, two capabilities;
 //! * [`netns`] — which network namespace this process is in, and entering one;
+//! * [`ifaddrs`] — this host's interface addresses (a client's LAN candidates);
 //! * [`icmp`] and [`capture`] — ICMP echo and packet capture, for the demo and tests.
 //!
 //! This is the only crate that may use `unsafe`; each block says why it is sound.
@@ -18,6 +19,7 @@
 pub mod capture;
 pub mod control;
 pub mod icmp;
+pub mod ifaddrs;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -20,7 +20,15 @@
 //! Goodbye       | 06 | reason (1) |
 //! Probe / ProbeAck | 07/08 | seq (4) |
 //! LossReport    | 09 | received (4) | expected (4) |
+//! Candidates    | 0a | count (1) | endpoint ... |                 client -> hub
+//! PunchRequest  | 0b | node id (4) |                               client -> hub
+//! Punch         | 0c | node id (4) | count (1) | candidate ... |   hub -> client
+//!     candidate | kind (1: local, 2: reflexive) | endpoint |
+//! Observed      | 0d | endpoint |                                  hub -> client
+//!     endpoint  | 4 | a b c d | port (2) |  or  | 6 | 16 bytes | port (2) |
 //! ```
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::addr::{self, Prefix};
 use crate::field::Reader;
@@ -37,7 +45,14 @@ mod kind {
     pub(super) const PROBE: u8 = 0x07;
     pub(super) const PROBE_ACK: u8 = 0x08;
     pub(super) const LOSS_REPORT: u8 = 0x09;
+    pub(super) const CANDIDATES: u8 = 0x0a;
+    pub(super) const PUNCH_REQUEST: u8 = 0x0b;
+    pub(super) const PUNCH: u8 = 0x0c;
+    pub(super) const OBSERVED: u8 = 0x0d;
 }
+
+/// Most endpoints in one [`Frame::Candidates`] or [`Frame::Punch`].
+pub const MAX_CANDIDATES: usize = 16;
 
 /// Length of the relay frame header that precedes the inner message.
 pub const RELAY_HEADER_LEN: usize = 5;
@@ -120,6 +135,44 @@ pub enum Frame<'a> {
         /// Messages the counters say were sent.
         expected: u32,
     },
+    /// A client's own UDP endpoints on its local networks (its LAN candidates), for the hub
+    /// to hand to peers that punch towards it.
+    Candidates(Vec<SocketAddr>),
+    /// A client asks the hub to have it and `node` punch towards each other.
+    PunchRequest {
+        /// The other client.
+        node: u32,
+    },
+    /// The hub tells a client to probe `node` at these endpoints now (the same moment it
+    /// tells `node`): LAN candidates first, then the reflexive one the hub observes.
+    Punch {
+        /// The other client.
+        node: u32,
+        /// Where it may be reached.
+        candidates: Vec<Candidate>,
+    },
+    /// The hub tells a client the UDP endpoint it sees its traffic come from (its
+    /// server-reflexive address: what a NAT made of it).
+    Observed(SocketAddr),
+}
+
+/// Where a client may be reached directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// How the hub learned it.
+    pub kind: CandidateKind,
+    /// The UDP endpoint.
+    pub addr: SocketAddr,
+}
+
+/// The origin of a [`Candidate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum CandidateKind {
+    /// An address of one of the client's own interfaces (a LAN path, if both share it).
+    Local = 1,
+    /// The address the hub sees the client's traffic come from (through its NAT).
+    Reflexive = 2,
 }
 
 /// One part of a directory snapshot sent by the hub.
@@ -225,6 +278,34 @@ impl<'a> Frame<'a> {
                 received: r.u32()?,
                 expected: r.u32()?,
             },
+            kind::CANDIDATES => {
+                let n = bounded_count(&mut r)?;
+                Self::Candidates(
+                    (0..n)
+                        .map(|_| parse_endpoint(&mut r))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            kind::PUNCH_REQUEST => Self::PunchRequest { node: r.u32()? },
+            kind::PUNCH => {
+                let node = r.u32()?;
+                let n = bounded_count(&mut r)?;
+                let candidates = (0..n)
+                    .map(|_| {
+                        let kind = match r.u8()? {
+                            1 => CandidateKind::Local,
+                            2 => CandidateKind::Reflexive,
+                            _ => return Err(Error::Malformed("candidate kind")),
+                        };
+                        Ok(Candidate {
+                            kind,
+                            addr: parse_endpoint(&mut r)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Self::Punch { node, candidates }
+            }
+            kind::OBSERVED => Self::Observed(parse_endpoint(&mut r)?),
             t => return Err(Error::UnknownType(t)),
         };
         r.finish()?;
@@ -287,8 +368,67 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&received.to_be_bytes());
                 out.extend_from_slice(&expected.to_be_bytes());
             }
+            Self::Candidates(list) => {
+                out.push(kind::CANDIDATES);
+                let n = list.len().min(MAX_CANDIDATES);
+                out.push(n as u8);
+                for a in &list[..n] {
+                    emit_endpoint(*a, out);
+                }
+            }
+            Self::PunchRequest { node } => {
+                out.push(kind::PUNCH_REQUEST);
+                out.extend_from_slice(&node.to_be_bytes());
+            }
+            Self::Punch { node, candidates } => {
+                out.push(kind::PUNCH);
+                out.extend_from_slice(&node.to_be_bytes());
+                let n = candidates.len().min(MAX_CANDIDATES);
+                out.push(n as u8);
+                for c in &candidates[..n] {
+                    out.push(c.kind as u8);
+                    emit_endpoint(c.addr, out);
+                }
+            }
+            Self::Observed(a) => {
+                out.push(kind::OBSERVED);
+                emit_endpoint(*a, out);
+            }
         }
     }
+}
+
+/// A count byte of at most [`MAX_CANDIDATES`].
+fn bounded_count(r: &mut Reader<'_>) -> Result<u8> {
+    let n = r.u8()?;
+    if usize::from(n) > MAX_CANDIDATES {
+        return Err(Error::Malformed("too many candidates"));
+    }
+    Ok(n)
+}
+
+/// `| 4 | a b c d | port |` or `| 6 | 16 bytes | port |`.
+fn parse_endpoint(r: &mut Reader<'_>) -> Result<SocketAddr> {
+    let ip = match r.u8()? {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+        _ => return Err(Error::Malformed("endpoint family")),
+    };
+    Ok(SocketAddr::new(ip, r.u16()?))
+}
+
+fn emit_endpoint(a: SocketAddr, out: &mut Vec<u8>) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&a.port().to_be_bytes());
 }
 
 /// Whether a plaintext is a probe or probe answer: these test a transport and must not
@@ -401,6 +541,35 @@ mod tests {
             any::<u32>().prop_map(|seq| Frame::ProbeAck { seq }),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(received, expected)| Frame::LossReport { received, expected }),
+            proptest::collection::vec(arb_endpoint(), 0..MAX_CANDIDATES)
+                .prop_map(Frame::Candidates),
+            any::<u32>().prop_map(|node| Frame::PunchRequest { node }),
+            (
+                any::<u32>(),
+                proptest::collection::vec((any::<bool>(), arb_endpoint()), 0..MAX_CANDIDATES)
+            )
+                .prop_map(|(node, c)| Frame::Punch {
+                    node,
+                    candidates: c
+                        .into_iter()
+                        .map(|(local, addr)| Candidate {
+                            kind: if local {
+                                CandidateKind::Local
+                            } else {
+                                CandidateKind::Reflexive
+                            },
+                            addr,
+                        })
+                        .collect()
+                }),
+            arb_endpoint().prop_map(Frame::Observed),
+        ]
+    }
+
+    fn arb_endpoint() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(a, p)| SocketAddr::new(a.into(), p)),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(a, p)| SocketAddr::new(a.into(), p)),
         ]
     }
 

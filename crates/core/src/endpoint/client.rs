@@ -63,6 +63,12 @@ pub(super) struct Client {
     pub(super) server_key: Option<PublicKey>,
     /// Where addresses and routes may lie (what the hub grants, the directory).
     networks: Vec<Prefix>,
+    /// Whether direct paths to other clients are tried.
+    pub(super) p2p: bool,
+    /// Our own interface endpoints (LAN candidates), as the shell reports them.
+    pub(super) locals: Vec<SocketAddr>,
+    /// The UDP endpoint the hub sees us at.
+    pub(super) reflexive: Option<SocketAddr>,
     /// Node id the hub gave us, once joined.
     pub(super) node: Option<u32>,
     pub(super) isolation: bool,
@@ -118,6 +124,9 @@ impl Client {
             next_probe: None,
             server_key: cfg.server_key,
             networks: cfg.networks,
+            p2p: cfg.p2p,
+            locals: Vec::new(),
+            reflexive: None,
             node: None,
             isolation: false,
             granted: Vec::new(),
@@ -217,6 +226,9 @@ impl Endpoint {
         }
         // The first data message confirms the session to the hub; a ping also measures RTT.
         self.send_ping(now);
+        if fresh {
+            self.publish_candidates(now);
+        }
     }
 
     fn send_ping(&mut self, now: Instant) {
@@ -286,7 +298,7 @@ impl Endpoint {
             let peer = self
                 .peers
                 .entry(id)
-                .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay));
+                .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay(PeerId::HUB)));
             peer.addresses = addresses;
             let hosts: Vec<Prefix> = peer
                 .addresses

@@ -50,10 +50,13 @@ impl Endpoint {
             );
             return;
         }
+        // Handshakes between clients always travel through the hub, whatever the data
+        // path: the hub's session vouches for the origin whose directory key the responder
+        // checks the claim against.
         let to = match peer.path {
+            _ if id != PeerId::HUB => Source::Relay(id),
             Path::Direct(Some(a)) => Source::Addr(a),
-            Path::Direct(None) => return,
-            Path::Relay => Source::Relay(id),
+            Path::Direct(None) | Path::Relay(_) => return,
         };
         let cookie = peer.cookie.filter(|c| c.fresh(now));
         let kind = if id == PeerId::HUB {

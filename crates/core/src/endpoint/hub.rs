@@ -42,6 +42,10 @@ pub(super) struct Hub {
     dir_dirty: bool,
     next_node: u32,
     pub(super) refusal_log: RateWindow,
+    /// Clients' LAN candidates, as they reported them.
+    pub(super) locals: BTreeMap<PeerId, Vec<core::net::SocketAddr>>,
+    /// When each client last asked for a punch (rate limit).
+    pub(super) punch_asked: BTreeMap<PeerId, Instant>,
 }
 
 impl Hub {
@@ -57,6 +61,8 @@ impl Hub {
             dir_dirty: false,
             next_node: 1,
             refusal_log: RateWindow::new(10, Duration::from_secs(10)),
+            locals: BTreeMap::new(),
+            punch_asked: BTreeMap::new(),
         }
     }
 
@@ -362,6 +368,8 @@ impl Endpoint {
         match (sealed, peer.path) {
             (Ok(range), Path::Direct(Some(to))) => {
                 peer.last_tx = Some(now);
+                self.relayed.tx_packets += 1;
+                self.relayed.tx_bytes += range.len() as u64;
                 self.fec_sealed(now, target, to, &buf[range.clone()]);
                 DatagramOutcome::Send(Transmit { to, range })
             }
@@ -374,8 +382,13 @@ impl Endpoint {
 
     /// A client's session was confirmed by its first data message.
     pub(super) fn on_confirmed(&mut self, now: Instant, id: PeerId, first: bool) {
-        let RoleState::Hub(hub) = &mut self.role else {
+        if !matches!(self.role, RoleState::Hub(_)) {
             tracing::debug!(peer = id.0, "peer session confirmed");
+            return;
+        }
+        // The client learns the endpoint we see it at (its reflexive address).
+        self.send_observed(now, id);
+        let RoleState::Hub(hub) = &mut self.role else {
             return;
         };
         if first {
@@ -395,6 +408,8 @@ impl Endpoint {
     /// A peer was removed (expiry, goodbye, replacement).
     pub(super) fn on_peer_removed(&mut self, now: Instant, id: PeerId) {
         if let RoleState::Hub(hub) = &mut self.role {
+            hub.locals.remove(&id);
+            hub.punch_asked.remove(&id);
             hub.dir_dirty = true;
             self.schedule_now(now);
             tracing::info!(node = id.0, "client disconnected");

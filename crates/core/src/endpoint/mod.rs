@@ -23,6 +23,7 @@
 //! place and the range to deliver (or to forward, on the hub) is returned.
 
 mod client;
+mod direct;
 mod handshake;
 mod hub;
 
@@ -134,6 +135,8 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     drops: DropCounters,
     traffic: Traffic,
+    /// Messages this node forwarded for others (the hub's relay).
+    relayed: Traffic,
     /// Cached earliest timer; recomputed when `deadline_dirty`.
     deadline: Option<Instant>,
     deadline_dirty: bool,
@@ -210,6 +213,7 @@ impl Endpoint {
             events: VecDeque::new(),
             drops: DropCounters::default(),
             traffic: Traffic::default(),
+            relayed: Traffic::default(),
             deadline: None,
             deadline_dirty: true,
             urgent: None,
@@ -250,6 +254,7 @@ impl Endpoint {
             return self.enqueue(now, id, &buf[start..start + len]);
         }
         self.maybe_rekey(now, id);
+        self.maybe_punch(now, id);
         match self.seal_to(now, id, buf, start, len) {
             Ok(t) => TunOutcome::Send(t),
             Err(r) => TunOutcome::Dropped(self.count_drop(r, Some(id))),
@@ -291,7 +296,7 @@ impl Endpoint {
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
-            if self.ready(now, id) && self.peers[&id].path != Path::Relay {
+            if self.ready(now, id) && !matches!(self.peers[&id].path, Path::Relay(_)) {
                 self.send_frame(
                     now,
                     id,
@@ -376,7 +381,7 @@ impl Endpoint {
                 addresses: p.addresses.iter().map(Prefix::to_string).collect(),
                 endpoint: match p.path {
                     Path::Direct(a) => a.map(|a| a.addr.to_string()),
-                    Path::Relay => None,
+                    Path::Relay(_) => None,
                 },
                 transport: match p.path {
                     Path::Direct(Some(r)) => Some(r.transport),
@@ -385,13 +390,28 @@ impl Endpoint {
                 last_switch: if p.id == PeerId::HUB {
                     self.describe_switch(now)
                 } else {
-                    None
+                    p.path_changed.map(|(at, why)| {
+                        format!(
+                            "{:.0}s ago: {why}",
+                            now.saturating_duration_since(at).as_secs_f64()
+                        )
+                    })
                 },
-                path: if p.path == Path::Relay {
-                    "relay"
-                } else {
-                    "direct"
+                path: match p.path {
+                    Path::Relay(_) => "relay",
+                    Path::Direct(_) if p.id != PeerId::HUB && self.is_client() => p.paths.kind(),
+                    Path::Direct(_) => "direct",
                 },
+                relay_via: match p.path {
+                    Path::Relay(via) => Some(via.0),
+                    Path::Direct(_) => None,
+                },
+                path_reason: match p.path {
+                    Path::Relay(_) => Some(p.paths.reason().as_str()),
+                    Path::Direct(_) => None,
+                },
+                path_rtt_ms: p.paths.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                path_loss: p.paths.loss(),
                 state: if p.usable(now, self.cfg.timing.reject_after_time) {
                     "up"
                 } else if p.handshake.is_some() {
@@ -423,6 +443,11 @@ impl Endpoint {
             directory_version,
             isolation,
             pending_handshakes: self.pending.len(),
+            reflexive: match &self.role {
+                RoleState::Client(c) => c.reflexive.map(|a| a.to_string()),
+                RoleState::Hub(_) => None,
+            },
+            relayed: self.relayed,
             traffic: self.traffic,
             drops: self.drops.clone(),
             peers,
@@ -542,10 +567,13 @@ impl Endpoint {
         range: Range<usize>,
     ) -> Result<(PeerId, Range<usize>), (DropReason, Option<PeerId>)> {
         let p = self.pending.get_mut(index).expect("caller checked");
+        // A join confirms from an underlay address; a peer session through the relay from
+        // its origin, or straight from the peer on a direct path (the AEAD proves the key).
         let expected = match (&p.claim, src) {
             (Claim::Join { .. }, Source::Addr(_)) => true,
             (Claim::Peer(id), Source::Relay(origin)) => *id == origin,
-            _ => false,
+            (Claim::Peer(_), Source::Addr(_)) => true,
+            (Claim::Join { .. }, Source::Relay(_)) => false,
         };
         if !expected {
             return Err((DropReason::BadFrame, src.relay_origin()));
@@ -584,14 +612,23 @@ impl Endpoint {
         self.traffic.rx_bytes += plain.len() as u64;
         self.traffic.rx_packets += 1;
         // Roaming: the hub follows its clients (address or transport); a client keeps the
-        // hub where its configuration and transport choice put it. Probes never move a path.
-        let hub_of_client = self.is_client() && id == PeerId::HUB;
-        let roams = !hub_of_client && !frame::is_probe(&buf[plain.clone()]);
-        if let (Source::Addr(from), Some(p), true) = (src, self.peers.get_mut(&id), roams)
-            && matches!(p.path, Path::Direct(Some(old)) if old != from)
-        {
-            tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
-            p.path = Path::Direct(Some(from));
+        // hub where its configuration and transport choice put it, and leaves its peers'
+        // direct paths to their PathSet. Probes never move a path.
+        let probe = frame::is_probe(&buf[plain.clone()]);
+        match (src, self.is_client(), probe) {
+            (Source::Addr(from), true, false) if id != PeerId::HUB => {
+                self.on_direct_data(now, id, from);
+            }
+            (Source::Addr(from), false, false) => {
+                if let Some(p) = self.peers.get_mut(&id)
+                    && matches!(p.path, Path::Direct(Some(old)) if old != from)
+                {
+                    tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
+                    p.path = Path::Direct(Some(from));
+                    self.send_observed(now, id);
+                }
+            }
+            _ => {}
         }
         let kind = match buf[plain.clone()].first() {
             None => return DatagramOutcome::Done,
@@ -724,7 +761,12 @@ impl Endpoint {
                 }
                 Source::Relay(_) => Err(DropReason::BadFrame),
             },
-            Frame::ProbeAck { seq } => self.on_probe_ack(now, seq),
+            Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
+            Frame::ProbeAck { seq } => self.on_path_ack(now, id, seq, src),
+            Frame::Candidates(list) => self.on_candidates(id, list),
+            Frame::PunchRequest { node } => self.on_punch_request(now, id, node),
+            Frame::Punch { node, candidates } => self.on_punch(now, id, node, candidates),
+            Frame::Observed(addr) => self.on_observed(id, addr),
             Frame::LossReport { received, expected } => {
                 let fec = self.cfg.fec;
                 if let Some(e) = self.peers.get_mut(&id).and_then(|p| p.encoder(fec)) {
@@ -765,11 +807,13 @@ impl Endpoint {
         if !p.usable(now, reject) || !p.reachable() {
             return false;
         }
-        p.path != Path::Relay
-            || self
+        match p.path {
+            Path::Direct(_) => true,
+            Path::Relay(via) => self
                 .peers
-                .get(&PeerId::HUB)
-                .is_some_and(|h| h.usable(now, reject) && h.reachable())
+                .get(&via)
+                .is_some_and(|h| h.usable(now, reject) && h.reachable()),
+        }
     }
 
     /// Seals `buf[start..start + len]` for `id` (and for the hub, when relayed).
@@ -798,35 +842,33 @@ impl Endpoint {
                 Ok(Transmit { to, range })
             }
             Path::Direct(None) => Err(DropReason::NoRoute),
-            Path::Relay => {
+            Path::Relay(via) => {
                 let at = range.start - RELAY_HEADER_LEN;
                 let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[at..range.start])
                     .try_into()
                     .expect("5-byte slice");
                 frame::emit_relay_header(header, id.0);
-                self.wrap_for_hub(now, buf, at, range.end - at)
+                self.wrap_for(now, via, buf, at, range.end - at)
             }
         }
     }
 
-    /// Seals `buf[at..at + len]` (a relay frame) in the hub session.
-    fn wrap_for_hub(
+    /// Seals `buf[at..at + len]` (a relay frame) in the session with the relay `via`.
+    fn wrap_for(
         &mut self,
         now: Instant,
+        via: PeerId,
         buf: &mut [u8],
         at: usize,
         len: usize,
     ) -> Result<Transmit, DropReason> {
-        let hub = self
-            .peers
-            .get_mut(&PeerId::HUB)
-            .ok_or(DropReason::NoRoute)?;
-        let session = hub.current.as_mut().ok_or(DropReason::NoSession)?;
+        let relay = self.peers.get_mut(&via).ok_or(DropReason::NoRoute)?;
+        let session = relay.current.as_mut().ok_or(DropReason::NoSession)?;
         let range = session.seal(buf, at - DATA_HEADER_LEN, len)?;
-        hub.last_tx = Some(now);
-        match hub.path {
+        relay.last_tx = Some(now);
+        match relay.path {
             Path::Direct(Some(to)) => {
-                self.fec_sealed(now, PeerId::HUB, to, &buf[range.clone()]);
+                self.fec_sealed(now, via, to, &buf[range.clone()]);
                 Ok(Transmit { to, range })
             }
             _ => Err(DropReason::NoRoute),
@@ -958,8 +1000,9 @@ impl Endpoint {
                     .try_into()
                     .expect("5-byte slice");
                 frame::emit_relay_header(header, node.0);
-                let t = self.wrap_for_hub(
+                let t = self.wrap_for(
                     now,
+                    PeerId::HUB,
                     &mut buf,
                     DATA_HEADER_LEN,
                     message.len() + RELAY_HEADER_LEN,
@@ -995,12 +1038,16 @@ impl Endpoint {
         TunOutcome::Queued
     }
 
-    /// Sends everything queued for `id` now that its session is up.
+    /// Sends everything queued for `id` now that its session is up (traffic that may want
+    /// a direct path).
     fn flush_queue(&mut self, now: Instant, id: PeerId) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         let queued = core::mem::take(&mut peer.queue);
+        if !queued.is_empty() {
+            self.maybe_punch(now, id);
+        }
         for packet in queued {
             if let Err(r) = self.send_plain(now, id, &packet) {
                 self.count_drop(r, Some(id));
@@ -1189,6 +1236,9 @@ impl Endpoint {
             self.release_index(i);
         }
         self.fec_timers(now, id);
+        if self.is_client() && id != PeerId::HUB {
+            self.path_timers(now, id);
+        }
         if keepalive_due && self.ready(now, id) {
             // An empty message: tells the peer we are alive without data of our own.
             if let Err(r) = self.send_plain(now, id, &[]) {
@@ -1229,6 +1279,7 @@ impl Endpoint {
                     .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
             );
             consider(p.fec_tx.as_ref().and_then(crate::fec::Encoder::deadline));
+            consider(p.paths.next_deadline());
             consider(p.fec_rx.report_due());
         }
         consider(self.pending.next_expiry());

@@ -5,7 +5,7 @@
 //! (a restart). Time only moves when the test says so.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,71 @@ pub const HUB_ADDR: &str = "198.19.1.2:9000";
 
 /// Decides whether a datagram in flight passes.
 pub type Filter = Box<dyn FnMut(&Datagram) -> bool>;
+
+/// How a NAT maps an inside endpoint to a public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One public port per inside endpoint, whatever the destination, kept equal to the
+    /// inside port when free (what Linux masquerade does).
+    EndpointIndependent,
+    /// A new public port per destination ("symmetric").
+    Symmetric,
+}
+
+/// A NAT router in front of some nodes: it translates what they send out, and lets in only
+/// what answers a mapping — from the exact address and port the mapping sent to
+/// (address-and-port-dependent filtering, like conntrack).
+#[derive(Debug)]
+pub struct Nat {
+    pub public: IpAddr,
+    pub mapping: Mapping,
+    /// Whether inside nodes reach each other through the public address.
+    pub hairpin: bool,
+    /// The private addresses behind it.
+    pub inside: BTreeSet<IpAddr>,
+    /// (inside endpoint, destination for symmetric) → public port.
+    out: BTreeMap<(SocketAddr, Option<SocketAddr>), u16>,
+    /// public port → (inside endpoint, remotes it sent to).
+    back: BTreeMap<u16, (SocketAddr, BTreeSet<SocketAddr>)>,
+    next_port: u16,
+}
+
+impl Nat {
+    fn outbound(&mut self, from: SocketAddr, to: SocketAddr) -> SocketAddr {
+        let key = match self.mapping {
+            Mapping::EndpointIndependent => (from, None),
+            Mapping::Symmetric => (from, Some(to)),
+        };
+        let port = match self.out.get(&key) {
+            Some(p) => *p,
+            None => {
+                let preferred = from.port();
+                let port = if self.mapping == Mapping::EndpointIndependent
+                    && !self.back.contains_key(&preferred)
+                {
+                    preferred
+                } else {
+                    while self.back.contains_key(&self.next_port) {
+                        self.next_port = self.next_port.wrapping_add(1).max(20_000);
+                    }
+                    self.next_port
+                };
+                self.out.insert(key, port);
+                self.back.insert(port, (from, BTreeSet::new()));
+                port
+            }
+        };
+        if let Some((_, allowed)) = self.back.get_mut(&port) {
+            allowed.insert(to);
+        }
+        SocketAddr::new(self.public, port)
+    }
+
+    fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        let (inside, allowed) = self.back.get(&to.port())?;
+        allowed.contains(&from).then_some(*inside)
+    }
+}
 
 /// The origin of virtual time; the only clock read in the simulation.
 #[allow(clippy::disallowed_methods)]
@@ -61,6 +126,8 @@ pub struct World {
     pub filter: Option<Filter>,
     /// Every handshake message is delivered twice (a router that duplicates them).
     pub duplicate_handshakes: bool,
+    /// NAT routers; a node whose address is inside one is behind it.
+    pub nats: Vec<Nat>,
     /// The hub's identity, when [`World::hub_and_clients`] made it (to restart it as itself).
     pub hub_secret: Option<StaticSecret>,
     seeds: u8,
@@ -113,6 +180,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             server_key: None,
             transport: TransportMode::Udp,
             networks: vec![prefix("10.0.0.0/8"), prefix("fd00::/8")],
+            p2p: true,
         }),
     }
 }
@@ -149,6 +217,7 @@ impl World {
             log: Vec::new(),
             filter: None,
             duplicate_handshakes: false,
+            nats: Vec::new(),
             hub_secret: None,
             seeds: 0,
         }
@@ -168,7 +237,9 @@ impl World {
     /// Adds a node and returns its index.
     pub fn add(&mut self, cfg: Config, addr: &str) -> usize {
         let seed = self.seed();
-        let ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_000));
+        let mut ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_000));
+        // Its own interface address: a LAN candidate (a no-op on the hub).
+        ep.set_local_addresses(self.now, vec![addr.parse().unwrap()]);
         self.nodes.push(Node {
             ep,
             addr: addr.parse().unwrap(),
@@ -221,12 +292,62 @@ impl World {
         p > 0.0 && (self.rng.below(1_000_000) as f64) < p * 1_000_000.0
     }
 
+    /// Adds a NAT router with public address `public` in front of the nodes whose IP is in
+    /// `inside`; returns its index.
+    pub fn add_nat(
+        &mut self,
+        public: &str,
+        mapping: Mapping,
+        hairpin: bool,
+        inside: &[&str],
+    ) -> usize {
+        self.nats.push(Nat {
+            public: public.parse().unwrap(),
+            mapping,
+            hairpin,
+            inside: inside.iter().map(|a| a.parse().unwrap()).collect(),
+            out: BTreeMap::new(),
+            back: BTreeMap::new(),
+            next_port: 20_000,
+        });
+        self.nats.len() - 1
+    }
+
+    /// What the network makes of a datagram from `from` to `to`: the source and
+    /// destination it arrives with, or `None` if a NAT drops it.
+    fn route(&mut self, from: SocketAddr, to: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+        let inside_of = |nats: &[Nat], ip: IpAddr| nats.iter().position(|n| n.inside.contains(&ip));
+        let (src_nat, dst_nat) = (
+            inside_of(&self.nats, from.ip()),
+            inside_of(&self.nats, to.ip()),
+        );
+        if src_nat.is_some() && src_nat == dst_nat {
+            return Some((from, to)); // the same LAN
+        }
+        let public_nat = self.nats.iter().position(|n| n.public == to.ip());
+        if dst_nat.is_some() {
+            return None; // a private address from elsewhere: not routed
+        }
+        let src = match src_nat {
+            Some(n) if public_nat == Some(n) && !self.nats[n].hairpin => return None,
+            Some(n) => self.nats[n].outbound(from, to),
+            None => from,
+        };
+        match public_nat {
+            Some(n) => self.nats[n].inbound(src, to).map(|inside| (src, inside)),
+            None => Some((src, to)),
+        }
+    }
+
     pub fn send(&mut self, from: SocketAddr, to: Remote, bytes: Vec<u8>) {
+        let Some((from, dst)) = self.route(from, to.addr) else {
+            return;
+        };
         let d = Datagram {
             at: self.now + self.latency,
             transport: to.transport,
             from,
-            to: to.addr,
+            to: dst,
             bytes,
         };
         self.log.push(d.clone());

@@ -64,6 +64,8 @@ pub(crate) struct RawConfig {
     passphrase_file: Option<PathBuf>,
     allow_weak_passphrase: Option<bool>,
     user: Option<String>,
+    p2p: Option<bool>,
+    p2p_port: Option<u16>,
     private_key_file: Option<PathBuf>,
     tun_name: Option<String>,
     mtu: Option<u32>,
@@ -233,6 +235,8 @@ pub(crate) enum RoleSettings {
         server_key: Option<PublicKey>,
         /// The overlay networks addresses and routes may lie in.
         networks: Vec<Prefix>,
+        /// Try direct paths to other clients.
+        p2p: bool,
     },
 }
 
@@ -258,6 +262,12 @@ impl Settings {
         if !args.network.is_empty() {
             raw.network = Some(OneOrMany::Many(args.network.clone()));
         }
+        match (args.p2p, args.no_p2p) {
+            (true, _) => raw.p2p = Some(true),
+            (_, true) => raw.p2p = Some(false),
+            _ => {}
+        }
+        merge(&mut raw.p2p_port, &args.p2p_port);
         Self::build(raw, false)
     }
 
@@ -328,6 +338,12 @@ impl Settings {
             if raw.server.is_some() || server_key.is_some() {
                 return Err(err("server", "is a client setting; a server uses 'listen'"));
             }
+            if raw.p2p.is_some() || raw.p2p_port.is_some() {
+                return Err(err(
+                    "p2p",
+                    "is a client setting; the server coordinates punching for every client",
+                ));
+            }
             if raw.network.is_some() {
                 return Err(err(
                     "network",
@@ -391,10 +407,19 @@ impl Settings {
                 ));
             }
             let networks = client_networks(raw.network, &addresses)?;
+            if let Some(port) = raw.p2p_port.filter(|p| *p != 0) {
+                return Err(err(
+                    "p2p_port",
+                    format!(
+                        "{port}: only 0 (direct paths share the main UDP socket) is supported in this version"
+                    ),
+                ));
+            }
             RoleSettings::Client {
                 server,
                 server_key,
                 networks,
+                p2p: raw.p2p.unwrap_or(true),
             }
         };
         let tun_name = raw.tun_name.unwrap_or_else(|| "culvert0".to_owned());

@@ -62,6 +62,8 @@ const TUN_OFFSET: usize = 128;
 const RX_OFFSET: usize = 128;
 /// Batches handled per readiness event before other sources get a turn.
 const ROUNDS: usize = 4;
+/// A client looks at its interface addresses (its LAN candidates) this often.
+const CANDIDATES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 const _: () =
     assert!(TUN_OFFSET >= HEADROOM + faketcp::HEADROOM && TUN_OFFSET + 65_535 + TAILROOM <= SLOT);
@@ -138,6 +140,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             server,
             server_key,
             networks,
+            p2p,
         } => {
             let addr = resolve(server)?;
             let udp = (settings.transport != TransportArg::Faketcp)
@@ -177,6 +180,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 server_key: pinned,
                 transport,
                 networks: networks.clone(),
+                p2p: *p2p,
             };
             (
                 Role::Client(cfg),
@@ -283,7 +287,9 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         merged_records: 0,
         stop: false,
         io_errors: 0,
+        next_candidates: now,
     };
+    d.refresh_candidates(now);
     d.run()
 }
 
@@ -327,6 +333,8 @@ struct Daemon {
     merged_records: u64,
     stop: bool,
     io_errors: u64,
+    /// When the client next refreshes its LAN candidates.
+    next_candidates: Instant,
 }
 
 impl Daemon {
@@ -363,6 +371,9 @@ impl Daemon {
             {
                 f.stack.handle_timeout(now);
             }
+            if now >= self.next_candidates {
+                self.refresh_candidates(now);
+            }
             self.flush_control();
             self.on_events();
             self.requests.expire(&self.poller, now);
@@ -385,6 +396,26 @@ impl Daemon {
         .into_iter()
         .flatten()
         .fold(ep, Instant::min)
+        .min(self.next_candidates)
+    }
+
+    /// Client: this host's interface addresses with the UDP socket's port, for the hub to
+    /// hand to peers as LAN candidates.
+    fn refresh_candidates(&mut self, now: Instant) {
+        self.next_candidates = now + CANDIDATES_EVERY;
+        if self.server.is_none() {
+            return;
+        }
+        let Some(local) = self.underlay.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+            return;
+        };
+        let tun = self.tun.name().to_owned();
+        let list = culvert_sys::ifaddrs::interface_addresses()
+            .into_iter()
+            .filter(|(name, ip)| *name != tun && ip.is_ipv4() == local.is_ipv4())
+            .map(|(_, ip)| SocketAddr::new(ip, local.port()))
+            .collect();
+        self.ep.set_local_addresses(now, list);
     }
 
     fn on_tun(&mut self) {
@@ -686,6 +717,7 @@ impl Daemon {
                     }
                     tracing::info!(server = %addr, local = ?udp.local_addr().ok(), "rebound the UDP socket");
                     self.underlay.udp = Some(udp);
+                    self.refresh_candidates(Instant::now());
                 }
                 Err(e) => tracing::warn!("{e}"),
             }

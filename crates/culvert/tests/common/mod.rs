@@ -5,15 +5,21 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use culvert::testbed::{Lab, server_args};
+pub use culvert::testbed::{Lab, Site, server_args};
 
 pub static SERIAL: Mutex<()> = Mutex::new(());
 pub const BIN: &str = env!("CARGO_BIN_EXE_culvert");
 pub const KEY: &str = "e2e-test-passphrase";
 pub const MB: u64 = 1 << 20;
 
-/// Returns a lab, or `None` (test skipped) when not running as root.
+/// Returns a star lab of `hosts` public hosts, or `None` (test skipped) when not root.
 pub fn lab(name: &str, hosts: usize) -> Option<Lab> {
+    lab_with(name, &vec![Site::Public; hosts])
+}
+
+/// Returns a lab with one host per `sites` entry (public or behind a NAT), or `None`
+/// (test skipped) when not running as root.
+pub fn lab_with(name: &str, sites: &[Site]) -> Option<Lab> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -35,7 +41,10 @@ pub fn lab(name: &str, hosts: usize) -> Option<Lab> {
         std::process::id() % 10_000,
         &name[..name.len().min(4)]
     );
-    Some(Lab::new(&prefix, hosts, std::path::Path::new(BIN)).expect("building the namespace lab"))
+    Some(
+        Lab::with_sites(&prefix, sites, std::path::Path::new(BIN))
+            .expect("building the namespace lab"),
+    )
 }
 
 pub fn ip(s: &str) -> IpAddr {

@@ -1,0 +1,260 @@
+//! Direct paths between clients over NAT models, in virtual time: hole punching coordinated
+//! by the hub, LAN paths, path switches under traffic, fallback to the relay.
+//!
+//! ```text
+//!   hub 198.19.1.2:9000 (public)
+//!   NAT A 203.0.113.1  <- client A 192.168.1.2:4000
+//!   NAT B 198.51.100.1 <- client B 192.168.2.2:4000   (or behind NAT A too)
+//! ```
+
+mod sim;
+
+use std::time::Duration;
+
+use culvert_core::Role;
+use sim::{Mapping, World, client_config, hub_config, ip_packet, passphrase};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A hub and two clients, A (node index 1) and B (2), behind NATs of the given kinds (or
+/// behind one NAT without hairpinning when `same_lan`).
+fn world(seed: u64, a: Mapping, b: Mapping, same_lan: bool, p2p: bool) -> World {
+    let mut w = World::new(seed);
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    let (a_ip, b_ip) = if same_lan {
+        ("192.168.1.2", "192.168.1.3")
+    } else {
+        ("192.168.1.2", "192.168.2.2")
+    };
+    if same_lan {
+        w.add_nat("203.0.113.1", a, false, &[a_ip, b_ip]);
+    } else {
+        w.add_nat("203.0.113.1", a, false, &[a_ip]);
+        w.add_nat("198.51.100.1", b, false, &[b_ip]);
+    }
+    for (i, ip) in [a_ip, b_ip].iter().enumerate() {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        if let Role::Client(cc) = &mut c.role {
+            cc.p2p = p2p;
+        }
+        w.add(c, &format!("{ip}:4000"));
+    }
+    assert!(
+        w.run_until(10 * SECOND, |w| w.joined(1)
+            && w.joined(2)
+            && w.mesh_known()),
+        "clients did not join"
+    );
+    w
+}
+
+fn peer_path(w: &World, node: usize, peer: u32) -> (String, Option<String>) {
+    let s = w.nodes[node].ep.status(w.now);
+    let p = s.peers.iter().find(|p| p.node == peer).unwrap();
+    (p.path.to_owned(), p.path_reason.map(str::to_owned))
+}
+
+/// Streams `count` packets A -> B, one per millisecond; returns how many arrived.
+fn stream(w: &mut World, count: usize) -> usize {
+    let before = w.nodes[2].delivered.len();
+    for i in 0..count {
+        let _ = w.tun(
+            1,
+            &ip_packet("10.0.0.2", "10.0.0.3", format!("p{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(1));
+    }
+    w.run(SECOND);
+    w.nodes[2].delivered.len() - before
+}
+
+fn relayed(w: &World) -> u64 {
+    w.nodes[0].ep.status(w.now).relayed.tx_packets
+}
+
+#[test]
+fn port_preserving_nats_go_direct_within_3s_and_the_hub_relays_nothing_after() {
+    let mut w = world(
+        40,
+        Mapping::EndpointIndependent,
+        Mapping::EndpointIndependent,
+        false,
+        true,
+    );
+    let start = w.now;
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    let direct = w.run_until(3 * SECOND, |w| {
+        peer_path(w, 1, 2).0 == "direct" && peer_path(w, 2, 1).0 == "direct"
+    });
+    assert!(
+        direct,
+        "no direct path: {:?} / {:?}",
+        peer_path(&w, 1, 2),
+        peer_path(&w, 2, 1)
+    );
+    eprintln!("direct after {:?}", w.now - start);
+    let hub_before = relayed(&w);
+    assert_eq!(stream(&mut w, 1000), 1000);
+    assert_eq!(
+        relayed(&w),
+        hub_before,
+        "the hub still relayed client traffic"
+    );
+    let s = w.nodes[1].ep.status(w.now);
+    let p = s.peers.iter().find(|p| p.node == 2).unwrap();
+    assert!(
+        p.endpoint.as_deref().unwrap().starts_with("198.51.100.1:"),
+        "{:?}",
+        p.endpoint
+    );
+    assert!(p.path_rtt_ms.is_some());
+    assert_eq!(
+        s.reflexive.as_deref(),
+        Some("203.0.113.1:4000"),
+        "the hub saw our NAT"
+    );
+}
+
+#[test]
+fn two_clients_behind_one_nat_without_hairpin_use_their_lan() {
+    let mut w = world(
+        41,
+        Mapping::EndpointIndependent,
+        Mapping::EndpointIndependent,
+        true,
+        true,
+    );
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    assert!(
+        w.run_until(3 * SECOND, |w| peer_path(w, 1, 2).0 == "lan"),
+        "{:?}",
+        peer_path(&w, 1, 2)
+    );
+    let hub_before = relayed(&w);
+    assert_eq!(stream(&mut w, 500), 500);
+    assert_eq!(relayed(&w), hub_before);
+    let s = w.nodes[1].ep.status(w.now);
+    let p = s.peers.iter().find(|p| p.node == 2).unwrap();
+    assert_eq!(p.endpoint.as_deref(), Some("192.168.1.3:4000"));
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_stay_relayed_and_say_why() {
+    let mut w = world(42, Mapping::Symmetric, Mapping::Symmetric, false, true);
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    w.run(5 * SECOND);
+    let (path, why) = peer_path(&w, 1, 2);
+    assert_eq!(path, "relay");
+    assert!(why.unwrap().contains("punch timed out"));
+    assert_eq!(
+        stream(&mut w, 500),
+        500,
+        "the relay carries everything meanwhile"
+    );
+    // Backed off: no new punch during the next second of traffic.
+    let probes_before = w.log.len();
+    let _ = stream(&mut w, 200);
+    assert!(w.log.len() > probes_before);
+}
+
+#[test]
+fn cone_against_symmetric_stays_relayed_without_port_prediction() {
+    let mut w = world(
+        43,
+        Mapping::EndpointIndependent,
+        Mapping::Symmetric,
+        false,
+        true,
+    );
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    w.run(5 * SECOND);
+    assert_eq!(peer_path(&w, 1, 2).0, "relay");
+    assert_eq!(stream(&mut w, 300), 300);
+}
+
+#[test]
+fn a_stream_that_starts_relayed_moves_direct_without_loss() {
+    let mut w = world(
+        44,
+        Mapping::EndpointIndependent,
+        Mapping::EndpointIndependent,
+        false,
+        true,
+    );
+    // The first packet opens the end-to-end session; the stream starts on the relay.
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    w.run(Duration::from_millis(50));
+    assert_eq!(peer_path(&w, 1, 2).0, "relay");
+    let got = stream(&mut w, 3000);
+    assert_eq!(got, 3000, "packets lost across the switch");
+    assert_eq!(peer_path(&w, 1, 2).0, "direct");
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &w.nodes[2].delivered {
+        assert!(seen.insert(p.clone()), "a packet was delivered twice");
+    }
+}
+
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay_within_2s() {
+    let mut w = world(
+        45,
+        Mapping::EndpointIndependent,
+        Mapping::EndpointIndependent,
+        false,
+        true,
+    );
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.3", b"first"));
+    assert!(w.run_until(3 * SECOND, |w| peer_path(w, 1, 2).0 == "direct"));
+    // The direct path dies (only traffic with the hub passes).
+    let hub: std::net::SocketAddr = sim::HUB_ADDR.parse().unwrap();
+    w.filter = Some(Box::new(move |d| d.to == hub || d.from == hub));
+    let cut = w.now;
+    let mut back = None;
+    let before = w.nodes[2].delivered.len();
+    for i in 0..4000 {
+        let _ = w.tun(
+            1,
+            &ip_packet("10.0.0.2", "10.0.0.3", format!("q{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(1));
+        if back.is_none() && peer_path(&w, 1, 2).0 == "relay" {
+            back = Some(w.now - cut);
+        }
+    }
+    let took = back.expect("never fell back");
+    assert!(
+        took <= 2 * SECOND + Duration::from_millis(100),
+        "fallback took {took:?}"
+    );
+    let s = w.nodes[1].ep.status(w.now);
+    let switch = s
+        .peers
+        .iter()
+        .find(|p| p.node == 2)
+        .unwrap()
+        .last_switch
+        .clone();
+    assert!(switch.unwrap().contains("silent"), "the log says why");
+    let delivered = w.nodes[2].delivered.len() - before;
+    assert!(
+        delivered > 1500,
+        "only {delivered} of 4000 arrived after the fallback"
+    );
+}
+
+#[test]
+fn p2p_off_stays_relayed_and_says_so() {
+    let mut w = world(
+        46,
+        Mapping::EndpointIndependent,
+        Mapping::EndpointIndependent,
+        false,
+        false,
+    );
+    assert_eq!(stream(&mut w, 200), 200);
+    let (path, why) = peer_path(&w, 1, 2);
+    assert_eq!(path, "relay");
+    assert_eq!(why.as_deref(), Some("p2p disabled by config"));
+}

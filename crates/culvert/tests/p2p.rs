@@ -1,0 +1,202 @@
+//! Direct paths between clients through real NAT routers (Linux masquerade) in namespaces.
+//!
+//! ```text
+//!   host 0: server 10.0.0.1  198.18.1.2 -------------------------------+
+//!   host 1: client 10.0.0.2  192.168.1.11 -- NAT 1 (198.18.101.2) -----+-- router
+//!   host 2: client 10.0.0.3  192.168.2.12 -- NAT 2 (198.18.102.2) -----+
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NAT1: Site = Site::Nat {
+    nat: 1,
+    symmetric: false,
+};
+const NAT2: Site = Site::Nat {
+    nat: 2,
+    symmetric: false,
+};
+
+/// Host `host`'s view of node `node`: path kind, and why it is relayed.
+fn path(lab: &Lab, host: usize, node: u64) -> (String, String) {
+    let s = lab.status(host).unwrap();
+    let p = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == node)
+        .cloned()
+        .unwrap_or_default();
+    (
+        p["path"].as_str().unwrap_or("-").to_owned(),
+        p["path_reason"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn node_of(lab: &Lab, host: usize) -> u64 {
+    lab.status(host).unwrap()["node"].as_u64().unwrap()
+}
+
+fn relayed(lab: &Lab) -> u64 {
+    lab.status(0).unwrap()["relayed"]["tx_packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until host 1 and host 2 see each other on `kind`; returns how long it took.
+fn wait_path(lab: &Lab, kind: &str, within: Duration) -> Option<Duration> {
+    let (n1, n2) = (node_of(lab, 1), node_of(lab, 2));
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if path(lab, 1, n2).0 == kind && path(lab, 2, n1).0 == kind {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn direct_path_across_two_port_preserving_nats_keeps_the_hub_out() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab_with("p2pcone", &[Site::Public, NAT1, NAT2]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    // The first packets between the clients go through the hub and ask it to coordinate.
+    let asked = Instant::now();
+    wait_ping(&lab, 1, overlay(2));
+    let took = wait_path(&lab, "direct", Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "no direct path: {:?}\n{}",
+            path(&lab, 1, node_of(&lab, 2)),
+            lab.logs()
+        )
+    });
+    eprintln!(
+        "direct {:.2} s after the first client-to-client ping ({:.2} s after its answer)",
+        asked.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(3), "direct path took {took:?}");
+    let before = relayed(&lab);
+    let t = lab.transfer(1, 2, overlay(2), 50 * MB, || ()).unwrap();
+    assert_eq!((t.sent.as_str(), t.bytes), (t.received.as_str(), 50 * MB));
+    let through_hub = relayed(&lab) - before;
+    eprintln!(
+        "50 MB client to client, direct: {:.0} Mbit/s; {through_hub} messages through the hub",
+        t.mbps()
+    );
+    // 50 MB is about 37,000 messages each way; the hub may carry a few control frames.
+    assert!(
+        through_hub < 370,
+        "{through_hub} messages went through the hub"
+    );
+    let ep = lab.status(1).unwrap()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == node_of(&lab, 2))
+        .unwrap()["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        ep.starts_with("198.18.102.2:"),
+        "direct to NAT 2's public address: {ep}"
+    );
+}
+
+#[test]
+fn two_clients_behind_one_nat_use_their_lan() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab_with("p2plan", &[Site::Public, NAT1, NAT1]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    wait_ping(&lab, 1, overlay(2));
+    assert!(
+        wait_path(&lab, "lan", Duration::from_secs(5)).is_some(),
+        "no LAN path: {:?}\n{}",
+        path(&lab, 1, node_of(&lab, 2)),
+        lab.logs()
+    );
+    let before = relayed(&lab);
+    let t = lab.transfer(2, 1, overlay(1), 20 * MB, || ()).unwrap();
+    assert_eq!(t.sent, t.received);
+    assert!(relayed(&lab) - before < 150);
+}
+
+#[test]
+fn a_transfer_moves_from_the_relay_to_direct_and_back_intact() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab_with("p2pmove", &[Site::Public, NAT1, NAT2]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    let (n1, n2) = (node_of(&lab, 1), node_of(&lab, 2));
+    // Started before any direct path exists: it begins on the relay and moves direct.
+    let t = lab.transfer(1, 2, overlay(2), 60 * MB, || ()).unwrap();
+    assert_eq!((t.sent.as_str(), t.bytes), (t.received.as_str(), 60 * MB));
+    assert_eq!(path(&lab, 1, n2).0, "direct", "it never moved");
+    eprintln!(
+        "relay -> direct during 60 MB: longest stall {:.3} s",
+        t.max_stall
+    );
+    // The direct path is cut mid-transfer (the NATs drop each other's traffic): back to
+    // the relay within 2 s, the TCP connection survives.
+    let t = lab
+        .transfer(1, 2, overlay(2), 60 * MB, || {
+            lab.nat_nft(
+                1,
+                "table ip cut { chain f { type filter hook forward priority -10; \
+                 ip saddr 198.18.102.2 drop; ip daddr 198.18.102.2 drop; } }",
+            )
+            .unwrap();
+        })
+        .unwrap();
+    assert_eq!((t.sent.as_str(), t.bytes), (t.received.as_str(), 60 * MB));
+    eprintln!(
+        "direct cut mid-transfer: longest stall {:.3} s",
+        t.max_stall
+    );
+    assert!(t.max_stall < 4.0, "stalled {:.2} s", t.max_stall);
+    let (kind, why) = path(&lab, 1, n2);
+    assert_eq!(kind, "relay");
+    assert!(!why.is_empty());
+    let _ = n1;
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_stay_relayed_and_status_says_why() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sym = |nat| Site::Nat {
+        nat,
+        symmetric: true,
+    };
+    let Some(mut lab) = lab_with("p2psym", &[Site::Public, sym(1), sym(2)]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    for _ in 0..10 {
+        let _ = lab.ping(1, overlay(2), Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let (kind, why) = path(&lab, 1, node_of(&lab, 2));
+    assert_eq!(kind, "relay");
+    assert!(why.contains("punch timed out"), "{why}");
+    let t = lab.transfer(1, 2, overlay(2), 10 * MB, || ()).unwrap();
+    assert_eq!(t.sent, t.received, "the relay carries it");
+}
