@@ -105,6 +105,12 @@ pub const GROUP_TTL: Duration = Duration::from_millis(1500);
 const ACTIVE_FOR: Duration = Duration::from_secs(60);
 /// How often a receiver reports loss.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// After a loss onset, reports follow each other this closely until parity arrives: a new
+/// path, or one whose loss appears suddenly, is protected within about an RTT plus this,
+/// not a whole report interval.
+pub const FAST_REPORT: Duration = Duration::from_millis(50);
+/// Fast reports after one onset at most (a peer with FEC off never answers them).
+const FAST_REPORTS: u8 = 10;
 /// Reports with fewer expected messages carry too little information to act on.
 const MIN_REPORT: u32 = 20;
 
@@ -421,6 +427,13 @@ pub struct Decoder {
     base: Option<u64>,
     meter_index: u32,
     next_report: Option<Instant>,
+    last_report: Option<Instant>,
+    /// Loss of the last report sent (0..1).
+    reported_loss: f64,
+    /// Fast reports left since the last loss onset.
+    fast_left: u8,
+    /// Parity arrived since the last report.
+    parity_since_report: bool,
     pub(crate) stats: Stats,
 }
 
@@ -474,6 +487,31 @@ impl Decoder {
         self.highest = Some(self.highest.map_or(counter, |h| h.max(counter)));
         self.base.get_or_insert(counter);
         self.next_report.get_or_insert(now + REPORT_INTERVAL);
+        self.watch_onset(now);
+    }
+
+    /// Loss well above the last report's (an onset) asks for fast reports, until parity
+    /// answers them or [`FAST_REPORTS`] went out.
+    fn watch_onset(&mut self, now: Instant) {
+        let (Some(base), Some(high)) = (self.base, self.highest) else {
+            return;
+        };
+        let expected = high.saturating_sub(base) + 1;
+        if expected < u64::from(MIN_REPORT) {
+            return;
+        }
+        let lost = expected.saturating_sub(u64::from(self.received));
+        let loss = lost as f64 / expected as f64;
+        if loss <= TARGET_LOSS {
+            return;
+        }
+        if loss > self.reported_loss * 1.5 + 0.005 && self.fast_left == 0 {
+            self.fast_left = FAST_REPORTS;
+        }
+        if self.fast_left > 0 && !self.parity_since_report {
+            let at = self.last_report.map_or(now, |t| (t + FAST_REPORT).max(now));
+            self.next_report = Some(self.next_report.map_or(at, |t| t.min(at)));
+        }
     }
 
     /// When the next loss report is due.
@@ -494,6 +532,12 @@ impl Decoder {
         self.received = 0;
         self.next_report = None;
         let report = (expected >= MIN_REPORT).then_some((received, expected));
+        if report.is_some() {
+            self.last_report = Some(now);
+            self.reported_loss = self.stats.local_loss;
+            self.fast_left = self.fast_left.saturating_sub(1);
+            self.parity_since_report = false;
+        }
         if report.is_some() && self.stats.local_loss > TARGET_LOSS {
             // A peer in `auto` answers this report with parity: keep the originals of its
             // first group too. Lower loss draws no parity, so it starts no copying.
@@ -506,6 +550,8 @@ impl Decoder {
     /// data messages it allowed to recover (sealed, to be opened like any other).
     pub fn on_parity(&mut self, now: Instant, p: &FecParity<&[u8]>) -> Vec<Vec<u8>> {
         self.stats.parity_received += 1;
+        self.parity_since_report = true;
+        self.fast_left = 0;
         self.active_until = Some(now + ACTIVE_FOR);
         self.expire(now);
         let key = (p.index(), p.first_counter());
@@ -962,7 +1008,54 @@ mod tests {
                 dec.count(t, 1, c);
             }
         }
-        assert_eq!(dec.take_report(t), None, "not due yet");
-        assert_eq!(dec.take_report(t + REPORT_INTERVAL), Some((90, 99)));
+        // 10% loss out of nothing is an onset: reported at once, not a second later.
+        assert_eq!(
+            dec.take_report(t),
+            Some((90, 99)),
+            "an onset is reported at once"
+        );
+        // The next ones follow FAST_REPORT apart while no parity comes, at most
+        // FAST_REPORTS of them; steady loss afterwards is reported once a second.
+        let mut at = t;
+        let mut fast = 1;
+        for round in 1..40u64 {
+            at += FAST_REPORT;
+            for c in 0..100u64 {
+                if c % 10 != 0 {
+                    dec.count(at, 1, round * 100 + c);
+                }
+            }
+            if dec.take_report(at).is_some() {
+                fast += 1;
+            }
+        }
+        // FAST_REPORTS in the first half second, then one regular report a second later.
+        assert_eq!(
+            fast,
+            usize::from(FAST_REPORTS) + 1,
+            "reports in 2 s after one onset"
+        );
+        // Parity ends the fast reports at once.
+        let mut quiet = Decoder::default();
+        for c in 0..40u64 {
+            if c % 10 != 0 {
+                quiet.count(t, 1, c);
+            }
+        }
+        assert!(quiet.take_report(t).is_some());
+        let mut p = vec![0u8; FEC_OVERHEAD + 4];
+        emit_fec_header(&mut p, 4, 1, 0, 1, 1000);
+        let _ = quiet.on_parity(t, &FecParity::new_checked(&p[..]).unwrap());
+        for c in 40..80u64 {
+            if c % 10 != 0 {
+                quiet.count(t + FAST_REPORT, 1, c);
+            }
+        }
+        assert_eq!(quiet.take_report(t + FAST_REPORT), None);
+        assert!(
+            quiet
+                .take_report(t + REPORT_INTERVAL + FAST_REPORT)
+                .is_some()
+        );
     }
 }

@@ -135,6 +135,23 @@ fn auto_adds_parity_under_loss_and_none_on_a_clean_path() {
     assert_eq!(st.m, 0, "{st:?}");
 }
 
+/// A stream that meets 10% loss (each way) from its first packet: `auto` must protect it
+/// within about 100 ms, not a whole report interval, to end under the 0.1% target.
+#[test]
+fn auto_protects_a_stream_that_starts_lossy_within_100ms() {
+    let mut w = pair(57, Mode::Auto);
+    w.loss = 0.10;
+    let n = 10_000;
+    let got = stream(&mut w, n, 1);
+    let residual = 1.0 - got as f64 / n as f64;
+    let st = w.nodes[1].ep.status(w.now).peers[0].fec;
+    assert!(
+        residual <= 0.001,
+        "residual {:.3}% over 10 s at 10% loss from the start: {st:?}",
+        residual * 100.0
+    );
+}
+
 #[test]
 fn forged_parity_only_causes_drops() {
     let mut w = pair(56, Mode::Fixed { k: 4, m: 2 });

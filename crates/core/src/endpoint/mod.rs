@@ -552,6 +552,10 @@ impl Endpoint {
             if let Some(k) = kept {
                 peer.fec_rx.authenticated(k);
             }
+            // A loss onset may have brought the next report forward.
+            if let Some(d) = peer.fec_rx.report_due() {
+                self.deadline = Some(self.deadline.map_or(d, |x| x.min(d)));
+            }
         }
         Ok((id, range.start + plain.start..range.start + plain.end))
     }
