@@ -465,7 +465,7 @@ mod tests {
             sent += p.poll(now).len();
             now += PUNCH_INTERVAL;
         }
-        assert!(sent >= 25 && sent <= 31, "{sent} probes");
+        assert!((25..=31).contains(&sent), "{sent} probes");
         assert_eq!(p.reason(), RelayReason::PunchTimedOut);
         assert!(!p.wants_punch(now), "backoff");
         assert!(p.wants_punch(now + RETRY_MIN));
