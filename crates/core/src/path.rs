@@ -9,6 +9,16 @@
 //! measures the RTT and keeps NAT mappings open; [`DEAD_AFTER`] without an answer falls back
 //! to the relay, and the next attempt waits with backoff. [`PathSet`] decides; the endpoint
 //! sends what it asks and switches the peer's [`Path`].
+//!
+//! **Why the first probes have a low TTL.** A probe that reaches the peer's NAT before the
+//! peer has sent anything towards us is refused — and a Linux NAT remembers it: conntrack
+//! keeps the refused flow for 30 s, and when the peer then sends to us, its NAT must give
+//! that flow another public port, which our NAT refuses in turn. Both sides punching at the
+//! same moment does not prevent it (the first probe always wins the race by a little). So
+//! each side ramps the TTL of its probes, [`RAMP_TTL_START`] and one more each round: the
+//! first ones die between the two NATs, after opening our own; by the time ours reach the
+//! peer's NAT, the peer's have opened it. A node without a NAT (its reflexive endpoint is
+//! its own) waits through the ramp instead, since it has nothing to open.
 
 use core::net::SocketAddr;
 use std::collections::BTreeMap;
@@ -41,6 +51,10 @@ pub const RETRY_MIN: Duration = Duration::from_secs(2);
 pub const RETRY_MAX: Duration = Duration::from_secs(120);
 /// A punch request the hub did not answer counts as failed after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// TTL of the first round of punch probes: through our own NAT, not much further.
+pub const RAMP_TTL_START: u8 = 2;
+/// Rounds of rising TTL before probes go out with the default one.
+pub const RAMP_ROUNDS: u32 = 5;
 
 /// Why a peer is (still) relayed, for status and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +103,8 @@ pub enum PathAction {
         seq: u32,
         /// Where.
         to: Remote,
+        /// The IP TTL to send it with, when not the default.
+        ttl: Option<u8>,
     },
     /// Switch the peer to this direct path.
     UseDirect(Remote, &'static str),
@@ -114,6 +130,10 @@ struct Punch {
     candidates: Vec<Candidate>,
     started: Instant,
     next: Instant,
+    /// Rounds sent so far (the TTL ramp).
+    round: u32,
+    /// Whether we are behind a NAT (else we wait through the ramp).
+    behind_nat: bool,
 }
 
 /// The direct paths of one peer: candidates, probing, the validated path, backoff.
@@ -166,8 +186,9 @@ impl PathSet {
         self.reason = reason;
     }
 
-    /// The hub says: punch now, towards these candidates (LAN first).
-    pub fn start(&mut self, now: Instant, mut candidates: Vec<Candidate>) {
+    /// The hub says: punch now, towards these candidates (LAN first). `behind_nat`: our
+    /// own endpoint is translated (we ramp the TTL; without a NAT we wait through the ramp).
+    pub fn start(&mut self, now: Instant, mut candidates: Vec<Candidate>, behind_nat: bool) {
         self.requested = None;
         if self.direct.is_some() {
             return;
@@ -190,6 +211,8 @@ impl PathSet {
             candidates,
             started: now,
             next: now,
+            round: 0,
+            behind_nat,
         });
     }
 
@@ -208,14 +231,31 @@ impl PathSet {
                 self.punch = None;
                 self.fail(now, RelayReason::PunchTimedOut);
             } else if p.next <= now {
-                let targets: Vec<Remote> =
-                    p.candidates.iter().map(|c| Remote::udp(c.addr)).collect();
-                for to in targets {
+                let ramping = p.round < RAMP_ROUNDS;
+                let ttl = ramping.then(|| {
+                    RAMP_TTL_START.saturating_add(u8::try_from(p.round).unwrap_or(u8::MAX))
+                });
+                let targets: Vec<(Remote, Option<u8>)> = p
+                    .candidates
+                    .iter()
+                    .filter(|c| c.kind == CandidateKind::Local || p.behind_nat || !ramping)
+                    .map(|c| {
+                        // A LAN candidate needs no ramp: no NAT lies in between.
+                        let t = if c.kind == CandidateKind::Local {
+                            None
+                        } else {
+                            ttl
+                        };
+                        (Remote::udp(c.addr), t)
+                    })
+                    .collect();
+                for (to, ttl) in targets {
                     let seq = self.probe(now, to);
-                    out.push(PathAction::Probe { seq, to });
+                    out.push(PathAction::Probe { seq, to, ttl });
                 }
                 if let Some(p) = &mut self.punch {
                     p.next = now + PUNCH_INTERVAL;
+                    p.round += 1;
                 }
             }
         }
@@ -231,7 +271,7 @@ impl PathSet {
                     d.next_probe = now + KEEPALIVE;
                     d.sent = d.sent.saturating_add(1);
                 }
-                out.push(PathAction::Probe { seq, to });
+                out.push(PathAction::Probe { seq, to, ttl: None });
             }
         }
         // Forget probes nobody will answer any more.
@@ -421,19 +461,30 @@ mod tests {
                 cand(CandidateKind::Reflexive, "203.0.113.5:4000"),
                 cand(CandidateKind::Local, "192.168.1.5:4000"),
             ],
+            true,
         );
         let probes = p.poll(t);
         assert_eq!(probes.len(), 2);
-        let PathAction::Probe { seq: lan_seq, to } = probes[0].clone() else {
-            panic!()
+        let PathAction::Probe {
+            seq: lan_seq,
+            to,
+            ttl: None,
+        } = probes[0].clone()
+        else {
+            panic!("{probes:?}")
         };
-        assert_eq!(to.addr.to_string(), "192.168.1.5:4000", "LAN first");
+        assert_eq!(
+            to.addr.to_string(),
+            "192.168.1.5:4000",
+            "LAN first, full TTL"
+        );
         let PathAction::Probe {
             seq: pub_seq,
             to: pub_to,
+            ttl: Some(RAMP_TTL_START),
         } = probes[1].clone()
         else {
-            panic!()
+            panic!("{probes:?}")
         };
         let ms = Duration::from_millis;
         assert!(matches!(
@@ -458,7 +509,11 @@ mod tests {
     fn silence_falls_back_and_failures_back_off() {
         let t = crate::test_epoch();
         let mut p = PathSet::default();
-        p.start(t, vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")]);
+        p.start(
+            t,
+            vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
+            true,
+        );
         let mut sent = 0;
         let mut now = t;
         while now < t + PUNCH_FOR + PUNCH_INTERVAL {
@@ -478,7 +533,38 @@ mod tests {
         assert_eq!(p.reason(), RelayReason::DirectLost);
         // No candidates at all: say so.
         let mut q = PathSet::default();
-        q.start(t, Vec::new());
+        q.start(t, Vec::new(), true);
         assert_eq!(q.reason(), RelayReason::NoCandidates);
+    }
+
+    #[test]
+    fn the_ttl_ramps_behind_a_nat_and_a_public_node_waits_it_out() {
+        let t = crate::test_epoch();
+        let ttls = |behind_nat| {
+            let mut p = PathSet::default();
+            p.start(
+                t,
+                vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
+                behind_nat,
+            );
+            (0..8u32)
+                .map(|r| {
+                    p.poll(t + PUNCH_INTERVAL * r)
+                        .into_iter()
+                        .find_map(|a| match a {
+                            PathAction::Probe { ttl, .. } => Some(ttl),
+                            _ => None,
+                        })
+                })
+                .collect::<Vec<_>>()
+        };
+        let ramp: Vec<Option<Option<u8>>> = [2, 3, 4, 5, 6]
+            .iter()
+            .map(|t| Some(Some(*t)))
+            .chain([Some(None); 3])
+            .collect();
+        assert_eq!(ttls(true), ramp);
+        let wait: Vec<Option<Option<u8>>> = [None; 5].into_iter().chain([Some(None); 3]).collect();
+        assert_eq!(ttls(false), wait);
     }
 }

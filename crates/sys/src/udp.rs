@@ -62,6 +62,21 @@ impl UdpSocket {
         self.sock.local_addr()
     }
 
+    /// Sends one datagram with IP TTL (hop limit) `ttl`, then restores the default: the
+    /// first probes of a hole punch, which must die between the two NATs.
+    pub fn send_with_ttl(&self, to: SocketAddr, bytes: &[u8], ttl: u8) -> io::Result<()> {
+        let (level, opt) = if self.v6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_TTL)
+        };
+        crate::sockopt::set_int(&self.sock, level, opt, libc::c_int::from(ttl))?;
+        let sent = self.send_batch(&[(to, bytes)]);
+        // -1: the system's default again.
+        let restored = crate::sockopt::set_int(&self.sock, level, opt, -1);
+        sent.and(restored).map(|_| ())
+    }
+
     /// Receives up to `meta.len()` datagrams into consecutive `slot`-byte slots of `buf`,
     /// each at `offset` within its slot (datagram `i` lands at `buf[i * slot + offset..]`).
     /// Returns how many arrived; 0 if none.

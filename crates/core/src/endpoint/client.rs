@@ -494,7 +494,7 @@ impl Endpoint {
             c.probe_out = Some((seq, now));
             c.next_probe = Some(now + PROBE_INTERVAL);
             let to = Remote::udp(c.server);
-            self.send_frame_to(PeerId::HUB, to, &Frame::Probe { seq });
+            self.send_frame_to(PeerId::HUB, to, &Frame::Probe { seq }, None);
         }
     }
 

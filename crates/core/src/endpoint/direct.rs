@@ -109,12 +109,14 @@ impl Endpoint {
             return Ok(());
         }
         let id = PeerId(node);
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
-        if id == PeerId::HUB {
-            return Err(DropReason::BadFrame);
+        if id == PeerId::HUB || !self.peers.contains_key(&id) {
+            return Err(DropReason::RelayNoPeer);
         }
-        tracing::debug!(peer = node, candidates = %path::describe(&candidates), "punching");
-        peer.paths.start(now, candidates);
+        // Behind a NAT unless the hub sees us at one of our own addresses.
+        let behind_nat = c.reflexive.is_none_or(|r| !c.locals.contains(&r));
+        tracing::debug!(peer = node, candidates = %path::describe(&candidates), behind_nat, "punching");
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
+        peer.paths.start(now, candidates, behind_nat);
         self.path_timers(now, id);
         self.deadline_dirty = true;
         Ok(())
@@ -167,8 +169,8 @@ impl Endpoint {
 
     fn apply_path(&mut self, now: Instant, id: PeerId, action: PathAction) {
         match action {
-            PathAction::Probe { seq, to } => {
-                self.send_frame_to(id, to, &Frame::Probe { seq });
+            PathAction::Probe { seq, to, ttl } => {
+                self.send_frame_to(id, to, &Frame::Probe { seq }, ttl);
             }
             PathAction::UseDirect(to, why) => self.use_path(now, id, Path::Direct(Some(to)), why),
             PathAction::UseRelay(why) => self.use_path(now, id, Path::Relay(PeerId::HUB), why),

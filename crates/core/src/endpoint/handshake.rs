@@ -204,10 +204,8 @@ impl Endpoint {
                 let mut out = [0u8; COOKIE_REPLY_LEN];
                 hub.cookies
                     .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
-                self.outbox.push_back(super::OwnedTransmit {
-                    to: from,
-                    bytes: out.to_vec(),
-                });
+                self.outbox
+                    .push_back(super::OwnedTransmit::new(from, out.to_vec()));
                 return Err(DropReason::CookieRequired);
             }
             if !hub.handshake_budget.allow(now, from.addr.ip()) {

@@ -78,6 +78,20 @@ pub struct OwnedTransmit {
     pub to: Remote,
     /// The datagram.
     pub bytes: Vec<u8>,
+    /// Send with this IP TTL (hop limit) instead of the default: the first probes of a
+    /// punch, which must open our own NAT without reaching the peer's (see [`crate::path`]).
+    pub ttl: Option<u8>,
+}
+
+impl OwnedTransmit {
+    /// A datagram with the default TTL.
+    pub fn new(to: Remote, bytes: Vec<u8>) -> Self {
+        Self {
+            to,
+            bytes,
+            ttl: None,
+        }
+    }
 }
 
 /// What to do with a packet read from the TUN device.
@@ -760,7 +774,7 @@ impl Endpoint {
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
             Frame::Probe { seq } => match src {
                 Source::Addr(from) => {
-                    self.send_frame_to(id, from, &Frame::ProbeAck { seq });
+                    self.send_frame_to(id, from, &Frame::ProbeAck { seq }, None);
                     Ok(())
                 }
                 Source::Relay(_) => Err(DropReason::BadFrame),
@@ -914,7 +928,7 @@ impl Endpoint {
                 None => Err(DropReason::NoSession),
             };
             match sealed {
-                Ok(()) => self.outbox.push_back(OwnedTransmit { to, bytes }),
+                Ok(()) => self.outbox.push_back(OwnedTransmit::new(to, bytes)),
                 Err(r) => {
                     self.count_drop(r, Some(id));
                 }
@@ -955,7 +969,7 @@ impl Endpoint {
 
     /// Encodes a control frame, seals it in `id`'s session and sends it to `to` instead of
     /// the peer's path (probes and their answers travel on the transport under test).
-    fn send_frame_to(&mut self, id: PeerId, to: Remote, frame: &Frame<'_>) {
+    fn send_frame_to(&mut self, id: PeerId, to: Remote, frame: &Frame<'_>, ttl: Option<u8>) {
         let mut plain = Vec::new();
         frame.emit(&mut plain);
         let mut buf = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
@@ -965,7 +979,12 @@ impl Endpoint {
             None => Err(DropReason::NoSession),
         };
         match sealed {
-            Ok(range) => self.push_owned(to, buf, range),
+            Ok(range) => {
+                self.push_owned(to, buf, range);
+                if let Some(t) = self.outbox.back_mut() {
+                    t.ttl = ttl;
+                }
+            }
             Err(r) => {
                 self.count_drop(r, Some(id));
             }
@@ -990,10 +1009,8 @@ impl Endpoint {
     ) -> Result<(), DropReason> {
         match to {
             Source::Addr(addr) => {
-                self.outbox.push_back(OwnedTransmit {
-                    to: addr,
-                    bytes: message.to_vec(),
-                });
+                self.outbox
+                    .push_back(OwnedTransmit::new(addr, message.to_vec()));
                 Ok(())
             }
             Source::Relay(node) => {
@@ -1020,7 +1037,7 @@ impl Endpoint {
     fn push_owned(&mut self, to: Remote, mut buf: Vec<u8>, range: Range<usize>) {
         buf.truncate(range.end);
         buf.drain(..range.start);
-        self.outbox.push_back(OwnedTransmit { to, bytes: buf });
+        self.outbox.push_back(OwnedTransmit::new(to, buf));
     }
 
     /// Keeps a copy of a packet until the peer's session is up, and asks for one.

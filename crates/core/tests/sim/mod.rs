@@ -22,19 +22,20 @@ pub const HUB_ADDR: &str = "198.19.1.2:9000";
 /// Decides whether a datagram in flight passes.
 pub type Filter = Box<dyn FnMut(&Datagram) -> bool>;
 
-/// How a NAT maps an inside endpoint to a public port.
+/// How a NAT picks the public port of a new flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mapping {
-    /// One public port per inside endpoint, whatever the destination, kept equal to the
-    /// inside port when free (what Linux masquerade does).
+    /// The inside port, unless that would clash with a flow the NAT already tracks to the
+    /// same remote (what Linux masquerade does): in effect one public port per endpoint.
     EndpointIndependent,
-    /// A new public port per destination ("symmetric").
+    /// A new port per destination ("symmetric").
     Symmetric,
 }
 
-/// A NAT router in front of some nodes: it translates what they send out, and lets in only
-/// what answers a mapping — from the exact address and port the mapping sent to
-/// (address-and-port-dependent filtering, like conntrack).
+/// A NAT router in front of some nodes, modelled on Linux conntrack: flows are tracked per
+/// (inside endpoint, remote); only a packet that answers a tracked flow — from the exact
+/// remote address and port — comes back in; and a packet that answers nothing is remembered
+/// as a flow of its own, so a later outbound flow to that remote must take another port.
 #[derive(Debug)]
 pub struct Nat {
     pub public: IpAddr,
@@ -43,47 +44,43 @@ pub struct Nat {
     pub hairpin: bool,
     /// The private addresses behind it.
     pub inside: BTreeSet<IpAddr>,
-    /// (inside endpoint, destination for symmetric) → public port.
-    out: BTreeMap<(SocketAddr, Option<SocketAddr>), u16>,
-    /// public port → (inside endpoint, remotes it sent to).
-    back: BTreeMap<u16, (SocketAddr, BTreeSet<SocketAddr>)>,
+    /// (inside endpoint, remote) → public port.
+    flows: BTreeMap<(SocketAddr, SocketAddr), u16>,
+    /// (public port, remote) → inside endpoint.
+    back: BTreeMap<(u16, SocketAddr), SocketAddr>,
+    /// (public port, remote) of refused inbound packets conntrack still remembers.
+    refused: BTreeSet<(u16, SocketAddr)>,
     next_port: u16,
 }
 
 impl Nat {
     fn outbound(&mut self, from: SocketAddr, to: SocketAddr) -> SocketAddr {
-        let key = match self.mapping {
-            Mapping::EndpointIndependent => (from, None),
-            Mapping::Symmetric => (from, Some(to)),
-        };
-        let port = match self.out.get(&key) {
-            Some(p) => *p,
-            None => {
-                let preferred = from.port();
-                let port = if self.mapping == Mapping::EndpointIndependent
-                    && !self.back.contains_key(&preferred)
-                {
-                    preferred
-                } else {
-                    while self.back.contains_key(&self.next_port) {
-                        self.next_port = self.next_port.wrapping_add(1).max(20_000);
-                    }
-                    self.next_port
-                };
-                self.out.insert(key, port);
-                self.back.insert(port, (from, BTreeSet::new()));
-                port
-            }
-        };
-        if let Some((_, allowed)) = self.back.get_mut(&port) {
-            allowed.insert(to);
+        if let Some(&port) = self.flows.get(&(from, to)) {
+            return SocketAddr::new(self.public, port);
         }
+        let taken =
+            |n: &Self, p: u16| n.back.contains_key(&(p, to)) || n.refused.contains(&(p, to));
+        let mut port = from.port();
+        if self.mapping == Mapping::Symmetric || taken(self, port) {
+            loop {
+                self.next_port = self.next_port.wrapping_add(1).max(20_000);
+                if !taken(self, self.next_port) {
+                    break;
+                }
+            }
+            port = self.next_port;
+        }
+        self.flows.insert((from, to), port);
+        self.back.insert((port, to), from);
         SocketAddr::new(self.public, port)
     }
 
-    fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
-        let (inside, allowed) = self.back.get(&to.port())?;
-        allowed.contains(&from).then_some(*inside)
+    fn inbound(&mut self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        let inside = self.back.get(&(to.port(), from)).copied();
+        if inside.is_none() {
+            self.refused.insert((to.port(), from));
+        }
+        inside
     }
 }
 
@@ -97,6 +94,8 @@ fn epoch() -> Instant {
 #[derive(Debug, Clone)]
 pub struct Datagram {
     pub at: Instant,
+    /// IP TTL it left with (64 by default).
+    pub ttl: u8,
     pub transport: Transport,
     pub from: SocketAddr,
     pub to: SocketAddr,
@@ -278,7 +277,7 @@ impl World {
     fn drain(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].ep.poll_transmit() {
             let from = self.nodes[i].addr;
-            self.send(from, t.to, t.bytes);
+            self.send_ttl(from, t.to, t.bytes, t.ttl.unwrap_or(64));
         }
         while let Some(p) = self.nodes[i].ep.poll_recovered() {
             self.nodes[i].delivered.push(p);
@@ -306,16 +305,24 @@ impl World {
             mapping,
             hairpin,
             inside: inside.iter().map(|a| a.parse().unwrap()).collect(),
-            out: BTreeMap::new(),
+            flows: BTreeMap::new(),
             back: BTreeMap::new(),
+            refused: BTreeSet::new(),
             next_port: 20_000,
         });
         self.nats.len() - 1
     }
 
-    /// What the network makes of a datagram from `from` to `to`: the source and
-    /// destination it arrives with, or `None` if a NAT drops it.
-    fn route(&mut self, from: SocketAddr, to: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+    /// What the network makes of a datagram from `from` to `to` sent with `ttl`: the source
+    /// and destination it arrives with, or `None` if it is dropped. Hops: the sender's NAT,
+    /// the core router, the receiver's NAT; each forwards only a TTL of 2 or more, and a NAT
+    /// receives (and remembers) a packet for itself whatever its TTL.
+    fn route(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        ttl: u8,
+    ) -> Option<(SocketAddr, SocketAddr)> {
         let inside_of = |nats: &[Nat], ip: IpAddr| nats.iter().position(|n| n.inside.contains(&ip));
         let (src_nat, dst_nat) = (
             inside_of(&self.nats, from.ip()),
@@ -324,27 +331,45 @@ impl World {
         if src_nat.is_some() && src_nat == dst_nat {
             return Some((from, to)); // the same LAN
         }
-        let public_nat = self.nats.iter().position(|n| n.public == to.ip());
         if dst_nat.is_some() {
             return None; // a private address from elsewhere: not routed
         }
+        let public_nat = self.nats.iter().position(|n| n.public == to.ip());
+        let mut ttl = ttl;
         let src = match src_nat {
             Some(n) if public_nat == Some(n) && !self.nats[n].hairpin => return None,
-            Some(n) => self.nats[n].outbound(from, to),
+            Some(_) if ttl < 2 => return None,
+            Some(n) => {
+                ttl -= 1;
+                self.nats[n].outbound(from, to)
+            }
             None => from,
         };
+        if ttl < 2 {
+            return None; // expired in the core router
+        }
+        ttl -= 1;
         match public_nat {
-            Some(n) => self.nats[n].inbound(src, to).map(|inside| (src, inside)),
+            Some(n) => {
+                let inside = self.nats[n].inbound(src, to)?;
+                (ttl >= 2).then_some((src, inside))
+            }
             None => Some((src, to)),
         }
     }
 
     pub fn send(&mut self, from: SocketAddr, to: Remote, bytes: Vec<u8>) {
-        let Some((from, dst)) = self.route(from, to.addr) else {
+        self.send_ttl(from, to, bytes, 64);
+    }
+
+    /// [`World::send`] with an IP TTL.
+    pub fn send_ttl(&mut self, from: SocketAddr, to: Remote, bytes: Vec<u8>, ttl: u8) {
+        let Some((from, dst)) = self.route(from, to.addr, ttl) else {
             return;
         };
         let d = Datagram {
             at: self.now + self.latency,
+            ttl,
             transport: to.transport,
             from,
             to: dst,
@@ -375,6 +400,7 @@ impl World {
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.queue.push_back(Datagram {
             at: self.now,
+            ttl: 64,
             transport: Transport::Udp,
             from,
             to,

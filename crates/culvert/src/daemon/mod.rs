@@ -631,7 +631,7 @@ impl Daemon {
         }
         let now = Instant::now();
         while let Some(t) = self.ep.poll_transmit() {
-            if let Err(e) = self.underlay.send_owned(&mut self.ep, now, t.to, &t.bytes) {
+            if let Err(e) = self.underlay.send_owned(&mut self.ep, now, &t) {
                 self.io_error("sending", &e);
             }
         }

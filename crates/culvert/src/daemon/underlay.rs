@@ -302,14 +302,28 @@ impl Underlay {
         result
     }
 
-    /// Sends one message the endpoint built (a handshake, a control frame).
+    /// Sends one message the endpoint built (a handshake, a control frame), with its TTL
+    /// when it asks for one (UDP only: FakeTCP flows never punch).
     pub(crate) fn send_owned(
         &mut self,
         ep: &mut Endpoint,
         now: Instant,
-        to: Remote,
-        bytes: &[u8],
+        t: &culvert_core::OwnedTransmit,
     ) -> Result<(), std::io::Error> {
+        let (to, bytes) = (t.to, &t.bytes[..]);
+        if let (Some(ttl), Transport::Udp, Some(udp)) = (t.ttl, to.transport, &self.udp) {
+            return match udp.send_with_ttl(to.addr, bytes, ttl) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ep.count_shell_drop(DropReason::SendFailed);
+                    Ok(())
+                }
+                Err(e) => {
+                    ep.count_shell_drop(DropReason::SendFailed);
+                    Err(e)
+                }
+            };
+        }
         let mut buf = vec![0u8; faketcp::HEADROOM + bytes.len()];
         buf[faketcp::HEADROOM..].copy_from_slice(bytes);
         let mut out = Outbound::new();
