@@ -439,7 +439,10 @@ impl Endpoint {
                 }),
                 last_handshake_secs: ago(p.last_handshake),
                 last_rx_secs: ago(p.last_rx),
-                rtt_ms: p.rtt.or(p.paths.rtt()).map(|d| d.as_secs_f64() * 1000.0),
+                rtt_ms: p
+                    .rtt
+                    .or_else(|| p.paths.rtt())
+                    .map(|d| d.as_secs_f64() * 1000.0),
                 traffic: p.traffic,
                 drops: p.drops.clone(),
                 fec: crate::fec::stats(p.fec_tx.as_ref(), &p.fec_rx),
