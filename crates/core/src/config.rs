@@ -80,6 +80,30 @@ pub struct ClientConfig {
     pub networks: Vec<Prefix>,
     /// Try direct paths to other clients (hole punching coordinated by the hub).
     pub p2p: bool,
+    /// Forward ciphertext for other nodes over our direct paths (mesh relaying), and reach
+    /// the hub through another client when our own path to it fails.
+    pub mesh_relay: MeshRelay,
+}
+
+/// Mesh relaying settings of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshRelay {
+    /// Forward for others at all (reaching the hub through others works either way).
+    pub enabled: bool,
+    /// Relays a message we send may cross (the hop limit it starts with).
+    pub max_hops: u8,
+    /// Bytes per second this client forwards for others, at most (bursts of 1/4 s).
+    pub rate: u64,
+}
+
+impl Default for MeshRelay {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_hops: 3,
+            rate: 100_000_000 / 8,
+        }
+    }
 }
 
 /// The transports a client may use.

@@ -38,7 +38,9 @@ pub mod status;
 
 mod endpoint;
 
-pub use config::{ClientBinding, ClientConfig, Config, HubConfig, Role, Timing, TransportMode};
+pub use config::{
+    ClientBinding, ClientConfig, Config, HubConfig, MeshRelay, Role, Timing, TransportMode,
+};
 pub use endpoint::{
     DatagramOutcome, Endpoint, HEADROOM, MAX_FRAME, OwnedTransmit, TAILROOM, Transmit, TunOutcome,
 };

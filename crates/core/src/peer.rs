@@ -81,8 +81,14 @@ pub use crate::path::Path;
 pub enum Source {
     /// An underlay endpoint.
     Addr(Remote),
-    /// The hub relayed it from this node.
-    Relay(PeerId),
+    /// Relayed: the far end `node` (the origin of a message received, the destination of
+    /// one sent) and the neighbour `via` that passed it (or is to pass it) on.
+    Relay {
+        /// The end-to-end peer.
+        node: PeerId,
+        /// The relay next to us.
+        via: PeerId,
+    },
 }
 
 /// A handshake this node initiated and is waiting on.

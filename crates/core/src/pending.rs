@@ -226,7 +226,10 @@ mod tests {
             session: s,
             key: key(n),
             claim: Claim::Peer(PeerId(n)),
-            source: Source::Relay(PeerId(n)),
+            source: Source::Relay {
+                node: PeerId(n),
+                via: PeerId::HUB,
+            },
             timestamp,
         }
     }

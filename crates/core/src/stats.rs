@@ -69,8 +69,15 @@ drop_reasons! {
     SourceNotAllowed => "source_not_allowed",
     /// Client-to-client traffic refused under client isolation.
     Isolation => "isolation",
-    /// A relay request for a node that is not connected.
+    /// A relay frame for a node that is not connected, or that it would send back.
     RelayNoPeer => "relay_no_peer",
+    /// A relay frame that had crossed as many relays as its sender allowed (a loop, or a
+    /// route longer than `max_hops`).
+    RelayHopLimit => "relay_hop_limit",
+    /// A relay frame for another node, on a client with `mesh_relay = false`.
+    RelayDisabled => "relay_disabled",
+    /// A relay frame over the client's relay rate limit.
+    RelayRateLimited => "relay_rate_limited",
     /// A packet for a peer with no session that this node may not start one with.
     NoSession => "no_session",
     /// A packet larger than the path can carry.
@@ -96,8 +103,14 @@ drop_reasons! {
 }
 
 /// One counter per [`DropReason`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        Self([0; DropReason::ALL.len()])
+    }
+}
 
 impl DropCounters {
     /// Counts one drop.

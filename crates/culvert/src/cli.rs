@@ -154,6 +154,13 @@ pub(crate) struct ClientArgs {
     /// UDP port for direct paths; 0 (the default) shares the main socket. [key: p2p_port]
     #[arg(long, value_name = "PORT")]
     pub(crate) p2p_port: Option<u16>,
+    /// Forward nothing for other clients (by default a client relays over its direct
+    /// paths, up to mesh_relay_mbps). [key: mesh_relay = false]
+    #[arg(long)]
+    pub(crate) no_mesh_relay: bool,
+    /// Relays a message this client sends may cross, 1-8 (default 3). [key: max_hops]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_hops: Option<u8>,
 }
 
 #[derive(Debug, Args)]

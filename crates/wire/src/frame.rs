@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! Ping / Pong   | 01/02 | seq (4) | directory version (8) |
-//! Relay         | 03 | node id (4) | inner outer-message ... |
+//! Relay         | 03 | destination (4) | origin (4) | hops left (1) | inner outer-message ... |
 //! Directory     | 04 | version (8) | part (2) | parts (2) | count (1) | entries |
 //!     entry     | node id (4) | public key (32) | address list |
 //! DirRequest    | 05 | version the sender holds (8) |
@@ -55,7 +55,7 @@ mod kind {
 pub const MAX_CANDIDATES: usize = 16;
 
 /// Length of the relay frame header that precedes the inner message.
-pub const RELAY_HEADER_LEN: usize = 5;
+pub const RELAY_HEADER_LEN: usize = 10;
 
 /// The content of an opened data message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,11 +96,17 @@ pub enum Frame<'a> {
         /// As in [`Frame::Ping`].
         dir_version: u64,
     },
-    /// An outer message to pass on to another node. Towards the relay, `node` names the
-    /// destination; from the relay, it names the origin.
+    /// An outer message to pass on towards `dest`, through one relay or several (the hub,
+    /// or clients that relay). Each relay re-seals it for the next hop, in place, with one
+    /// hop less; it is dropped at zero. The inner message is end to end: relays never read
+    /// it, and `origin` is only a claim that the inner session's keys check.
     Relay {
-        /// Destination (to the relay) or origin (from the relay).
-        node: u32,
+        /// The node the inner message is for.
+        dest: u32,
+        /// The node that sent it.
+        origin: u32,
+        /// Relays it may still cross.
+        hops: u8,
         /// The inner outer-message (handshake or data of the end-to-end session).
         message: &'a [u8],
     },
@@ -233,12 +239,17 @@ impl<'a> Frame<'a> {
                 dir_version: r.u64()?,
             },
             kind::RELAY => {
-                let node = r.u32()?;
+                let (dest, origin, hops) = (r.u32()?, r.u32()?, r.u8()?);
                 let message = r.rest();
                 if message.is_empty() {
                     return Err(Error::Truncated);
                 }
-                Self::Relay { node, message }
+                Self::Relay {
+                    dest,
+                    origin,
+                    hops,
+                    message,
+                }
             }
             kind::DIRECTORY => {
                 let version = r.u64()?;
@@ -328,9 +339,16 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&dir_version.to_be_bytes());
             }
-            Self::Relay { node, message } => {
+            Self::Relay {
+                dest,
+                origin,
+                hops,
+                message,
+            } => {
                 out.push(kind::RELAY);
-                out.extend_from_slice(&node.to_be_bytes());
+                out.extend_from_slice(&dest.to_be_bytes());
+                out.extend_from_slice(&origin.to_be_bytes());
+                out.push(*hops);
                 out.extend_from_slice(message);
             }
             Self::Directory(d) => {
@@ -438,9 +456,23 @@ pub fn is_probe(plaintext: &[u8]) -> bool {
 }
 
 /// Writes a relay frame header in place, in front of an inner message.
-pub fn emit_relay_header(out: &mut [u8; RELAY_HEADER_LEN], node: u32) {
+pub fn emit_relay_header(out: &mut [u8; RELAY_HEADER_LEN], dest: u32, origin: u32, hops: u8) {
     out[0] = kind::RELAY;
-    out[1..].copy_from_slice(&node.to_be_bytes());
+    out[1..5].copy_from_slice(&dest.to_be_bytes());
+    out[5..9].copy_from_slice(&origin.to_be_bytes());
+    out[9] = hops;
+}
+
+/// Takes one hop off a relay frame in place (a relay passing it on); `false` if none was
+/// left.
+pub fn take_relay_hop(frame: &mut [u8]) -> bool {
+    match frame.get_mut(9) {
+        Some(h) if *h > 0 => {
+            *h -= 1;
+            true
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -487,16 +519,26 @@ mod tests {
         emit_relay_header(
             (&mut buf[..RELAY_HEADER_LEN]).try_into().unwrap(),
             0x0102_0304,
+            7,
+            1,
         );
         buf[RELAY_HEADER_LEN..].copy_from_slice(&[4, 5, 6]);
         assert_eq!(
             Frame::parse(&buf).unwrap(),
             Frame::Relay {
-                node: 0x0102_0304,
+                dest: 0x0102_0304,
+                origin: 7,
+                hops: 1,
                 message: &[4, 5, 6]
             }
         );
         assert!(Frame::parse(&buf[..RELAY_HEADER_LEN]).is_err());
+        assert!(take_relay_hop(&mut buf));
+        assert!(!take_relay_hop(&mut buf), "no hop left");
+        assert!(matches!(
+            Frame::parse(&buf),
+            Ok(Frame::Relay { hops: 0, .. })
+        ));
     }
 
     fn arb_prefix() -> impl Strategy<Value = Prefix> {

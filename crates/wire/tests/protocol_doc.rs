@@ -73,7 +73,9 @@ fn relay() {
     assert_eq!(
         Frame::parse(&bytes),
         Ok(Frame::Relay {
-            node: 5,
+            dest: 5,
+            origin: 2,
+            hops: 3,
             message: &data
         })
     );

@@ -8,12 +8,13 @@ use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
 
+use super::detour::Detour;
 use super::handshake::Request;
 use super::{Endpoint, RoleState};
-use crate::config::{ClientConfig, TransportMode};
+use crate::config::{ClientConfig, MeshRelay, TransportMode};
 use crate::event::Event;
 use crate::keys::PublicKey;
-use crate::limit::RateWindow;
+use crate::limit::{ByteBucket, RateWindow};
 use crate::noise::Responder;
 use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport};
 use crate::pending::{Claim, Pending};
@@ -65,6 +66,12 @@ pub(super) struct Client {
     networks: Vec<Prefix>,
     /// Whether direct paths to other clients are tried.
     pub(super) p2p: bool,
+    /// Mesh relaying: whether and how much we forward for others, the hop limit we set.
+    pub(super) mesh: MeshRelay,
+    /// What we forward for others, limited to `mesh.rate`.
+    pub(super) relay_budget: ByteBucket,
+    /// The client we reach the hub through while our own path to it fails.
+    pub(super) detour: Option<Box<Detour>>,
     /// Our own interface endpoints (LAN candidates), as the shell reports them.
     pub(super) locals: Vec<SocketAddr>,
     /// The UDP endpoint the hub sees us at.
@@ -125,6 +132,9 @@ impl Client {
             server_key: cfg.server_key,
             networks: cfg.networks,
             p2p: cfg.p2p,
+            mesh: cfg.mesh_relay,
+            relay_budget: ByteBucket::new(cfg.mesh_relay.rate),
+            detour: None,
             locals: Vec::new(),
             reflexive: None,
             node: None,
@@ -143,6 +153,7 @@ impl Client {
             self.next_ping,
             self.next_probe,
             self.probe_out.map(|(_, t)| t + PROBE_TIMEOUT),
+            self.detour.as_deref().map(Detour::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -231,7 +242,7 @@ impl Endpoint {
         }
     }
 
-    fn send_ping(&mut self, now: Instant) {
+    pub(super) fn send_ping(&mut self, now: Instant) {
         let keepalive = self.cfg.timing.keepalive;
         let c = self.client();
         c.ping_seq = c.ping_seq.wrapping_add(1);
@@ -326,15 +337,19 @@ impl Endpoint {
         );
     }
 
-    /// Accepts an end-to-end session from another client, relayed by the hub.
+    /// Accepts an end-to-end session from another client, relayed (by the hub, or by the
+    /// clients a client reaches the hub through).
     pub(super) fn accept_peer(
         &mut self,
         now: Instant,
-        origin: PeerId,
+        src: Source,
         request: Request,
         responder: Responder,
         hello: Hello,
     ) -> Result<(), DropReason> {
+        let Source::Relay { node: origin, .. } = src else {
+            return Err(DropReason::UnexpectedHandshake);
+        };
         let init_index = request.index;
         let key = responder.remote_static();
         let peer = self.peers.get(&origin).ok_or(DropReason::UnknownKey)?;
@@ -356,14 +371,7 @@ impl Endpoint {
             responder_addresses: Vec::new(),
             granted: Vec::new(),
         });
-        let split = self.send_reply(
-            now,
-            Source::Relay(origin),
-            local_index,
-            request,
-            responder,
-            &welcome,
-        )?;
+        let split = self.send_reply(now, src, local_index, request, responder, &welcome)?;
         let session = Session::new(
             self.cfg.aead,
             &split,
@@ -379,7 +387,7 @@ impl Endpoint {
                 session,
                 key,
                 claim: Claim::Peer(origin),
-                source: Source::Relay(origin),
+                source: src,
                 timestamp: hello.timestamp,
             },
         );
@@ -428,7 +436,10 @@ impl Endpoint {
         }
         if joined {
             self.watch_hub(now);
-            self.auto_transport(now);
+            self.detour_timers(now);
+            if self.client().detour.is_none() {
+                self.auto_transport(now);
+            }
             if self.client().next_ping.is_some_and(|p| p <= now) {
                 self.send_ping(now);
             }
@@ -498,8 +509,11 @@ impl Endpoint {
         }
     }
 
-    /// `auto`: a probe came back over UDP.
+    /// A probe of the hub's own address came back (`auto` over UDP, or a detour's).
     pub(super) fn on_probe_ack(&mut self, now: Instant, seq: u32) -> Result<(), DropReason> {
+        if self.on_detour_probe_ack(now, seq) {
+            return Ok(());
+        }
         let RoleState::Client(c) = &mut self.role else {
             return Err(DropReason::BadFrame);
         };

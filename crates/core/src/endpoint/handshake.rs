@@ -51,12 +51,17 @@ impl Endpoint {
             return;
         }
         // Handshakes between clients always travel through the hub, whatever the data
-        // path: the hub's session vouches for the origin whose directory key the responder
-        // checks the claim against.
+        // path: the responder checks the origin the relay frame claims against the key the
+        // hub's directory gives it. A client that reaches the hub through another client
+        // rejoins that way too.
         let to = match peer.path {
-            _ if id != PeerId::HUB => Source::Relay(id),
+            _ if id != PeerId::HUB => Source::Relay {
+                node: id,
+                via: PeerId::HUB,
+            },
             Path::Direct(Some(a)) => Source::Addr(a),
-            Path::Direct(None) | Path::Relay(_) => return,
+            Path::Relay(via) => Source::Relay { node: id, via },
+            Path::Direct(None) => return,
         };
         let cookie = peer.cookie.filter(|c| c.fresh(now));
         let kind = if id == PeerId::HUB {
@@ -237,11 +242,11 @@ impl Endpoint {
             len: msg.len(),
         };
         match (&self.role, src, hello.kind) {
-            (RoleState::Hub(_), Source::Addr(from), HelloKind::Join) => {
-                self.accept_join(now, from, request, responder, hello)
+            (RoleState::Hub(_), _, HelloKind::Join) => {
+                self.accept_join(now, src, request, responder, hello)
             }
-            (RoleState::Client(_), Source::Relay(origin), HelloKind::Peer) => {
-                self.accept_peer(now, origin, request, responder, hello)
+            (RoleState::Client(_), Source::Relay { .. }, HelloKind::Peer) => {
+                self.accept_peer(now, src, request, responder, hello)
             }
             _ => Err(DropReason::UnexpectedHandshake),
         }
@@ -289,7 +294,7 @@ impl Endpoint {
             .get(&local)
             .copied()
             .ok_or(DropReason::UnexpectedHandshake)?;
-        if matches!(src, Source::Relay(origin) if origin != id) {
+        if matches!(src, Source::Relay { node, .. } if node != id) {
             return Err(DropReason::UnexpectedHandshake);
         }
         let peer = self

@@ -1,23 +1,21 @@
 //! The hub: admission of clients, the directory, relaying between clients, expiry.
 
-use core::ops::Range;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{DIRECTORY_HEADER_LEN, DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
-use culvert_wire::message::DATA_HEADER_LEN;
 
 use super::handshake::Request;
-use super::{DatagramOutcome, Endpoint, MAX_FRAME, RoleState, Transmit};
+use super::{Endpoint, MAX_FRAME, RoleState};
 use crate::budget::SourceBudget;
 use crate::config::{HubConfig, Timing};
 use crate::cookie::CookieJar;
 use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
-use crate::peer::{Path, Peer, PeerId, Remote, Source};
+use crate::peer::{Path, Peer, PeerId, Source};
 use crate::pending::{Claim, Pending};
 use crate::rng::Rng;
 use crate::session::Session;
@@ -97,10 +95,13 @@ impl Endpoint {
     /// claims is not proven yet, so nothing changes here but the pending table: the
     /// Welcome's promises (node id, addresses) take effect when the first data message
     /// opens ([`Endpoint::admit_confirmed`]).
+    ///
+    /// Through a relay (a client that lost its own path to the hub and reaches it through
+    /// another client), only a node's rekey is accepted: the node must exist with this key.
     pub(super) fn accept_join(
         &mut self,
         now: Instant,
-        from: Remote,
+        src: Source,
         request: Request,
         responder: Responder,
         hello: Hello,
@@ -110,6 +111,11 @@ impl Endpoint {
             return Err(DropReason::UnknownKey);
         }
         let existing = self.peer_by_key(&key);
+        if let Source::Relay { node, .. } = src
+            && existing != Some(node)
+        {
+            return Err(DropReason::UnexpectedHandshake);
+        }
         let floor = existing.map_or(0, |id| self.peers[&id].confirmed_timestamp);
         if hello.timestamp <= floor || self.pending.has(&key, hello.timestamp) {
             return Err(DropReason::HandshakeReplay);
@@ -135,9 +141,11 @@ impl Endpoint {
         let (cipher, granted) = match verdict {
             Ok(v) => v,
             Err((code, text)) => {
-                self.log_refusal(now, from.addr, &format!("refused client {key}: {text}"));
+                if let Source::Addr(from) = src {
+                    self.log_refusal(now, from.addr, &format!("refused client {key}: {text}"));
+                }
                 let reply = Reply::Refusal { code, text };
-                self.send_reply(now, Source::Addr(from), 0, request, responder, &reply)?;
+                self.send_reply(now, src, 0, request, responder, &reply)?;
                 return Ok(());
             }
         };
@@ -154,14 +162,7 @@ impl Endpoint {
             responder_addresses: self.cfg.addresses.clone(),
             granted: granted.clone(),
         });
-        let split = self.send_reply(
-            now,
-            Source::Addr(from),
-            local_index,
-            request,
-            responder,
-            &welcome,
-        )?;
+        let split = self.send_reply(now, src, local_index, request, responder, &welcome)?;
         let session = Session::new(
             self.cfg.aead,
             &split,
@@ -177,7 +178,7 @@ impl Endpoint {
                 session,
                 key,
                 claim: Claim::Join { node, granted },
-                source: Source::Addr(from),
+                source: src,
                 timestamp: hello.timestamp,
             },
         );
@@ -337,47 +338,6 @@ impl Endpoint {
             ));
         }
         Ok(())
-    }
-
-    /// Passes a client's relay frame on to its destination, re-sealed in place.
-    pub(super) fn relay(
-        &mut self,
-        now: Instant,
-        origin: PeerId,
-        target: PeerId,
-        buf: &mut [u8],
-        message: Range<usize>,
-        plain: Range<usize>,
-    ) -> DatagramOutcome {
-        if self.hub().cfg.isolation {
-            return DatagramOutcome::Dropped(self.count_drop(DropReason::Isolation, Some(origin)));
-        }
-        if target == origin || !self.ready(now, target) {
-            return DatagramOutcome::Dropped(
-                self.count_drop(DropReason::RelayNoPeer, Some(origin)),
-            );
-        }
-        buf[plain.start + 1..plain.start + 5].copy_from_slice(&origin.0.to_be_bytes());
-        let peer = self
-            .peers
-            .get_mut(&target)
-            .expect("ready() checked the peer");
-        let session = peer.current.as_mut().expect("ready() checked the session");
-        let sealed = session.seal(buf, plain.start - DATA_HEADER_LEN, plain.len());
-        debug_assert!(sealed.as_ref().map_or(true, |r| *r == message));
-        match (sealed, peer.path) {
-            (Ok(range), Path::Direct(Some(to))) => {
-                peer.last_tx = Some(now);
-                self.relayed.tx_packets += 1;
-                self.relayed.tx_bytes += range.len() as u64;
-                self.fec_sealed(now, target, to, &buf[range.clone()]);
-                DatagramOutcome::Send(Transmit { to, range })
-            }
-            (Err(r), _) => DatagramOutcome::Dropped(self.count_drop(r, Some(target))),
-            (Ok(_), _) => {
-                DatagramOutcome::Dropped(self.count_drop(DropReason::RelayNoPeer, Some(target)))
-            }
-        }
     }
 
     /// A client's session was confirmed by its first data message.

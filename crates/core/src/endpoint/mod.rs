@@ -23,9 +23,11 @@
 //! place and the range to deliver (or to forward, on the hub) is returned.
 
 mod client;
+mod detour;
 mod direct;
 mod handshake;
 mod hub;
+mod relay;
 
 use core::ops::Range;
 use std::collections::{BTreeMap, VecDeque};
@@ -50,7 +52,8 @@ use client::Client;
 use hub::Hub;
 
 /// Bytes the caller must leave free before a TUN packet: a data header for the peer, and a
-/// relay frame header plus a data header for the hub when the peer is reached through it.
+/// relay frame header plus a data header for the first relay when the peer is reached
+/// through relays (however many: each relay re-seals the frame in place).
 pub const HEADROOM: usize = 2 * DATA_HEADER_LEN + RELAY_HEADER_LEN;
 /// Bytes the caller must leave free after a TUN packet: one tag per layer.
 pub const TAILROOM: usize = 2 * TAG_LEN;
@@ -421,6 +424,12 @@ impl Endpoint {
                     Path::Direct(_) => None,
                 },
                 path_reason: match p.path {
+                    Path::Relay(_) if p.id == PeerId::HUB => {
+                        Some("the server does not answer directly")
+                    }
+                    Path::Relay(_) if !self.is_client() => {
+                        Some("the client does not reach us directly")
+                    }
                     Path::Relay(_) => Some(p.paths.reason().as_str()),
                     Path::Direct(_) => None,
                 },
@@ -534,7 +543,7 @@ impl Endpoint {
         arrival: Arrival,
         counter: u64,
     ) -> Result<(PeerId, Range<usize>), (DropReason, Option<PeerId>)> {
-        if let Source::Relay(origin) = src
+        if let Source::Relay { node: origin, .. } = src
             && origin != id
         {
             return Err((DropReason::BadFrame, Some(origin)));
@@ -588,13 +597,13 @@ impl Endpoint {
         range: Range<usize>,
     ) -> Result<(PeerId, Range<usize>), (DropReason, Option<PeerId>)> {
         let p = self.pending.get_mut(index).expect("caller checked");
-        // A join confirms from an underlay address; a peer session through the relay from
-        // its origin, or straight from the peer on a direct path (the AEAD proves the key).
+        // A session confirms from its origin: straight from the initiator, or relayed from
+        // the node it claimed to be (the AEAD proves the key).
         let expected = match (&p.claim, src) {
-            (Claim::Join { .. }, Source::Addr(_)) => true,
-            (Claim::Peer(id), Source::Relay(origin)) => *id == origin,
-            (Claim::Peer(_), Source::Addr(_)) => true,
-            (Claim::Join { .. }, Source::Relay(_)) => false,
+            (_, Source::Addr(_)) => true,
+            (Claim::Join { node, .. } | Claim::Peer(node), Source::Relay { node: origin, .. }) => {
+                *node == origin
+            }
         };
         if !expected {
             return Err((DropReason::BadFrame, src.relay_origin()));
@@ -642,11 +651,25 @@ impl Endpoint {
             }
             (Source::Addr(from), false, false) => {
                 if let Some(p) = self.peers.get_mut(&id)
-                    && matches!(p.path, Path::Direct(Some(old)) if old != from)
+                    && p.path != Path::Direct(Some(from))
                 {
-                    tracing::info!(peer = id.0, %from, "peer moved to a new underlay endpoint");
+                    tracing::info!(peer = id.0, %from, "client moved to a new underlay endpoint");
                     p.path = Path::Direct(Some(from));
+                    p.path_changed = Some((now, "client moved"));
                     self.send_observed(now, id);
+                }
+            }
+            (Source::Relay { via, .. }, false, false) => {
+                if let Some(p) = self.peers.get_mut(&id)
+                    && p.path != Path::Relay(via)
+                {
+                    tracing::info!(
+                        peer = id.0,
+                        via = via.0,
+                        "client now reaches the server through another client"
+                    );
+                    p.path = Path::Relay(via);
+                    p.path_changed = Some((now, "client reached through another client"));
                 }
             }
             _ => {}
@@ -748,16 +771,15 @@ impl Endpoint {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(id)));
         };
         let result = match frame {
-            Frame::Relay { node, .. } => {
-                let inner = plain.start + RELAY_HEADER_LEN..plain.end;
-                return match (&self.role, src) {
-                    (RoleState::Hub(_), Source::Addr(_)) => {
-                        self.relay(now, id, PeerId(node), buf, message, plain)
+            Frame::Relay { dest, origin, .. } => {
+                // Relay frames travel from neighbour to neighbour, never inside each other.
+                return match src {
+                    Source::Addr(_) => {
+                        self.on_relay(now, id, PeerId(dest), PeerId(origin), buf, message, plain)
                     }
-                    (RoleState::Client(_), Source::Addr(_)) if id == PeerId::HUB => {
-                        self.handle_message(now, Source::Relay(PeerId(node)), buf, inner)
+                    Source::Relay { .. } => {
+                        DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(id)))
                     }
-                    _ => DatagramOutcome::Dropped(self.count_drop(DropReason::BadFrame, Some(id))),
                 };
             }
             Frame::Ping { seq, dir_version } => {
@@ -780,7 +802,7 @@ impl Endpoint {
                     self.send_frame_to(id, from, &Frame::ProbeAck { seq }, None);
                     Ok(())
                 }
-                Source::Relay(_) => Err(DropReason::BadFrame),
+                Source::Relay { .. } => Err(DropReason::BadFrame),
             },
             Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
             Frame::ProbeAck { seq } => self.on_path_ack(now, id, seq, src),
@@ -830,9 +852,9 @@ impl Endpoint {
         }
         match p.path {
             Path::Direct(_) => true,
-            Path::Relay(via) => self
-                .peers
-                .get(&via)
+            Path::Relay(_) => self
+                .first_hop(id)
+                .and_then(|hop| self.peers.get(&hop))
                 .is_some_and(|h| h.usable(now, reject) && h.reachable()),
         }
     }
@@ -865,16 +887,12 @@ impl Endpoint {
             Path::Direct(None) => Err(DropReason::NoRoute),
             Path::Relay(via) => {
                 let at = range.start - RELAY_HEADER_LEN;
-                let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[at..range.start])
-                    .try_into()
-                    .expect("5-byte slice");
-                frame::emit_relay_header(header, id.0);
-                self.wrap_for(now, via, buf, at, range.end - at)
+                self.seal_relayed(now, id, via, buf, at, range.len())
             }
         }
     }
 
-    /// Seals `buf[at..at + len]` (a relay frame) in the session with the relay `via`.
+    /// Seals `buf[at..at + len]` (a relay frame) in the session with the neighbour `via`.
     fn wrap_for(
         &mut self,
         now: Instant,
@@ -1016,21 +1034,12 @@ impl Endpoint {
                     .push_back(OwnedTransmit::new(addr, message.to_vec()));
                 Ok(())
             }
-            Source::Relay(node) => {
+            Source::Relay { node, via } => {
                 let at = DATA_HEADER_LEN + RELAY_HEADER_LEN;
                 let mut buf = vec![0u8; at + message.len() + TAG_LEN];
                 buf[at..at + message.len()].copy_from_slice(message);
-                let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[DATA_HEADER_LEN..at])
-                    .try_into()
-                    .expect("5-byte slice");
-                frame::emit_relay_header(header, node.0);
-                let t = self.wrap_for(
-                    now,
-                    PeerId::HUB,
-                    &mut buf,
-                    DATA_HEADER_LEN,
-                    message.len() + RELAY_HEADER_LEN,
-                )?;
+                let t =
+                    self.seal_relayed(now, node, via, &mut buf, DATA_HEADER_LEN, message.len())?;
                 self.push_owned(t.to, buf, t.range);
                 Ok(())
             }
@@ -1247,6 +1256,9 @@ impl Endpoint {
             released.extend(p.previous.take().map(|s| s.local_index));
         }
         let retry_due = p.retry_at.is_some_and(|r| r <= now);
+        let recently_used = p
+            .last_tx
+            .is_some_and(|tx| now.saturating_duration_since(tx) < t.keepalive);
         let keepalive_due = id != PeerId::HUB
             && p.current.is_some()
             && p.last_rx
@@ -1262,6 +1274,11 @@ impl Endpoint {
         self.fec_timers(now, id);
         if self.is_client() && id != PeerId::HUB {
             self.path_timers(now, id);
+        }
+        // A session in use is renewed before it expires, even when what it carries is not
+        // our own traffic for the peer (relay frames we send through it).
+        if recently_used {
+            self.maybe_rekey(now, id);
         }
         if keepalive_due && self.ready(now, id) {
             // An empty message: tells the peer we are alive without data of our own.
@@ -1318,7 +1335,7 @@ impl Endpoint {
 impl Source {
     fn relay_origin(self) -> Option<PeerId> {
         match self {
-            Self::Relay(id) => Some(id),
+            Self::Relay { node, .. } => Some(node),
             Self::Addr(_) => None,
         }
     }
@@ -1326,7 +1343,7 @@ impl Source {
     fn or(self, other: Self) -> Self {
         match self {
             Self::Addr(_) => self,
-            Self::Relay(_) => other,
+            Self::Relay { .. } => other,
         }
     }
 }

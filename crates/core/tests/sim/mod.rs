@@ -180,6 +180,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             transport: TransportMode::Udp,
             networks: vec![prefix("10.0.0.0/8"), prefix("fd00::/8")],
             p2p: true,
+            mesh_relay: culvert_core::MeshRelay::default(),
         }),
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use culvert_core::fec::{Config as FecConfig, Mode as FecMode};
-use culvert_core::{ClientBinding, PublicKey};
+use culvert_core::{ClientBinding, MeshRelay, PublicKey};
 use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
@@ -66,6 +66,9 @@ pub(crate) struct RawConfig {
     user: Option<String>,
     p2p: Option<bool>,
     p2p_port: Option<u16>,
+    mesh_relay: Option<bool>,
+    max_hops: Option<u8>,
+    mesh_relay_mbps: Option<u32>,
     private_key_file: Option<PathBuf>,
     tun_name: Option<String>,
     mtu: Option<u32>,
@@ -237,6 +240,8 @@ pub(crate) enum RoleSettings {
         networks: Vec<Prefix>,
         /// Try direct paths to other clients.
         p2p: bool,
+        /// Forward for others; the hop limit; the forwarding rate.
+        mesh_relay: MeshRelay,
     },
 }
 
@@ -268,6 +273,10 @@ impl Settings {
             _ => {}
         }
         merge(&mut raw.p2p_port, &args.p2p_port);
+        if args.no_mesh_relay {
+            raw.mesh_relay = Some(false);
+        }
+        merge(&mut raw.max_hops, &args.max_hops);
         Self::build(raw, false)
     }
 
@@ -344,6 +353,13 @@ impl Settings {
                     "is a client setting; the server coordinates punching for every client",
                 ));
             }
+            if raw.mesh_relay.is_some() || raw.max_hops.is_some() || raw.mesh_relay_mbps.is_some() {
+                return Err(err(
+                    "mesh_relay",
+                    "mesh_relay, max_hops and mesh_relay_mbps are client settings; the server \
+                     always relays (unless client_isolation)",
+                ));
+            }
             if raw.network.is_some() {
                 return Err(err(
                     "network",
@@ -415,11 +431,36 @@ impl Settings {
                     ),
                 ));
             }
+            let max_hops = match raw.max_hops {
+                None => MeshRelay::default().max_hops,
+                Some(n @ 1..=8) => n,
+                Some(n) => {
+                    return Err(err(
+                        "max_hops",
+                        format!("{n}: use 1 to 8 (relays a message may cross)"),
+                    ));
+                }
+            };
+            let rate = match raw.mesh_relay_mbps {
+                None => MeshRelay::default().rate,
+                Some(0) => {
+                    return Err(err(
+                        "mesh_relay_mbps",
+                        "must be at least 1; to relay nothing set mesh_relay = false",
+                    ));
+                }
+                Some(m) => u64::from(m) * 1_000_000 / 8,
+            };
             RoleSettings::Client {
                 server,
                 server_key,
                 networks,
                 p2p: raw.p2p.unwrap_or(true),
+                mesh_relay: MeshRelay {
+                    enabled: raw.mesh_relay.unwrap_or(true),
+                    max_hops,
+                    rate,
+                },
             }
         };
         let tun_name = raw.tun_name.unwrap_or_else(|| "culvert0".to_owned());

@@ -141,6 +141,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             server_key,
             networks,
             p2p,
+            mesh_relay,
         } => {
             let addr = resolve(server)?;
             let udp = (settings.transport != TransportArg::Faketcp)
@@ -181,6 +182,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 transport,
                 networks: networks.clone(),
                 p2p: *p2p,
+                mesh_relay: *mesh_relay,
             };
             (
                 Role::Client(cfg),
@@ -969,11 +971,11 @@ mod tests {
     fn default_mtus() {
         // (client, ipv6, faketcp, fec)
         assert_eq!(default_mtu(false, false, true, true), 1396);
-        assert_eq!(default_mtu(true, false, true, true), 1359);
+        assert_eq!(default_mtu(true, false, true, true), 1354);
         assert_eq!(default_mtu(false, false, false, true), 1422);
-        assert_eq!(default_mtu(true, false, false, true), 1385);
+        assert_eq!(default_mtu(true, false, false, true), 1380);
         assert_eq!(default_mtu(false, false, true, false), 1414);
-        assert_eq!(default_mtu(true, true, true, true), 1339);
+        assert_eq!(default_mtu(true, true, true, true), 1334);
         let fec = culvert_core::fec::PARITY_OVERHEAD;
         let faketcp = culvert_wire::tcp::TCP_HEADER_LEN
             + culvert_wire::tcp::TS_OPTIONS_LEN

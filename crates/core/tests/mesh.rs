@@ -1,0 +1,224 @@
+//! Mesh relaying in virtual time: a client that loses its path to the hub reaches it (and
+//! everyone else) through another client it reaches directly; hop limits, relays that
+//! refuse, relay rate limits.
+//!
+//! ```text
+//!   hub 198.19.1.2:9000
+//!   A 198.18.1.2 ──╳── hub        A ⇄ B direct (punched), B ⇄ hub, C ⇄ hub (p2p off)
+//! ```
+
+mod sim;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use culvert_core::{MeshRelay, Role};
+use sim::{World, client_config, hub_config, ip_packet, passphrase};
+
+const SECOND: Duration = Duration::from_secs(1);
+const A: usize = 1;
+const B: usize = 2;
+const C: usize = 3;
+
+/// A hub and clients A, B, C on public addresses; C keeps everything on the relay. A and B
+/// have a direct path. `mesh_a`/`mesh_b` set A's and B's mesh relaying.
+fn world(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay) -> World {
+    let mut w = World::new(seed);
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    for (i, mesh) in [mesh_a, mesh_b, MeshRelay::default()]
+        .into_iter()
+        .enumerate()
+    {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        if let Role::Client(cc) = &mut c.role {
+            cc.mesh_relay = mesh;
+            cc.p2p = i != 2;
+        }
+        w.add(c, &format!("198.18.{}.2:40000", i + 1));
+    }
+    assert!(
+        w.run_until(10 * SECOND, |w| (1..=3).all(|i| w.joined(i))
+            && w.mesh_known()),
+        "clients did not join"
+    );
+    let _ = w.tun(A, &ip_packet("10.0.0.2", "10.0.0.3", b"hello B"));
+    assert!(
+        w.run_until(3 * SECOND, |w| path(w, A, 2).0 == "direct"),
+        "A and B found no direct path"
+    );
+    w
+}
+
+/// `(path, relay_via)` of `peer` as node `i` sees it.
+fn path(w: &World, i: usize, peer: u32) -> (String, Option<u32>) {
+    let s = w.nodes[i].ep.status(w.now);
+    let p = s.peers.iter().find(|p| p.node == peer).unwrap();
+    (p.path.to_owned(), p.relay_via)
+}
+
+/// Drops everything between A and the hub, both ways.
+fn cut_a_from_hub(w: &mut World) {
+    let a = w.nodes[A].addr;
+    let hub: SocketAddr = sim::HUB_ADDR.parse().unwrap();
+    w.filter = Some(Box::new(move |d| {
+        !((d.from == a && d.to == hub) || (d.from == hub && d.to == a))
+    }));
+}
+
+/// Sends `n` packets from node `from` to overlay address `dst`, one per `gap`; returns how
+/// many node `to` received.
+fn stream(w: &mut World, from: usize, to: usize, dst: &str, n: usize, gap: Duration) -> usize {
+    let src = World::overlay(from);
+    let before = w.nodes[to].delivered.len();
+    for i in 0..n {
+        let _ = w.tun(from, &ip_packet(&src, dst, format!("m{i}").as_bytes()));
+        w.step(gap);
+    }
+    w.run(SECOND);
+    w.nodes[to].delivered.len() - before
+}
+
+#[test]
+fn a_client_cut_off_from_the_hub_reaches_it_and_everyone_through_another_client() {
+    let mut w = world(60, MeshRelay::default(), MeshRelay::default());
+    cut_a_from_hub(&mut w);
+    let cut = w.now;
+    // A keeps sending to the hub: the traffic that notices the silence.
+    let mut detoured = None;
+    for i in 0..800 {
+        let _ = w.tun(
+            A,
+            &ip_packet("10.0.0.2", "10.0.0.1", format!("d{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(10));
+        if detoured.is_none() && path(&w, A, 0) == ("relay".to_owned(), Some(2)) {
+            detoured = Some(w.now - cut);
+        }
+    }
+    let took = detoured.expect("A never reached the hub through B");
+    eprintln!("detour after {took:?}");
+    assert!(took <= 6 * SECOND, "the detour took {took:?}");
+    assert_eq!(
+        path(&w, 0, 1),
+        ("relay".to_owned(), Some(2)),
+        "the hub follows A onto the relay"
+    );
+    assert_eq!(
+        w.nodes[0].ep.status(w.now).peers.len(),
+        3,
+        "A is still a member"
+    );
+
+    // A -> hub, hub -> A, A -> C (relayed twice: B, then the hub), C -> A.
+    w.run(2 * SECOND);
+    let gap = Duration::from_millis(2);
+    assert_eq!(stream(&mut w, A, 0, "10.0.0.1", 300, gap), 300);
+    assert_eq!(stream(&mut w, 0, A, "10.0.0.2", 300, gap), 300);
+    assert_eq!(stream(&mut w, A, C, "10.0.0.4", 300, gap), 300);
+    assert_eq!(stream(&mut w, C, A, "10.0.0.2", 300, gap), 300);
+    let b = w.nodes[B].ep.status(w.now);
+    assert!(
+        b.relayed.tx_packets >= 1200,
+        "B relayed {}",
+        b.relayed.tx_packets
+    );
+
+    // Rekeys (every 120 s) and the sessions with C survive on the detour.
+    w.run(200 * SECOND);
+    assert!(w.joined(A), "A lost the hub on the detour");
+    assert_eq!(path(&w, A, 0).0, "relay");
+    assert_eq!(stream(&mut w, A, C, "10.0.0.4", 100, gap), 100);
+    assert_eq!(stream(&mut w, 0, A, "10.0.0.2", 100, gap), 100);
+
+    // The cut heals: A probes the hub's own address and returns to it.
+    w.filter = None;
+    let healed = w.now;
+    assert!(
+        w.run_until(5 * SECOND, |w| path(w, A, 0).0 == "direct"),
+        "A stayed on the detour"
+    );
+    eprintln!("back direct after {:?}", w.now - healed);
+    assert_eq!(stream(&mut w, A, 0, "10.0.0.1", 100, gap), 100);
+    assert_eq!(path(&w, 0, 1).0, "direct", "the hub follows A back");
+    let relayed = w.nodes[B].ep.status(w.now).relayed.tx_packets;
+    assert_eq!(stream(&mut w, A, 0, "10.0.0.1", 100, gap), 100);
+    assert_eq!(
+        w.nodes[B].ep.status(w.now).relayed.tx_packets,
+        relayed,
+        "B still relays after the return"
+    );
+}
+
+#[test]
+fn the_hop_limit_stops_a_route_longer_than_max_hops() {
+    let one_hop = MeshRelay {
+        max_hops: 1,
+        ..MeshRelay::default()
+    };
+    let mut w = world(61, one_hop, MeshRelay::default());
+    cut_a_from_hub(&mut w);
+    let gap = Duration::from_millis(10);
+    let _ = stream(&mut w, A, 0, "10.0.0.1", 600, gap);
+    assert_eq!(path(&w, A, 0), ("relay".to_owned(), Some(2)));
+    // One relay (B) to the hub is within the limit ...
+    assert_eq!(stream(&mut w, A, 0, "10.0.0.1", 100, gap), 100);
+    // ... two (B, then the hub) to C are not.
+    let before = w.drops(0, "relay_hop_limit");
+    assert_eq!(stream(&mut w, A, C, "10.0.0.4", 50, gap), 0);
+    assert!(w.drops(0, "relay_hop_limit") > before);
+}
+
+#[test]
+fn a_client_that_does_not_relay_refuses_and_the_other_keeps_trying_the_hub() {
+    let off = MeshRelay {
+        enabled: false,
+        ..MeshRelay::default()
+    };
+    let mut w = world(62, MeshRelay::default(), off);
+    cut_a_from_hub(&mut w);
+    let delivered = w.nodes[0].delivered.len();
+    let _ = stream(&mut w, A, 0, "10.0.0.1", 600, Duration::from_millis(10));
+    assert_eq!(w.nodes[0].delivered.len(), delivered, "nothing got through");
+    assert!(
+        w.drops(B, "relay_disabled") > 0,
+        "B refused, and counted it"
+    );
+    // A gave B its chance and went back to trying the hub itself.
+    w.filter = None;
+    assert!(
+        w.run_until(30 * SECOND, |w| path(w, A, 0).0 == "direct" && w.joined(A)),
+        "A did not return to the hub"
+    );
+    assert_eq!(
+        stream(&mut w, A, 0, "10.0.0.1", 100, Duration::from_millis(2)),
+        100
+    );
+}
+
+#[test]
+fn a_relaying_client_limits_what_it_forwards() {
+    let slow = MeshRelay {
+        rate: 100_000,
+        ..MeshRelay::default()
+    };
+    let mut w = world(63, MeshRelay::default(), slow);
+    cut_a_from_hub(&mut w);
+    let _ = stream(&mut w, A, 0, "10.0.0.1", 600, Duration::from_millis(10));
+    assert_eq!(path(&w, A, 0), ("relay".to_owned(), Some(2)));
+    // 2 s at 1 MB/s offered, through a relay allowed 100 kB/s (bursts of 64 kB).
+    let before = w.drops(B, "relay_rate_limited");
+    let start = w.nodes[0].delivered.len();
+    let payload = vec![0x55u8; 960];
+    for _ in 0..2000 {
+        let _ = w.tun(A, &ip_packet("10.0.0.2", "10.0.0.1", &payload));
+        w.step(Duration::from_millis(1));
+    }
+    w.run(SECOND);
+    let got = w.nodes[0].delivered.len() - start;
+    eprintln!("{got} of 2000 through the limited relay");
+    assert!(got < 400, "{got} packets passed a 100 kB/s relay in 2 s");
+    assert!(got > 100, "the relay passed only {got}");
+    assert!(w.drops(B, "relay_rate_limited") > before);
+}
