@@ -205,3 +205,95 @@ fn symmetric_nats_on_both_sides_stay_relayed_and_status_says_why() {
     let t = lab.transfer(1, 2, overlay(2), 10 * MB, || ()).unwrap();
     assert_eq!(t.sent, t.received, "the relay carries it");
 }
+
+#[test]
+fn a_client_cut_off_from_the_server_reaches_it_through_another_client() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab_with("p2pdetour", &[Site::Public, NAT1, NAT2]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    wait_ping(&lab, 1, overlay(2));
+    assert!(
+        wait_path(&lab, "direct", Duration::from_secs(5)).is_some(),
+        "no direct path: {}",
+        lab.logs()
+    );
+    let n2 = node_of(&lab, 2);
+    // NAT 1 drops everything to and from the server (UDP and FakeTCP); client 2 still
+    // reaches both.
+    lab.nat_nft(
+        1,
+        "table ip cut {\n chain f { type filter hook forward priority -10;\n \
+         ip saddr 198.18.1.2 drop\n ip daddr 198.18.1.2 drop\n }\n}\n",
+    )
+    .unwrap();
+    let cut = Instant::now();
+    let rtt = lab.ping_until(1, overlay(0), Duration::from_secs(20));
+    let took = cut.elapsed();
+    assert!(
+        rtt.is_some(),
+        "the server never answered again\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "server reachable through client 2 again {:.2} s after the cut",
+        took.as_secs_f64()
+    );
+    let s = lab.status(1).unwrap();
+    let hub = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == 0)
+        .cloned()
+        .unwrap();
+    assert_eq!(hub["path"], "relay", "{hub}");
+    assert_eq!(hub["relay_via"], n2, "{hub}");
+    let relayed_by_2 = |lab: &Lab| {
+        lab.status(2).unwrap()["relayed"]["tx_packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = relayed_by_2(&lab);
+    let t = lab.transfer(1, 0, overlay(0), 10 * MB, || ()).unwrap();
+    assert_eq!((t.sent.as_str(), t.bytes), (t.received.as_str(), 10 * MB));
+    eprintln!(
+        "10 MB to the server through client 2: {:.0} Mbit/s",
+        t.mbps()
+    );
+    assert!(
+        relayed_by_2(&lab) - before > 7000,
+        "client 2 did not carry it"
+    );
+    let t = lab.transfer(0, 1, overlay(1), 10 * MB, || ()).unwrap();
+    assert_eq!(t.sent, t.received, "server to client through client 2");
+
+    // The cut heals: client 1 probes the server's own address and goes back to it.
+    lab.nat_nft(1, "delete table ip cut\n").unwrap();
+    let healed = Instant::now();
+    let back = loop {
+        let (kind, _) = path(&lab, 1, 0);
+        if kind == "direct" {
+            break Some(healed.elapsed());
+        }
+        if healed.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let back = back.unwrap_or_else(|| panic!("still detoured\n{}", lab.logs()));
+    eprintln!(
+        "direct to the server again {:.2} s after the cut healed",
+        back.as_secs_f64()
+    );
+    let before = relayed_by_2(&lab);
+    let t = lab.transfer(1, 0, overlay(0), 5 * MB, || ()).unwrap();
+    assert_eq!(t.sent, t.received);
+    assert!(
+        relayed_by_2(&lab) - before < 100,
+        "client 2 still carries it"
+    );
+}
