@@ -1,6 +1,7 @@
-//! `culvert demo`: a server and two clients in throwaway network namespaces, a ping and a
-//! transfer through the tunnel, a short report, and everything removed afterwards (also on
-//! Ctrl-C).
+//! `culvert demo`: a server and two clients, each client behind its own NAT router, in
+//! throwaway network namespaces; pings and transfers through the tunnel, the direct path the
+//! clients punch through their NATs, a short report, and everything removed afterwards (also
+//! on Ctrl-C).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::DemoArgs;
-use crate::testbed::{self, Lab, server_args};
+use crate::testbed::{self, Lab, Site, server_args};
 
 const PREFIX: &str = "cvtdemo";
 
@@ -48,9 +49,14 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
 fn steps(megabytes: u32) -> Result<()> {
     let bin = std::env::current_exe().context("locating the culvert binary")?;
     println!(
-        "culvert demo: building namespaces {PREFIX}-0 (server), {PREFIX}-1 and {PREFIX}-2 (clients), joined by a router"
+        "culvert demo: building namespaces {PREFIX}-0 (server), {PREFIX}-1 and {PREFIX}-2 (clients, each behind its own NAT router), joined by a router"
     );
-    let mut lab = Lab::new(PREFIX, 3, &bin).context("building the demo namespaces")?;
+    let nat = |nat| Site::Nat {
+        nat,
+        symmetric: false,
+    };
+    let mut lab = Lab::with_sites(PREFIX, &[Site::Public, nat(1), nat(2)], &bin)
+        .context("building the demo namespaces")?;
     let secret = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(crate::identity::os_random::<18>())
@@ -87,9 +93,18 @@ fn steps(megabytes: u32) -> Result<()> {
         .ping_until(1, peer, Duration::from_secs(10))
         .context("client 1 cannot reach client 2")?;
     println!(
-        "  first client-client ping {:.2} ms (includes the end-to-end handshake)",
+        "  first client-client ping {:.2} ms (includes the end-to-end handshake, through the server)",
         ms(first)
     );
+    match wait_direct(&lab, Duration::from_secs(5)) {
+        Some((took, endpoint)) => println!(
+            "  direct path         client 1 -> client 2 punched through both NATs {:.2} s after that ping, at {endpoint}",
+            took.as_secs_f64()
+        ),
+        None => println!(
+            "  direct path         none within 5 s: client-to-client traffic stays on the server's relay"
+        ),
+    }
     for (name, dst) in [
         ("client 1 -> server  ", server),
         ("client 1 -> client 2", peer),
@@ -155,6 +170,24 @@ fn steps(megabytes: u32) -> Result<()> {
     drop(lab);
     println!("done: namespaces, devices and processes removed");
     Ok(())
+}
+
+/// Waits until client 1 has a direct path to client 2; returns when, and the endpoint.
+fn wait_direct(lab: &Lab, timeout: Duration) -> Option<(Duration, String)> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let direct = lab.status(1).ok().and_then(|s| {
+            s["peers"].as_array()?.iter().find_map(|p| {
+                (p["node"] != 0 && p["path"] == "direct")
+                    .then(|| p["endpoint"].as_str().unwrap_or("-").to_owned())
+            })
+        });
+        if let Some(endpoint) = direct {
+            return Some((start.elapsed(), endpoint));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 fn wait_up(lab: &Lab, client: usize, timeout: Duration) -> Option<Instant> {

@@ -297,3 +297,33 @@ fn a_client_cut_off_from_the_server_reaches_it_through_another_client() {
         "client 2 still carries it"
     );
 }
+
+#[test]
+fn the_demo_shows_a_direct_path_punched_through_two_nats_and_cleans_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Needs root like every lab; lab_with says so (and fails under CULVERT_REQUIRE_E2E).
+    let Some(probe) = lab_with("demochk", &[Site::Public]) else {
+        return;
+    };
+    drop(probe);
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--megabytes", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("punched through both NATs"), "{text}");
+    assert_eq!(text.matches("SHA-256 match").count(), 2, "{text}");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("cvtdemo"),
+        "the demo left namespaces behind"
+    );
+}
