@@ -49,6 +49,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         transport: TransportMode::Auto,
         networks: vec!["10.0.0.0/24".parse().unwrap()],
         p2p: true,
+        mesh_relay: culvert_core::MeshRelay::default(),
     });
     let mut eps = [
         Endpoint::new(

@@ -23,6 +23,11 @@ const C: usize = 3;
 /// A hub and clients A, B, C on public addresses; C keeps everything on the relay. A and B
 /// have a direct path. `mesh_a`/`mesh_b` set A's and B's mesh relaying.
 fn world(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay) -> World {
+    world_with(seed, mesh_a, mesh_b, false)
+}
+
+/// As [`world`]; with `c_direct`, C tries direct paths too and A has one to C as well.
+fn world_with(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay, c_direct: bool) -> World {
     let mut w = World::new(seed);
     let hs = w.secret();
     w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
@@ -34,7 +39,7 @@ fn world(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay) -> World {
         let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
         if let Role::Client(cc) = &mut c.role {
             cc.mesh_relay = mesh;
-            cc.p2p = i != 2;
+            cc.p2p = i != 2 || c_direct;
         }
         w.add(c, &format!("198.18.{}.2:40000", i + 1));
     }
@@ -48,7 +53,29 @@ fn world(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay) -> World {
         w.run_until(3 * SECOND, |w| path(w, A, 2).0 == "direct"),
         "A and B found no direct path"
     );
+    if c_direct {
+        // (The hub coordinates one punch per client per second.)
+        let _ = stream(&mut w, A, C, "10.0.0.4", 30, Duration::from_millis(100));
+        assert!(
+            w.run_until(5 * SECOND, |w| path(w, A, 3).0 == "direct"),
+            "A and C found no direct path: {:?}",
+            path(&w, A, 3)
+        );
+    }
     w
+}
+
+/// Drops everything between each pair of nodes (indices), both ways.
+fn cut(w: &mut World, pairs: &[(usize, usize)]) {
+    let pairs: Vec<(SocketAddr, SocketAddr)> = pairs
+        .iter()
+        .map(|&(x, y)| (w.nodes[x].addr, w.nodes[y].addr))
+        .collect();
+    w.filter = Some(Box::new(move |d| {
+        !pairs
+            .iter()
+            .any(|&(x, y)| (d.from == x && d.to == y) || (d.from == y && d.to == x))
+    }));
 }
 
 /// `(path, relay_via)` of `peer` as node `i` sees it.
@@ -221,4 +248,80 @@ fn a_relaying_client_limits_what_it_forwards() {
     assert!(got < 400, "{got} packets passed a 100 kB/s relay in 2 s");
     assert!(got > 100, "the relay passed only {got}");
     assert!(w.drops(B, "relay_rate_limited") > before);
+}
+
+#[test]
+fn two_clients_cut_off_together_do_not_loop_through_each_other() {
+    let mut w = world(64, MeshRelay::default(), MeshRelay::default());
+    cut(&mut w, &[(A, 0), (B, 0)]);
+    // Each may try the other as its relay: frames for the hub would go A -> B -> A ...
+    let sent_before = w.log.len();
+    for i in 0..1000 {
+        let _ = w.tun(
+            A,
+            &ip_packet("10.0.0.2", "10.0.0.1", format!("a{i}").as_bytes()),
+        );
+        let _ = w.tun(
+            B,
+            &ip_packet("10.0.0.3", "10.0.0.1", format!("b{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(10));
+    }
+    let sent = w.log.len() - sent_before;
+    // 2000 packets offered in 10 s; a loop would multiply them (each frame up to max_hops
+    // times more), and keepalives, probes and handshakes add a few hundred.
+    assert!(sent < 3500, "{sent} datagrams: something loops");
+    let bounced = w.drops(A, "relay_no_peer") + w.drops(B, "relay_no_peer");
+    eprintln!("{sent} datagrams in 10 s, {bounced} relay frames refused as bounces");
+    // Healed, both return to the hub.
+    w.filter = None;
+    assert!(
+        w.run_until(30 * SECOND, |w| {
+            path(w, A, 0).0 == "direct" && path(w, B, 0).0 == "direct" && w.joined(A) && w.joined(B)
+        }),
+        "A {:?}, B {:?}",
+        path(&w, A, 0),
+        path(&w, B, 0)
+    );
+    assert_eq!(
+        stream(&mut w, A, 0, "10.0.0.1", 100, Duration::from_millis(2)),
+        100
+    );
+}
+
+#[test]
+fn when_the_relay_dies_the_detour_moves_to_another_client() {
+    let mut w = world_with(65, MeshRelay::default(), MeshRelay::default(), true);
+    cut(&mut w, &[(A, 0)]);
+    let _ = stream(&mut w, A, 0, "10.0.0.1", 600, Duration::from_millis(10));
+    let (kind, via) = path(&w, A, 0);
+    assert_eq!(kind, "relay");
+    let first = via.unwrap();
+    let (relay, other) = if first == 2 { (B, C) } else { (C, B) };
+    // The relay's direct path with A dies too.
+    cut(&mut w, &[(A, 0), (A, relay)]);
+    let died = w.now;
+    let mut moved = None;
+    for i in 0..1000 {
+        let _ = w.tun(
+            A,
+            &ip_packet("10.0.0.2", "10.0.0.1", format!("r{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(10));
+        if moved.is_none() && path(&w, A, 0) == ("relay".to_owned(), Some(other as u32)) {
+            moved = Some(w.now - died);
+        }
+    }
+    let took = moved.expect("the detour never moved to the other client");
+    eprintln!("detour moved to the other client {took:?} after its relay died");
+    assert!(took <= 5 * SECOND, "took {took:?}");
+    w.run(2 * SECOND);
+    assert_eq!(
+        stream(&mut w, A, 0, "10.0.0.1", 200, Duration::from_millis(2)),
+        200
+    );
+    assert_eq!(
+        stream(&mut w, 0, A, "10.0.0.2", 200, Duration::from_millis(2)),
+        200
+    );
 }
