@@ -249,6 +249,15 @@ impl Stack {
         self.flows.get(&remote).is_some_and(|f| f.established)
     }
 
+    /// Whether the flow to `remote` completed its handshake or carried an authentic message
+    /// within `within`. A flow quiet for longer may be dead at the far end without either
+    /// side knowing: a restarted server answers nothing for a flow it never accepted.
+    pub fn heard_within(&self, remote: SocketAddr, now: Instant, within: Duration) -> bool {
+        self.flows
+            .get(&remote)
+            .is_some_and(|f| f.established && now.saturating_duration_since(f.last_rx) < within)
+    }
+
     /// Wraps the message `buf[msg]` into a segment to `remote`, in place: the record
     /// header and the IP/TCP headers go into the bytes before `msg`. Returns the packet's
     /// range.

@@ -325,3 +325,57 @@ fn when_the_relay_dies_the_detour_moves_to_another_client() {
         200
     );
 }
+
+#[test]
+fn clients_that_detoured_through_each_other_find_a_restarted_hub() {
+    let mut w = World::new(66);
+    let hs = w.secret();
+    w.add(hub_config(hs.clone(), Some(passphrase())), sim::HUB_ADDR);
+    for i in 0..2 {
+        let s = w.secret();
+        let c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        w.add(c, &format!("198.18.{}.2:40000", i + 1));
+    }
+    assert!(w.run_until(10 * SECOND, |w| w.joined(A)
+        && w.joined(B)
+        && w.mesh_known()));
+    let _ = w.tun(A, &ip_packet("10.0.0.2", "10.0.0.3", b"hello B"));
+    assert!(w.run_until(3 * SECOND, |w| path(w, A, 2).0 == "direct"));
+    // The hub goes away for 8 s: each client may detour through the other meanwhile.
+    let hub: SocketAddr = sim::HUB_ADDR.parse().unwrap();
+    w.filter = Some(Box::new(move |d| d.to != hub && d.from != hub));
+    for i in 0..800 {
+        let _ = w.tun(
+            A,
+            &ip_packet("10.0.0.2", "10.0.0.1", format!("a{i}").as_bytes()),
+        );
+        let _ = w.tun(
+            B,
+            &ip_packet("10.0.0.3", "10.0.0.1", format!("b{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(10));
+    }
+    // It comes back as a new process that knows no session.
+    w.restart(0, hub_config(hs, Some(passphrase())));
+    w.filter = None;
+    let back = w.now;
+    assert!(
+        w.run_until(15 * SECOND, |w| w.joined(A)
+            && w.joined(B)
+            && path(w, A, 0).0 == "direct"
+            && path(w, B, 0).0 == "direct"),
+        "A {:?} B {:?}",
+        path(&w, A, 0),
+        path(&w, B, 0)
+    );
+    eprintln!("both rejoined {:?} after the hub came back", w.now - back);
+    w.run(2 * SECOND);
+    assert_eq!(
+        stream(&mut w, A, 0, "10.0.0.1", 100, Duration::from_millis(2)),
+        100
+    );
+    assert_eq!(
+        stream(&mut w, B, 0, "10.0.0.1", 100, Duration::from_millis(2)),
+        100
+    );
+}

@@ -105,6 +105,45 @@ fn udp_blocking_router_faketcp_and_auto_pass_udp_fails() {
     );
 }
 
+/// A restarted server knows none of the old FakeTCP flows and, silent towards strangers,
+/// answers nothing on them: a client must dial a new flow rather than talk into the old
+/// one — both its idle standby flow (UDP fails after the restart) and the flow it was
+/// using (the server crashes while UDP is blocked).
+#[test]
+fn clients_redial_faketcp_flows_a_restarted_server_forgot() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("fstale", 3) else {
+        return;
+    };
+    let mut server = start_network(&mut lab, 2, &[])[0];
+    for c in [1, 2] {
+        wait_ping(&lab, c, overlay(0));
+        assert_eq!(transport(&lab, c, 0).as_deref(), Some("udp"));
+    }
+    for round in ["standby flow, then UDP blocked", "flow in use"] {
+        lab.stop(server, true);
+        server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
+        if round.starts_with("standby") {
+            lab.router_nft(BLOCK_UDP).unwrap();
+        }
+        let restarted = Instant::now();
+        for c in [1, 2] {
+            let rtt = lab.ping_until(c, overlay(0), Duration::from_secs(12));
+            assert!(
+                rtt.is_some(),
+                "client {c} did not recover ({round})\n{}",
+                lab.logs()
+            );
+            assert_eq!(transport(&lab, c, 0).as_deref(), Some("faketcp"));
+        }
+        let took = restarted.elapsed();
+        eprintln!(
+            "both clients back over FakeTCP {:.1}s after the restart ({round})",
+            took.as_secs_f64()
+        );
+    }
+}
+
 #[test]
 fn strict_conntrack_passes_200mb_across_sequence_wraparound() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

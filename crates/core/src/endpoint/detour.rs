@@ -142,6 +142,32 @@ impl Endpoint {
         true
     }
 
+    /// The hub's own address while detoured: handshakes go there too, so that a hub that
+    /// restarted (and answers no probe of a session it forgot) is found again.
+    pub(super) fn detour_direct(&self) -> Option<Remote> {
+        match &self.role {
+            RoleState::Client(c) => c.detour.as_ref().map(|d| d.direct),
+            RoleState::Hub(_) => None,
+        }
+    }
+
+    /// An authentic message from the hub arrived straight from `from`: the direct path
+    /// works again, so a detour ends.
+    pub(super) fn hub_heard_directly(&mut self, now: Instant, from: Remote) {
+        let RoleState::Client(c) = &mut self.role else {
+            return;
+        };
+        let Some(d) = c.detour.take_if(|d| d.direct.addr == from.addr) else {
+            return;
+        };
+        tracing::info!(
+            via = d.via.0,
+            detoured_s = now.saturating_duration_since(d.since).as_secs(),
+            "the server answers directly again"
+        );
+        self.set_hub_path(now, Path::Direct(Some(from)));
+    }
+
     /// Whether `id` is a client we reach directly with a live session (a relay candidate).
     fn neighbour_alive(&self, now: Instant, id: PeerId) -> bool {
         id != PeerId::HUB

@@ -15,7 +15,7 @@ use culvert_wire::message::{
 use super::{Endpoint, RoleState};
 use crate::cookie::open_reply;
 use crate::noise::{Initiator, MAX_PAYLOAD, MSG1_OVERHEAD, MSG2_OVERHEAD, Responder, Split};
-use crate::peer::{Path, PeerId, PendingHandshake, Source};
+use crate::peer::{Path, PeerId, PendingHandshake, Source, Transport};
 use crate::session::Session;
 use crate::stats::DropReason;
 
@@ -129,6 +129,12 @@ impl Endpoint {
         if let Err(r) = self.send_unsealed(now, to, &msg) {
             self.count_drop(r, Some(id));
         }
+        if id == PeerId::HUB
+            && let Some(direct) = self.detour_direct()
+        {
+            self.outbox
+                .push_back(super::OwnedTransmit::new(direct, msg));
+        }
     }
 
     /// The retry timer of `id` fired: try again, complain, or give up.
@@ -157,6 +163,10 @@ impl Endpoint {
             }
             if attempts > 0 && attempts % 3 == 0 {
                 self.events.push_back(crate::Event::Rebind);
+            } else if attempts == 1
+                && matches!(peer.path, Path::Direct(Some(r)) if r.transport == Transport::FakeTcp)
+            {
+                self.events.push_back(crate::Event::FakeTcpUnanswered);
             }
             self.next_join_transport(now);
         } else if attempts >= PEER_ATTEMPTS {
@@ -358,6 +368,9 @@ impl Endpoint {
                     now,
                 );
                 self.install_initiated(now, id, session);
+                if let (PeerId::HUB, Source::Addr(from)) = (id, src) {
+                    self.hub_heard_directly(now, from);
+                }
                 if id == PeerId::HUB {
                     self.pin_server_key(split.remote_static);
                     self.on_joined(now, w);

@@ -649,6 +649,7 @@ impl Endpoint {
             (Source::Addr(from), true, false) if id != PeerId::HUB => {
                 self.on_direct_data(now, id, from);
             }
+            (Source::Addr(from), true, false) => self.hub_heard_directly(now, from),
             (Source::Addr(from), false, false) => {
                 if let Some(p) = self.peers.get_mut(&id)
                     && p.path != Path::Direct(Some(from))

@@ -64,6 +64,8 @@ const RX_OFFSET: usize = 128;
 const ROUNDS: usize = 4;
 /// A client looks at its interface addresses (its LAN candidates) this often.
 const CANDIDATES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// A FakeTCP flow heard from this recently works; an older one is redialled before use.
+const FLOW_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 const _: () =
     assert!(TUN_OFFSET >= HEADROOM + faketcp::HEADROOM && TUN_OFFSET + 65_535 + TAILROOM <= SLOT);
@@ -658,14 +660,8 @@ impl Daemon {
                 Event::Rebind => self.rebind(),
                 Event::TransportChanged {
                     transport: Transport::FakeTcp,
-                } => {
-                    let server = self.server.as_deref().and_then(|s| resolve(s).ok());
-                    if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server)
-                        && !ft.stack.established(server)
-                    {
-                        let _ = ft.connect(Instant::now(), server);
-                    }
                 }
+                | Event::FakeTcpUnanswered => self.refresh_faketcp_flow(),
                 Event::TransportChanged { .. } => {}
                 Event::ServerKeyPinned { key } => self.remember_server(&key),
                 Event::ServerKeyMismatch { pinned, offered } => {
@@ -681,6 +677,20 @@ impl Daemon {
                     );
                 }
             }
+        }
+    }
+
+    /// Client: a FakeTCP flow is about to carry the hub's traffic; one not heard from
+    /// lately (a standby flow, or one the server may have forgotten by restarting) is
+    /// replaced by a new one, since the server answers nothing on a flow it does not know.
+    fn refresh_faketcp_flow(&mut self) {
+        let server = self.server.as_deref().and_then(|s| resolve(s).ok());
+        let now = Instant::now();
+        if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server)
+            && !ft.stack.heard_within(server, now, FLOW_FRESH)
+            && let Err(e) = ft.connect(now, server)
+        {
+            tracing::warn!("{e:#}");
         }
     }
 
