@@ -26,7 +26,7 @@ pub enum Event {
         /// The transport now in use.
         transport: crate::peer::Transport,
     },
-    /// A handshake over FakeTCP went unanswered: the flow may be dead at the server (a
+    /// The hub went unanswered over FakeTCP: the flow may be dead at the server (a
     /// restarted server silently ignores segments of a flow it does not know), so the shell
     /// opens a new one unless the flow was heard from just now.
     FakeTcpUnanswered,

@@ -636,6 +636,47 @@ fn faketcp_only_client_joins_and_stays_on_faketcp() {
     );
 }
 
+/// The shell's FakeTCP flow came up only after the handshake went out (and found no flow to
+/// carry it): the handshake goes again at once, not at its retry a second later.
+#[test]
+fn a_handshake_goes_again_when_the_faketcp_flow_comes_up() {
+    let mut w = auto_world(23, culvert_core::TransportMode::FakeTcp);
+    let client = w.nodes[1].addr;
+    w.filter = Some(Box::new(move |d| d.from != client));
+    w.queue.clear(); // the first message 1, sent when the client was added
+    w.run(Duration::from_millis(100));
+    assert!(!w.joined(1));
+    w.filter = None;
+    w.nodes[1].ep.faketcp_ready();
+    w.drain(1);
+    assert!(
+        w.run_until(Duration::from_millis(50), |w| w.joined(1)),
+        "the handshake waited for its retry"
+    );
+}
+
+/// A hub that went quiet while the client talks to it over FakeTCP may have restarted and
+/// forgotten the flow: the client asks the shell for a fresh one.
+#[test]
+fn a_silent_hub_over_faketcp_asks_for_a_new_flow() {
+    let mut w = auto_world(24, culvert_core::TransportMode::FakeTcp);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    w.nodes[1].events.clear();
+    w.filter = Some(Box::new(|_| false));
+    let silent_from = w.log.len();
+    let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.1", b"hello?"));
+    let asked = w.run_until(4 * SECOND, |w| {
+        w.nodes[1].events.contains(&Event::FakeTcpUnanswered)
+    });
+    assert!(asked, "{:?}", w.nodes[1].events);
+    // Asked with the first new handshake, not only after it went unanswered too.
+    let inits = w.log[silent_from..]
+        .iter()
+        .filter(|d| d.bytes.first() == Some(&1))
+        .count();
+    assert_eq!(inits, 1);
+}
+
 #[test]
 fn auto_fails_over_within_5s_and_returns_after_the_stable_period() {
     let mut w = auto_world(23, culvert_core::TransportMode::Auto);

@@ -465,6 +465,10 @@ impl Endpoint {
                 unanswered_ms = unanswered.as_millis() as u64,
                 "the server does not answer; starting a new handshake beside the session"
             );
+            if self.active_transport() == Transport::FakeTcp {
+                // A server that restarted knows nothing of our flow.
+                self.events.push_back(Event::FakeTcpUnanswered);
+            }
             self.start_handshake(now, PeerId::HUB);
         }
         if unanswered >= SUSPECT_AFTER {
@@ -526,6 +530,22 @@ impl Endpoint {
             self.switch_transport(now, Transport::Udp, "UDP answered 3 probes in a row (15 s)");
         }
         Ok(())
+    }
+
+    /// Client: the shell's FakeTCP flow to the hub has just come up. A handshake sent over
+    /// FakeTCP before that found no flow to carry it, so it goes again now rather than at its
+    /// next retry, a second or more later.
+    pub fn faketcp_ready(&mut self) {
+        if self.active_transport() != Transport::FakeTcp {
+            return;
+        }
+        let Some(hub) = self.peers.get(&PeerId::HUB) else {
+            return;
+        };
+        if let (Some(h), Path::Direct(Some(to))) = (&hub.handshake, hub.path) {
+            self.outbox
+                .push_back(super::OwnedTransmit::new(to, h.message.clone()));
+        }
     }
 
     /// The transport the client currently uses towards the hub.

@@ -274,8 +274,8 @@ impl World {
         w
     }
 
-    /// Collects outputs and events of node `i`.
-    fn drain(&mut self, i: usize) {
+    /// Collects outputs and events of node `i` (what a shell does after every call).
+    pub fn drain(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].ep.poll_transmit() {
             let from = self.nodes[i].addr;
             self.send_ttl(from, t.to, t.bytes, t.ttl.unwrap_or(64));

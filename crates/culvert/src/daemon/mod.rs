@@ -552,6 +552,9 @@ impl Daemon {
                     ft.stack.confirm(now, &seg);
                 }
             }
+            if self.underlay.ftcp.as_mut().is_some_and(|ft| ft.came_up()) {
+                self.ep.faketcp_ready();
+            }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
                 self.io_error("sending", &e);
             }
