@@ -35,6 +35,7 @@ pub mod router;
 pub mod session;
 pub mod stats;
 pub mod status;
+pub mod via;
 
 mod endpoint;
 

@@ -116,6 +116,8 @@ pub(crate) struct Peer {
     pub(crate) path: Path,
     /// Direct paths worth trying, and why it is relayed (client peers).
     pub(crate) paths: crate::path::PathSet,
+    /// A client relaying to it when no direct path works (client peers).
+    pub(crate) via: crate::via::ViaClient,
     /// The last change of `path`: when, and why.
     pub(crate) path_changed: Option<(Instant, &'static str)>,
     /// The session used for sending, and for receiving.
@@ -163,6 +165,7 @@ impl Peer {
             addresses,
             path,
             paths: crate::path::PathSet::default(),
+            via: crate::via::ViaClient::default(),
             path_changed: None,
             current: None,
             previous: None,

@@ -28,21 +28,14 @@ fn world(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay) -> World {
 
 /// As [`world`]; with `c_direct`, C tries direct paths too and A has one to C as well.
 fn world_with(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay, c_direct: bool) -> World {
-    let mut w = World::new(seed);
-    let hs = w.secret();
-    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
-    for (i, mesh) in [mesh_a, mesh_b, MeshRelay::default()]
-        .into_iter()
-        .enumerate()
-    {
-        let s = w.secret();
-        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
-        if let Role::Client(cc) = &mut c.role {
-            cc.mesh_relay = mesh;
-            cc.p2p = i != 2 || c_direct;
-        }
-        w.add(c, &format!("198.18.{}.2:40000", i + 1));
-    }
+    let mut w = hub_and_three(
+        seed,
+        [
+            (mesh_a, true),
+            (mesh_b, true),
+            (MeshRelay::default(), c_direct),
+        ],
+    );
     assert!(
         w.run_until(10 * SECOND, |w| (1..=3).all(|i| w.joined(i))
             && w.mesh_known()),
@@ -61,6 +54,23 @@ fn world_with(seed: u64, mesh_a: MeshRelay, mesh_b: MeshRelay, c_direct: bool) -
             "A and C found no direct path: {:?}",
             path(&w, A, 3)
         );
+    }
+    w
+}
+
+/// A hub and clients A, B, C on public addresses, each with its mesh relaying and p2p.
+fn hub_and_three(seed: u64, clients: [(MeshRelay, bool); 3]) -> World {
+    let mut w = World::new(seed);
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    for (i, (mesh, p2p)) in clients.into_iter().enumerate() {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        if let Role::Client(cc) = &mut c.role {
+            cc.mesh_relay = mesh;
+            cc.p2p = p2p;
+        }
+        w.add(c, &format!("198.18.{}.2:40000", i + 1));
     }
     w
 }
@@ -378,4 +388,130 @@ fn clients_that_detoured_through_each_other_find_a_restarted_hub() {
         stream(&mut w, B, 0, "10.0.0.1", 100, Duration::from_millis(2)),
         100
     );
+}
+
+/// Hub and A, B, C, all trying direct paths; A and B cannot reach each other (a filter
+/// between them), A ⇄ C and B ⇄ C are direct.
+fn triangle(seed: u64, mesh_c: MeshRelay) -> World {
+    let mut w = hub_and_three(
+        seed,
+        [
+            (MeshRelay::default(), true),
+            (MeshRelay::default(), true),
+            (mesh_c, true),
+        ],
+    );
+    cut(&mut w, &[(A, B)]);
+    assert!(
+        w.run_until(10 * SECOND, |w| (1..=3).all(|i| w.joined(i))
+            && w.mesh_known()),
+        "clients did not join"
+    );
+    for (x, y, dst) in [(A, C, "10.0.0.4"), (B, C, "10.0.0.4")] {
+        let _ = stream(&mut w, x, y, dst, 10, Duration::from_millis(100));
+        assert!(
+            w.run_until(5 * SECOND, |w| path(w, x, 3).0 == "direct"),
+            "{x} and C found no direct path: {:?}",
+            path(&w, x, 3)
+        );
+    }
+    w
+}
+
+/// A sends B a packet every 100 ms, `n` times; returns when A first relayed B via `via`.
+fn a_talks_to_b_until(w: &mut World, n: usize, via: Option<u32>) -> Option<Duration> {
+    let started = w.now;
+    let mut seen = None;
+    for i in 0..n {
+        let _ = w.tun(
+            A,
+            &ip_packet("10.0.0.2", "10.0.0.3", format!("x{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(100));
+        if seen.is_none() && path(w, A, 2) == ("relay".to_owned(), via) {
+            seen = Some(w.now - started);
+        }
+    }
+    seen
+}
+
+#[test]
+fn two_clients_without_a_direct_path_go_through_a_client_that_reaches_both() {
+    let mut w = triangle(70, MeshRelay::default());
+    // A talks to B: first through the hub, then through C.
+    let moved = a_talks_to_b_until(&mut w, 100, Some(3))
+        .unwrap_or_else(|| panic!("A never went through C: {:?}", path(&w, A, 2)));
+    eprintln!(
+        "A reaches B through C {:.2} s after its first packet",
+        moved.as_secs_f64()
+    );
+    assert!(moved < 6 * SECOND, "{moved:?}");
+    // B answers the same way, and the hub carries none of it.
+    let _ = stream(&mut w, B, A, "10.0.0.2", 20, Duration::from_millis(100));
+    assert_eq!(path(&w, B, 1), ("relay".to_owned(), Some(3)));
+    let hub_before = w.nodes[0].ep.status(w.now).relayed.tx_packets;
+    let c_before = w.nodes[C].ep.status(w.now).relayed.tx_packets;
+    assert_eq!(
+        stream(&mut w, A, B, "10.0.0.3", 300, Duration::from_millis(10)),
+        300
+    );
+    assert_eq!(
+        stream(&mut w, B, A, "10.0.0.2", 300, Duration::from_millis(10)),
+        300
+    );
+    let hub_relayed = w.nodes[0].ep.status(w.now).relayed.tx_packets - hub_before;
+    let c_relayed = w.nodes[C].ep.status(w.now).relayed.tx_packets - c_before;
+    assert_eq!(hub_relayed, 0, "the hub relayed {hub_relayed}");
+    assert!(c_relayed >= 600, "C relayed {c_relayed}");
+    let s = w.nodes[A].ep.status(w.now);
+    let b = s.peers.iter().find(|p| p.node == 2).unwrap();
+    assert!(b.path_rtt_ms.is_some(), "no RTT through C");
+    assert!(
+        b.last_switch
+            .as_deref()
+            .unwrap_or_default()
+            .contains("relays for us"),
+        "{:?}",
+        b.last_switch
+    );
+
+    // C goes away: A and B fall back to the hub within DEAD_AFTER and lose little.
+    let c = w.nodes[C].addr;
+    let a = w.nodes[A].addr;
+    let b_addr = w.nodes[B].addr;
+    w.filter = Some(Box::new(move |d| {
+        let ab = (d.from == a && d.to == b_addr) || (d.from == b_addr && d.to == a);
+        !ab && d.from != c && d.to != c
+    }));
+    let back = a_talks_to_b_until(&mut w, 60, Some(0))
+        .unwrap_or_else(|| panic!("A stayed on C: {:?}", path(&w, A, 2)));
+    eprintln!(
+        "back on the hub {:.2} s after C went silent",
+        back.as_secs_f64()
+    );
+    assert!(back <= 3 * SECOND, "{back:?}");
+    w.run(SECOND);
+    assert_eq!(
+        stream(&mut w, A, B, "10.0.0.3", 50, Duration::from_millis(10)),
+        50
+    );
+}
+
+#[test]
+fn a_client_that_does_not_relay_is_not_offered_and_not_used() {
+    let mut w = triangle(
+        71,
+        MeshRelay {
+            enabled: false,
+            ..MeshRelay::default()
+        },
+    );
+    assert_eq!(a_talks_to_b_until(&mut w, 80, Some(3)), None);
+    assert_eq!(path(&w, A, 2), ("relay".to_owned(), Some(0)));
+    w.run(SECOND);
+    assert_eq!(
+        stream(&mut w, A, B, "10.0.0.3", 50, Duration::from_millis(10)),
+        50
+    );
+    assert_eq!(w.drops(C, "relay_disabled"), 0, "C was asked to relay");
 }

@@ -4,6 +4,7 @@
 //!   host 0: server 10.0.0.1  198.18.1.2 -------------------------------+
 //!   host 1: client 10.0.0.2  192.168.1.11 -- NAT 1 (198.18.101.2) -----+-- router
 //!   host 2: client 10.0.0.3  192.168.2.12 -- NAT 2 (198.18.102.2) -----+
+//!  (host 3: client 10.0.0.4  192.168.3.13 -- NAT 3 (198.18.103.2), in one test)
 //! ```
 
 mod common;
@@ -295,6 +296,106 @@ fn a_client_cut_off_from_the_server_reaches_it_through_another_client() {
     assert!(
         relayed_by_2(&lab) - before < 100,
         "client 2 still carries it"
+    );
+}
+
+/// Sites 1 and 2 cannot reach each other at all (a firewall between their NATs), but both
+/// reach site 3 directly: their traffic goes through client 3, not the server.
+#[test]
+fn two_clients_whose_direct_path_is_blocked_go_through_a_client_that_reaches_both() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nat3 = Site::Nat {
+        nat: 3,
+        symmetric: false,
+    };
+    let Some(mut lab) = lab_with("p2pvia", &[Site::Public, NAT1, NAT2, nat3]) else {
+        return;
+    };
+    lab.router_nft(
+        "table ip between {\n chain f { type filter hook forward priority -10;\n \
+         ip saddr 198.18.101.2 ip daddr 198.18.102.2 drop\n \
+         ip saddr 198.18.102.2 ip daddr 198.18.101.2 drop\n }\n}\n",
+    )
+    .unwrap();
+    start_network(&mut lab, 3, &[]);
+    for c in 1..=3 {
+        wait_ping(&lab, c, overlay(0));
+    }
+    let (n1, n2, n3) = (node_of(&lab, 1), node_of(&lab, 2), node_of(&lab, 3));
+    for (c, n) in [(1, n3), (2, n3)] {
+        wait_ping(&lab, c, overlay(3));
+        let start = Instant::now();
+        while path(&lab, c, n).0 != "direct" && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            path(&lab, c, n).0,
+            "direct",
+            "client {c} to client 3\n{}",
+            lab.logs()
+        );
+    }
+    let via = |lab: &Lab, host: usize, node: u64| {
+        let s = lab.status(host).unwrap();
+        s["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node)
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap_or("-").to_owned(),
+                    p["relay_via"].as_u64(),
+                )
+            })
+            .unwrap()
+    };
+    let asked = Instant::now();
+    let moved = loop {
+        let _ = lab.ping(1, overlay(2), Duration::from_millis(200));
+        if via(&lab, 1, n2) == ("relay".to_owned(), Some(n3)) {
+            break Some(asked.elapsed());
+        }
+        if asked.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+    };
+    let moved = moved.unwrap_or_else(|| {
+        panic!(
+            "client 1 never went through client 3: {:?}\n{}",
+            via(&lab, 1, n2),
+            lab.logs()
+        )
+    });
+    eprintln!(
+        "client 1 reaches client 2 through client 3 {:.2} s after its first ping",
+        moved.as_secs_f64()
+    );
+    for _ in 0..10 {
+        let _ = lab.ping(2, overlay(1), Duration::from_millis(200));
+    }
+    assert_eq!(via(&lab, 2, n1), ("relay".to_owned(), Some(n3)));
+    let relayed_by_3 = |lab: &Lab| {
+        lab.status(3).unwrap()["relayed"]["tx_packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (hub_before, c3_before) = (relayed(&lab), relayed_by_3(&lab));
+    let t = lab.transfer(1, 2, overlay(2), 20 * MB, || ()).unwrap();
+    assert_eq!((t.sent.as_str(), t.bytes), (t.received.as_str(), 20 * MB));
+    let back = lab.transfer(2, 1, overlay(1), 20 * MB, || ()).unwrap();
+    assert_eq!(back.sent, back.received);
+    let (through_hub, through_3) = (relayed(&lab) - hub_before, relayed_by_3(&lab) - c3_before);
+    eprintln!(
+        "20 MB each way through client 3: {:.0} / {:.0} Mbit/s; messages relayed by client 3: \
+         {through_3}, by the server: {through_hub}",
+        t.mbps(),
+        back.mbps()
+    );
+    assert!(through_3 > 25_000, "client 3 relayed only {through_3}");
+    assert!(
+        through_hub * 100 < through_3,
+        "the server relayed {through_hub} of {through_3}"
     );
 }
 

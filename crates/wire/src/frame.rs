@@ -25,6 +25,7 @@
 //! Punch         | 0c | node id (4) | count (1) | candidate ... |   hub -> client
 //!     candidate | kind (1: local, 2: reflexive) | endpoint |
 //! Observed      | 0d | endpoint |                                  hub -> client
+//! Neighbours    | 0e | node id (4) | count (1) | node id (4) ... |  client -> hub -> clients
 //!     endpoint  | 4 | a b c d | port (2) |  or  | 6 | 16 bytes | port (2) |
 //! ```
 
@@ -49,10 +50,14 @@ mod kind {
     pub(super) const PUNCH_REQUEST: u8 = 0x0b;
     pub(super) const PUNCH: u8 = 0x0c;
     pub(super) const OBSERVED: u8 = 0x0d;
+    pub(super) const NEIGHBOURS: u8 = 0x0e;
 }
 
 /// Most endpoints in one [`Frame::Candidates`] or [`Frame::Punch`].
 pub const MAX_CANDIDATES: usize = 16;
+
+/// Most nodes in one [`Frame::Neighbours`].
+pub const MAX_NEIGHBOURS: usize = 32;
 
 /// Length of the relay frame header that precedes the inner message.
 pub const RELAY_HEADER_LEN: usize = 10;
@@ -160,6 +165,15 @@ pub enum Frame<'a> {
     /// The hub tells a client the UDP endpoint it sees its traffic come from (its
     /// server-reflexive address: what a NAT made of it).
     Observed(SocketAddr),
+    /// The clients `node` reaches on a direct path and relays for (mesh relaying on). A
+    /// client reports its own (with `node` 0: the hub knows who sent it); the hub passes
+    /// each report on to the other clients, which may then relay through `node`.
+    Neighbours {
+        /// Whose neighbours.
+        node: u32,
+        /// At most [`MAX_NEIGHBOURS`] node ids.
+        nodes: Vec<u32>,
+    },
 }
 
 /// Where a client may be reached directly.
@@ -317,6 +331,15 @@ impl<'a> Frame<'a> {
                 Self::Punch { node, candidates }
             }
             kind::OBSERVED => Self::Observed(parse_endpoint(&mut r)?),
+            kind::NEIGHBOURS => {
+                let node = r.u32()?;
+                let n = r.u8()?;
+                if usize::from(n) > MAX_NEIGHBOURS {
+                    return Err(Error::Malformed("too many neighbours"));
+                }
+                let nodes = (0..n).map(|_| r.u32()).collect::<Result<_>>()?;
+                Self::Neighbours { node, nodes }
+            }
             t => return Err(Error::UnknownType(t)),
         };
         r.finish()?;
@@ -411,6 +434,15 @@ impl<'a> Frame<'a> {
             Self::Observed(a) => {
                 out.push(kind::OBSERVED);
                 emit_endpoint(*a, out);
+            }
+            Self::Neighbours { node, nodes } => {
+                out.push(kind::NEIGHBOURS);
+                out.extend_from_slice(&node.to_be_bytes());
+                let n = nodes.len().min(MAX_NEIGHBOURS);
+                out.push(n as u8);
+                for id in &nodes[..n] {
+                    out.extend_from_slice(&id.to_be_bytes());
+                }
             }
         }
     }
@@ -605,6 +637,11 @@ mod tests {
                         .collect()
                 }),
             arb_endpoint().prop_map(Frame::Observed),
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<u32>(), 0..MAX_NEIGHBOURS)
+            )
+                .prop_map(|(node, nodes)| Frame::Neighbours { node, nodes }),
         ]
     }
 

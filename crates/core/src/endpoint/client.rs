@@ -1,6 +1,6 @@
 //! The client: joining the hub, pings, the directory of other clients, reconnecting.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,12 @@ pub(super) struct Client {
     pub(super) mesh: MeshRelay,
     /// What we forward for others, limited to `mesh.rate`.
     pub(super) relay_budget: ByteBucket,
+    /// The clients each other client reaches directly, by its report via the hub.
+    pub(super) reach: BTreeMap<PeerId, Vec<PeerId>>,
+    /// Our own neighbours as last reported to the hub, and when we may report again.
+    pub(super) reported: Option<Vec<u32>>,
+    pub(super) next_report: Option<Instant>,
+    pub(super) reported_at: Option<Instant>,
     /// The client we reach the hub through while our own path to it fails.
     pub(super) detour: Option<Box<Detour>>,
     /// Our own interface endpoints (LAN candidates), as the shell reports them.
@@ -134,6 +140,10 @@ impl Client {
             p2p: cfg.p2p,
             mesh: cfg.mesh_relay,
             relay_budget: ByteBucket::new(cfg.mesh_relay.rate),
+            reach: BTreeMap::new(),
+            reported: None,
+            next_report: None,
+            reported_at: None,
             detour: None,
             locals: Vec::new(),
             reflexive: None,
@@ -216,6 +226,8 @@ impl Endpoint {
         let fresh = c.node != Some(w.node) || c.granted != w.granted;
         c.node = Some(w.node);
         c.isolation = w.flags & FLAG_ISOLATION != 0;
+        // A hub that (re)admitted us has no report of ours yet.
+        c.reported = None;
         c.granted = w.granted.clone();
         c.next_ping = Some(now + keepalive);
         let isolation = c.isolation;
@@ -403,6 +415,7 @@ impl Endpoint {
         c.ping_out = None;
         // The hub may come back as a new process whose directory versions restart.
         c.dir = DirectoryAssembly::default();
+        c.reach.clear();
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
             hub.attempts = 0;
             hub.last_rx = None;
@@ -443,6 +456,7 @@ impl Endpoint {
             if self.client().next_ping.is_some_and(|p| p <= now) {
                 self.send_ping(now);
             }
+            self.report_neighbours(now);
             self.maybe_rekey(now, PeerId::HUB);
         }
     }

@@ -169,7 +169,7 @@ impl Endpoint {
     }
 
     /// Whether `id` is a client we reach directly with a live session (a relay candidate).
-    fn neighbour_alive(&self, now: Instant, id: PeerId) -> bool {
+    pub(super) fn neighbour_alive(&self, now: Instant, id: PeerId) -> bool {
         id != PeerId::HUB
             && self
                 .peers

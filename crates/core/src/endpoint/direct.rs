@@ -179,7 +179,7 @@ impl Endpoint {
     }
 
     /// Switches `id` to `path`; the session, its counters and FEC carry over unchanged.
-    fn use_path(&mut self, now: Instant, id: PeerId, path: Path, why: &'static str) {
+    pub(super) fn use_path(&mut self, now: Instant, id: PeerId, path: Path, why: &'static str) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };

@@ -44,6 +44,9 @@ pub(super) struct Hub {
     pub(super) locals: BTreeMap<PeerId, Vec<core::net::SocketAddr>>,
     /// When each client last asked for a punch (rate limit).
     pub(super) punch_asked: BTreeMap<PeerId, Instant>,
+    /// The clients each client reaches directly and relays for, by its last report.
+    /// (And when the last report was taken.)
+    pub(super) neighbours: BTreeMap<PeerId, (Vec<u32>, Instant)>,
 }
 
 impl Hub {
@@ -61,6 +64,7 @@ impl Hub {
             refusal_log: RateWindow::new(10, Duration::from_secs(10)),
             locals: BTreeMap::new(),
             punch_asked: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
         }
     }
 
@@ -354,6 +358,7 @@ impl Endpoint {
         if first {
             hub.dir_dirty = true;
             self.schedule_now(now);
+            self.send_all_neighbours(now, id);
             let p = &self.peers[&id];
             tracing::info!(
                 node = id.0,
@@ -370,6 +375,7 @@ impl Endpoint {
         if let RoleState::Hub(hub) = &mut self.role {
             hub.locals.remove(&id);
             hub.punch_asked.remove(&id);
+            hub.neighbours.remove(&id);
             hub.dir_dirty = true;
             self.schedule_now(now);
             tracing::info!(node = id.0, "client disconnected");

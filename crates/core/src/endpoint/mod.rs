@@ -27,6 +27,7 @@ mod detour;
 mod direct;
 mod handshake;
 mod hub;
+mod neighbours;
 mod relay;
 
 use core::ops::Range;
@@ -272,6 +273,7 @@ impl Endpoint {
         }
         self.maybe_rekey(now, id);
         self.maybe_punch(now, id);
+        self.wake_via(now, id);
         match self.seal_to(now, id, buf, start, len) {
             Ok(t) => TunOutcome::Send(t),
             Err(r) => TunOutcome::Dropped(self.count_drop(r, Some(id))),
@@ -433,7 +435,11 @@ impl Endpoint {
                     Path::Relay(_) => Some(p.paths.reason().as_str()),
                     Path::Direct(_) => None,
                 },
-                path_rtt_ms: p.paths.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                path_rtt_ms: match p.path {
+                    Path::Relay(via) if via != PeerId::HUB && p.id != PeerId::HUB => p.via.rtt(),
+                    _ => p.paths.rtt(),
+                }
+                .map(|d| d.as_secs_f64() * 1000.0),
                 path_loss: p.paths.loss(),
                 state: if p.usable(now, self.cfg.timing.reject_after_time) {
                     "up"
@@ -798,19 +804,23 @@ impl Endpoint {
             Frame::Directory(part) => self.on_directory(now, id, part),
             Frame::DirRequest { .. } => self.on_dir_request(now, id),
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
-            Frame::Probe { seq } => match src {
-                Source::Addr(from) => {
-                    self.send_frame_to(id, from, &Frame::ProbeAck { seq }, None);
+            Frame::Probe { seq } => {
+                self.answer_probe(now, id, src, seq);
+                Ok(())
+            }
+            Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
+            Frame::ProbeAck { seq } => match src {
+                Source::Addr(_) => self.on_path_ack(now, id, seq, src),
+                Source::Relay { via, .. } => {
+                    self.on_via_ack(now, id, via, seq);
                     Ok(())
                 }
-                Source::Relay { .. } => Err(DropReason::BadFrame),
             },
-            Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
-            Frame::ProbeAck { seq } => self.on_path_ack(now, id, seq, src),
             Frame::Candidates(list) => self.on_candidates(id, list),
             Frame::PunchRequest { node } => self.on_punch_request(now, id, node),
             Frame::Punch { node, candidates } => self.on_punch(now, id, node, candidates),
             Frame::Observed(addr) => self.on_observed(id, addr),
+            Frame::Neighbours { node, nodes } => self.on_neighbours(now, id, node, nodes),
             Frame::LossReport { received, expected } => {
                 let fec = self.cfg.fec;
                 if let Some(e) = self.peers.get_mut(&id).and_then(|p| p.encoder(fec)) {
@@ -1234,6 +1244,9 @@ impl Endpoint {
         }
         self.peers.remove(&id);
         self.routes.remove_value(id);
+        if let RoleState::Client(c) = &mut self.role {
+            c.reach.remove(&id);
+        }
         self.on_peer_removed(now, id);
     }
 
@@ -1275,6 +1288,7 @@ impl Endpoint {
         self.fec_timers(now, id);
         if self.is_client() && id != PeerId::HUB {
             self.path_timers(now, id);
+            self.via_timers(now, id);
         }
         // A session in use is renewed before it expires, even when what it carries is not
         // our own traffic for the peer (relay frames we send through it).
@@ -1322,6 +1336,7 @@ impl Endpoint {
             );
             consider(p.fec_tx.as_ref().and_then(crate::fec::Encoder::deadline));
             consider(p.paths.next_deadline());
+            consider(p.via.next_deadline());
             consider(p.fec_rx.report_due());
         }
         consider(self.pending.next_expiry());

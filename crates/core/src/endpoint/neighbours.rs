@@ -1,0 +1,296 @@
+//! Who reaches whom: clients report the neighbours they relay for, the hub passes the
+//! reports on, and a client relayed by the hub tries a neighbour that reaches its peer
+//! directly instead ([`crate::via`]).
+//!
+//! ```text
+//!   C ──Neighbours{B, ...}──▶ hub ──Neighbours{node C: B, ...}──▶ A
+//!   A ──Probe (A⇄B) via C──▶ C ──▶ B ──ProbeAck via C──▶ C ──▶ A:  A sends to B via C
+//! ```
+//!
+//! A report is only a hint: the probe through the neighbour, sealed end to end, proves
+//! that the path delivers before anything moves onto it.
+
+use std::time::{Duration, Instant};
+
+use culvert_wire::frame::{Frame, MAX_NEIGHBOURS};
+use culvert_wire::message::DATA_HEADER_LEN;
+
+use super::{Endpoint, HEADROOM, RoleState, TAILROOM};
+use crate::peer::{Path, PeerId, Source};
+use crate::stats::DropReason;
+use crate::via::ViaAction;
+
+/// A client reports a change of its neighbours at most this often.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// ... and repeats an unchanged report this often (a lost one is not lost for long).
+const REPORT_REFRESH: Duration = Duration::from_secs(30);
+/// The hub takes at most one report per client in this time: each changed one costs it a
+/// frame to every other client.
+const REPORT_MIN_GAP: Duration = Duration::from_millis(500);
+/// Most reports a client keeps (one per other client; a bound whatever the hub sends).
+const MAX_REACH: usize = 4096;
+
+impl Endpoint {
+    /// Client timer: tells the hub which clients we reach directly, when that changed.
+    pub(super) fn report_neighbours(&mut self, now: Instant) {
+        let RoleState::Client(c) = &self.role else {
+            return;
+        };
+        if !c.mesh.enabled || !c.p2p || c.isolation || c.node.is_none() {
+            return;
+        }
+        if c.next_report.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut nodes: Vec<u32> = self
+            .peers
+            .keys()
+            .filter(|id| self.neighbour_alive(now, **id))
+            .map(|id| id.0)
+            .collect();
+        nodes.truncate(MAX_NEIGHBOURS);
+        let RoleState::Client(c) = &mut self.role else {
+            return;
+        };
+        let stale = c
+            .reported_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_REFRESH);
+        if c.reported.as_ref() == Some(&nodes) && !stale {
+            return;
+        }
+        c.next_report = Some(now + REPORT_INTERVAL);
+        c.reported_at = Some(now);
+        c.reported = Some(nodes.clone());
+        self.send_frame(now, PeerId::HUB, &Frame::Neighbours { node: 0, nodes });
+    }
+
+    /// A Neighbours frame from `from`: a client's own report (on the hub), or the hub
+    /// passing on another client's (on a client).
+    pub(super) fn on_neighbours(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        node: u32,
+        nodes: Vec<u32>,
+    ) -> Result<(), DropReason> {
+        match &mut self.role {
+            RoleState::Hub(_) => self.hub_on_neighbours(now, from, nodes),
+            RoleState::Client(c) if from == PeerId::HUB => {
+                let reporter = PeerId(node);
+                // (A report may come before the directory that lists its node.)
+                let room = c.reach.len() < MAX_REACH || c.reach.contains_key(&reporter);
+                if reporter == PeerId::HUB || c.node == Some(node) || !room {
+                    return Err(DropReason::BadFrame);
+                }
+                let mut list: Vec<PeerId> = nodes.into_iter().map(PeerId).collect();
+                list.sort_unstable();
+                list.dedup();
+                c.reach.insert(reporter, list);
+                Ok(())
+            }
+            RoleState::Client(_) => Err(DropReason::BadFrame),
+        }
+    }
+
+    /// Hub: client `id` reports its neighbours; the others hear of it when it changed.
+    fn hub_on_neighbours(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        nodes: Vec<u32>,
+    ) -> Result<(), DropReason> {
+        let mut list: Vec<u32> = nodes
+            .into_iter()
+            .filter(|n| *n != id.0 && self.peers.contains_key(&PeerId(*n)) && *n != 0)
+            .collect();
+        list.sort_unstable();
+        list.dedup();
+        let RoleState::Hub(hub) = &mut self.role else {
+            return Ok(());
+        };
+        let previous = hub.neighbours.get(&id);
+        if previous.is_some_and(|(_, at)| now.saturating_duration_since(*at) < REPORT_MIN_GAP) {
+            return Err(DropReason::RateLimited);
+        }
+        let changed = previous.is_none_or(|(l, _)| *l != list);
+        hub.neighbours.insert(id, (list.clone(), now));
+        if !changed || hub.cfg.isolation {
+            return Ok(());
+        }
+        let frame = Frame::Neighbours {
+            node: id.0,
+            nodes: list,
+        };
+        let others: Vec<PeerId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|p| *p != id && self.ready(now, *p))
+            .collect();
+        for p in others {
+            self.send_frame(now, p, &frame);
+        }
+        Ok(())
+    }
+
+    /// Hub: a client just connected; it hears every report so far.
+    pub(super) fn send_all_neighbours(&mut self, now: Instant, to: PeerId) {
+        let RoleState::Hub(hub) = &self.role else {
+            return;
+        };
+        if hub.cfg.isolation {
+            return;
+        }
+        let frames: Vec<Frame<'static>> = hub
+            .neighbours
+            .iter()
+            .filter(|(id, (list, _))| **id != to && !list.is_empty())
+            .map(|(id, (list, _))| Frame::Neighbours {
+                node: id.0,
+                nodes: list.clone(),
+            })
+            .collect();
+        for f in frames {
+            self.send_frame(now, to, &f);
+        }
+    }
+
+    /// Client: traffic for `id`; if the hub relays it, a client relay is looked for soon.
+    /// Cheap: it runs for every packet.
+    pub(super) fn wake_via(&mut self, now: Instant, id: PeerId) {
+        if !self.is_client() || id == PeerId::HUB {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&id)
+            && p.path == Path::Relay(PeerId::HUB)
+            && p.via.wake(now)
+        {
+            self.schedule_now(now);
+        }
+    }
+
+    /// Client timer for peer `id`: find, probe, use or leave a client that relays to it.
+    pub(super) fn via_timers(&mut self, now: Instant, id: PeerId) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let relayed = matches!(peer.path, Path::Relay(_));
+        let wanted = peer.current.is_some()
+            && peer
+                .last_tx
+                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timing.keepalive);
+        let busy = peer.via.via().is_some() || peer.via.next_deadline().is_some_and(|t| t > now);
+        if !relayed || (!wanted && !busy) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.via.park(now);
+            }
+            return;
+        }
+        let best = self.best_via(now, id);
+        let alive: Vec<PeerId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|n| self.neighbour_alive(now, *n))
+            .collect();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let action = peer.via.poll(now, || best, |n| alive.contains(&n));
+        if let Some(a) = action {
+            self.apply_via(now, id, a);
+        }
+    }
+
+    /// The neighbour through which to try `id`: reached directly, and reporting `id` among
+    /// its own direct neighbours; the lowest RTT first.
+    fn best_via(&self, now: Instant, id: PeerId) -> Option<PeerId> {
+        let RoleState::Client(c) = &self.role else {
+            return None;
+        };
+        c.reach
+            .iter()
+            .filter(|(via, list)| **via != id && list.contains(&id))
+            .map(|(via, _)| *via)
+            .filter(|via| self.neighbour_alive(now, *via))
+            .min_by_key(|via| {
+                self.peers
+                    .get(via)
+                    .and_then(|p| p.paths.rtt())
+                    .unwrap_or(Duration::MAX)
+            })
+    }
+
+    /// A ProbeAck from `id` that came through `via`.
+    pub(super) fn on_via_ack(&mut self, now: Instant, id: PeerId, via: PeerId, seq: u32) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(a) = peer.via.on_ack(now, via, seq) {
+            self.apply_via(now, id, a);
+        }
+    }
+
+    fn apply_via(&mut self, now: Instant, id: PeerId, action: ViaAction) {
+        match action {
+            ViaAction::Probe { via, seq } => {
+                self.send_frame_via(now, id, via, &Frame::Probe { seq });
+            }
+            ViaAction::Use(via) => self.use_path(
+                now,
+                id,
+                Path::Relay(via),
+                "a client that reaches the peer directly relays for us",
+            ),
+            ViaAction::Leave(why) => {
+                if self
+                    .peers
+                    .get(&id)
+                    .is_some_and(|p| p.path != Path::Relay(PeerId::HUB))
+                {
+                    self.use_path(now, id, Path::Relay(PeerId::HUB), why);
+                }
+            }
+        }
+        self.deadline_dirty = true;
+    }
+
+    /// Seals `frame` in `id`'s session and sends it inside a relay frame through `via`,
+    /// whatever `id`'s path is (probes test the relay, answers go back the way they came).
+    pub(super) fn send_frame_via(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        via: PeerId,
+        frame: &Frame<'_>,
+    ) {
+        let mut plain = Vec::new();
+        frame.emit(&mut plain);
+        let mut buf = vec![0u8; HEADROOM + plain.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
+        let sealed = match self.peers.get_mut(&id).and_then(|p| p.current.as_mut()) {
+            Some(s) => s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len()),
+            None => Err(DropReason::NoSession),
+        };
+        let sent = sealed.and_then(|range| {
+            let at = range.start - culvert_wire::frame::RELAY_HEADER_LEN;
+            self.seal_relayed(now, id, via, &mut buf, at, range.len())
+        });
+        match sent {
+            Ok(t) => self.push_owned(t.to, buf, t.range),
+            Err(r) => {
+                self.count_drop(r, Some(id));
+            }
+        }
+    }
+
+    /// A Probe from `id`: answered on the way it came, straight or through the same relay.
+    pub(super) fn answer_probe(&mut self, now: Instant, id: PeerId, src: Source, seq: u32) {
+        match src {
+            Source::Addr(from) => self.send_frame_to(id, from, &Frame::ProbeAck { seq }, None),
+            Source::Relay { via, .. } => {
+                self.send_frame_via(now, id, via, &Frame::ProbeAck { seq });
+            }
+        }
+    }
+}

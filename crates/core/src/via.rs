@@ -1,0 +1,370 @@
+//! Relaying through another client, when two clients have no direct path between them.
+//!
+//! The hub relays by default, but it may be far away, and every byte it relays costs its
+//! uplink twice. A third client that reaches both of them directly can carry the traffic
+//! instead: clients report the neighbours they reach and relay for, the hub passes the
+//! reports on, and a client whose peer is relayed by the hub probes the peer *through* such
+//! a neighbour. The probe travels in the two clients' end-to-end session inside relay
+//! frames, so only the real peer can answer it, through the same neighbour; a neighbour that
+//! lied about its reach, or drops what it should forward, is never used. The first answer
+//! moves the peer onto that relay; while in use, a probe a second keeps measuring it, and
+//! [`DEAD_AFTER`] without an answer moves the peer back to the hub (and the next attempt
+//! waits with backoff). A direct path, when punching finds one, takes precedence: this only
+//! ever replaces the hub's relay.
+//!
+//! ```text
+//!   A ══(A⇄B session, in Relay{dest B} via C)══▶ C ══▶ B     B ══ProbeAck via C══▶ C ══▶ A
+//! ```
+
+use std::time::{Duration, Instant};
+
+use crate::peer::PeerId;
+
+/// An unanswered probe is sent again after this long.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probes of one relay before it counts as failed.
+pub const PROBE_TRIES: u32 = 3;
+/// A relay in use is probed this often.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A relay in use without an answer this long is dead: back to the hub.
+pub const DEAD_AFTER: Duration = Duration::from_secs(2);
+/// How often to look again for a relay when none was offered.
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// First wait after a failed relay; doubles up to [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_secs(4);
+/// Longest wait between two attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What the endpoint should do for this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViaAction {
+    /// Send a Probe with `seq` to the peer through `via`.
+    Probe {
+        /// The relaying client.
+        via: PeerId,
+        /// The probe's sequence number.
+        seq: u32,
+    },
+    /// The peer answered through `via`: send everything for it that way.
+    Use(PeerId),
+    /// The relay stopped working: back to the hub.
+    Leave(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not relayed by a client; look for one at `retry_at`.
+    Idle { retry_at: Option<Instant> },
+    /// Probing the peer through `via`.
+    Trying {
+        via: PeerId,
+        seq: u32,
+        sent: Instant,
+        tries: u32,
+    },
+    /// Relayed through `via`.
+    Using {
+        via: PeerId,
+        last_ack: Instant,
+        next_probe: Instant,
+        out: Option<(u32, Instant)>,
+    },
+}
+
+/// Whether, and through which client, one peer is relayed (see the module docs). Idle
+/// without a retry time it is parked: due whenever polled, but with no timer of its own.
+#[derive(Debug, Clone)]
+pub struct ViaClient {
+    state: State,
+    seq: u32,
+    backoff: Duration,
+    rtt: Option<Duration>,
+}
+
+impl Default for ViaClient {
+    fn default() -> Self {
+        Self {
+            state: State::Idle { retry_at: None },
+            seq: 0,
+            backoff: RETRY_MIN,
+            rtt: None,
+        }
+    }
+}
+
+impl ViaClient {
+    /// Timers. `best` names the neighbour to try (one that reaches the peer directly, by
+    /// its report); `alive` says whether a neighbour is still reached directly.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        best: impl FnOnce() -> Option<PeerId>,
+        alive: impl Fn(PeerId) -> bool,
+    ) -> Option<ViaAction> {
+        match self.state {
+            State::Idle { retry_at } if retry_at.is_none_or(|t| now >= t) => match best() {
+                Some(via) => Some(self.probe_new(now, via, 1)),
+                None => {
+                    self.state = State::Idle {
+                        retry_at: Some(now + LOOK_EVERY),
+                    };
+                    None
+                }
+            },
+            State::Idle { .. } => None,
+            State::Trying { via, .. } if !alive(via) => {
+                self.fail(now);
+                None
+            }
+            State::Trying {
+                via, sent, tries, ..
+            } if now.saturating_duration_since(sent) >= PROBE_TIMEOUT => {
+                if tries >= PROBE_TRIES {
+                    self.fail(now);
+                    None
+                } else {
+                    Some(self.probe_new(now, via, tries + 1))
+                }
+            }
+            State::Trying { .. } => None,
+            State::Using { via, last_ack, .. }
+                if !alive(via) || now.saturating_duration_since(last_ack) >= DEAD_AFTER =>
+            {
+                self.fail(now);
+                Some(ViaAction::Leave(if alive(via) {
+                    "the relaying client stopped answering"
+                } else {
+                    "the relaying client is no longer reached directly"
+                }))
+            }
+            State::Using {
+                via,
+                last_ack,
+                next_probe,
+                ..
+            } if now >= next_probe => {
+                self.seq = self.seq.wrapping_add(1);
+                self.state = State::Using {
+                    via,
+                    last_ack,
+                    next_probe: now + KEEPALIVE,
+                    out: Some((self.seq, now)),
+                };
+                Some(ViaAction::Probe { via, seq: self.seq })
+            }
+            State::Using { .. } => None,
+        }
+    }
+
+    /// A ProbeAck with `seq` came back through `via`.
+    pub fn on_ack(&mut self, now: Instant, via: PeerId, seq: u32) -> Option<ViaAction> {
+        match self.state {
+            State::Trying {
+                via: v,
+                seq: s,
+                sent,
+                ..
+            } if v == via && s == seq => {
+                self.rtt = Some(now.saturating_duration_since(sent));
+                self.backoff = RETRY_MIN;
+                self.state = State::Using {
+                    via,
+                    last_ack: now,
+                    next_probe: now + KEEPALIVE,
+                    out: None,
+                };
+                Some(ViaAction::Use(via))
+            }
+            State::Using {
+                via: v,
+                next_probe,
+                out: Some((s, sent)),
+                ..
+            } if v == via && s == seq => {
+                self.rtt = Some(now.saturating_duration_since(sent));
+                self.state = State::Using {
+                    via,
+                    last_ack: now,
+                    next_probe,
+                    out: None,
+                };
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Nothing to relay (a direct path carries the peer, or it has no traffic): no timer
+    /// until [`ViaClient::wake`].
+    /// A backoff still running is kept.
+    pub fn park(&mut self, now: Instant) {
+        match self.state {
+            State::Idle { retry_at } if retry_at.is_some_and(|t| t > now) => {}
+            _ => self.state = State::Idle { retry_at: None },
+        }
+    }
+
+    /// Traffic for a peer the hub relays: look for a client relay now, unless a backoff
+    /// runs. Returns whether the timer must run.
+    pub fn wake(&mut self, now: Instant) -> bool {
+        match self.state {
+            State::Idle { retry_at: None } => {
+                self.state = State::Idle {
+                    retry_at: Some(now),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client relaying for us now.
+    pub fn via(&self) -> Option<PeerId> {
+        match self.state {
+            State::Using { via, .. } => Some(via),
+            _ => None,
+        }
+    }
+
+    /// The RTT through the relay, end to end, by the last answered probe.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.via().and(self.rtt)
+    }
+
+    /// When [`ViaClient::poll`] has work next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Idle { retry_at } => retry_at,
+            State::Trying { sent, .. } => Some(sent + PROBE_TIMEOUT),
+            State::Using {
+                last_ack,
+                next_probe,
+                ..
+            } => Some(next_probe.min(last_ack + DEAD_AFTER)),
+        }
+    }
+
+    fn probe_new(&mut self, now: Instant, via: PeerId, tries: u32) -> ViaAction {
+        self.seq = self.seq.wrapping_add(1);
+        self.state = State::Trying {
+            via,
+            seq: self.seq,
+            sent: now,
+            tries,
+        };
+        ViaAction::Probe { via, seq: self.seq }
+    }
+
+    fn fail(&mut self, now: Instant) {
+        self.state = State::Idle {
+            retry_at: Some(now + self.backoff),
+        };
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: PeerId = PeerId(3);
+
+    fn probe_seq(a: Option<ViaAction>) -> u32 {
+        match a {
+            Some(ViaAction::Probe { via, seq }) if via == C => seq,
+            other => panic!("expected a probe via C, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answered_probe_is_used_and_a_silent_relay_is_left() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        let seq = probe_seq(v.poll(t0, || Some(C), |_| true));
+        assert_eq!(v.on_ack(t0, C, seq.wrapping_add(1)), None, "wrong seq");
+        assert_eq!(v.on_ack(t0, PeerId(4), seq), None, "wrong relay");
+        let at = t0 + Duration::from_millis(30);
+        assert_eq!(v.on_ack(at, C, seq), Some(ViaAction::Use(C)));
+        assert_eq!(v.via(), Some(C));
+        assert_eq!(v.rtt(), Some(Duration::from_millis(30)));
+        let seq = probe_seq(v.poll(at + KEEPALIVE, || None, |_| true));
+        assert_eq!(v.on_ack(at + KEEPALIVE, C, seq), None);
+        // Then silence.
+        let mut t = at + KEEPALIVE;
+        let left = loop {
+            t += Duration::from_millis(100);
+            match v.poll(t, || None, |_| true) {
+                Some(ViaAction::Leave(why)) => break why,
+                Some(ViaAction::Probe { .. }) | None => {}
+                Some(other) => panic!("{other:?}"),
+            }
+        };
+        assert!(left.contains("stopped answering"));
+        assert!(t - (at + KEEPALIVE) <= DEAD_AFTER + Duration::from_millis(100));
+        assert_eq!(v.via(), None);
+        assert_eq!(v.next_deadline(), Some(t + RETRY_MIN));
+    }
+
+    #[test]
+    fn a_relay_that_never_answers_is_given_up_with_backoff() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        let mut t = t0;
+        let mut probes = 0;
+        while t < t0 + Duration::from_secs(200) {
+            if let Some(a) = v.poll(t, || Some(C), |_| true) {
+                assert!(matches!(a, ViaAction::Probe { .. }));
+                probes += 1;
+            }
+            t += Duration::from_millis(100);
+        }
+        // 3 probes per attempt; attempts after 4, 8, 16, 32, 60, 60 ... s of backoff.
+        assert!((12..=30).contains(&probes), "{probes} probes in 200 s");
+    }
+
+    #[test]
+    fn a_relay_no_longer_reached_is_left_at_once() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        let seq = probe_seq(v.poll(t0, || Some(C), |_| true));
+        v.on_ack(t0, C, seq);
+        assert!(matches!(
+            v.poll(t0 + Duration::from_millis(10), || None, |_| false),
+            Some(ViaAction::Leave(_))
+        ));
+    }
+
+    #[test]
+    fn a_parked_relay_has_no_timer_until_traffic_wakes_it() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        assert_eq!(v.next_deadline(), None);
+        assert!(v.wake(t0));
+        assert_eq!(v.next_deadline(), Some(t0));
+        assert!(!v.wake(t0), "already due");
+        probe_seq(v.poll(t0, || Some(C), |_| true));
+        v.park(t0);
+        assert_eq!(v.next_deadline(), None);
+        // A backoff survives parking until it ran out.
+        let mut v = ViaClient::default();
+        v.poll(t0, || Some(C), |_| false);
+        v.poll(t0, || Some(C), |_| false);
+        let backoff = v.next_deadline().unwrap();
+        assert!(backoff > t0);
+        v.park(t0);
+        assert_eq!(v.next_deadline(), Some(backoff));
+        assert!(!v.wake(t0));
+        v.park(backoff);
+        assert_eq!(v.next_deadline(), None);
+    }
+
+    #[test]
+    fn nothing_to_try_looks_again_later() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        assert_eq!(v.poll(t0, || None, |_| true), None);
+        assert_eq!(v.next_deadline(), Some(t0 + LOOK_EVERY));
+        assert_eq!(v.poll(t0 + LOOK_EVERY / 2, || Some(C), |_| true), None);
+        probe_seq(v.poll(t0 + LOOK_EVERY, || Some(C), |_| true));
+    }
+}
