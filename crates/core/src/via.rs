@@ -10,7 +10,8 @@
 //! moves the peer onto that relay; while in use, a probe a second keeps measuring it, and
 //! [`DEAD_AFTER`] without an answer moves the peer back to the hub (and the next attempt
 //! waits with backoff). A direct path, when punching finds one, takes precedence: this only
-//! ever replaces the hub's relay.
+//! ever replaces the hub's relay. The hub's relay is measured alongside, and a client relay
+//! clearly slower than it is not used.
 //!
 //! ```text
 //!   A ══(A⇄B session, in Relay{dest B} via C)══▶ C ══▶ B     B ══ProbeAck via C══▶ C ══▶ A
@@ -34,26 +35,29 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub const RETRY_MIN: Duration = Duration::from_secs(4);
 /// Longest wait between two attempts.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// While a client relays, the hub's relay is measured this often, to compare.
+pub const HUB_EVERY: Duration = Duration::from_secs(2);
 
 /// What the endpoint should do for this peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViaAction {
-    /// Send a Probe with `seq` to the peer through `via`.
+    /// Send a Probe with `seq` to the peer through `via` (a client, or the hub: its relay
+    /// is measured too, to compare).
     Probe {
-        /// The relaying client.
+        /// The relay to measure.
         via: PeerId,
         /// The probe's sequence number.
         seq: u32,
     },
     /// The peer answered through `via`: send everything for it that way.
     Use(PeerId),
-    /// The relay stopped working: back to the hub.
+    /// The relay stopped working, or is clearly slower than the hub's: back to the hub.
     Leave(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Not relayed by a client; look for one at `retry_at`.
+    /// Not relayed by a client; look for one at `retry_at` (`None`: parked).
     Idle { retry_at: Option<Instant> },
     /// Probing the peer through `via`.
     Trying {
@@ -71,6 +75,23 @@ enum State {
     },
 }
 
+/// The RTT of the hub's relay to the same peer, measured alongside.
+#[derive(Debug, Clone, Default)]
+struct HubMeter {
+    out: Option<(u32, Instant)>,
+    rtt: Option<Duration>,
+    next: Option<Instant>,
+    /// Consecutive measurements in which the client relay was clearly slower.
+    worse: u32,
+}
+
+/// How much slower than the hub's relay a client's may be and still be preferred: it
+/// spares the hub, so it wins ties and small differences (and the margin keeps a peer
+/// from flapping between two similar relays).
+fn acceptable(client: Duration, hub: Duration) -> bool {
+    client <= hub * 3 / 2 + Duration::from_millis(10)
+}
+
 /// Whether, and through which client, one peer is relayed (see the module docs). Idle
 /// without a retry time it is parked: due whenever polled, but with no timer of its own.
 #[derive(Debug, Clone)]
@@ -79,6 +100,7 @@ pub struct ViaClient {
     seq: u32,
     backoff: Duration,
     rtt: Option<Duration>,
+    hub: HubMeter,
 }
 
 impl Default for ViaClient {
@@ -88,6 +110,7 @@ impl Default for ViaClient {
             seq: 0,
             backoff: RETRY_MIN,
             rtt: None,
+            hub: HubMeter::default(),
         }
     }
 }
@@ -100,64 +123,76 @@ impl ViaClient {
         now: Instant,
         best: impl FnOnce() -> Option<PeerId>,
         alive: impl Fn(PeerId) -> bool,
-    ) -> Option<ViaAction> {
+    ) -> Vec<ViaAction> {
+        let mut out = Vec::new();
         match self.state {
             State::Idle { retry_at } if retry_at.is_none_or(|t| now >= t) => match best() {
-                Some(via) => Some(self.probe_new(now, via, 1)),
+                Some(via) => {
+                    out.push(self.probe_new(now, via, 1));
+                    out.push(self.probe_hub(now));
+                }
                 None => {
                     self.state = State::Idle {
                         retry_at: Some(now + LOOK_EVERY),
                     };
-                    None
                 }
             },
-            State::Idle { .. } => None,
-            State::Trying { via, .. } if !alive(via) => {
-                self.fail(now);
-                None
-            }
+            State::Idle { .. } => {}
+            State::Trying { via, .. } if !alive(via) => self.fail(now),
             State::Trying {
                 via, sent, tries, ..
             } if now.saturating_duration_since(sent) >= PROBE_TIMEOUT => {
                 if tries >= PROBE_TRIES {
                     self.fail(now);
-                    None
                 } else {
-                    Some(self.probe_new(now, via, tries + 1))
+                    out.push(self.probe_new(now, via, tries + 1));
                 }
             }
-            State::Trying { .. } => None,
+            State::Trying { .. } => {}
             State::Using { via, last_ack, .. }
                 if !alive(via) || now.saturating_duration_since(last_ack) >= DEAD_AFTER =>
             {
                 self.fail(now);
-                Some(ViaAction::Leave(if alive(via) {
+                out.push(ViaAction::Leave(if alive(via) {
                     "the relaying client stopped answering"
                 } else {
                     "the relaying client is no longer reached directly"
-                }))
+                }));
             }
             State::Using {
                 via,
                 last_ack,
                 next_probe,
                 ..
-            } if now >= next_probe => {
-                self.seq = self.seq.wrapping_add(1);
-                self.state = State::Using {
-                    via,
-                    last_ack,
-                    next_probe: now + KEEPALIVE,
-                    out: Some((self.seq, now)),
-                };
-                Some(ViaAction::Probe { via, seq: self.seq })
+            } => {
+                if now >= next_probe {
+                    self.seq = self.seq.wrapping_add(1);
+                    self.state = State::Using {
+                        via,
+                        last_ack,
+                        next_probe: now + KEEPALIVE,
+                        out: Some((self.seq, now)),
+                    };
+                    out.push(ViaAction::Probe { via, seq: self.seq });
+                }
+                if self.hub.next.is_none_or(|t| now >= t) {
+                    out.push(self.probe_hub(now));
+                }
             }
-            State::Using { .. } => None,
         }
+        out
     }
 
-    /// A ProbeAck with `seq` came back through `via`.
+    /// A ProbeAck with `seq` came back through `via` (a client, or the hub).
     pub fn on_ack(&mut self, now: Instant, via: PeerId, seq: u32) -> Option<ViaAction> {
+        if let Some((s, sent)) = self.hub.out
+            && via == PeerId::HUB
+            && s == seq
+        {
+            self.hub.out = None;
+            self.hub.rtt = Some(now.saturating_duration_since(sent));
+            return self.compare(now);
+        }
         match self.state {
             State::Trying {
                 via: v,
@@ -165,8 +200,15 @@ impl ViaClient {
                 sent,
                 ..
             } if v == via && s == seq => {
-                self.rtt = Some(now.saturating_duration_since(sent));
+                let rtt = now.saturating_duration_since(sent);
+                if self.hub.rtt.is_some_and(|h| !acceptable(rtt, h)) {
+                    // It works, but the hub's relay is clearly faster: stay there.
+                    self.fail(now);
+                    return None;
+                }
+                self.rtt = Some(rtt);
                 self.backoff = RETRY_MIN;
+                self.hub.worse = 0;
                 self.state = State::Using {
                     via,
                     last_ack: now,
@@ -194,14 +236,34 @@ impl ViaClient {
         }
     }
 
+    /// While a client relays: the hub's relay measured again; three times in a row clearly
+    /// faster, and the peer goes back to it.
+    fn compare(&mut self, now: Instant) -> Option<ViaAction> {
+        let (Some(c), Some(h)) = (self.rtt(), self.hub.rtt) else {
+            return None;
+        };
+        if acceptable(c, h) {
+            self.hub.worse = 0;
+            return None;
+        }
+        self.hub.worse += 1;
+        if self.hub.worse < 3 {
+            return None;
+        }
+        self.hub.worse = 0;
+        self.fail(now);
+        Some(ViaAction::Leave("the server's relay is clearly faster"))
+    }
+
     /// Nothing to relay (a direct path carries the peer, or it has no traffic): no timer
-    /// until [`ViaClient::wake`].
-    /// A backoff still running is kept.
+    /// until [`ViaClient::wake`]. A backoff still running is kept.
     pub fn park(&mut self, now: Instant) {
         match self.state {
             State::Idle { retry_at } if retry_at.is_some_and(|t| t > now) => {}
             _ => self.state = State::Idle { retry_at: None },
         }
+        self.hub.out = None;
+        self.hub.next = None;
     }
 
     /// Traffic for a peer the hub relays: look for a client relay now, unless a backoff
@@ -240,7 +302,10 @@ impl ViaClient {
                 last_ack,
                 next_probe,
                 ..
-            } => Some(next_probe.min(last_ack + DEAD_AFTER)),
+            } => {
+                let t = next_probe.min(last_ack + DEAD_AFTER);
+                Some(self.hub.next.map_or(t, |h| h.min(t)))
+            }
         }
     }
 
@@ -255,11 +320,23 @@ impl ViaClient {
         ViaAction::Probe { via, seq: self.seq }
     }
 
+    /// A probe of the hub's relay (the last one unanswered counts as lost).
+    fn probe_hub(&mut self, now: Instant) -> ViaAction {
+        self.seq = self.seq.wrapping_add(1);
+        self.hub.out = Some((self.seq, now));
+        self.hub.next = Some(now + HUB_EVERY);
+        ViaAction::Probe {
+            via: PeerId::HUB,
+            seq: self.seq,
+        }
+    }
+
     fn fail(&mut self, now: Instant) {
         self.state = State::Idle {
             retry_at: Some(now + self.backoff),
         };
         self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.hub.next = None;
     }
 }
 
@@ -268,39 +345,53 @@ mod tests {
     use super::*;
 
     const C: PeerId = PeerId(3);
+    const MS: Duration = Duration::from_millis(1);
 
-    fn probe_seq(a: Option<ViaAction>) -> u32 {
-        match a {
-            Some(ViaAction::Probe { via, seq }) if via == C => seq,
-            other => panic!("expected a probe via C, got {other:?}"),
-        }
+    /// The sequence number of the probe through `via` among `actions`.
+    fn probe(actions: &[ViaAction], via: PeerId) -> Option<u32> {
+        actions.iter().find_map(|a| match a {
+            ViaAction::Probe { via: v, seq } if *v == via => Some(*seq),
+            _ => None,
+        })
+    }
+
+    /// A ViaClient relaying through C since `t0` (the hub's relay unanswered so far).
+    fn using(t0: Instant) -> ViaClient {
+        let mut v = ViaClient::default();
+        let seq = probe(&v.poll(t0, || Some(C), |_| true), C).unwrap();
+        assert_eq!(v.on_ack(t0 + 30 * MS, C, seq), Some(ViaAction::Use(C)));
+        v
     }
 
     #[test]
     fn an_answered_probe_is_used_and_a_silent_relay_is_left() {
         let t0 = crate::test_epoch();
         let mut v = ViaClient::default();
-        let seq = probe_seq(v.poll(t0, || Some(C), |_| true));
-        assert_eq!(v.on_ack(t0, C, seq.wrapping_add(1)), None, "wrong seq");
+        let first = v.poll(t0, || Some(C), |_| true);
+        let seq = probe(&first, C).expect("a probe through C");
+        assert!(
+            probe(&first, PeerId::HUB).is_some(),
+            "the hub's relay is measured too"
+        );
+        assert_eq!(v.on_ack(t0, C, seq.wrapping_add(7)), None, "wrong seq");
         assert_eq!(v.on_ack(t0, PeerId(4), seq), None, "wrong relay");
-        let at = t0 + Duration::from_millis(30);
+        let at = t0 + 30 * MS;
         assert_eq!(v.on_ack(at, C, seq), Some(ViaAction::Use(C)));
         assert_eq!(v.via(), Some(C));
-        assert_eq!(v.rtt(), Some(Duration::from_millis(30)));
-        let seq = probe_seq(v.poll(at + KEEPALIVE, || None, |_| true));
+        assert_eq!(v.rtt(), Some(30 * MS));
+        let seq = probe(&v.poll(at + KEEPALIVE, || None, |_| true), C).unwrap();
         assert_eq!(v.on_ack(at + KEEPALIVE, C, seq), None);
         // Then silence.
         let mut t = at + KEEPALIVE;
         let left = loop {
-            t += Duration::from_millis(100);
-            match v.poll(t, || None, |_| true) {
-                Some(ViaAction::Leave(why)) => break why,
-                Some(ViaAction::Probe { .. }) | None => {}
-                Some(other) => panic!("{other:?}"),
+            t += 100 * MS;
+            let actions = v.poll(t, || None, |_| true);
+            if let Some(ViaAction::Leave(why)) = actions.last() {
+                break *why;
             }
         };
         assert!(left.contains("stopped answering"));
-        assert!(t - (at + KEEPALIVE) <= DEAD_AFTER + Duration::from_millis(100));
+        assert!(t - (at + KEEPALIVE) <= DEAD_AFTER + 100 * MS);
         assert_eq!(v.via(), None);
         assert_eq!(v.next_deadline(), Some(t + RETRY_MIN));
     }
@@ -312,11 +403,12 @@ mod tests {
         let mut t = t0;
         let mut probes = 0;
         while t < t0 + Duration::from_secs(200) {
-            if let Some(a) = v.poll(t, || Some(C), |_| true) {
-                assert!(matches!(a, ViaAction::Probe { .. }));
-                probes += 1;
-            }
-            t += Duration::from_millis(100);
+            probes += v
+                .poll(t, || Some(C), |_| true)
+                .iter()
+                .filter(|a| matches!(a, ViaAction::Probe { via, .. } if *via == C))
+                .count();
+            t += 100 * MS;
         }
         // 3 probes per attempt; attempts after 4, 8, 16, 32, 60, 60 ... s of backoff.
         assert!((12..=30).contains(&probes), "{probes} probes in 200 s");
@@ -325,13 +417,73 @@ mod tests {
     #[test]
     fn a_relay_no_longer_reached_is_left_at_once() {
         let t0 = crate::test_epoch();
-        let mut v = ViaClient::default();
-        let seq = probe_seq(v.poll(t0, || Some(C), |_| true));
-        v.on_ack(t0, C, seq);
+        let mut v = using(t0);
         assert!(matches!(
-            v.poll(t0 + Duration::from_millis(10), || None, |_| false),
+            v.poll(t0 + 40 * MS, || None, |_| false).last(),
             Some(ViaAction::Leave(_))
         ));
+    }
+
+    #[test]
+    fn a_client_relay_clearly_slower_than_the_hubs_is_not_used() {
+        let t0 = crate::test_epoch();
+        let mut v = ViaClient::default();
+        let first = v.poll(t0, || Some(C), |_| true);
+        let (c, hub) = (
+            probe(&first, C).unwrap(),
+            probe(&first, PeerId::HUB).unwrap(),
+        );
+        assert_eq!(v.on_ack(t0 + 20 * MS, PeerId::HUB, hub), None);
+        assert_eq!(
+            v.on_ack(t0 + 100 * MS, C, c),
+            None,
+            "100 ms against the hub's 20"
+        );
+        assert_eq!(v.via(), None);
+        // Somewhat slower is still preferred: it spares the hub.
+        let mut v = ViaClient::default();
+        let first = v.poll(t0, || Some(C), |_| true);
+        let (c, hub) = (
+            probe(&first, C).unwrap(),
+            probe(&first, PeerId::HUB).unwrap(),
+        );
+        v.on_ack(t0 + 20 * MS, PeerId::HUB, hub);
+        assert_eq!(v.on_ack(t0 + 35 * MS, C, c), Some(ViaAction::Use(C)));
+    }
+
+    #[test]
+    fn a_client_relay_that_becomes_clearly_slower_is_left_after_three_measurements() {
+        let t0 = crate::test_epoch();
+        let mut v = using(t0);
+        let mut t = t0 + 30 * MS;
+        let mut left = None;
+        for round in 0..20 {
+            t += KEEPALIVE;
+            let actions = v.poll(t, || None, |_| true);
+            if let Some(ViaAction::Leave(why)) = actions.last() {
+                panic!("left on a poll: {why}");
+            }
+            // The client relay now takes 200 ms, the hub's 20 ms.
+            if let Some(seq) = probe(&actions, C) {
+                assert_eq!(v.on_ack(t + 200 * MS, C, seq), None);
+            }
+            if let Some(seq) = probe(&actions, PeerId::HUB)
+                && let Some(a) = v.on_ack(t + 20 * MS, PeerId::HUB, seq)
+            {
+                left = Some((round, a));
+                break;
+            }
+        }
+        let (round, action) = left.expect("never left the slow relay");
+        assert_eq!(
+            action,
+            ViaAction::Leave("the server's relay is clearly faster")
+        );
+        assert!(
+            round >= 4,
+            "left after {round} rounds: one slow sample must not do it"
+        );
+        assert_eq!(v.via(), None);
     }
 
     #[test]
@@ -342,7 +494,7 @@ mod tests {
         assert!(v.wake(t0));
         assert_eq!(v.next_deadline(), Some(t0));
         assert!(!v.wake(t0), "already due");
-        probe_seq(v.poll(t0, || Some(C), |_| true));
+        assert!(probe(&v.poll(t0, || Some(C), |_| true), C).is_some());
         v.park(t0);
         assert_eq!(v.next_deadline(), None);
         // A backoff survives parking until it ran out.
@@ -362,9 +514,9 @@ mod tests {
     fn nothing_to_try_looks_again_later() {
         let t0 = crate::test_epoch();
         let mut v = ViaClient::default();
-        assert_eq!(v.poll(t0, || None, |_| true), None);
+        assert!(v.poll(t0, || None, |_| true).is_empty());
         assert_eq!(v.next_deadline(), Some(t0 + LOOK_EVERY));
-        assert_eq!(v.poll(t0 + LOOK_EVERY / 2, || Some(C), |_| true), None);
-        probe_seq(v.poll(t0 + LOOK_EVERY, || Some(C), |_| true));
+        assert!(v.poll(t0 + LOOK_EVERY / 2, || Some(C), |_| true).is_empty());
+        assert!(probe(&v.poll(t0 + LOOK_EVERY, || Some(C), |_| true), C).is_some());
     }
 }

@@ -451,6 +451,7 @@ fn two_clients_without_a_direct_path_go_through_a_client_that_reaches_both() {
     assert_eq!(path(&w, B, 1), ("relay".to_owned(), Some(3)));
     let hub_before = w.nodes[0].ep.status(w.now).relayed.tx_packets;
     let c_before = w.nodes[C].ep.status(w.now).relayed.tx_packets;
+    let measured_from = w.now;
     assert_eq!(
         stream(&mut w, A, B, "10.0.0.3", 300, Duration::from_millis(10)),
         300
@@ -461,7 +462,10 @@ fn two_clients_without_a_direct_path_go_through_a_client_that_reaches_both() {
     );
     let hub_relayed = w.nodes[0].ep.status(w.now).relayed.tx_packets - hub_before;
     let c_relayed = w.nodes[C].ep.status(w.now).relayed.tx_packets - c_before;
-    assert_eq!(hub_relayed, 0, "the hub relayed {hub_relayed}");
+    // The hub carries only the probes that measure its relay, to compare: one each way
+    // per side every 2 s.
+    let probes = 4 * ((w.now - measured_from).as_secs() / 2 + 1);
+    assert!(hub_relayed <= probes, "the hub relayed {hub_relayed}");
     assert!(c_relayed >= 600, "C relayed {c_relayed}");
     let s = w.nodes[A].ep.status(w.now);
     let b = s.peers.iter().find(|p| p.node == 2).unwrap();

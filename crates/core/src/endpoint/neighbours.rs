@@ -196,8 +196,7 @@ impl Endpoint {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let action = peer.via.poll(now, || best, |n| alive.contains(&n));
-        if let Some(a) = action {
+        for a in peer.via.poll(now, || best, |n| alive.contains(&n)) {
             self.apply_via(now, id, a);
         }
     }
