@@ -123,13 +123,14 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
         &mut o,
         "culvert_peer_up",
         "gauge",
-        "Whether the session with the peer is up.",
+        "Whether the session with the peer is up; path and, when relayed, the relaying node.",
     );
     for p in &status.peers {
         let up = u8::from(p.state == "up");
+        let via = p.relay_via.map(|v| v.to_string()).unwrap_or_default();
         let _ = writeln!(
             o,
-            "culvert_peer_up{{node=\"{}\",path=\"{}\"}} {up}",
+            "culvert_peer_up{{node=\"{}\",path=\"{}\",via=\"{via}\"}} {up}",
             p.node, p.path
         );
     }
@@ -153,7 +154,7 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
         &mut o,
         "culvert_peer_path_rtt_seconds",
         "gauge",
-        "RTT of a client peer's direct path, from its probes.",
+        "RTT of a client peer's path (direct, or a relay through a client), from its probes.",
     );
     for p in &status.peers {
         if let Some(ms) = p.path_rtt_ms {
