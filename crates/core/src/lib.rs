@@ -33,6 +33,7 @@ pub mod replay;
 pub mod rng;
 pub mod router;
 pub mod session;
+mod sessions;
 pub mod stats;
 pub mod status;
 pub mod via;

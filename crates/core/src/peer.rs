@@ -9,7 +9,6 @@ use culvert_wire::addr::Prefix;
 use crate::cookie::Cookie;
 use crate::keys::{Psk, PublicKey};
 use crate::noise::Initiator;
-use crate::session::Session;
 use crate::stats::{DropCounters, Traffic};
 
 /// A node id. The hub is always [`PeerId::HUB`]; clients get ids from the hub.
@@ -120,11 +119,8 @@ pub(crate) struct Peer {
     pub(crate) via: crate::via::ViaClient,
     /// The last change of `path`: when, and why.
     pub(crate) path_changed: Option<(Instant, &'static str)>,
-    /// The session used for sending, and for receiving.
-    pub(crate) current: Option<Session>,
-    /// The session replaced by the last handshake, kept for packets still in flight.
-    pub(crate) previous: Option<Session>,
-    pub(crate) handshake: Option<PendingHandshake>,
+    /// Its sessions: current, previous, and our handshake in progress.
+    pub(crate) sessions: crate::sessions::Sessions,
     /// Failed attempts since the last success (drives the backoff).
     pub(crate) attempts: u32,
     /// When the next handshake attempt is due (retry or backoff).
@@ -167,9 +163,7 @@ impl Peer {
             paths: crate::path::PathSet::default(),
             via: crate::via::ViaClient::default(),
             path_changed: None,
-            current: None,
-            previous: None,
-            handshake: None,
+            sessions: crate::sessions::Sessions::default(),
             attempts: 0,
             retry_at: None,
             cookie: None,
@@ -188,66 +182,8 @@ impl Peer {
         }
     }
 
-    /// The session with local index `index`, if any (current or previous), or our own
-    /// handshake's.
-    pub(crate) fn slot(&self, index: u32) -> Option<Slot> {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.local_index == index)
-        {
-            Some(Slot::Current)
-        } else if self
-            .previous
-            .as_ref()
-            .is_some_and(|s| s.local_index == index)
-        {
-            Some(Slot::Previous)
-        } else if self
-            .handshake
-            .as_ref()
-            .is_some_and(|h| h.local_index == index)
-        {
-            Some(Slot::Handshake)
-        } else {
-            None
-        }
-    }
-
-    pub(crate) fn session_mut(&mut self, slot: Slot) -> Option<&mut Session> {
-        match slot {
-            Slot::Current => self.current.as_mut(),
-            Slot::Previous => self.previous.as_mut(),
-            Slot::Handshake => None,
-        }
-    }
-
-    /// Every local index this peer holds (to unregister them).
-    pub(crate) fn indices(&self) -> impl Iterator<Item = u32> + '_ {
-        self.current
-            .iter()
-            .chain(self.previous.iter())
-            .map(|s| s.local_index)
-            .chain(self.handshake.iter().map(|h| h.local_index))
-    }
-
-    /// Whether the current session may carry packets at `now`.
-    pub(crate) fn usable(&self, now: Instant, reject_after: Duration) -> bool {
-        self.current
-            .as_ref()
-            .is_some_and(|s| now.saturating_duration_since(s.established) < reject_after)
-    }
-
     /// Whether the peer's path has a destination.
     pub(crate) fn reachable(&self) -> bool {
         !matches!(self.path, Path::Direct(None))
     }
-}
-
-/// Which of a peer's sessions a data message is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    Current,
-    Previous,
-    Handshake,
 }

@@ -431,7 +431,7 @@ impl Endpoint {
         let Some(hub) = self.peers.get(&PeerId::HUB) else {
             return;
         };
-        let joined = hub.current.is_some();
+        let joined = hub.sessions.current.is_some();
         // The handshake is evidence of life too: a session may never have carried data.
         let heard = hub.last_rx.max(hub.last_handshake);
         let silent = heard.is_some_and(|t| now.saturating_duration_since(t) >= dead_after);
@@ -473,7 +473,7 @@ impl Endpoint {
         else {
             return;
         };
-        let handshaking = hub.handshake.is_some();
+        let handshaking = hub.sessions.handshake.is_some();
         if unanswered >= REJOIN_AFTER && !handshaking {
             tracing::info!(
                 unanswered_ms = unanswered.as_millis() as u64,
@@ -556,7 +556,7 @@ impl Endpoint {
         let Some(hub) = self.peers.get(&PeerId::HUB) else {
             return;
         };
-        if let (Some(h), Path::Direct(Some(to))) = (&hub.handshake, hub.path) {
+        if let (Some(h), Path::Direct(Some(to))) = (&hub.sessions.handshake, hub.path) {
             self.outbox
                 .push_back(super::OwnedTransmit::new(to, h.message.clone()));
         }
@@ -583,7 +583,7 @@ impl Endpoint {
         let joined = self
             .peers
             .get(&PeerId::HUB)
-            .is_some_and(|h| h.current.is_some());
+            .is_some_and(|h| h.sessions.current.is_some());
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
             hub.path = Path::Direct(Some(Remote {
                 transport: to,
@@ -611,7 +611,7 @@ impl Endpoint {
         let joined = self
             .peers
             .get(&PeerId::HUB)
-            .is_some_and(|h| h.current.is_some());
+            .is_some_and(|h| h.sessions.current.is_some());
         let c = self.client();
         if joined {
             return;

@@ -82,7 +82,7 @@ impl Endpoint {
             (_, true) => return peer.paths.hold(RelayReason::Isolation),
             _ => {}
         }
-        if peer.current.is_none() || !peer.paths.wants_punch(now) {
+        if peer.sessions.current.is_none() || !peer.paths.wants_punch(now) {
             return;
         }
         peer.paths.requested(now);

@@ -118,7 +118,7 @@ impl Endpoint {
         let peer = self.peers.get_mut(&id).expect("checked above");
         peer.attempts = peer.attempts.saturating_add(1);
         peer.retry_at = Some(now + backoff);
-        peer.handshake = Some(PendingHandshake {
+        peer.sessions.handshake = Some(PendingHandshake {
             initiator,
             local_index,
             psk,
@@ -146,7 +146,7 @@ impl Endpoint {
         if id == PeerId::HUB {
             let refused = matches!(&self.role, RoleState::Client(c)
                 if c.refused_at.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60)));
-            if let (Some(h), Path::Direct(Some(addr))) = (&peer.handshake, peer.path)
+            if let (Some(h), Path::Direct(Some(addr))) = (&peer.sessions.handshake, peer.path)
                 && attempts >= 2
                 && attempts.is_power_of_two()
                 && !refused
@@ -311,10 +311,10 @@ impl Endpoint {
             .peers
             .get_mut(&id)
             .expect("indices point at live peers");
-        let pending = match peer.handshake.take() {
+        let pending = match peer.sessions.handshake.take() {
             Some(h) if h.local_index == local => h,
             other => {
-                peer.handshake = other;
+                peer.sessions.handshake = other;
                 return Err(DropReason::UnexpectedHandshake);
             }
         };
@@ -428,6 +428,7 @@ impl Endpoint {
             .get_mut(&id)
             .expect("indices point at live peers");
         let pending = peer
+            .sessions
             .handshake
             .as_ref()
             .filter(|h| h.local_index == reply.index())
@@ -459,7 +460,11 @@ impl Endpoint {
 
     /// Forgets our own unanswered handshake with `id`.
     pub(super) fn drop_pending(&mut self, id: PeerId) {
-        if let Some(h) = self.peers.get_mut(&id).and_then(|p| p.handshake.take()) {
+        if let Some(h) = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.sessions.handshake.take())
+        {
             self.release_index(h.local_index);
         }
     }

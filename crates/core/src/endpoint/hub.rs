@@ -426,7 +426,7 @@ impl Endpoint {
         let entries: Vec<DirEntry> = self
             .peers
             .values()
-            .filter(|p| p.current.is_some())
+            .filter(|p| p.sessions.current.is_some())
             .map(|p| DirEntry {
                 node: p.id.0,
                 public_key: p.key.0,
@@ -468,7 +468,7 @@ impl Endpoint {
             .values()
             .filter(|p| match p.last_rx {
                 Some(rx) => now.saturating_duration_since(rx) >= t.node_timeout,
-                None => p.current.is_none(),
+                None => p.sessions.current.is_none(),
             })
             .map(|p| p.id)
             .collect();
@@ -484,7 +484,7 @@ impl Endpoint {
                 let ids: Vec<PeerId> = self
                     .peers
                     .values()
-                    .filter(|p| p.current.is_some())
+                    .filter(|p| p.sessions.current.is_some())
                     .map(|p| p.id)
                     .collect();
                 for id in ids {

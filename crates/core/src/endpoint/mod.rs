@@ -42,10 +42,11 @@ use culvert_wire::message::{DATA_HEADER_LEN, Data, FecParity, MessageType, TAG_L
 use crate::config::{Config, Role};
 use crate::event::Event;
 use crate::keys::PublicKey;
-use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Remote, Slot, Source};
+use crate::peer::{Path, Peer, PeerId, QUEUE_LIMIT, Remote, Source};
 use crate::pending::{Claim, Pending, PendingTable};
 use crate::rng::Rng;
 use crate::router::Router;
+use crate::sessions::Slot;
 use crate::stats::{DropCounters, DropReason, Traffic};
 use crate::status::{PeerStatus, Status};
 
@@ -441,14 +442,14 @@ impl Endpoint {
                 }
                 .map(|d| d.as_secs_f64() * 1000.0),
                 path_loss: p.paths.loss(),
-                state: if p.usable(now, self.cfg.timing.reject_after_time) {
+                state: if p.sessions.usable(now, self.cfg.timing.reject_after_time) {
                     "up"
-                } else if p.handshake.is_some() {
+                } else if p.sessions.handshake.is_some() {
                     "connecting"
                 } else {
                     "down"
                 },
-                cipher: p.current.as_ref().map(|s| match s.cipher {
+                cipher: p.sessions.current.as_ref().map(|s| match s.cipher {
                     culvert_wire::hello::Cipher::Aes256Gcm => "aes-256-gcm",
                     culvert_wire::hello::Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
                 }),
@@ -561,6 +562,7 @@ impl Endpoint {
             .expect("indices point at live peers");
         let index = Data::new_unchecked(&buf[range.clone()]).index();
         let slot = peer
+            .sessions
             .slot(index)
             .ok_or((DropReason::UnknownSession, Some(id)))?;
         // FEC and the loss meter see what arrives on a direct path from this peer, in the
@@ -571,6 +573,7 @@ impl Endpoint {
             _ => None,
         };
         let session = peer
+            .sessions
             .session_mut(slot)
             .ok_or((DropReason::UnknownSession, Some(id)))?;
         if now.saturating_duration_since(session.established) >= reject {
@@ -714,8 +717,8 @@ impl Endpoint {
             .peers
             .get_mut(&id)
             .expect("indices point at live peers");
-        let session = match peer.slot(index) {
-            Some(slot) => peer.session_mut(slot),
+        let session = match peer.sessions.slot(index) {
+            Some(slot) => peer.sessions.session_mut(slot),
             None => None,
         }
         .ok_or(DropReason::UnknownSession)?;
@@ -858,7 +861,7 @@ impl Endpoint {
         let Some(p) = self.peers.get(&id) else {
             return false;
         };
-        if !p.usable(now, reject) || !p.reachable() {
+        if !p.sessions.usable(now, reject) || !p.reachable() {
             return false;
         }
         match p.path {
@@ -866,7 +869,7 @@ impl Endpoint {
             Path::Relay(_) => self
                 .first_hop(id)
                 .and_then(|hop| self.peers.get(&hop))
-                .is_some_and(|h| h.usable(now, reject) && h.reachable()),
+                .is_some_and(|h| h.sessions.usable(now, reject) && h.reachable()),
         }
     }
 
@@ -880,7 +883,11 @@ impl Endpoint {
         len: usize,
     ) -> Result<Transmit, DropReason> {
         let peer = self.peers.get_mut(&id).ok_or(DropReason::NoRoute)?;
-        let session = peer.current.as_mut().ok_or(DropReason::NoSession)?;
+        let session = peer
+            .sessions
+            .current
+            .as_mut()
+            .ok_or(DropReason::NoSession)?;
         let range = session.seal(buf, start - DATA_HEADER_LEN, len)?;
         peer.traffic.tx_bytes += len as u64;
         peer.traffic.tx_packets += 1;
@@ -913,7 +920,11 @@ impl Endpoint {
         len: usize,
     ) -> Result<Transmit, DropReason> {
         let relay = self.peers.get_mut(&via).ok_or(DropReason::NoRoute)?;
-        let session = relay.current.as_mut().ok_or(DropReason::NoSession)?;
+        let session = relay
+            .sessions
+            .current
+            .as_mut()
+            .ok_or(DropReason::NoSession)?;
         let range = session.seal(buf, at - DATA_HEADER_LEN, len)?;
         relay.last_tx = Some(now);
         match relay.path {
@@ -948,7 +959,7 @@ impl Endpoint {
             let sealed = match self.peers.get(&id) {
                 Some(p) => {
                     let index = FecParity::new_checked(&bytes[..]).map_or(0, |v| v.index());
-                    match [p.current.as_ref(), p.previous.as_ref()]
+                    match [p.sessions.current.as_ref(), p.sessions.previous.as_ref()]
                         .into_iter()
                         .flatten()
                         .find(|s| s.remote_index == index)
@@ -1006,7 +1017,11 @@ impl Endpoint {
         frame.emit(&mut plain);
         let mut buf = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
         buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plain.len()].copy_from_slice(&plain);
-        let sealed = match self.peers.get_mut(&id).and_then(|p| p.current.as_mut()) {
+        let sealed = match self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.sessions.current.as_mut())
+        {
             Some(session) => session.seal(&mut buf, 0, plain.len()),
             None => Err(DropReason::NoSession),
         };
@@ -1075,7 +1090,7 @@ impl Endpoint {
             return TunOutcome::Dropped(self.count_drop(DropReason::QueueFull, Some(id)));
         }
         peer.queue.push_back(packet.to_vec());
-        let idle = peer.handshake.is_none() && peer.retry_at.is_none_or(|t| t <= now);
+        let idle = peer.sessions.handshake.is_none() && peer.retry_at.is_none_or(|t| t <= now);
         if can_initiate && idle {
             self.start_handshake(now, id);
         }
@@ -1103,10 +1118,12 @@ impl Endpoint {
     fn maybe_rekey(&mut self, now: Instant, id: PeerId) {
         let t = &self.cfg.timing;
         let Some(p) = self.peers.get(&id) else { return };
-        let Some(s) = p.current.as_ref() else { return };
+        let Some(s) = p.sessions.current.as_ref() else {
+            return;
+        };
         let old = now.saturating_duration_since(s.established) >= t.rekey_after_time;
         let busy = s.sent().max(s.received_max()) >= t.rekey_after_messages;
-        if s.initiator && (old || busy) && p.handshake.is_none() && self.may_initiate(id) {
+        if s.initiator && (old || busy) && p.sessions.handshake.is_none() && self.may_initiate(id) {
             tracing::debug!(peer = id.0, old, busy, "rekeying");
             self.start_handshake(now, id);
         }
@@ -1177,13 +1194,13 @@ impl Endpoint {
     /// Installs a session this node initiated: it becomes current at once.
     fn install_initiated(&mut self, now: Instant, id: PeerId, session: crate::session::Session) {
         let peer = self.peers.get_mut(&id).expect("caller checked the peer");
-        if let Some(old) = peer.previous.take() {
-            self.by_index.remove(&old.local_index);
-        }
-        peer.previous = peer.current.replace(session);
+        let (dropped, _) = peer.sessions.rotate(session);
         peer.last_handshake = Some(now);
         peer.attempts = 0;
         peer.retry_at = None;
+        if let Some(i) = dropped {
+            self.release_index(i);
+        }
         self.deadline_dirty = true;
     }
 
@@ -1205,14 +1222,13 @@ impl Endpoint {
         self.by_index.insert(p.session.local_index, id);
         let peer = self.peers.get_mut(&id).expect("admitted above");
         peer.confirmed_timestamp = peer.confirmed_timestamp.max(p.timestamp);
-        if let Some(old) = peer.previous.take() {
-            self.by_index.remove(&old.local_index);
-        }
-        let first = peer.current.is_none();
-        peer.previous = peer.current.replace(p.session);
+        let (dropped, first) = peer.sessions.rotate(p.session);
         peer.last_handshake = Some(now);
         if let (Path::Direct(_), Source::Addr(a)) = (peer.path, src.or(p.source)) {
             peer.path = Path::Direct(Some(a));
+        }
+        if let Some(i) = dropped {
+            self.release_index(i);
         }
         self.deadline_dirty = true;
         self.on_confirmed(now, id, first);
@@ -1225,10 +1241,7 @@ impl Endpoint {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let indices: Vec<u32> = peer.indices().collect();
-        peer.current = None;
-        peer.previous = None;
-        peer.handshake = None;
+        let indices = peer.sessions.clear();
         peer.queue.clear();
         for i in indices {
             self.release_index(i);
@@ -1259,22 +1272,13 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let mut released = Vec::new();
-        let dead = |s: &crate::session::Session| {
-            now.saturating_duration_since(s.established) >= t.reject_after_time + RECEIVE_GRACE
-        };
-        if p.current.as_ref().is_some_and(dead) {
-            released.extend(p.current.take().map(|s| s.local_index));
-        }
-        if p.previous.as_ref().is_some_and(dead) {
-            released.extend(p.previous.take().map(|s| s.local_index));
-        }
+        let released = p.sessions.expire(now, t.reject_after_time + RECEIVE_GRACE);
         let retry_due = p.retry_at.is_some_and(|r| r <= now);
         let recently_used = p
             .last_tx
             .is_some_and(|tx| now.saturating_duration_since(tx) < t.keepalive);
         let keepalive_due = id != PeerId::HUB
-            && p.current.is_some()
+            && p.sessions.current.is_some()
             && p.last_rx
                 .is_some_and(|rx| p.last_tx.is_none_or(|tx| tx < rx))
             && p.last_rx
@@ -1305,7 +1309,7 @@ impl Endpoint {
             return;
         }
         let p = self.peers.get_mut(&id).expect("still present");
-        if unanswered && p.handshake.is_none() {
+        if unanswered && p.sessions.handshake.is_none() {
             tracing::debug!(peer = id.0, "no answer from peer; starting a new handshake");
             p.unanswered_since = None;
             self.start_handshake(now, id);
@@ -1325,12 +1329,14 @@ impl Endpoint {
         for p in self.peers.values() {
             consider(p.retry_at);
             consider(
-                p.current
+                p.sessions
+                    .current
                     .as_ref()
                     .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
             );
             consider(
-                p.previous
+                p.sessions
+                    .previous
                     .as_ref()
                     .map(|s| s.established + t.reject_after_time + RECEIVE_GRACE),
             );

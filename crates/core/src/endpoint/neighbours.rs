@@ -175,7 +175,7 @@ impl Endpoint {
             return;
         };
         let relayed = matches!(peer.path, Path::Relay(_));
-        let wanted = peer.current.is_some()
+        let wanted = peer.sessions.current.is_some()
             && peer
                 .last_tx
                 .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timing.keepalive);
@@ -267,7 +267,11 @@ impl Endpoint {
         frame.emit(&mut plain);
         let mut buf = vec![0u8; HEADROOM + plain.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
-        let sealed = match self.peers.get_mut(&id).and_then(|p| p.current.as_mut()) {
+        let sealed = match self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.sessions.current.as_mut())
+        {
             Some(s) => s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len()),
             None => Err(DropReason::NoSession),
         };

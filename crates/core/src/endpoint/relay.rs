@@ -147,7 +147,11 @@ impl Endpoint {
             return Err(DropReason::RelayRateLimited);
         }
         let peer = self.peers.get_mut(&next).ok_or(DropReason::RelayNoPeer)?;
-        let session = peer.current.as_mut().ok_or(DropReason::NoSession)?;
+        let session = peer
+            .sessions
+            .current
+            .as_mut()
+            .ok_or(DropReason::NoSession)?;
         let range = session.seal(buf, plain.start - DATA_HEADER_LEN, plain.len())?;
         debug_assert_eq!(range, message);
         let Path::Direct(Some(to)) = peer.path else {
