@@ -519,4 +519,51 @@ mod tests {
         assert!(v.poll(t0 + LOOK_EVERY / 2, || Some(C), |_| true).is_empty());
         assert!(probe(&v.poll(t0 + LOOK_EVERY, || Some(C), |_| true), C).is_some());
     }
+
+    proptest::proptest! {
+        /// Whatever happens — answers late, early, wrong, relays dying, traffic stopping —
+        /// a poll never leaves a timer in the past (that would spin the endpoint's loop),
+        /// and a relay is used only after it answered.
+        #[test]
+        fn never_a_timer_in_the_past_and_never_an_unanswered_relay(
+            ops in proptest::collection::vec((0u8..6, 0u64..3000, 0u32..8, proptest::bool::ANY), 1..200)
+        ) {
+            let mut t = crate::test_epoch();
+            let mut v = ViaClient::default();
+            let mut sent: Vec<(PeerId, u32)> = Vec::new();
+            for (op, dt, pick, alive) in ops {
+                t += Duration::from_millis(dt);
+                match op {
+                    0 | 1 => {
+                        let actions = v.poll(t, || Some(C), |_| alive);
+                        for a in &actions {
+                            match a {
+                                ViaAction::Probe { via, seq } => sent.push((*via, *seq)),
+                                ViaAction::Use(via) => proptest::prop_assert!(false, "Use({via:?}) from a poll"),
+                                ViaAction::Leave(_) => {}
+                            }
+                        }
+                        if let Some(d) = v.next_deadline() {
+                            proptest::prop_assert!(d > t, "deadline {d:?} not after {t:?}");
+                        }
+                    }
+                    2 => {
+                        let (via, seq) = sent
+                            .get(pick as usize % sent.len().max(1))
+                            .copied()
+                            .unwrap_or((C, pick));
+                        if let Some(ViaAction::Use(u)) = v.on_ack(t, via, seq) {
+                            proptest::prop_assert!(sent.contains(&(u, seq)));
+                        }
+                    }
+                    3 => { v.on_ack(t, PeerId(pick), pick); }
+                    4 => v.park(t),
+                    _ => { v.wake(t); }
+                }
+                if let Some(via) = v.via() {
+                    proptest::prop_assert!(sent.iter().any(|(s, _)| *s == via));
+                }
+            }
+        }
+    }
 }
