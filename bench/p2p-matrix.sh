@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/p2p-matrix.sh [TRIES]: for each NAT combination (cone/cone, same LAN, cone/symmetric,
-# symmetric/symmetric, public/cone), TRIES fresh namespace labs (default 5): how many ended
+# symmetric/symmetric, public/cone, public/symmetric), TRIES fresh namespace labs (default 5): how many ended
 # on a direct path, and the median time from the first client-to-client packet. Prints a
 # Markdown table. Needs root; builds the release binary.
 set -euo pipefail

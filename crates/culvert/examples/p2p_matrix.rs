@@ -31,6 +31,7 @@ fn main() {
             "direct",
         ),
         ("public / cone", [Site::Public, nat(2, false)], "direct"),
+        ("public / symmetric", [Site::Public, nat(2, true)], "direct"),
     ];
     println!("| NAT combination | direct | median time to direct | why not |");
     println!("|---|---|---|---|");
