@@ -71,9 +71,15 @@ pub enum RelayReason {
     Punching,
     /// The hub knows no endpoint of the peer (it reaches the hub over FakeTCP only).
     NoCandidates,
-    /// No candidate answered within [`PUNCH_FOR`] (both NATs change ports per
-    /// destination, or filter).
+    /// No candidate answered within [`PUNCH_FOR`], and neither NAT is seen changing ports
+    /// (a firewall between them, or filtering).
     PunchTimedOut,
+    /// No candidate answered, and both NATs change ports per destination (symmetric): what
+    /// either side probes is not where the other's packets come from.
+    SymmetricBoth,
+    /// No candidate answered, and one side's NAT changes ports per destination while the
+    /// other filters (port prediction is not tried yet).
+    SymmetricOne,
     /// The direct path went silent; back on the relay.
     DirectLost,
 }
@@ -88,7 +94,14 @@ impl RelayReason {
             Self::Requested => "punch requested",
             Self::Punching => "punching",
             Self::NoCandidates => "no candidates (the peer has no UDP endpoint)",
-            Self::PunchTimedOut => "punch timed out (symmetric NAT or filtering on both sides?)",
+            Self::PunchTimedOut => "punch timed out (a firewall or filtering between the peers?)",
+            Self::SymmetricBoth => {
+                "punch timed out: symmetric NAT on both sides (each changes ports per destination)"
+            }
+            Self::SymmetricOne => {
+                "punch timed out: one side's NAT changes ports per destination (symmetric), \
+                 the other filters"
+            }
             Self::DirectLost => "direct path went silent",
         }
     }
@@ -134,6 +147,8 @@ struct Punch {
     round: u32,
     /// Whether we are behind a NAT (else we wait through the ramp).
     behind_nat: bool,
+    /// Which NATs are seen to change ports: ours, the peer's.
+    ports_changed: (bool, bool),
 }
 
 /// The direct paths of one peer: candidates, probing, the validated path, backoff.
@@ -187,12 +202,30 @@ impl PathSet {
     }
 
     /// The hub says: punch now, towards these candidates (LAN first). `behind_nat`: our
-    /// own endpoint is translated (we ramp the TTL; without a NAT we wait through the ramp).
-    pub fn start(&mut self, now: Instant, mut candidates: Vec<Candidate>, behind_nat: bool) {
+    /// own endpoint is translated (we ramp the TTL; without a NAT we wait through the ramp);
+    /// `ports_changed`: our NAT gave our endpoint another port than our socket's.
+    pub fn start(
+        &mut self,
+        now: Instant,
+        mut candidates: Vec<Candidate>,
+        behind_nat: bool,
+        ports_changed: bool,
+    ) {
         self.requested = None;
         if self.direct.is_some() {
             return;
         }
+        // The peer's NAT changes ports if the hub sees it at a port none of its own
+        // interface endpoints has (its LAN candidates carry its socket's port).
+        let local_ports: Vec<u16> = candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Local)
+            .map(|c| c.addr.port())
+            .collect();
+        let theirs = !local_ports.is_empty()
+            && candidates.iter().any(|c| {
+                c.kind == CandidateKind::Reflexive && !local_ports.contains(&c.addr.port())
+            });
         // An interface address that is also the reflexive one is a public address, not a LAN.
         let public: Vec<SocketAddr> = candidates
             .iter()
@@ -213,6 +246,7 @@ impl PathSet {
             next: now,
             round: 0,
             behind_nat,
+            ports_changed: (ports_changed, theirs),
         });
     }
 
@@ -228,8 +262,13 @@ impl PathSet {
         }
         if let Some(p) = &self.punch {
             if now.saturating_duration_since(p.started) >= PUNCH_FOR {
+                let reason = match p.ports_changed {
+                    (true, true) => RelayReason::SymmetricBoth,
+                    (true, false) | (false, true) => RelayReason::SymmetricOne,
+                    (false, false) => RelayReason::PunchTimedOut,
+                };
                 self.punch = None;
-                self.fail(now, RelayReason::PunchTimedOut);
+                self.fail(now, reason);
             } else if p.next <= now {
                 let ramping = p.round < RAMP_ROUNDS;
                 let ttl = ramping.then(|| {
@@ -462,6 +501,7 @@ mod tests {
                 cand(CandidateKind::Local, "192.168.1.5:4000"),
             ],
             true,
+            false,
         );
         let probes = p.poll(t);
         assert_eq!(probes.len(), 2);
@@ -506,6 +546,42 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_out_punch_says_which_nat_changes_ports() {
+        let t = crate::test_epoch();
+        let reason = |ours: bool, their_public: &str| {
+            let mut p = PathSet::default();
+            p.start(
+                t,
+                vec![
+                    cand(CandidateKind::Local, "192.168.2.12:4000"),
+                    cand(CandidateKind::Reflexive, their_public),
+                ],
+                true,
+                ours,
+            );
+            let mut now = t;
+            while now <= t + PUNCH_FOR {
+                p.poll(now);
+                now += PUNCH_INTERVAL;
+            }
+            p.reason()
+        };
+        assert_eq!(
+            reason(false, "203.0.113.5:4000"),
+            RelayReason::PunchTimedOut
+        );
+        assert_eq!(reason(true, "203.0.113.5:4000"), RelayReason::SymmetricOne);
+        assert_eq!(
+            reason(false, "203.0.113.5:31337"),
+            RelayReason::SymmetricOne
+        );
+        assert_eq!(
+            reason(true, "203.0.113.5:31337"),
+            RelayReason::SymmetricBoth
+        );
+    }
+
+    #[test]
     fn silence_falls_back_and_failures_back_off() {
         let t = crate::test_epoch();
         let mut p = PathSet::default();
@@ -513,6 +589,7 @@ mod tests {
             t,
             vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
             true,
+            false,
         );
         let mut sent = 0;
         let mut now = t;
@@ -533,7 +610,7 @@ mod tests {
         assert_eq!(p.reason(), RelayReason::DirectLost);
         // No candidates at all: say so.
         let mut q = PathSet::default();
-        q.start(t, Vec::new(), true);
+        q.start(t, Vec::new(), true, false);
         assert_eq!(q.reason(), RelayReason::NoCandidates);
     }
 
@@ -546,6 +623,7 @@ mod tests {
                 t,
                 vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
                 behind_nat,
+                false,
             );
             (0..8u32)
                 .map(|r| {

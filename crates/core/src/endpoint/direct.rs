@@ -112,11 +112,16 @@ impl Endpoint {
         if id == PeerId::HUB || !self.peers.contains_key(&id) {
             return Err(DropReason::RelayNoPeer);
         }
-        // Behind a NAT unless the hub sees us at one of our own addresses.
+        // Behind a NAT unless the hub sees us at one of our own addresses; our NAT changes
+        // ports if the hub sees us at a port our socket does not have.
         let behind_nat = c.reflexive.is_none_or(|r| !c.locals.contains(&r));
+        let ports_changed = c
+            .reflexive
+            .zip(c.locals.first())
+            .is_some_and(|(r, l)| r.port() != l.port());
         tracing::debug!(peer = node, candidates = %path::describe(&candidates), behind_nat, "punching");
         let peer = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
-        peer.paths.start(now, candidates, behind_nat);
+        peer.paths.start(now, candidates, behind_nat, ports_changed);
         self.path_timers(now, id);
         self.deadline_dirty = true;
         Ok(())
