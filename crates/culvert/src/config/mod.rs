@@ -64,8 +64,11 @@ pub(crate) struct RawConfig {
     passphrase_file: Option<PathBuf>,
     allow_weak_passphrase: Option<bool>,
     user: Option<String>,
+    // lightweight-tunnel's names are accepted too, with the same meaning.
+    #[serde(alias = "p2p_enabled")]
     p2p: Option<bool>,
     p2p_port: Option<u16>,
+    #[serde(alias = "enable_mesh_routing")]
     mesh_relay: Option<bool>,
     max_hops: Option<u8>,
     mesh_relay_mbps: Option<u32>,
@@ -768,6 +771,24 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "peer[0].public_key");
+    }
+
+    #[test]
+    fn lightweight_tunnel_names_mean_the_same() {
+        let base = "server = \"h:1\"\npassphrase = \"correct-horse-battery-9\"\naddress = \"10.0.0.2/24\"\n";
+        let s = client(&format!(
+            "{base}p2p_enabled = false\nenable_mesh_routing = false\nmax_hops = 2"
+        ))
+        .unwrap();
+        let RoleSettings::Client {
+            p2p, mesh_relay, ..
+        } = s.role
+        else {
+            panic!("not a client")
+        };
+        assert!(!p2p);
+        assert!(!mesh_relay.enabled);
+        assert_eq!(mesh_relay.max_hops, 2);
     }
 
     #[test]
