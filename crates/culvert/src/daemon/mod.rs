@@ -111,7 +111,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             let udp = (settings.transport != TransportArg::Faketcp)
                 .then(|| UdpSocket::bind(*listen))
                 .transpose()?;
-            let mss = mss_for(mtu_guess(&settings, false, listen.is_ipv6()));
+            let mss = mss_for(mtu_guess(&settings, listen.is_ipv6()));
             let mask = faketcp::mask_key(&handshake_psk(&psk, secret.public_key()));
             let ftcp = match (
                 settings.transport,
@@ -157,7 +157,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             if let (None, Some(k)) = (server_key, pinned) {
                 tracing::info!(server_key = %k, file = %state_dir.join(identity::KNOWN_SERVERS).display(), "the server's key is pinned from the first contact");
             }
-            let mss = mss_for(mtu_guess(&settings, true, addr.is_ipv6()));
+            let mss = mss_for(mtu_guess(&settings, addr.is_ipv6()));
             // A key-mode client always has the server's key (the config requires it).
             let responder = pinned.unwrap_or(PublicKey([0; 32]));
             let mask = faketcp::mask_key(&handshake_psk(&psk, responder));
@@ -196,10 +196,9 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     };
     let faketcp_on = underlay.ftcp.is_some();
     let udp_on = underlay.udp.is_some();
-    let is_client = server.is_some();
     let mtu = settings
         .mtu
-        .unwrap_or_else(|| default_mtu(is_client, v6, faketcp_on, fec_on(&settings)));
+        .unwrap_or_else(|| default_mtu(v6, faketcp_on, fec_on(&settings)));
 
     let mut netlink = Netlink::open()?;
     remove_stale_tun(&mut netlink, &settings.tun_name);
@@ -885,11 +884,12 @@ fn bind_client(server: SocketAddr) -> Result<UdpSocket> {
 
 /// The overlay MTU that keeps a 1500-byte underlay from fragmenting, whatever transport
 /// carries a packet: outer IP, the transport's header (UDP 8; FakeTCP's TCP header with
-/// timestamps and record length, 34), the data header and tag, and on clients the relay
-/// wrapping of client-to-client traffic (a second header, frame header and tag). With FEC,
-/// a parity message is longer than the longest message it protects by its header and the
-/// length prefix of its shards.
-pub(crate) fn default_mtu(client: bool, ipv6: bool, faketcp: bool, fec: bool) -> u32 {
+/// timestamps and record length, 34), the data header and tag, and the relay wrapping (a
+/// second header, frame header and tag) — on every node, since a client's traffic to
+/// another client may be relayed, and so may the hub's to a client that reaches it through
+/// another client. With FEC, a parity message is longer than the longest message it
+/// protects by its header and the length prefix of its shards.
+pub(crate) fn default_mtu(ipv6: bool, faketcp: bool, fec: bool) -> u32 {
     let ip = if ipv6 { 40 } else { 20 };
     let transport = if faketcp {
         tcp::TCP_HEADER_LEN + tcp::TS_OPTIONS_LEN + tcp::RECORD_HEADER_LEN
@@ -901,19 +901,14 @@ pub(crate) fn default_mtu(client: bool, ipv6: bool, faketcp: bool, fec: bool) ->
     } else {
         0
     };
-    let relay = if client {
-        DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN
-    } else {
-        0
-    };
+    let relay = DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN;
     (1500 - ip - transport - DATA_OVERHEAD - relay - parity) as u32
 }
 
 /// The MTU before the transports are known for sure (to size FakeTCP's announced MSS).
-fn mtu_guess(settings: &Settings, client: bool, ipv6: bool) -> u32 {
+fn mtu_guess(settings: &Settings, ipv6: bool) -> u32 {
     settings.mtu.unwrap_or_else(|| {
         default_mtu(
-            client,
             ipv6,
             settings.transport != TransportArg::Udp,
             fec_on(settings),
@@ -982,19 +977,17 @@ mod tests {
     /// outer packet — a parity message carried by FakeTCP, relayed — is exactly 1500 bytes.
     #[test]
     fn default_mtus() {
-        // (client, ipv6, faketcp, fec)
-        assert_eq!(default_mtu(false, false, true, true), 1396);
-        assert_eq!(default_mtu(true, false, true, true), 1354);
-        assert_eq!(default_mtu(false, false, false, true), 1422);
-        assert_eq!(default_mtu(true, false, false, true), 1380);
-        assert_eq!(default_mtu(false, false, true, false), 1414);
-        assert_eq!(default_mtu(true, true, true, true), 1334);
+        // (ipv6, faketcp, fec)
+        assert_eq!(default_mtu(false, true, true), 1354);
+        assert_eq!(default_mtu(false, false, true), 1380);
+        assert_eq!(default_mtu(false, true, false), 1372);
+        assert_eq!(default_mtu(true, true, true), 1334);
         let fec = culvert_core::fec::PARITY_OVERHEAD;
         let faketcp = culvert_wire::tcp::TCP_HEADER_LEN
             + culvert_wire::tcp::TS_OPTIONS_LEN
             + culvert_wire::tcp::RECORD_HEADER_LEN;
         let relay = culvert_wire::message::DATA_OVERHEAD + culvert_wire::frame::RELAY_HEADER_LEN;
         let outer = 20 + faketcp + culvert_wire::message::DATA_OVERHEAD + relay + fec;
-        assert_eq!(default_mtu(true, false, true, true) as usize + outer, 1500);
+        assert_eq!(default_mtu(false, true, true) as usize + outer, 1500);
     }
 }
