@@ -519,3 +519,28 @@ fn a_client_that_does_not_relay_is_not_offered_and_not_used() {
     );
     assert_eq!(w.drops(C, "relay_disabled"), 0, "C was asked to relay");
 }
+
+/// C still reports B as a neighbour when it can no longer reach it (its report is only a
+/// hint, and a stale or false one): A's probes through C go unanswered, A never moves B onto
+/// C, and nothing A sends B meanwhile is lost.
+#[test]
+fn a_neighbour_that_no_longer_reaches_the_peer_is_never_used() {
+    let mut w = triangle(72, MeshRelay::default());
+    cut(&mut w, &[(A, B), (C, B)]);
+    let c_before = w.nodes[C].ep.status(w.now).relayed.tx_packets;
+    assert_eq!(
+        a_talks_to_b_until(&mut w, 80, Some(3)),
+        None,
+        "A went through C"
+    );
+    assert_eq!(path(&w, A, 2), ("relay".to_owned(), Some(0)));
+    w.run(SECOND);
+    assert_eq!(
+        stream(&mut w, A, B, "10.0.0.3", 200, Duration::from_millis(10)),
+        200
+    );
+    // C tried to forward A's probes (and only those) before it noticed B was gone.
+    let c_relayed = w.nodes[C].ep.status(w.now).relayed.tx_packets - c_before;
+    eprintln!("C forwarded {c_relayed} of A's probes before it noticed");
+    assert!((1..=6).contains(&c_relayed), "C relayed {c_relayed}");
+}
