@@ -5,7 +5,9 @@
 //! pending handshakes. Input: a sequence of `[op][time step][len lo][len hi][bytes...]`; op
 //! bit 0 picks the endpoint, bits 1-2 the source, bit 7 the transport, bits 3-4 what is
 //! sent: the bytes, a real message replayed with the bytes XORed over it, a join claiming
-//! a key of the bytes' choice, or the real traffic in flight.
+//! a key of the bytes' choice, or the real traffic in flight. With bit 5 the bytes are
+//! instead a plaintext the other endpoint seals in its session (an authenticated frame of
+//! the input's choice: what a peer holding the session could send).
 #![no_main]
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -117,6 +119,28 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         } else {
             Transport::FakeTcp
         };
+        #[cfg(fuzzing)]
+        if head[0] & 0x20 != 0 {
+            let sender = 1 - target;
+            let peer = if sender == 1 {
+                0
+            } else {
+                eps[1].status(now).node.unwrap_or(1)
+            };
+            eps[sender].fuzz_send_plain(now, peer, msg);
+            for t in std::iter::from_fn(|| eps[sender].poll_transmit()).collect::<Vec<_>>() {
+                let mut bytes = t.bytes;
+                let n = bytes.len();
+                let _ = eps[target].handle_datagram(
+                    now,
+                    Remote::udp(sources[sender]),
+                    &mut bytes,
+                    0..n,
+                );
+            }
+            collect(&mut eps, &mut wire);
+            continue;
+        }
         let mut buf = match head[0] >> 3 & 3 {
             // Arbitrary bytes.
             0 => msg.to_vec(),

@@ -328,6 +328,15 @@ impl Endpoint {
         }
     }
 
+    /// Fuzzing only: sends `plaintext` to node `peer`, sealed in their session as if it were
+    /// a frame this node built, so that a fuzz target reaches the handlers of authenticated
+    /// frames, which no forged datagram can.
+    #[cfg(fuzzing)]
+    #[doc(hidden)]
+    pub fn fuzz_send_plain(&mut self, now: Instant, peer: u32, plaintext: &[u8]) {
+        let _ = self.send_plain(now, PeerId(peer), plaintext);
+    }
+
     /// Counts a drop that happened in the shell (a full TUN queue, a failed send), so
     /// that every drop shows in one place.
     pub fn count_shell_drop(&mut self, reason: DropReason) {
