@@ -225,8 +225,12 @@ impl Reply {
                     10 => RefusalCode::OutsideNetwork,
                     _ => return Err(Error::Malformed("refusal code")),
                 };
-                let len = r.u8()?;
-                let text = core::str::from_utf8(r.take(usize::from(len))?)
+                let len = usize::from(r.u8()?);
+                if len > MAX_REFUSAL_TEXT {
+                    // No sender writes more; what it writes must read back the same.
+                    return Err(Error::Malformed("refusal text too long"));
+                }
+                let text = core::str::from_utf8(r.take(len)?)
                     .map_err(|_| Error::Malformed("refusal text"))?;
                 Self::Refusal {
                     code,
@@ -285,6 +289,14 @@ mod tests {
             }
             r => panic!("unexpected {r:?}"),
         }
+        // Found by fuzzing: a longer text than any sender writes parsed, and then did not
+        // read back the same after emit.
+        let mut long = vec![RefusalCode::ServerFull as u8, 201];
+        long.extend(std::iter::repeat_n(b'a', 201));
+        assert_eq!(
+            Reply::parse(&long),
+            Err(Error::Malformed("refusal text too long"))
+        );
     }
 
     proptest! {
