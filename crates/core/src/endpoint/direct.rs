@@ -61,9 +61,11 @@ impl Endpoint {
         self.send_frame(now, PeerId::HUB, &frame);
     }
 
-    /// Client: traffic for `id`; if it is relayed and may go direct, asks the hub to have
-    /// both sides punch (at most once per backoff step).
-    pub(super) fn maybe_punch(&mut self, now: Instant, id: PeerId) {
+    /// Client: traffic for `id`. While it is relayed and may go direct, this asks the hub to
+    /// have both sides punch (at most once per backoff step); while the hub relays it, it
+    /// also wakes the search for a client relay ([`crate::via`]). It runs for every packet:
+    /// one peer lookup, no allocation.
+    pub(super) fn seek_better_path(&mut self, now: Instant, id: PeerId) {
         let RoleState::Client(c) = &self.role else {
             return;
         };
@@ -82,9 +84,17 @@ impl Endpoint {
             (_, true) => return peer.paths.hold(RelayReason::Isolation),
             _ => {}
         }
-        if peer.sessions.current.is_none() || !peer.paths.wants_punch(now) {
+        let wake = peer.path == Path::Relay(PeerId::HUB) && peer.via.wake(now);
+        let punch = peer.sessions.current.is_some() && peer.paths.wants_punch(now);
+        if wake {
+            self.schedule_now(now);
+        }
+        if !punch {
             return;
         }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         peer.paths.requested(now);
         tracing::debug!(peer = id.0, "asking the hub to coordinate a punch");
         self.send_frame(now, PeerId::HUB, &Frame::PunchRequest { node: id.0 });

@@ -273,8 +273,7 @@ impl Endpoint {
             return self.enqueue(now, id, &buf[start..start + len]);
         }
         self.maybe_rekey(now, id);
-        self.maybe_punch(now, id);
-        self.wake_via(now, id);
+        self.seek_better_path(now, id);
         match self.seal_to(now, id, buf, start, len) {
             Ok(t) => TunOutcome::Send(t),
             Err(r) => TunOutcome::Dropped(self.count_drop(r, Some(id))),
@@ -1114,7 +1113,7 @@ impl Endpoint {
         };
         let queued = core::mem::take(&mut peer.queue);
         if !queued.is_empty() {
-            self.maybe_punch(now, id);
+            self.seek_better_path(now, id);
         }
         for packet in queued {
             if let Err(r) = self.send_plain(now, id, &packet) {

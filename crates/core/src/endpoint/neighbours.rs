@@ -155,20 +155,6 @@ impl Endpoint {
         }
     }
 
-    /// Client: traffic for `id`; if the hub relays it, a client relay is looked for soon.
-    /// Cheap: it runs for every packet.
-    pub(super) fn wake_via(&mut self, now: Instant, id: PeerId) {
-        if !self.is_client() || id == PeerId::HUB {
-            return;
-        }
-        if let Some(p) = self.peers.get_mut(&id)
-            && p.path == Path::Relay(PeerId::HUB)
-            && p.via.wake(now)
-        {
-            self.schedule_now(now);
-        }
-    }
-
     /// Client timer for peer `id`: find, probe, use or leave a client that relays to it.
     pub(super) fn via_timers(&mut self, now: Instant, id: PeerId) {
         let Some(peer) = self.peers.get(&id) else {
