@@ -42,6 +42,11 @@ impl Endpoint {
         if c.next_report.is_some_and(|t| now < t) {
             return;
         }
+        // Looked at once per interval, whether or not it changed: the timer runs far more
+        // often than neighbours come and go.
+        if let RoleState::Client(c) = &mut self.role {
+            c.next_report = Some(now + REPORT_INTERVAL);
+        }
         let mut nodes: Vec<u32> = self
             .peers
             .keys()
@@ -58,7 +63,6 @@ impl Endpoint {
         if c.reported.as_ref() == Some(&nodes) && !stale {
             return;
         }
-        c.next_report = Some(now + REPORT_INTERVAL);
         c.reported_at = Some(now);
         c.reported = Some(nodes.clone());
         self.send_frame(now, PeerId::HUB, &Frame::Neighbours { node: 0, nodes });
@@ -172,17 +176,22 @@ impl Endpoint {
             }
             return;
         }
-        let best = self.best_via(now, id);
-        let alive: Vec<PeerId> = self
+        // Out of the peer for the poll, so that its callbacks may look at every peer; they
+        // run only when the state needs them.
+        let mut via = self
             .peers
-            .keys()
-            .copied()
-            .filter(|n| self.neighbour_alive(now, *n))
-            .collect();
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        for a in peer.via.poll(now, || best, |n| alive.contains(&n)) {
+            .get_mut(&id)
+            .map(|p| core::mem::take(&mut p.via))
+            .unwrap_or_default();
+        let actions = via.poll(
+            now,
+            || self.best_via(now, id),
+            |n| self.neighbour_alive(now, n),
+        );
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.via = via;
+        }
+        for a in actions {
             self.apply_via(now, id, a);
         }
     }
