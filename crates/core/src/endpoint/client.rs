@@ -522,8 +522,8 @@ impl Endpoint {
             let seq = c.probe_seq;
             c.probe_out = Some((seq, now));
             c.next_probe = Some(now + PROBE_INTERVAL);
-            let to = Remote::udp(c.server);
-            self.send_frame_to(PeerId::HUB, to, &Frame::Probe { seq }, None);
+            let to = Path::Direct(Some(Remote::udp(c.server)));
+            self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq }, None);
         }
     }
 

@@ -82,7 +82,8 @@ impl Endpoint {
                 d.probe_out = Some(d.probe_seq);
                 d.next_probe = now + PROBE_INTERVAL;
                 let (seq, to) = (d.probe_seq, d.direct);
-                self.send_frame_to(PeerId::HUB, to, &Frame::Probe { seq }, None);
+                let to = Path::Direct(Some(to));
+                self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq }, None);
             }
             _ => {}
         }

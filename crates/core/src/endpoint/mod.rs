@@ -816,7 +816,7 @@ impl Endpoint {
             Frame::DirRequest { .. } => self.on_dir_request(now, id),
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
             Frame::Probe { seq } => {
-                self.answer_probe(now, id, src, seq);
+                self.send_frame_on(now, id, src.path(), &Frame::ProbeAck { seq }, None);
                 Ok(())
             }
             Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
@@ -1018,26 +1018,42 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Encodes a control frame, seals it in `id`'s session and sends it to `to` instead of
-    /// the peer's path (probes and their answers travel on the transport under test).
-    fn send_frame_to(&mut self, id: PeerId, to: Remote, frame: &Frame<'_>, ttl: Option<u8>) {
+    /// Encodes a control frame, seals it in `id`'s session and sends it on `path` instead
+    /// of the peer's own: probes and their answers travel on the path under test (an
+    /// address and transport, with `ttl` if given, or a relay).
+    fn send_frame_on(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        path: Path,
+        frame: &Frame<'_>,
+        ttl: Option<u8>,
+    ) {
         let mut plain = Vec::new();
         frame.emit(&mut plain);
-        let mut buf = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
-        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plain.len()].copy_from_slice(&plain);
+        let mut buf = vec![0u8; HEADROOM + plain.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
         let sealed = match self
             .peers
             .get_mut(&id)
             .and_then(|p| p.sessions.current.as_mut())
         {
-            Some(session) => session.seal(&mut buf, 0, plain.len()),
+            Some(s) => s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len()),
             None => Err(DropReason::NoSession),
         };
-        match sealed {
-            Ok(range) => {
-                self.push_owned(to, buf, range);
-                if let Some(t) = self.outbox.back_mut() {
-                    t.ttl = ttl;
+        let sent = sealed.and_then(|range| match path {
+            Path::Direct(Some(to)) => Ok(Transmit { to, range }),
+            Path::Direct(None) => Err(DropReason::NoRoute),
+            Path::Relay(via) => {
+                let at = range.start - RELAY_HEADER_LEN;
+                self.seal_relayed(now, id, via, &mut buf, at, range.len())
+            }
+        });
+        match sent {
+            Ok(t) => {
+                self.push_owned(t.to, buf, t.range);
+                if let (Some(o), Path::Direct(_)) = (self.outbox.back_mut(), path) {
+                    o.ttl = ttl;
                 }
             }
             Err(r) => {
@@ -1363,6 +1379,14 @@ impl Endpoint {
 }
 
 impl Source {
+    /// The path a message came on, to answer on the same.
+    fn path(self) -> Path {
+        match self {
+            Self::Addr(a) => Path::Direct(Some(a)),
+            Self::Relay { via, .. } => Path::Relay(via),
+        }
+    }
+
     fn relay_origin(self) -> Option<PeerId> {
         match self {
             Self::Relay { node, .. } => Some(node),

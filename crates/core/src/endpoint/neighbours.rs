@@ -13,10 +13,9 @@
 use std::time::{Duration, Instant};
 
 use culvert_wire::frame::{Frame, MAX_NEIGHBOURS};
-use culvert_wire::message::DATA_HEADER_LEN;
 
-use super::{Endpoint, HEADROOM, RoleState, TAILROOM};
-use crate::peer::{Path, PeerId, Source};
+use super::{Endpoint, RoleState};
+use crate::peer::{Path, PeerId};
 use crate::stats::DropReason;
 use crate::via::ViaAction;
 
@@ -228,7 +227,7 @@ impl Endpoint {
     fn apply_via(&mut self, now: Instant, id: PeerId, action: ViaAction) {
         match action {
             ViaAction::Probe { via, seq } => {
-                self.send_frame_via(now, id, via, &Frame::Probe { seq });
+                self.send_frame_on(now, id, Path::Relay(via), &Frame::Probe { seq }, None);
             }
             ViaAction::Use(via) => self.use_path(
                 now,
@@ -247,48 +246,5 @@ impl Endpoint {
             }
         }
         self.deadline_dirty = true;
-    }
-
-    /// Seals `frame` in `id`'s session and sends it inside a relay frame through `via`,
-    /// whatever `id`'s path is (probes test the relay, answers go back the way they came).
-    pub(super) fn send_frame_via(
-        &mut self,
-        now: Instant,
-        id: PeerId,
-        via: PeerId,
-        frame: &Frame<'_>,
-    ) {
-        let mut plain = Vec::new();
-        frame.emit(&mut plain);
-        let mut buf = vec![0u8; HEADROOM + plain.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
-        let sealed = match self
-            .peers
-            .get_mut(&id)
-            .and_then(|p| p.sessions.current.as_mut())
-        {
-            Some(s) => s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len()),
-            None => Err(DropReason::NoSession),
-        };
-        let sent = sealed.and_then(|range| {
-            let at = range.start - culvert_wire::frame::RELAY_HEADER_LEN;
-            self.seal_relayed(now, id, via, &mut buf, at, range.len())
-        });
-        match sent {
-            Ok(t) => self.push_owned(t.to, buf, t.range),
-            Err(r) => {
-                self.count_drop(r, Some(id));
-            }
-        }
-    }
-
-    /// A Probe from `id`: answered on the way it came, straight or through the same relay.
-    pub(super) fn answer_probe(&mut self, now: Instant, id: PeerId, src: Source, seq: u32) {
-        match src {
-            Source::Addr(from) => self.send_frame_to(id, from, &Frame::ProbeAck { seq }, None),
-            Source::Relay { via, .. } => {
-                self.send_frame_via(now, id, via, &Frame::ProbeAck { seq });
-            }
-        }
     }
 }
