@@ -195,6 +195,8 @@ pub struct Stack {
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     synacks: RateWindow,
     synacks_per_prefix: SourceBudget,
+    /// Client: a flow completed its handshake since [`Stack::take_connected`] last ran.
+    connected: bool,
 }
 
 impl Stack {
@@ -212,6 +214,7 @@ impl Stack {
             rng,
             epoch: now,
             flows: BTreeMap::new(),
+            connected: false,
             target: None,
             outbox: VecDeque::new(),
             synacks: RateWindow::new(SYNACK_LIMIT, Duration::from_secs(1)),
@@ -242,6 +245,12 @@ impl Stack {
             tracing::info!(%remote, "FakeTCP: reconnecting with a fresh handshake");
             self.connect(now, SocketAddr::new(local.ip(), 0), remote);
         }
+    }
+
+    /// Client: whether a flow completed its handshake since the last call — the moment a
+    /// message that found no flow to carry it can go again.
+    pub fn take_connected(&mut self) -> bool {
+        core::mem::take(&mut self.connected)
     }
 
     /// Whether a flow to `remote` can carry messages.
@@ -515,6 +524,7 @@ impl Stack {
             f.snd_nxt = f.isn.wrapping_add(1);
             f.rcv_nxt = seg.seq.wrapping_add(1);
             f.mask = flow_key(&self.cfg.mask_key, f.isn, seg.seq);
+            self.connected = true;
             tracing::debug!(remote = %seg.src, "FakeTCP: connected");
         }
         f.ts_recent = seg.timestamps.map_or(0, |(v, _)| v);
@@ -842,6 +852,8 @@ mod tests {
         assert!(s.flows.is_empty(), "a SYN must not create server state");
         pump(s, c, now); // SYN-ACK
         assert!(c.established(server));
+        assert!(c.take_connected(), "the handshake's completion is reported");
+        assert!(!c.take_connected(), "once");
         pump(c, s, now); // ACK
         server
     }

@@ -551,7 +551,12 @@ impl Daemon {
                     ft.stack.confirm(now, &seg);
                 }
             }
-            if self.underlay.ftcp.as_mut().is_some_and(|ft| ft.came_up()) {
+            if self
+                .underlay
+                .ftcp
+                .as_mut()
+                .is_some_and(|ft| ft.stack.take_connected())
+            {
                 self.ep.faketcp_ready();
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
@@ -686,11 +691,8 @@ impl Daemon {
     /// lately (a standby flow, or one the server may have forgotten by restarting) is
     /// replaced by a new one, since the server answers nothing on a flow it does not know.
     fn refresh_faketcp_flow(&mut self) {
-        let server = self.server.as_deref().and_then(|s| resolve(s).ok());
-        let now = Instant::now();
-        if let (Some(ft), Some(server)) = (&mut self.underlay.ftcp, server)
-            && !ft.stack.heard_within(server, now, FLOW_FRESH)
-            && let Err(e) = ft.connect(now, server)
+        if let Some(ft) = &mut self.underlay.ftcp
+            && let Err(e) = ft.redial_if_quiet(Instant::now(), FLOW_FRESH)
         {
             tracing::warn!("{e:#}");
         }

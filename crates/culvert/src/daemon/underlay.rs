@@ -21,8 +21,6 @@ pub(crate) struct FakeTcp {
     table: Table,
     /// Client: the server it connects to (segments from anywhere else are dropped).
     server: Option<SocketAddr>,
-    /// Client: whether the flow to the server was up when last asked.
-    was_up: bool,
     /// The overlay's TUN device: segments that arrive on it are not ours.
     pub(crate) tun_ifindex: Option<u32>,
     /// Server: which destinations are this host's own.
@@ -70,7 +68,6 @@ impl FakeTcp {
             receivers,
             table,
             server: None,
-            was_up: false,
             tun_ifindex: None,
             local: Some(LocalAddresses::new(listen.ip())),
         })
@@ -103,7 +100,6 @@ impl FakeTcp {
             receivers,
             table,
             server: Some(server),
-            was_up: false,
             tun_ifindex: None,
             local: None,
         };
@@ -116,18 +112,19 @@ impl FakeTcp {
     pub(crate) fn connect(&mut self, now: Instant, server: SocketAddr) -> Result<()> {
         let local = source_address(server)?;
         self.server = Some(server);
-        self.was_up = false;
         self.stack.connect(now, SocketAddr::new(local, 0), server);
         tracing::debug!(%server, %local, "FakeTCP: connecting");
         Ok(())
     }
 
-    /// Client: whether the flow to the server came up since the last call.
-    pub(crate) fn came_up(&mut self) -> bool {
-        let up = self.server.is_some_and(|s| self.stack.established(s));
-        let news = up && !self.was_up;
-        self.was_up = up;
-        news
+    /// Client: a new flow to the server, unless the current one was heard from within
+    /// `fresh` (the server answers nothing on a flow it does not know, such as one it
+    /// forgot by restarting). The address is the one last connected to, not looked up again.
+    pub(crate) fn redial_if_quiet(&mut self, now: Instant, fresh: Duration) -> Result<()> {
+        match self.server {
+            Some(s) if !self.stack.heard_within(s, now, fresh) => self.connect(now, s),
+            _ => Ok(()),
+        }
     }
 
     /// The nftables table name, for status.
