@@ -190,10 +190,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let ep = &mut eps[target];
         let _ = ep.handle_datagram(
             now,
-            Remote {
-                transport,
-                addr: from,
-            },
+            Remote::new(transport, from),
             &mut buf,
             0..n,
         );

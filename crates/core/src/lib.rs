@@ -48,7 +48,7 @@ pub use endpoint::{
 };
 pub use event::Event;
 pub use keys::{KeyParseError, Psk, PublicKey, StaticSecret};
-pub use peer::{PeerId, Remote, Transport};
+pub use peer::{PeerId, Remote, SPRAY_SOCKETS, Transport};
 pub use stats::{DropCounters, DropReason, Traffic};
 pub use status::{PeerStatus, Status};
 

@@ -19,14 +19,31 @@
 //! first ones die between the two NATs, after opening our own; by the time ours reach the
 //! peer's NAT, the peer's have opened it. A node without a NAT (its reflexive endpoint is
 //! its own) waits through the ramp instead, since it has nothing to open.
+//!
+//! **Port prediction** (Tailscale's birthday technique). When one NAT changes ports per
+//! destination ("hard") and the other keeps them ("easy"), the easy side cannot know
+//! where to probe: the hard NAT gives each new destination a random port. So the hard
+//! side sends one probe from each of [`SPRAY_SOCKETS`] extra sockets to the easy side's
+//! public endpoint (256 random public ports), and the easy side probes
+//! [`PREDICTION_PROBES`] random ports of the hard side's public address; with ports drawn
+//! from 64,512 values, some pair matches about two times in three. Order matters on Linux
+//! NATs, for the conntrack reason above: the easy side's guesses go first and with the
+//! ramp's first TTL, so they open its own NAT without reaching the hard one (a guess that
+//! arrived first would bar the hard NAT from giving that very port); the hard side's
+//! probes follow [`SPRAY_DELAY`] later. A spray probe whose port was guessed passes the
+//! easy NAT, the easy side answers it and takes the path, and the answer (through the
+//! mapping the spray opened) gives the hard side the same path, on that extra socket.
+//! At most [`PREDICTION_PROBES`] probes per side per attempt; attempts back off like any
+//! punch.
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use culvert_wire::frame::{Candidate, CandidateKind};
 
-use crate::peer::{PeerId, Remote};
+use crate::peer::{PeerId, Remote, SPRAY_SOCKETS};
+use crate::rng::Rng;
 
 /// How packets reach a peer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +72,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RAMP_TTL_START: u8 = 2;
 /// Rounds of rising TTL before probes go out with the default one.
 pub const RAMP_ROUNDS: u32 = 5;
+/// Port prediction: probes per side per attempt (the hard side's extra sockets, the easy
+/// side's guessed ports).
+pub const PREDICTION_PROBES: u16 = SPRAY_SOCKETS;
+/// Port prediction: rounds over which each side spreads its probes.
+const PREDICTION_ROUNDS: u32 = 2;
+/// Port prediction: the hard side starts this many rounds after the easy side, so the
+/// guesses have opened the easy NAT when the spray arrives (and the hub's two Punch
+/// frames may arrive that far apart).
+const SPRAY_DELAY: u32 = 4;
+/// Ports a NAT that picks them at random draws from (Linux: 1024–65535).
+const RANDOM_PORTS: core::ops::RangeInclusive<u16> = 1024..=65535;
 
 /// Why a peer is (still) relayed, for status and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +106,7 @@ pub enum RelayReason {
     /// either side probes is not where the other's packets come from.
     SymmetricBoth,
     /// No candidate answered, and one side's NAT changes ports per destination while the
-    /// other filters (port prediction is not tried yet).
+    /// other filters; port prediction found no matching port this time.
     SymmetricOne,
     /// The direct path went silent; back on the relay.
     DirectLost,
@@ -100,7 +128,7 @@ impl RelayReason {
             }
             Self::SymmetricOne => {
                 "punch timed out: one side's NAT changes ports per destination (symmetric), \
-                 the other filters"
+                 the other filters, and port prediction found no match"
             }
             Self::DirectLost => "direct path went silent",
         }
@@ -149,6 +177,77 @@ struct Punch {
     behind_nat: bool,
     /// Which NATs are seen to change ports: ours, the peer's.
     ports_changed: (bool, bool),
+    /// Port prediction, when exactly one of the two NATs changes ports.
+    prediction: Option<Prediction>,
+}
+
+/// This side's part in port prediction (see the module docs).
+#[derive(Debug, Clone)]
+enum Prediction {
+    /// Our NAT changes ports, the peer's keeps them: probe its public endpoint from each
+    /// extra socket.
+    Spray(SocketAddr),
+    /// Our NAT keeps ports, the peer's changes them: probe these ports of its address.
+    Guess(IpAddr, Vec<u16>),
+}
+
+impl Prediction {
+    /// The part to play, if any: `ours`/`theirs` say whose NAT changes ports; a side
+    /// without a NAT needs no prediction (the peer's probes reach it anyway).
+    fn choose(
+        ours: bool,
+        theirs: bool,
+        behind_nat: bool,
+        peer_public: Option<SocketAddr>,
+        peer_behind_nat: bool,
+        rng: &mut Rng,
+    ) -> Option<Self> {
+        let public = peer_public.filter(SocketAddr::is_ipv4)?;
+        match (ours, theirs) {
+            (true, false) if peer_behind_nat => Some(Self::Spray(public)),
+            (false, true) if behind_nat => {
+                let span = u64::from(RANDOM_PORTS.end() - RANDOM_PORTS.start()) + 1;
+                let mut ports = Vec::with_capacity(usize::from(PREDICTION_PROBES));
+                while ports.len() < usize::from(PREDICTION_PROBES) {
+                    let p = RANDOM_PORTS.start() + u16::try_from(rng.below(span)).unwrap_or(0);
+                    if !ports.contains(&p) {
+                        ports.push(p);
+                    }
+                }
+                Some(Self::Guess(public.ip(), ports))
+            }
+            _ => None,
+        }
+    }
+
+    /// The probes of punch round `round`: where, and with which TTL.
+    fn round(&self, round: u32) -> Vec<(Remote, Option<u8>)> {
+        let per_round = u32::from(PREDICTION_PROBES).div_ceil(PREDICTION_ROUNDS);
+        let slice = |first_round: u32| {
+            let r = round
+                .checked_sub(first_round)
+                .filter(|r| *r < PREDICTION_ROUNDS)?;
+            let start = r * per_round;
+            Some(start..(start + per_round).min(u32::from(PREDICTION_PROBES)))
+        };
+        match self {
+            Self::Spray(to) => slice(SPRAY_DELAY)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| u16::try_from(i + 1).ok())
+                .map(|socket| (Remote::udp_on(socket, *to), None))
+                .collect(),
+            Self::Guess(ip, ports) => slice(0)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| ports.get(i as usize))
+                .map(|&port| {
+                    let to = Remote::udp(SocketAddr::new(*ip, port));
+                    (to, Some(RAMP_TTL_START))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The direct paths of one peer: candidates, probing, the validated path, backoff.
@@ -203,16 +302,20 @@ impl PathSet {
 
     /// The hub says: punch now, towards these candidates (LAN first). `behind_nat`: our
     /// own endpoint is translated (we ramp the TTL; without a NAT we wait through the ramp);
-    /// `ports_changed`: our NAT gave our endpoint another port than our socket's.
+    /// `ports_changed`: our NAT gave our endpoint another port than our socket's. `rng`
+    /// draws the ports port prediction guesses.
     pub fn start(
         &mut self,
         now: Instant,
         mut candidates: Vec<Candidate>,
         behind_nat: bool,
         ports_changed: bool,
+        rng: &mut Rng,
     ) {
         self.requested = None;
-        if self.direct.is_some() {
+        // One punch at a time: both sides' requests make the hub send two Punch frames,
+        // and a second one must not start the prediction over.
+        if self.direct.is_some() || self.punch.is_some() {
             return;
         }
         // The peer's NAT changes ports if the hub sees it at a port none of its own
@@ -232,6 +335,19 @@ impl PathSet {
             .filter(|c| c.kind == CandidateKind::Reflexive)
             .map(|c| c.addr)
             .collect();
+        let peer_behind_nat = public.iter().any(|p| {
+            !candidates
+                .iter()
+                .any(|c| c.kind == CandidateKind::Local && c.addr == *p)
+        });
+        let prediction = Prediction::choose(
+            ports_changed,
+            theirs,
+            behind_nat,
+            public.first().copied(),
+            peer_behind_nat,
+            rng,
+        );
         candidates.retain(|c| c.kind == CandidateKind::Reflexive || !public.contains(&c.addr));
         candidates.sort_by_key(|c| c.kind);
         candidates.dedup_by_key(|c| c.addr);
@@ -247,6 +363,7 @@ impl PathSet {
             round: 0,
             behind_nat,
             ports_changed: (ports_changed, theirs),
+            prediction,
         });
     }
 
@@ -268,13 +385,16 @@ impl PathSet {
                     (false, false) => RelayReason::PunchTimedOut,
                 };
                 self.punch = None;
-                self.fail(now, reason);
+                // Over with a path found (probes went on for a better one): no failure.
+                if self.direct.is_none() {
+                    self.fail(now, reason);
+                }
             } else if p.next <= now {
                 let ramping = p.round < RAMP_ROUNDS;
                 let ttl = ramping.then(|| {
                     RAMP_TTL_START.saturating_add(u8::try_from(p.round).unwrap_or(u8::MAX))
                 });
-                let targets: Vec<(Remote, Option<u8>)> = p
+                let mut targets: Vec<(Remote, Option<u8>)> = p
                     .candidates
                     .iter()
                     .filter(|c| c.kind == CandidateKind::Local || p.behind_nat || !ramping)
@@ -288,6 +408,9 @@ impl PathSet {
                         (Remote::udp(c.addr), t)
                     })
                     .collect();
+                if let Some(pred) = &p.prediction {
+                    targets.extend(pred.round(p.round));
+                }
                 for (to, ttl) in targets {
                     let seq = self.probe(now, to);
                     out.push(PathAction::Probe { seq, to, ttl });
@@ -367,6 +490,18 @@ impl PathSet {
         Some(PathAction::UseDirect(from, why))
     }
 
+    /// An authentic probe from the peer arrived straight from `from`: with nothing direct
+    /// yet, the path works at least one way, so take it (its keepalive probes prove the
+    /// other way within [`DEAD_AFTER`]). This is how the side whose guess matched learns
+    /// a predicted port. With a path already, probes to other candidates move nothing.
+    pub fn on_direct_probe(&mut self, now: Instant, from: Remote) -> Option<PathAction> {
+        if self.direct.is_some() {
+            return None;
+        }
+        // The punch goes on: a LAN candidate may still answer our own probes.
+        Some(self.adopt(now, from, "a probe from the peer reached us directly"))
+    }
+
     /// The peer reached us directly with authentic data from `from` (it validated the
     /// path from its side): adopt it when we have nothing direct.
     pub fn on_direct_data(&mut self, now: Instant, from: Remote) -> Option<PathAction> {
@@ -379,18 +514,31 @@ impl PathSet {
             d.remote = from;
             return Some(PathAction::UseDirect(from, "the peer moved"));
         }
+        let action = self.adopt(now, from, "the peer reached us directly");
         self.punch = None;
+        Some(action)
+    }
+
+    /// Takes `from` as the direct path, unmeasured (keepalive probes start at once).
+    fn adopt(&mut self, now: Instant, from: Remote, why: &'static str) -> PathAction {
+        let kind = self
+            .punch
+            .as_ref()
+            .and_then(|p| p.candidates.iter().find(|c| c.addr == from.addr))
+            .map_or(CandidateKind::Reflexive, |c| c.kind);
         self.requested = None;
+        self.failures = 0;
+        self.retry_at = None;
         self.direct = Some(Direct {
             remote: from,
-            kind: CandidateKind::Reflexive,
+            kind,
             rtt: None,
             last_ack: now,
             next_probe: now,
             sent: 0,
             acked: 0,
         });
-        Some(PathAction::UseDirect(from, "the peer reached us directly"))
+        PathAction::UseDirect(from, why)
     }
 
     /// When [`PathSet::poll`] has work next.
@@ -472,13 +620,17 @@ pub fn usable_local(addr: SocketAddr) -> bool {
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || matches!(ip, core::net::IpAddr::V4(a) if a.is_link_local())
-        || matches!(ip, core::net::IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80))
+        || matches!(ip, IpAddr::V4(a) if a.is_link_local())
+        || matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rng() -> Rng {
+        Rng::from_seed([7; 32])
+    }
 
     fn cand(kind: CandidateKind, s: &str) -> Candidate {
         Candidate {
@@ -502,6 +654,7 @@ mod tests {
             ],
             true,
             false,
+            &mut rng(),
         );
         let probes = p.poll(t);
         assert_eq!(probes.len(), 2);
@@ -558,6 +711,7 @@ mod tests {
                 ],
                 true,
                 ours,
+                &mut rng(),
             );
             let mut now = t;
             while now <= t + PUNCH_FOR {
@@ -590,6 +744,7 @@ mod tests {
             vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
             true,
             false,
+            &mut rng(),
         );
         let mut sent = 0;
         let mut now = t;
@@ -610,7 +765,7 @@ mod tests {
         assert_eq!(p.reason(), RelayReason::DirectLost);
         // No candidates at all: say so.
         let mut q = PathSet::default();
-        q.start(t, Vec::new(), true, false);
+        q.start(t, Vec::new(), true, false, &mut rng());
         assert_eq!(q.reason(), RelayReason::NoCandidates);
     }
 
@@ -624,6 +779,7 @@ mod tests {
                 vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000")],
                 behind_nat,
                 false,
+                &mut rng(),
             );
             (0..8u32)
                 .map(|r| {
@@ -644,5 +800,127 @@ mod tests {
         assert_eq!(ttls(true), ramp);
         let wait: Vec<Option<Option<u8>>> = [None; 5].into_iter().chain([Some(None); 3]).collect();
         assert_eq!(ttls(false), wait);
+    }
+
+    /// A node behind a NAT (changing ports: `ours`) punching towards a peer with a LAN
+    /// and a public candidate.
+    fn behind_nat_facing(t: Instant, ours: bool, peer: [&str; 2]) -> PathSet {
+        let mut p = PathSet::default();
+        let candidates = vec![
+            cand(CandidateKind::Local, peer[0]),
+            cand(CandidateKind::Reflexive, peer[1]),
+        ];
+        p.start(t, candidates, true, ours, &mut rng());
+        p
+    }
+
+    /// The probes of each round of a punch that runs its full course.
+    fn rounds(p: &mut PathSet, t: Instant) -> Vec<Vec<(Remote, Option<u8>)>> {
+        (0..u32::try_from(PUNCH_FOR.as_millis() / PUNCH_INTERVAL.as_millis()).unwrap())
+            .map(|r| {
+                p.poll(t + PUNCH_INTERVAL * r)
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        PathAction::Probe { to, ttl, .. } => Some((to, ttl)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn port_prediction_guesses_first_then_sprays_from_extra_sockets() {
+        let t = crate::test_epoch();
+        // The peer's NAT changes ports (its public port is none of its sockets'); ours
+        // keeps them: guess 256 distinct random ports of its address, low TTL, first.
+        let mut easy = behind_nat_facing(t, false, ["192.168.2.12:4000", "198.51.100.1:31337"]);
+        let guesses: Vec<Vec<SocketAddr>> = rounds(&mut easy, t)
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .filter(|(to, _)| to.addr.ip() == "198.51.100.1".parse::<IpAddr>().unwrap())
+                    .filter(|(to, _)| to.addr.port() != 31337)
+                    .inspect(|(to, ttl)| {
+                        assert_eq!((to.socket, *ttl), (0, Some(RAMP_TTL_START)), "{to}");
+                    })
+                    .map(|(to, _)| to.addr)
+                    .collect()
+            })
+            .collect();
+        let per_round: Vec<usize> = guesses.iter().map(Vec::len).collect();
+        assert_eq!(&per_round[..3], &[128, 128, 0]);
+        assert!(per_round[3..].iter().all(|n| *n == 0));
+        let mut ports: Vec<u16> = guesses.iter().flatten().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 256, "distinct guesses");
+        assert!(ports.iter().all(|p| RANDOM_PORTS.contains(p)));
+
+        // Our NAT changes ports, the peer's keeps them: one probe from each extra socket to
+        // its public endpoint, default TTL, after the guesses.
+        let cone_peer = ["192.168.1.12:4000", "203.0.113.1:4000"];
+        let mut hard = behind_nat_facing(t, true, cone_peer);
+        let sprays: Vec<Vec<u16>> = rounds(&mut hard, t)
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .filter(|(to, _)| to.socket != 0)
+                    .inspect(|(to, ttl)| {
+                        assert_eq!(to.addr.to_string(), "203.0.113.1:4000");
+                        assert_eq!(*ttl, None);
+                    })
+                    .map(|(to, _)| to.socket)
+                    .collect()
+            })
+            .collect();
+        assert!(sprays[..4].iter().all(Vec::is_empty));
+        assert_eq!(sprays[4].len() + sprays[5].len(), 256);
+        let mut sockets: Vec<u16> = sprays.concat();
+        sockets.sort_unstable();
+        assert_eq!(sockets, (1..=SPRAY_SOCKETS).collect::<Vec<_>>());
+        // The easy side's answer to spray 77 arrives on socket 77: that is the path.
+        let from = Remote::udp_on(77, "203.0.113.1:4000".parse().unwrap());
+        let mut acked = behind_nat_facing(t, true, cone_peer);
+        let seq = (0..8)
+            .flat_map(|r| acked.poll(t + PUNCH_INTERVAL * r))
+            .find_map(|a| match a {
+                PathAction::Probe { seq, to, .. } if to == from => Some(seq),
+                _ => None,
+            })
+            .unwrap();
+        assert!(matches!(
+            acked.on_ack(t + PUNCH_INTERVAL * 8, seq, from),
+            Some(PathAction::UseDirect(r, _)) if r == from
+        ));
+    }
+
+    #[test]
+    fn no_prediction_without_a_nat_to_fool() {
+        let t = crate::test_epoch();
+        let extra = |ours: bool, behind_nat: bool, peer: [&str; 2]| {
+            let mut p = PathSet::default();
+            let candidates = peer
+                .iter()
+                .zip([CandidateKind::Local, CandidateKind::Reflexive])
+                .map(|(a, k)| cand(k, a))
+                .collect();
+            p.start(t, candidates, behind_nat, ours, &mut rng());
+            rounds(&mut p, t).concat().len()
+        };
+        let plain = extra(false, true, ["192.168.2.12:4000", "198.51.100.1:4000"]);
+        // A public peer (its public endpoint is its own): no spray towards it.
+        let public = ["198.51.100.9:4000", "198.51.100.9:4000"];
+        assert!(extra(true, true, public) < plain);
+        // We have no NAT: nothing to open with guesses.
+        assert!(extra(false, false, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
+        // Both change ports: the birthday odds are hopeless; no prediction.
+        assert!(extra(true, true, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
+        // A probe from the peer gives a path only while there is none.
+        let mut p = PathSet::default();
+        let a = Remote::udp("198.51.100.1:4000".parse().unwrap());
+        let b = Remote::udp("192.168.2.12:4000".parse().unwrap());
+        assert!(p.on_direct_probe(t, a).is_some());
+        assert_eq!(p.on_direct_probe(t, b), None);
     }
 }

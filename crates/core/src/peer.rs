@@ -40,21 +40,35 @@ impl Transport {
     }
 }
 
-/// An underlay endpoint: a transport and an address.
+/// An underlay endpoint: a transport, an address, and which of this node's sockets talks
+/// to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Remote {
     /// How to reach it.
     pub transport: Transport,
     /// Where.
     pub addr: SocketAddr,
+    /// This node's UDP socket that sends to it and hears it: 0 is the main one;
+    /// 1..=[`SPRAY_SOCKETS`] are the extra ones port prediction sends from (a NAT that
+    /// changes ports gives each of them its own public port). Always 0 for FakeTCP.
+    pub socket: u16,
 }
 
+/// How many extra UDP sockets a node may send from, at most, to predict a port.
+pub const SPRAY_SOCKETS: u16 = 256;
+
 impl Remote {
-    /// A UDP endpoint.
+    /// A UDP endpoint, reached from the main socket.
     pub fn udp(addr: SocketAddr) -> Self {
+        Self::udp_on(0, addr)
+    }
+
+    /// A UDP endpoint, reached from socket `socket` (see [`Remote::socket`]).
+    pub fn udp_on(socket: u16, addr: SocketAddr) -> Self {
         Self {
             transport: Transport::Udp,
             addr,
+            socket,
         }
     }
 
@@ -63,13 +77,27 @@ impl Remote {
         Self {
             transport: Transport::FakeTcp,
             addr,
+            socket: 0,
+        }
+    }
+
+    /// An endpoint of `transport` reached from the main socket.
+    pub fn new(transport: Transport, addr: SocketAddr) -> Self {
+        Self {
+            transport,
+            addr,
+            socket: 0,
         }
     }
 }
 
 impl core::fmt::Display for Remote {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}:{}", self.transport.as_str(), self.addr)
+        write!(f, "{}:{}", self.transport.as_str(), self.addr)?;
+        if self.socket != 0 {
+            write!(f, " (socket {})", self.socket)?;
+        }
+        Ok(())
     }
 }
 

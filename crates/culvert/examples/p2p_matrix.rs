@@ -6,6 +6,7 @@
 //! behind Linux masquerade NATs (port-preserving "cone", or `fully-random` "symmetric"), or
 //! both behind one NAT (no hairpin). The clients join, client 1 pings client 2 once, and the
 //! clock runs until both see a direct (or LAN) path, for at most 10 s.
+//! `MATRIX_ONLY=symmetric` runs only the combinations whose name contains that text.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,9 +34,10 @@ fn main() {
         ("public / cone", [Site::Public, nat(2, false)], "direct"),
         ("public / symmetric", [Site::Public, nat(2, true)], "direct"),
     ];
-    println!("| NAT combination | direct | median time to direct | why not |");
-    println!("|---|---|---|---|");
-    for (name, clients, want) in combos {
+    println!("| NAT combination | direct | median time to direct | each (s) | why not |");
+    println!("|---|---|---|---|---|");
+    let only = std::env::var("MATRIX_ONLY").unwrap_or_default();
+    for (name, clients, want) in combos.into_iter().filter(|c| c.0.contains(&only)) {
         let mut times = Vec::new();
         let mut why = Vec::new();
         for _ in 0..tries {
@@ -44,6 +46,10 @@ fn main() {
                 Err(e) => why.push(e),
             }
         }
+        let each: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.2}", t.as_secs_f64()))
+            .collect();
         times.sort();
         let median = times
             .get(times.len() / 2)
@@ -51,8 +57,9 @@ fn main() {
         why.sort();
         why.dedup();
         println!(
-            "| {name} | {}/{tries} | {median} | {} |",
+            "| {name} | {}/{tries} | {median} | {} | {} |",
             times.len(),
+            each.join(", "),
             why.join("; ")
         );
     }

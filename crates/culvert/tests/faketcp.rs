@@ -47,17 +47,6 @@ fn transport(lab: &Lab, host: usize, node: u64) -> Option<String> {
     p["transport"].as_str().map(str::to_owned)
 }
 
-fn counter(lab: &Lab, table: &str, name: &str) -> u64 {
-    let out = lab
-        .sh(None, &format!("nft list counter inet {table} {name}"))
-        .unwrap_or_default();
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(u64::MAX)
-}
-
 fn culvert_tables(lab: &Lab, host: usize) -> Vec<String> {
     lab.sh(Some(host), "nft list tables")
         .unwrap_or_default()

@@ -176,7 +176,11 @@ fn a_transfer_moves_from_the_relay_to_direct_and_back_intact() {
         "direct cut mid-transfer: longest stall {:.3} s",
         t.max_stall
     );
-    assert!(t.max_stall < 4.0, "stalled {:.2} s", t.max_stall);
+    // The relay takes over within 2 s of silence (the sim test measures that); the
+    // stall adds the sender's TCP retransmission backoff (retries ~0.2, 0.6, 1.4, 3.0 s
+    // after the loss, later with a larger RTO on a loaded machine), which one test run of
+    // the whole suite measured past 4 s.
+    assert!(t.max_stall < 6.5, "stalled {:.2} s", t.max_stall);
     let (kind, why) = path(&lab, 1, n2);
     assert_eq!(kind, "relay");
     assert!(!why.is_empty());
@@ -205,6 +209,88 @@ fn symmetric_nats_on_both_sides_stay_relayed_and_status_says_why() {
     assert!(why.contains("symmetric NAT on both sides"), "{why}");
     let t = lab.transfer(1, 2, overlay(2), 10 * MB, || ()).unwrap();
     assert_eq!(t.sent, t.received, "the relay carries it");
+}
+
+/// Counts, at the router between the NATs, the guesses of the port-keeping side (TTL
+/// spent: they die here) and what the port-changing side sends to it, by source port.
+const PREDICTION_COUNTERS: &str = "table inet test_predict {
+  counter guesses {}
+  counter towards_cone {}
+  set spray_ports { type inet_service; flags dynamic; size 4096; }
+  chain pre { type filter hook prerouting priority -300;
+    ip saddr 198.18.101.2 ip daddr 198.18.102.2 udp dport != 0 ip ttl 1 counter name guesses
+    ip saddr 198.18.102.2 ip daddr 198.18.101.2 meta l4proto udp counter name towards_cone \
+      add @spray_ports { udp sport }
+  }
+}";
+
+#[test]
+fn cone_against_symmetric_predicts_ports_within_bounds_and_a_hit_carries_traffic() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sym = Site::Nat {
+        nat: 2,
+        symmetric: true,
+    };
+    let Some(mut lab) = lab_with("p2ppredict", &[Site::Public, NAT1, sym]) else {
+        return;
+    };
+    lab.router_nft(PREDICTION_COUNTERS).unwrap();
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    let n2 = node_of(&lab, 2);
+    // One packet: one attempt (no traffic, no retry).
+    wait_ping(&lab, 1, overlay(2));
+    let direct = wait_path(&lab, "direct", Duration::from_secs(4));
+    let guesses = counter(&lab, "test_predict", "guesses");
+    let towards = counter(&lab, "test_predict", "towards_cone");
+    let ports = lab
+        .sh(None, "nft list set inet test_predict spray_ports")
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| w.parse::<u16>().is_ok_and(|p| p >= 1024))
+        .count();
+    eprintln!(
+        "one attempt: {guesses} guesses, {towards} packets from {ports} ports of the \
+         symmetric NAT; direct: {direct:?}"
+    );
+    // The cone side guessed 256 ports (its ordinary probes go to the hub-seen port with
+    // the TTL ramp too: a handful more); the symmetric side sprayed from 256 sockets, each
+    // its own public port.
+    // A hit in the first half of the spray ends it (the second half is not needed).
+    assert!((256..=256 + 8).contains(&guesses), "{guesses} guesses");
+    let least = if direct.is_some() { 120 } else { 250 };
+    assert!(ports >= least, "sprays came from only {ports} ports");
+    assert!(
+        towards <= 256 + 64,
+        "{towards} packets towards the cone side"
+    );
+    match direct {
+        Some(took) => {
+            eprintln!("predicted a port: direct after {took:?}");
+            let before = relayed(&lab);
+            let t = lab.transfer(1, 2, overlay(2), 20 * MB, || ()).unwrap();
+            assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
+            assert!(relayed(&lab) - before < 100, "the hub relayed the transfer");
+        }
+        None => {
+            let (kind, why) = path(&lab, 1, n2);
+            assert_eq!(kind, "relay");
+            assert!(why.contains("port prediction found no match"), "{why}");
+            // Traffic goes on: the next attempt (after the backoff) sprays from fresh
+            // sockets. Whether it hits is chance; it is reported, not asserted.
+            let retry = Instant::now();
+            let mut hit = None;
+            while retry.elapsed() < Duration::from_secs(10) && hit.is_none() {
+                let _ = lab.ping(1, overlay(2), Duration::from_millis(300));
+                hit = wait_path(&lab, "direct", Duration::from_millis(1));
+            }
+            eprintln!(
+                "second attempt: direct {:?} after the first failed",
+                hit.map(|_| retry.elapsed())
+            );
+        }
+    }
 }
 
 #[test]

@@ -85,6 +85,14 @@ impl Poller {
     }
 }
 
+impl AsRawFd for Poller {
+    /// The epoll descriptor: readable while any registered descriptor is ready, so one
+    /// poller can watch another's set.
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// SIGINT, SIGTERM and SIGHUP as a readable descriptor.
 ///
 /// Creating it blocks those signals for the calling thread (and threads it spawns later),

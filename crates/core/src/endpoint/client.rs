@@ -585,10 +585,7 @@ impl Endpoint {
             .get(&PeerId::HUB)
             .is_some_and(|h| h.sessions.current.is_some());
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
-            hub.path = Path::Direct(Some(Remote {
-                transport: to,
-                addr: server,
-            }));
+            hub.path = Path::Direct(Some(Remote::new(to, server)));
             hub.unanswered_since = None;
         }
         tracing::info!(

@@ -131,7 +131,9 @@ impl Endpoint {
             .is_some_and(|(r, l)| r.port() != l.port());
         tracing::debug!(peer = node, candidates = %path::describe(&candidates), behind_nat, "punching");
         let peer = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
-        peer.paths.start(now, candidates, behind_nat, ports_changed);
+        let rng = &mut self.rng;
+        peer.paths
+            .start(now, candidates, behind_nat, ports_changed, rng);
         self.path_timers(now, id);
         self.deadline_dirty = true;
         Ok(())
@@ -165,9 +167,16 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Client: authentic data (not a probe) from client peer `id` came straight from
-    /// `from`: the peer validated a path from its side, or moved.
-    pub(super) fn on_direct_data(&mut self, now: Instant, id: PeerId, from: Remote) {
+    /// Client: an authentic message from client peer `id` came straight from `from`. Data:
+    /// the peer validated a path from its side, or moved. A `probe`: a path that works at
+    /// least one way, taken only while there is none (see [`PathSet::on_direct_probe`]).
+    pub(super) fn on_direct_message(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        from: Remote,
+        probe: bool,
+    ) {
         let RoleState::Client(c) = &self.role else {
             return;
         };
@@ -177,7 +186,12 @@ impl Endpoint {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some(action) = peer.paths.on_direct_data(now, from) {
+        let action = if probe {
+            peer.paths.on_direct_probe(now, from)
+        } else {
+            peer.paths.on_direct_data(now, from)
+        };
+        if let Some(action) = action {
             self.apply_path(now, id, action);
         }
     }

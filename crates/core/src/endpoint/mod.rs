@@ -203,10 +203,7 @@ impl Endpoint {
             Role::Hub(h) => RoleState::Hub(Hub::new(h.clone(), &mut rng, now)),
             Role::Client(c) => {
                 let key = c.server_key.unwrap_or(PublicKey([0; 32]));
-                let first = Remote {
-                    transport: c.transport.first(),
-                    addr: c.server,
-                };
+                let first = Remote::new(c.transport.first(), c.server);
                 let hub = Peer::new(PeerId::HUB, key, Vec::new(), Path::Direct(Some(first)));
                 peers.insert(PeerId::HUB, hub);
                 RoleState::Client(Client::new(c.clone()))
@@ -660,11 +657,11 @@ impl Endpoint {
         self.traffic.rx_packets += 1;
         // Roaming: the hub follows its clients (address or transport); a client keeps the
         // hub where its configuration and transport choice put it, and leaves its peers'
-        // direct paths to their PathSet. Probes never move a path.
+        // direct paths to their PathSet (a probe only gives a path to a peer without one).
         let probe = frame::is_probe(&buf[plain.clone()]);
         match (src, self.is_client(), probe) {
             (Source::Addr(from), true, false) if id != PeerId::HUB => {
-                self.on_direct_data(now, id, from);
+                self.on_direct_message(now, id, from, false);
             }
             (Source::Addr(from), true, false) => self.hub_heard_directly(now, from),
             (Source::Addr(from), false, false) => {
@@ -817,6 +814,12 @@ impl Endpoint {
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
             Frame::Probe { seq } => {
                 self.send_frame_on(now, id, src.path(), &Frame::ProbeAck { seq }, None);
+                if let Source::Addr(from) = src
+                    && id != PeerId::HUB
+                    && self.is_client()
+                {
+                    self.on_direct_message(now, id, from, true);
+                }
                 Ok(())
             }
             Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),

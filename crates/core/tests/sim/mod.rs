@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use culvert_core::rng::Rng;
 use culvert_core::{
     ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, Remote, Role,
-    StaticSecret, TAILROOM, Timing, Transport, TransportMode, TunOutcome,
+    SPRAY_SOCKETS, StaticSecret, TAILROOM, Timing, Transport, TransportMode, TunOutcome,
 };
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
@@ -28,8 +28,10 @@ pub enum Mapping {
     /// The inside port, unless that would clash with a flow the NAT already tracks to the
     /// same remote (what Linux masquerade does): in effect one public port per endpoint.
     EndpointIndependent,
-    /// A new port per destination ("symmetric").
+    /// A new port per destination ("symmetric"), the next free one.
     Symmetric,
+    /// A new random port per destination (Linux `masquerade fully-random`).
+    Random,
 }
 
 /// A NAT router in front of some nodes, modelled on Linux conntrack: flows are tracked per
@@ -51,6 +53,7 @@ pub struct Nat {
     /// (public port, remote) of refused inbound packets conntrack still remembers.
     refused: BTreeSet<(u16, SocketAddr)>,
     next_port: u16,
+    rng: Rng,
 }
 
 impl Nat {
@@ -61,7 +64,14 @@ impl Nat {
         let taken =
             |n: &Self, p: u16| n.back.contains_key(&(p, to)) || n.refused.contains(&(p, to));
         let mut port = from.port();
-        if self.mapping == Mapping::Symmetric || taken(self, port) {
+        if self.mapping == Mapping::Random {
+            loop {
+                port = 1024 + self.rng.below(65536 - 1024) as u16;
+                if !taken(self, port) {
+                    break;
+                }
+            }
+        } else if self.mapping == Mapping::Symmetric || taken(self, port) {
             loop {
                 self.next_port = self.next_port.wrapping_add(1).max(20_000);
                 if !taken(self, self.next_port) {
@@ -104,10 +114,24 @@ pub struct Datagram {
 
 pub struct Node {
     pub ep: Endpoint,
+    /// The main socket's address; extra socket `k` (port prediction) is at port + `k`.
     pub addr: SocketAddr,
     /// IP packets delivered to this node's TUN.
     pub delivered: Vec<Vec<u8>>,
     pub events: Vec<Event>,
+}
+
+impl Node {
+    /// Where this node's socket `socket` is bound.
+    pub fn socket_addr(&self, socket: u16) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.addr.port() + socket)
+    }
+
+    /// Which of this node's sockets `addr` is, if any.
+    fn socket_of(&self, addr: SocketAddr) -> Option<u16> {
+        let k = addr.port().checked_sub(self.addr.port())?;
+        (addr.ip() == self.addr.ip() && k <= SPRAY_SOCKETS).then_some(k)
+    }
 }
 
 pub struct World {
@@ -277,7 +301,7 @@ impl World {
     /// Collects outputs and events of node `i` (what a shell does after every call).
     pub fn drain(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].ep.poll_transmit() {
-            let from = self.nodes[i].addr;
+            let from = self.nodes[i].socket_addr(t.to.socket);
             self.send_ttl(from, t.to, t.bytes, t.ttl.unwrap_or(64));
         }
         while let Some(p) = self.nodes[i].ep.poll_recovered() {
@@ -301,6 +325,7 @@ impl World {
         hairpin: bool,
         inside: &[&str],
     ) -> usize {
+        let rng = Rng::from_seed(self.seed());
         self.nats.push(Nat {
             public: public.parse().unwrap(),
             mapping,
@@ -310,6 +335,7 @@ impl World {
             back: BTreeMap::new(),
             refused: BTreeSet::new(),
             next_port: 20_000,
+            rng,
         });
         self.nats.len() - 1
     }
@@ -418,7 +444,7 @@ impl World {
             .ep
             .handle_tun_packet(now, &mut buf, HEADROOM, packet.len());
         if let TunOutcome::Send(t) = &out {
-            let from = self.nodes[i].addr;
+            let from = self.nodes[i].socket_addr(t.to.socket);
             self.send(from, t.to, buf[t.range.clone()].to_vec());
         }
         self.drain(i);
@@ -435,7 +461,12 @@ impl World {
                 continue;
             }
             n += 1;
-            let Some(i) = self.nodes.iter().position(|node| node.addr == d.to) else {
+            let Some((i, socket)) = self
+                .nodes
+                .iter()
+                .enumerate()
+                .find_map(|(i, node)| node.socket_of(d.to).map(|s| (i, s)))
+            else {
                 continue;
             };
             let mut buf = d.bytes.clone();
@@ -444,6 +475,7 @@ impl World {
             let from = Remote {
                 transport: d.transport,
                 addr: d.from,
+                socket,
             };
             match self.nodes[i]
                 .ep
@@ -451,7 +483,7 @@ impl World {
             {
                 DatagramOutcome::Deliver(r) => self.nodes[i].delivered.push(buf[r].to_vec()),
                 DatagramOutcome::Send(t) => {
-                    let from = self.nodes[i].addr;
+                    let from = self.nodes[i].socket_addr(t.to.socket);
                     self.send(from, t.to, buf[t.range].to_vec());
                 }
                 DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}

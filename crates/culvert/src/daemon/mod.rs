@@ -12,6 +12,7 @@
 //! ```
 
 mod requests;
+mod spray;
 mod underlay;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -41,6 +42,7 @@ use crate::cli::TransportArg;
 use crate::config::{PassphraseOrigin, RoleSettings, Settings};
 use crate::{identity, metrics};
 use requests::{Kind, Readable, Requests, Stream};
+use spray::SpraySockets;
 use underlay::{FakeTcp, Outbound, Underlay};
 
 const TUN: u64 = 0;
@@ -48,6 +50,8 @@ const UDP: u64 = 1;
 const SIGNAL: u64 = 2;
 const CONTROL: u64 = 3;
 const METRICS: u64 = 4;
+/// Port prediction's extra UDP sockets (one nested epoll for all).
+const SPRAY: u64 = 5;
 /// Packet sockets of FakeTCP: `RAW + i`.
 const RAW: u64 = 8;
 /// Control and metrics connections: from `CONNECTIONS` up.
@@ -133,7 +137,11 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             };
             (
                 Role::Hub(hub),
-                Underlay { udp, ftcp },
+                Underlay {
+                    udp,
+                    ftcp,
+                    spray: SpraySockets::new(listen.is_ipv6())?,
+                },
                 listen.is_ipv6(),
                 None,
             )
@@ -188,7 +196,11 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             };
             (
                 Role::Client(cfg),
-                Underlay { udp, ftcp },
+                Underlay {
+                    udp,
+                    ftcp,
+                    spray: SpraySockets::new(addr.is_ipv6())?,
+                },
                 addr.is_ipv6(),
                 Some(server.clone()),
             )
@@ -243,6 +255,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     poller.add(tun.as_raw_fd(), TUN)?;
     if let Some(u) = &underlay.udp {
         poller.add(u.as_raw_fd(), UDP)?;
+        poller.add(underlay.spray.as_raw_fd(), SPRAY)?;
     }
     if let Some(f) = &underlay.ftcp {
         for (i, r) in f.receivers.iter().enumerate() {
@@ -356,7 +369,12 @@ impl Daemon {
             for &token in &ready[..n] {
                 match token {
                     TUN => self.on_tun(),
-                    UDP => self.on_udp(),
+                    UDP => self.on_udp(0),
+                    SPRAY => {
+                        for k in self.underlay.spray.ready() {
+                            self.on_udp(k);
+                        }
+                    }
                     SIGNAL => self.on_signal(),
                     CONTROL => self.on_control(),
                     METRICS => self.on_metrics(),
@@ -380,6 +398,7 @@ impl Daemon {
             self.flush_control();
             self.on_events();
             self.requests.expire(&self.poller, now);
+            self.underlay.spray.expire(now);
         }
         tracing::info!("shutting down");
         self.ep.shutdown(Instant::now());
@@ -459,9 +478,14 @@ impl Daemon {
         }
     }
 
-    fn on_udp(&mut self) {
+    /// Datagrams on UDP socket `socket` (0: the main one, else port prediction's).
+    fn on_udp(&mut self, socket: u16) {
         for _ in 0..ROUNDS {
-            let Some(udp) = &self.underlay.udp else {
+            let udp = match socket {
+                0 => self.underlay.udp.as_ref(),
+                k => self.underlay.spray.get(k),
+            };
+            let Some(udp) = udp else {
                 return;
             };
             let got = match udp.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.meta) {
@@ -476,7 +500,8 @@ impl Daemon {
             for i in 0..got {
                 let m = self.meta[i];
                 let at = i * SLOT + RX_OFFSET;
-                let _ = self.deliver(now, &mut out, Remote::udp(m.from), at..at + m.len);
+                let from = Remote::udp_on(socket, m.from);
+                let _ = self.deliver(now, &mut out, from, at..at + m.len);
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
                 self.io_error("sending", &e);

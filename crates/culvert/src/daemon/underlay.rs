@@ -13,6 +13,8 @@ use culvert_sys::nft::{FlowMatch, Table};
 use culvert_sys::raw::{PacketMeta, PacketReceiver, PortMatch, RawSender};
 use culvert_sys::udp::{BATCH, UdpSocket};
 
+use super::spray::SpraySockets;
+
 /// FakeTCP's parts.
 pub(crate) struct FakeTcp {
     pub(crate) stack: Stack,
@@ -219,12 +221,13 @@ fn source_address(server: SocketAddr) -> Result<IpAddr> {
 pub(crate) struct Underlay {
     pub(crate) udp: Option<UdpSocket>,
     pub(crate) ftcp: Option<FakeTcp>,
+    pub(crate) spray: SpraySockets,
 }
 
-/// Messages to send at the end of a batch: UDP datagrams and FakeTCP packets, as ranges of
-/// one buffer.
+/// Messages to send at the end of a batch: UDP datagrams (with the socket each leaves
+/// from, see [`Remote::socket`]) and FakeTCP packets, as ranges of one buffer.
 pub(crate) struct Outbound {
-    udp: [(SocketAddr, usize, usize); BATCH],
+    udp: [(u16, SocketAddr, usize, usize); BATCH],
     n_udp: usize,
     raw: [(IpAddr, usize, usize); BATCH],
     n_raw: usize,
@@ -234,7 +237,7 @@ impl Outbound {
     pub(crate) fn new() -> Self {
         let zero = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
-            udp: [(zero, 0, 0); BATCH],
+            udp: [(0, zero, 0, 0); BATCH],
             n_udp: 0,
             raw: [(zero.ip(), 0, 0); BATCH],
             n_raw: 0,
@@ -243,6 +246,15 @@ impl Outbound {
 }
 
 impl Underlay {
+    /// UDP socket `k` (0: the main one); an extra one is opened if needed.
+    fn udp_socket(&mut self, k: u16, now: Instant) -> Option<&UdpSocket> {
+        match k {
+            0 => self.udp.as_ref(),
+            _ if self.udp.is_none() => None,
+            _ => self.spray.open(k, now),
+        }
+    }
+
     /// Queues `buf[range]` (a sealed outer message) for `to`. FakeTCP wraps it in place,
     /// so `buf` must have [`faketcp::HEADROOM`] free bytes before `range`.
     pub(crate) fn queue(
@@ -255,8 +267,8 @@ impl Underlay {
         range: Range<usize>,
     ) {
         match to.transport {
-            Transport::Udp if self.udp.is_some() && out.n_udp < BATCH => {
-                out.udp[out.n_udp] = (to.addr, range.start, range.end);
+            Transport::Udp if out.n_udp < BATCH && self.udp_socket(to.socket, now).is_some() => {
+                out.udp[out.n_udp] = (to.socket, to.addr, range.start, range.end);
                 out.n_udp += 1;
             }
             Transport::FakeTcp if out.n_raw < BATCH => {
@@ -284,16 +296,28 @@ impl Underlay {
         buf: &[u8],
     ) -> Result<(), std::io::Error> {
         let mut result = Ok(());
-        if out.n_udp > 0 {
-            let mut msgs: [(SocketAddr, &[u8]); BATCH] = [(out.udp[0].0, &[]); BATCH];
-            for (m, &(to, s, e)) in msgs.iter_mut().zip(&out.udp[..out.n_udp]) {
-                *m = (to, &buf[s..e]);
+        // One sendmmsg per run of datagrams from the same socket (nearly always one run).
+        let mut first = 0;
+        while first < out.n_udp {
+            let socket = out.udp[first].0;
+            let mut msgs: [(SocketAddr, &[u8]); BATCH] = [(out.udp[first].1, &[]); BATCH];
+            let mut n = 0;
+            for &(k, to, s, e) in out.udp[first..out.n_udp]
+                .iter()
+                .take_while(|m| m.0 == socket)
+            {
+                debug_assert_eq!(k, socket);
+                msgs[n] = (to, &buf[s..e]);
+                n += 1;
             }
-            let sent = self
-                .udp
-                .as_ref()
-                .map_or(Ok(0), |u| u.send_batch(&msgs[..out.n_udp]));
-            result = account(ep, sent, out.n_udp);
+            let sock = match socket {
+                0 => self.udp.as_ref(),
+                k => self.spray.get(k),
+            };
+            let sent = sock.map_or(Ok(0), |u| u.send_batch(&msgs[..n]));
+            let r = account(ep, sent, n);
+            result = result.and(r);
+            first += n;
         }
         if out.n_raw > 0 {
             let mut pkts: [(IpAddr, &[u8]); BATCH] = [(out.raw[0].0, &[]); BATCH];
@@ -321,7 +345,9 @@ impl Underlay {
         t: &culvert_core::OwnedTransmit,
     ) -> Result<(), std::io::Error> {
         let (to, bytes) = (t.to, &t.bytes[..]);
-        if let (Some(ttl), Transport::Udp, Some(udp)) = (t.ttl, to.transport, &self.udp) {
+        if let (Some(ttl), Transport::Udp) = (t.ttl, to.transport)
+            && let Some(udp) = self.udp_socket(to.socket, now)
+        {
             return match udp.send_with_ttl(to.addr, bytes, ttl) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -114,3 +114,16 @@ pub fn udp_payload(pkt: &[u8], port: u16) -> Option<Vec<u8>> {
     }
     Some(pkt[ihl + 8..].to_vec())
 }
+
+/// The packets named counter `name` of the router's `inet` table `table` has counted
+/// (`u64::MAX` if it cannot be read).
+pub fn counter(lab: &Lab, table: &str, name: &str) -> u64 {
+    let out = lab
+        .sh(None, &format!("nft list counter inet {table} {name}"))
+        .unwrap_or_default();
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
+}
