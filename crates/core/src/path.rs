@@ -340,6 +340,8 @@ impl PathSet {
                 .iter()
                 .any(|c| c.kind == CandidateKind::Local && c.addr == *p)
         });
+        // The 256 probes of a prediction only when our own backoff allows a punch: the peer
+        // (through the hub) cannot make us spray more often than we would.
         let prediction = Prediction::choose(
             ports_changed,
             theirs,
@@ -347,7 +349,8 @@ impl PathSet {
             public.first().copied(),
             peer_behind_nat,
             rng,
-        );
+        )
+        .filter(|_| self.retry_at.is_none_or(|t| t <= now));
         candidates.retain(|c| c.kind == CandidateKind::Reflexive || !public.contains(&c.addr));
         candidates.sort_by_key(|c| c.kind);
         candidates.dedup_by_key(|c| c.addr);
@@ -916,6 +919,23 @@ mod tests {
         assert!(extra(false, false, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
         // Both change ports: the birthday odds are hopeless; no prediction.
         assert!(extra(true, true, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
+        // A Punch the peer asked for during our backoff gets no prediction from us.
+        let mut p = behind_nat_facing(t, true, ["192.168.1.12:4000", "203.0.113.1:4000"]);
+        let _ = rounds(&mut p, t);
+        let _ = p.poll(t + PUNCH_FOR);
+        assert_eq!(p.reason(), RelayReason::SymmetricOne);
+        let later = t + PUNCH_FOR + PUNCH_INTERVAL;
+        let candidates = vec![
+            cand(CandidateKind::Local, "192.168.1.12:4000"),
+            cand(CandidateKind::Reflexive, "203.0.113.1:4000"),
+        ];
+        p.start(later, candidates, true, true, &mut rng());
+        assert!(
+            rounds(&mut p, later)
+                .concat()
+                .iter()
+                .all(|(to, _)| to.socket == 0)
+        );
         // A probe from the peer gives a path only while there is none.
         let mut p = PathSet::default();
         let a = Remote::udp("198.51.100.1:4000".parse().unwrap());
