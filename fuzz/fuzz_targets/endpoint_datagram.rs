@@ -52,6 +52,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         networks: vec!["10.0.0.0/24".parse().unwrap()],
         p2p: true,
         mesh_relay: culvert_core::MeshRelay::default(),
+        full_tunnel: false,
     });
     let mut eps = [
         Endpoint::new(

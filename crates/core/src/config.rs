@@ -83,6 +83,10 @@ pub struct ClientConfig {
     /// Forward ciphertext for other nodes over our direct paths (mesh relaying), and reach
     /// the hub through another client when our own path to it fails.
     pub mesh_relay: MeshRelay,
+    /// Full tunnel: every destination without a more specific route (0.0.0.0/0, ::/0)
+    /// goes to the hub, and packets from the hub may come from any source — the hub is
+    /// this client's exit to the Internet.
+    pub full_tunnel: bool,
 }
 
 /// Mesh relaying settings of a client.

@@ -128,6 +128,14 @@ pub(crate) struct ServerArgs {
     /// Clients reach the server but not each other. [key: client_isolation]
     #[arg(long)]
     pub(crate) client_isolation: bool,
+    /// Be the clients' exit: forward their traffic out of the uplink and masquerade it
+    /// (rules in culvert's own nftables table, undone at exit). [key: nat]
+    #[arg(long)]
+    pub(crate) nat: bool,
+    /// The uplink to masquerade out of; default: the default route's interface.
+    /// [key: nat_interface]
+    #[arg(long, value_name = "IFACE", requires = "nat")]
+    pub(crate) nat_interface: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +169,17 @@ pub(crate) struct ClientArgs {
     /// Relays a message this client sends may cross, 1-8 (default 3). [key: max_hops]
     #[arg(long, value_name = "N")]
     pub(crate) max_hops: Option<u8>,
+    /// Send all IPv4 and IPv6 traffic through the server (needs a server with --nat);
+    /// nothing leaks while the tunnel is down. [key: full_tunnel]
+    #[arg(long)]
+    pub(crate) full_tunnel: bool,
+    /// With --full-tunnel: keep the LAN (every route more specific than the default one)
+    /// outside the tunnel; default true. [key: allow_lan]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) allow_lan: Option<bool>,
+    /// With --full-tunnel: a DNS server to use while the tunnel runs (repeat). [key: dns]
+    #[arg(long, value_name = "IP")]
+    pub(crate) dns: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ pub(crate) fn render_json(
         let (flows, merged) = faketcp.unwrap_or_default();
         m.insert("transports".into(), info.transports.into());
         m.insert("nft_table".into(), info.nft_table.clone().into());
+        m.insert("gateway".into(), info.gateway.clone().into());
         m.insert(
             "faketcp_flows".into(),
             serde_json::to_value(flows).unwrap_or(Value::Null),

@@ -5,6 +5,7 @@
 //! * [`udp`] — UDP sockets with batched receive and send (`recvmmsg`/`sendmmsg`);
 //! * [`raw`] and [`nft`] — FakeTCP's raw and packet sockets, and its nftables table;
 //! * [`sockopt`] — socket options, and the large buffers datagram sockets need;
+//! * [`sysctl`] — kernel parameters (forwarding, for a gateway);
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
 //! * [`control`] — the daemon's local control socket (a file under `/run/culvert/<netns>`);
 //! * [`privilege`] — dropping root after setup: another user, two capabilities;
@@ -27,6 +28,7 @@ pub mod poll;
 pub mod privilege;
 pub mod raw;
 pub mod sockopt;
+pub mod sysctl;
 pub mod tun;
 pub mod udp;
 

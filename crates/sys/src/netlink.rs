@@ -1,4 +1,5 @@
-//! rtnetlink requests: link state and MTU, addresses, routes, deleting links.
+//! rtnetlink requests: link state and MTU, addresses, routes (in any table), policy
+//! routing rules, deleting links.
 //!
 //! Each request is one message with `NLM_F_ACK`; the kernel's acknowledgement carries the
 //! result, so every change is confirmed or reported with the kernel's own errno.
@@ -18,6 +19,17 @@ const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const RTA_TABLE: u16 = 15;
+const FRA_PRIORITY: u16 = 6;
+const FRA_FWMARK: u16 = 10;
+const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
+const FRA_TABLE: u16 = 15;
+const FRA_FWMASK: u16 = 16;
+const FIB_RULE_INVERT: u32 = 0x2;
+const FR_ACT_TO_TBL: u8 = 1;
+const RT_TABLE_UNSPEC: u8 = 0;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
@@ -29,7 +41,6 @@ const IFA_F_NODAD: u8 = 0x02;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_PRIORITY: u16 = 6;
-const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
@@ -44,6 +55,29 @@ pub struct Route {
     pub ifindex: u32,
     /// Route metric (lower wins).
     pub metric: u32,
+    /// Routing table ([`Route::MAIN`] unless policy routing uses another).
+    pub table: u32,
+}
+
+impl Route {
+    /// The main routing table.
+    pub const MAIN: u32 = 254;
+}
+
+/// A policy routing rule: look up `table` for packets (of `v6`'s family) matching it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// Order among rules (lower first).
+    pub priority: u32,
+    /// The table to look up.
+    pub table: u32,
+    /// Match packets *without* this firewall mark (all bits).
+    pub not_fwmark: Option<u32>,
+    /// Ignore routes of this prefix length or shorter found in `table` (0: its default
+    /// route), so more specific routes there still win.
+    pub suppress_prefixlen: Option<u32>,
 }
 
 /// A NETLINK_ROUTE socket.
@@ -157,6 +191,26 @@ impl Netlink {
         }
     }
 
+    /// Adds a policy routing rule.
+    pub fn add_rule(&mut self, rule: Rule) -> Result<()> {
+        let m = rule_message(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, rule);
+        self.request(m, || format!("adding routing rule {rule:?}"))
+    }
+
+    /// Deletes every rule equal to `rule` (one may be left from a crashed run, or two);
+    /// none left is not an error.
+    pub fn delete_rule(&mut self, rule: Rule) -> Result<()> {
+        for _ in 0..16 {
+            let m = rule_message(RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, rule);
+            match self.request(m, || format!("deleting routing rule {rule:?}")) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn request(&mut self, mut m: Message, what: impl Fn() -> String) -> Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -213,22 +267,52 @@ fn route_message(ty: u16, flags: u16, r: Route) -> Message {
     let mut m = Message::new(ty, flags);
     let net = r.dst.network();
     let (family, bytes) = family_bytes(net.addr());
+    let table = match u8::try_from(r.table) {
+        Ok(t) => t,
+        Err(_) => RT_TABLE_UNSPEC,
+    };
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
     m.push(&[
         family,
         net.len(),
         0,
         0,
-        RT_TABLE_MAIN,
+        table,
         RTPROT_STATIC,
         RT_SCOPE_LINK,
         RTN_UNICAST,
     ]);
     m.push(&0u32.to_ne_bytes());
-    m.attr(RTA_DST, &bytes);
+    m.attr(RTA_TABLE, &r.table.to_ne_bytes());
+    if !net.is_empty() {
+        m.attr(RTA_DST, &bytes);
+    }
     m.attr(RTA_OIF, &r.ifindex.to_ne_bytes());
     if r.metric > 0 {
         m.attr(RTA_PRIORITY, &r.metric.to_ne_bytes());
+    }
+    m
+}
+
+fn rule_message(ty: u16, flags: u16, r: Rule) -> Message {
+    let mut m = Message::new(ty, flags);
+    let family = if r.v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+    let invert = if r.not_fwmark.is_some() {
+        FIB_RULE_INVERT
+    } else {
+        0
+    };
+    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+    m.push(&[family, 0, 0, 0, RT_TABLE_UNSPEC, 0, 0, FR_ACT_TO_TBL]);
+    m.push(&invert.to_ne_bytes());
+    m.attr(FRA_PRIORITY, &r.priority.to_ne_bytes());
+    m.attr(FRA_TABLE, &r.table.to_ne_bytes());
+    if let Some(mark) = r.not_fwmark {
+        m.attr(FRA_FWMARK, &mark.to_ne_bytes());
+        m.attr(FRA_FWMASK, &u32::MAX.to_ne_bytes());
+    }
+    if let Some(len) = r.suppress_prefixlen {
+        m.attr(FRA_SUPPRESS_PREFIXLEN, &len.to_ne_bytes());
     }
     m
 }

@@ -1,11 +1,21 @@
-//! culvert's nftables table: the two rules FakeTCP needs, installed and removed atomically.
+//! culvert's nftables table: one per instance, holding every rule the instance needs,
+//! built from a [`RuleSet`] and installed, replaced and removed atomically.
 //!
 //! ```text
 //! table inet culvert_<instance> {
+//!   # FakeTCP
 //!   chain pre { type filter hook prerouting priority raw - 10;
 //!               fib daddr type local iifname != <tun> <our TCP flows> drop }
 //!   chain out { type filter hook output priority raw - 10;
 //!               oifname != <tun> <our TCP flows> notrack }
+//!   # a server as an exit
+//!   chain nat { type nat hook postrouting priority srcnat;
+//!               oifname <uplink> ip saddr <overlay> masquerade }
+//!   chain confine { type filter hook forward priority filter;
+//!               iifname <uplink> oifname != <tun> drop }        # only if we enabled it
+//!   # a gateway of any kind
+//!   chain mss { type filter hook forward priority mangle;
+//!               iifname|oifname <tun> tcp SYN: maxseg size set rt mtu }
 //! }
 //! ```
 //!
@@ -17,6 +27,14 @@
 //! * `out` exempts our raw segments from the host's conntrack (and NAT), which would
 //!   otherwise track half a connection and might mark it invalid; traffic into the TUN
 //!   is left alone.
+//! * `nat` gives the overlay's traffic to the Internet the uplink's address. `confine` keeps
+//!   forwarding on the uplink (which an exit must turn on for the answers) from forwarding
+//!   anything else; it is there only when the uplink did not forward before. An accept
+//!   here cannot override another table's `policy drop` (nftables runs every base chain):
+//!   see the README for ufw, firewalld and Docker.
+//! * `mss` lowers the MSS of TCP SYNs forwarded through the tunnel to what the route's MTU
+//!   allows (it never raises one), so hosts behind a gateway never send segments too
+//!   large for the overlay.
 //!
 //! The table is replaced in one transaction at start (so a table left by a crash is
 //! replaced) and deleted at exit.
@@ -24,6 +42,8 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+
+use culvert_wire::addr::Prefix;
 
 use crate::{Error, Result};
 
@@ -44,6 +64,77 @@ pub enum FlowMatch {
     },
 }
 
+/// A server as an exit to the uplink's networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The interface traffic leaves by (the default route's).
+    pub uplink: String,
+    /// The overlay prefixes to masquerade.
+    pub sources: Vec<Prefix>,
+    /// Drop what arrives on the uplink for anywhere but the TUN: the uplink forwards only
+    /// because culvert turned forwarding on for it.
+    pub confine_uplink: bool,
+}
+
+/// What an instance's table holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    /// FakeTCP's flows.
+    pub faketcp: Option<FlowMatch>,
+    /// Masquerading for a server that is an exit.
+    pub exit: Option<Exit>,
+    /// Clamp the MSS of TCP SYNs forwarded through the TUN.
+    pub clamp_mss: bool,
+}
+
+impl RuleSet {
+    /// Whether there is anything to install.
+    pub fn is_empty(&self) -> bool {
+        self.faketcp.is_none() && self.exit.is_none() && !self.clamp_mss
+    }
+
+    /// The table's body (chains and rules) for TUN device `tun`.
+    fn chains(&self, tun: &str) -> String {
+        let tun = quote(tun);
+        let mut out = String::new();
+        if let Some(flows) = self.faketcp {
+            let (pre, local) = rules(flows);
+            out += &format!(
+                "\tchain pre {{ type filter hook prerouting priority raw - 10; policy accept;\n\t\t\
+                 fib daddr type local iifname != {tun} {pre} counter drop comment \"culvert FakeTCP: read by the daemon\"\n\t}}\n\
+                 \tchain out {{ type filter hook output priority raw - 10; policy accept;\n\t\t\
+                 oifname != {tun} {local} counter notrack comment \"culvert FakeTCP: untracked\"\n\t}}\n"
+            );
+        }
+        if let Some(exit) = &self.exit {
+            let uplink = quote(&exit.uplink);
+            out += "\tchain nat { type nat hook postrouting priority srcnat; policy accept;\n";
+            for p in &exit.sources {
+                let fam = if p.addr().is_ipv4() { "ip" } else { "ip6" };
+                out += &format!(
+                    "\t\toifname {uplink} {fam} saddr {} counter masquerade comment \"culvert exit\"\n",
+                    p.network()
+                );
+            }
+            out += "\t}\n";
+            if exit.confine_uplink {
+                out += &format!(
+                    "\tchain confine {{ type filter hook forward priority filter; policy accept;\n\t\t\
+                     iifname {uplink} oifname != {tun} counter drop comment \"culvert: the uplink forwards only for the overlay\"\n\t}}\n"
+                );
+            }
+        }
+        if self.clamp_mss {
+            out += &format!(
+                "\tchain mss {{ type filter hook forward priority mangle; policy accept;\n\t\t\
+                 iifname {tun} tcp flags syn tcp option maxseg size set rt mtu\n\t\t\
+                 oifname {tun} tcp flags syn tcp option maxseg size set rt mtu\n\t}}\n"
+            );
+        }
+        out
+    }
+}
+
 /// An installed table; dropping it deletes the table.
 #[derive(Debug)]
 pub struct Table {
@@ -61,17 +152,12 @@ impl Table {
     }
 
     /// Installs (or atomically replaces) the table of `instance`, whose TUN device is
-    /// `tun`.
-    pub fn install(instance: &str, tun: &str, flows: FlowMatch) -> Result<Self> {
+    /// `tun`, with `rules`.
+    pub fn install(instance: &str, tun: &str, rules: &RuleSet) -> Result<Self> {
         let name = Self::name_for(instance);
-        let (pre, out) = rules(flows);
-        let tun = quote(tun);
-        let pre = format!("fib daddr type local iifname != {tun} {pre}");
-        let out = format!("oifname != {tun} {out}");
         let script = format!(
-            "table inet {name}\ndelete table inet {name}\ntable inet {name} {{\n\
-             \tchain pre {{ type filter hook prerouting priority raw - 10; policy accept;\n\t\t{pre} counter drop comment \"culvert FakeTCP: read by the daemon\"\n\t}}\n\
-             \tchain out {{ type filter hook output priority raw - 10; policy accept;\n\t\t{out} counter notrack comment \"culvert FakeTCP: untracked\"\n\t}}\n}}\n"
+            "table inet {name}\ndelete table inet {name}\ntable inet {name} {{\n{}}}\n",
+            rules.chains(tun)
         );
         nft(&script).map_err(|e| Error::io(format!("installing nftables table {name}"), e))?;
         Ok(Self { name })
@@ -135,7 +221,8 @@ fn nft(script: &str) -> std::io::Result<()> {
     let Some(bin) = NFT_PATHS.iter().find(|p| std::path::Path::new(p).exists()) else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            "the nft command is missing: install nftables (FakeTCP needs it) or use --transport udp",
+            "the nft command is missing: install nftables (FakeTCP and gateways need it), or \
+             use --transport udp without --nat",
         ));
     };
     let mut child = Command::new(bin)

@@ -52,6 +52,15 @@ impl RawSender {
         })
     }
 
+    /// Marks what these sockets send (see [`crate::sockopt::set_mark`]).
+    pub fn set_mark(&self, mark: u32) -> Result<()> {
+        for fd in self.v4.iter().chain(&self.v6) {
+            crate::sockopt::set_mark(fd, mark)
+                .map_err(|e| Error::io("setting SO_MARK on FakeTCP's raw socket", e))?;
+        }
+        Ok(())
+    }
+
     /// Sends each packet to its destination address; returns how many the kernel took.
     pub fn send_batch(&self, packets: &[(IpAddr, &[u8])]) -> io::Result<usize> {
         let mut sent = 0;

@@ -38,6 +38,17 @@ pub fn grow_buffers(fd: &impl AsFd, which: Buffers) {
     }
 }
 
+/// Marks what the socket sends with firewall mark `mark` (`SO_MARK`, needs CAP_NET_ADMIN):
+/// policy routing sends marked packets around the full tunnel's routes.
+pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
+    set_int(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        libc::c_int::from_ne_bytes(mark.to_ne_bytes()),
+    )
+}
+
 /// `setsockopt(2)` with an `int` value.
 pub(crate) fn set_int(
     fd: &impl AsFd,

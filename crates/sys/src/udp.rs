@@ -57,6 +57,12 @@ impl UdpSocket {
         Ok(s)
     }
 
+    /// Marks what this socket sends (see [`crate::sockopt::set_mark`]).
+    pub fn set_mark(&self, mark: u32) -> Result<()> {
+        crate::sockopt::set_mark(&self.sock, mark)
+            .map_err(|e| Error::io("setting SO_MARK on a UDP socket (needs CAP_NET_ADMIN)", e))
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()

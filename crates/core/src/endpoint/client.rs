@@ -207,6 +207,20 @@ impl Endpoint {
         ok
     }
 
+    /// Routes the hub's own addresses to it, and everything else too in a full tunnel.
+    pub(super) fn route_to_hub(&mut self, addresses: &[Prefix]) {
+        self.routes.remove_value(PeerId::HUB);
+        for a in addresses {
+            self.routes.insert(Prefix::host(a.addr()), PeerId::HUB);
+        }
+        if matches!(&self.cfg.role, crate::config::Role::Client(c) if c.full_tunnel) {
+            for any in ["0.0.0.0/0", "::/0"] {
+                let p: Prefix = any.parse().expect("a valid prefix");
+                self.routes.insert(p, PeerId::HUB);
+            }
+        }
+    }
+
     /// The hub accepted our join (first time, reconnect, or rekey).
     pub(super) fn on_joined(&mut self, now: Instant, mut w: Welcome) {
         w.responder_addresses = self.inside_networks(
@@ -214,10 +228,7 @@ impl Endpoint {
             core::mem::take(&mut w.responder_addresses),
         );
         w.granted = self.inside_networks("granted addresses", core::mem::take(&mut w.granted));
-        self.routes.remove_value(PeerId::HUB);
-        for a in &w.responder_addresses {
-            self.routes.insert(Prefix::host(a.addr()), PeerId::HUB);
-        }
+        self.route_to_hub(&w.responder_addresses);
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
             hub.addresses = w.responder_addresses.clone();
         }

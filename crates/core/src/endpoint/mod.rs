@@ -237,6 +237,9 @@ impl Endpoint {
             role,
         };
         if ep.is_client() {
+            // A full tunnel holds everything for the hub from the start: queued until
+            // joined, never sent around it.
+            ep.route_to_hub(&[]);
             ep.start_handshake(now, PeerId::HUB);
         }
         ep

@@ -205,6 +205,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             networks: vec![prefix("10.0.0.0/8"), prefix("fd00::/8")],
             p2p: true,
             mesh_relay: culvert_core::MeshRelay::default(),
+            full_tunnel: false,
         }),
     }
 }

@@ -72,6 +72,13 @@ pub(crate) struct RawConfig {
     mesh_relay: Option<bool>,
     max_hops: Option<u8>,
     mesh_relay_mbps: Option<u32>,
+    /// Server: forward clients' traffic to the uplink and masquerade it.
+    nat: Option<bool>,
+    nat_interface: Option<String>,
+    /// Client: send all traffic through the server.
+    full_tunnel: Option<bool>,
+    allow_lan: Option<bool>,
+    dns: Option<Vec<String>>,
     private_key_file: Option<PathBuf>,
     tun_name: Option<String>,
     mtu: Option<u32>,
@@ -235,6 +242,8 @@ pub(crate) enum RoleSettings {
         max_clients: usize,
         isolation: bool,
         peers: Vec<ClientBinding>,
+        /// Be the clients' exit: `Some(uplink override)`.
+        nat: Option<Option<String>>,
     },
     Client {
         server: String,
@@ -245,7 +254,18 @@ pub(crate) enum RoleSettings {
         p2p: bool,
         /// Forward for others; the hop limit; the forwarding rate.
         mesh_relay: MeshRelay,
+        /// Send all traffic through the server.
+        full_tunnel: Option<FullTunnel>,
     },
+}
+
+/// A full-tunnel client's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FullTunnel {
+    /// The LAN's own routes stay outside the tunnel.
+    pub(crate) allow_lan: bool,
+    /// DNS servers to use while the tunnel runs.
+    pub(crate) dns: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -258,6 +278,10 @@ impl Settings {
         if args.client_isolation {
             raw.client_isolation = Some(true);
         }
+        if args.nat {
+            raw.nat = Some(true);
+        }
+        merge(&mut raw.nat_interface, &args.nat_interface);
         Self::build(raw, true)
     }
 
@@ -280,6 +304,13 @@ impl Settings {
             raw.mesh_relay = Some(false);
         }
         merge(&mut raw.max_hops, &args.max_hops);
+        if args.full_tunnel {
+            raw.full_tunnel = Some(true);
+        }
+        merge(&mut raw.allow_lan, &args.allow_lan);
+        if !args.dns.is_empty() {
+            raw.dns = Some(args.dns.clone());
+        }
         Self::build(raw, false)
     }
 
@@ -369,6 +400,22 @@ impl Settings {
                     "is a client setting; a server's network is the prefix of its addresses",
                 ));
             }
+            if raw.full_tunnel.is_some() || raw.allow_lan.is_some() || raw.dns.is_some() {
+                return Err(err(
+                    "full_tunnel",
+                    "full_tunnel, allow_lan and dns are client settings; a server is an exit \
+                     with nat = true",
+                ));
+            }
+            if raw.nat_interface.is_some() && raw.nat != Some(true) {
+                return Err(err("nat_interface", "only means something with nat = true"));
+            }
+            let nat = raw
+                .nat
+                .unwrap_or(false)
+                .then(|| raw.nat_interface.clone())
+                .map(|i| i.map(|n| check_interface("nat_interface", n)).transpose())
+                .transpose()?;
             if addresses.is_empty() {
                 return Err(err(
                     "address",
@@ -396,18 +443,42 @@ impl Settings {
                 },
                 isolation: raw.client_isolation.unwrap_or(false),
                 peers,
+                nat,
             }
         } else {
             if raw.listen.is_some()
                 || raw.max_clients.is_some()
                 || raw.client_isolation.is_some()
+                || raw.nat.is_some()
+                || raw.nat_interface.is_some()
                 || !peers.is_empty()
             {
                 return Err(err(
                     "listen",
-                    "listen, max_clients, client_isolation and [[peer]] are server settings",
+                    "listen, max_clients, client_isolation, nat, nat_interface and [[peer]] \
+                     are server settings",
                 ));
             }
+            if (raw.allow_lan.is_some() || raw.dns.is_some()) && raw.full_tunnel != Some(true) {
+                return Err(err(
+                    "allow_lan",
+                    "allow_lan and dns only mean something with full_tunnel = true",
+                ));
+            }
+            let dns = raw
+                .dns
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| {
+                    d.parse()
+                        .map_err(|_| err("dns", format!("{d:?} is not an IP address")))
+                })
+                .collect::<Result<Vec<std::net::IpAddr>, _>>()?;
+            let full_tunnel = raw.full_tunnel.unwrap_or(false).then(|| FullTunnel {
+                allow_lan: raw.allow_lan.unwrap_or(true),
+                dns,
+            });
             let server = raw
                 .server
                 .ok_or_else(|| err("server", "no server given: use -r HOST:PORT"))?;
@@ -464,20 +535,13 @@ impl Settings {
                     max_hops,
                     rate,
                 },
+                full_tunnel,
             }
         };
-        let tun_name = raw.tun_name.unwrap_or_else(|| "culvert0".to_owned());
-        if tun_name.is_empty()
-            || tun_name.len() > 15
-            || !tun_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(err(
-                "tun_name",
-                format!("{tun_name:?}: use 1-15 letters, digits, '-', '_' or '.'"),
-            ));
-        }
+        let tun_name = check_interface(
+            "tun_name",
+            raw.tun_name.unwrap_or_else(|| "culvert0".to_owned()),
+        )?;
         if let Some(m) = raw.mtu {
             let min = if addresses.iter().any(|a| a.addr().is_ipv6()) {
                 1280
@@ -550,6 +614,22 @@ impl Settings {
             faketcp_isn: raw.faketcp_isn,
         })
     }
+}
+
+/// An interface name as Linux allows it (and nftables scripts can carry unquoted).
+fn check_interface(key: &str, name: String) -> Result<String, ConfigError> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            key,
+            format!("{name:?}: use 1-15 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(name)
 }
 
 /// `auto`, `off`, or `DATA:PARITY`.

@@ -11,6 +11,7 @@
 //! always           -> send queued control messages, act on events
 //! ```
 
+mod gateway;
 mod requests;
 mod spray;
 mod underlay;
@@ -28,6 +29,7 @@ use culvert_core::{
 };
 use culvert_sys::control::ControlListener;
 use culvert_sys::netlink::Netlink;
+use culvert_sys::nft::{RuleSet, Table};
 use culvert_sys::poll::{Poller, Signals};
 use culvert_sys::privilege;
 use culvert_sys::raw::PacketMeta;
@@ -41,6 +43,7 @@ use culvert_wire::tcp;
 use crate::cli::TransportArg;
 use crate::config::{PassphraseOrigin, RoleSettings, Settings};
 use crate::{identity, metrics};
+use gateway::Gateway;
 use requests::{Kind, Readable, Requests, Stream};
 use spray::SpraySockets;
 use underlay::{FakeTcp, Outbound, Underlay};
@@ -95,6 +98,15 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         tracing::info!(path = %p.display(), "generated this instance's identity key");
     }
     tracing::info!(public_key = %secret.public_key(), instance = %settings.tun_name, netns = %netns, "starting");
+    Gateway::recover(&state_dir);
+    // A full-tunnel client marks every underlay socket: marked traffic bypasses the tunnel.
+    let mark = match &settings.role {
+        RoleSettings::Client {
+            full_tunnel: Some(_),
+            ..
+        } => Some(gateway::mark_for(&settings.tun_name)),
+        _ => None,
+    };
     let psk = settings
         .passphrase
         .as_deref()
@@ -111,16 +123,14 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             max_clients,
             isolation,
             peers,
+            nat: _,
         } => {
             let udp = (settings.transport != TransportArg::Faketcp)
                 .then(|| UdpSocket::bind(*listen))
                 .transpose()?;
             let mss = mss_for(mtu_guess(&settings, listen.is_ipv6()));
             let mask = faketcp::mask_key(&handshake_psk(&psk, secret.public_key()));
-            let ftcp = match (
-                settings.transport,
-                FakeTcp::server(&instance, *listen, mss, mask, now),
-            ) {
+            let ftcp = match (settings.transport, FakeTcp::server(*listen, mss, mask, now)) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
                 (TransportArg::Faketcp, Err(e)) => return Err(e.context("starting FakeTCP")),
@@ -140,7 +150,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 Underlay {
                     udp,
                     ftcp,
-                    spray: SpraySockets::new(listen.is_ipv6())?,
+                    spray: SpraySockets::new(listen.is_ipv6(), None)?,
                 },
                 listen.is_ipv6(),
                 None,
@@ -152,10 +162,11 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             networks,
             p2p,
             mesh_relay,
+            full_tunnel,
         } => {
             let addr = resolve(server)?;
             let udp = (settings.transport != TransportArg::Faketcp)
-                .then(|| bind_client(addr))
+                .then(|| bind_client(addr, mark))
                 .transpose()?;
             // The configured key, else the one pinned at the first contact (passphrase mode).
             let pinned = match server_key {
@@ -171,7 +182,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             let mask = faketcp::mask_key(&handshake_psk(&psk, responder));
             let ftcp = match (
                 settings.transport,
-                FakeTcp::client(&instance, addr, mss, settings.faketcp_isn, mask, now),
+                FakeTcp::client(addr, mss, settings.faketcp_isn, mask, mark, now),
             ) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
@@ -193,13 +204,14 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 networks: networks.clone(),
                 p2p: *p2p,
                 mesh_relay: *mesh_relay,
+                full_tunnel: full_tunnel.is_some(),
             };
             (
                 Role::Client(cfg),
                 Underlay {
                     udp,
                     ftcp,
-                    spray: SpraySockets::new(addr.is_ipv6())?,
+                    spray: SpraySockets::new(addr.is_ipv6(), mark)?,
                 },
                 addr.is_ipv6(),
                 Some(server.clone()),
@@ -230,6 +242,14 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         _ => "faketcp",
     };
     tracing::info!(tun = tun.name(), mtu, addresses = %list(&settings.addresses), transports, "TUN device up");
+    let (gateway, table) = system_rules(
+        &settings,
+        &state_dir,
+        &mut netlink,
+        tun.name(),
+        ifindex,
+        &underlay,
+    )?;
 
     let timing = Timing {
         keepalive: settings.keepalive,
@@ -276,12 +296,16 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             RoleSettings::Client { server, .. } => server.clone(),
         },
         transports,
-        nft_table: underlay.ftcp.as_ref().map(|f| f.table().to_owned()),
+        nft_table: table.as_ref().map(|t| t.name().to_owned()),
+        gateway: gateway.as_ref().map(|g| g.summary.clone()),
         started: now,
     };
     drop_privileges(settings.user.as_deref(), &state_dir, &control, faketcp_on)?;
     let mut d = Daemon {
         ep,
+        _gateway: gateway,
+        _table: table,
+        mark,
         tun,
         underlay,
         poller,
@@ -318,11 +342,18 @@ pub(crate) struct DaemonInfo {
     pub(crate) underlay: String,
     pub(crate) transports: &'static str,
     pub(crate) nft_table: Option<String>,
+    /// What makes this node a gateway, if anything (exit, full tunnel).
+    pub(crate) gateway: Option<String>,
     pub(crate) started: Instant,
 }
 
 struct Daemon {
     ep: Endpoint,
+    /// Undone on drop: the gateway's system changes, the nftables table.
+    _gateway: Option<Gateway>,
+    _table: Option<Table>,
+    /// A full tunnel's firewall mark for underlay sockets.
+    mark: Option<u32>,
     tun: Tun,
     underlay: Underlay,
     poller: Poller,
@@ -747,7 +778,7 @@ impl Daemon {
             }
         };
         if self.underlay.udp.is_some() {
-            match bind_client(addr) {
+            match bind_client(addr, self.mark) {
                 Ok(udp) => {
                     if let Some(old) = &self.underlay.udp {
                         let _ = self.poller.remove(old.as_raw_fd());
@@ -900,13 +931,67 @@ fn resolve(server: &str) -> Result<SocketAddr> {
         .with_context(|| format!("server {server} resolved to no address"))
 }
 
-fn bind_client(server: SocketAddr) -> Result<UdpSocket> {
+/// The client's main UDP socket; with a full tunnel's `mark` on what it sends.
+fn bind_client(server: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
     let local: SocketAddr = if server.is_ipv6() {
         "[::]:0".parse()?
     } else {
         "0.0.0.0:0".parse()?
     };
-    Ok(UdpSocket::bind(local)?)
+    let sock = UdpSocket::bind(local)?;
+    if let Some(m) = mark {
+        sock.set_mark(m)?;
+    }
+    Ok(sock)
+}
+
+/// The instance's system changes: a gateway's (exit, full tunnel) and one nftables table
+/// with every rule the instance needs (FakeTCP, masquerading, MSS clamping).
+fn system_rules(
+    settings: &Settings,
+    state_dir: &Path,
+    netlink: &mut Netlink,
+    tun: &str,
+    ifindex: u32,
+    underlay: &Underlay,
+) -> Result<(Option<Gateway>, Option<Table>)> {
+    let mut rules = RuleSet {
+        faketcp: underlay.ftcp.as_ref().map(|f| f.flows),
+        ..RuleSet::default()
+    };
+    let gateway = match &settings.role {
+        RoleSettings::Server {
+            nat: Some(uplink), ..
+        } => {
+            let (g, exit) = Gateway::exit(
+                state_dir,
+                tun,
+                uplink.as_deref(),
+                settings.addresses.clone(),
+            )?;
+            rules.exit = Some(exit);
+            Some(g)
+        }
+        RoleSettings::Client {
+            full_tunnel: Some(ft),
+            ..
+        } => Some(Gateway::full_tunnel(
+            state_dir,
+            &settings.tun_name,
+            tun,
+            ifindex,
+            netlink,
+            ft,
+        )?),
+        _ => None,
+    };
+    rules.clamp_mss = gateway.is_some();
+    if rules.is_empty() {
+        Table::remove_stale(&settings.tun_name);
+        return Ok((gateway, None));
+    }
+    let table = Table::install(&settings.tun_name, tun, &rules)?;
+    Ok((gateway, Some(table)))
 }
 
 /// The overlay MTU that keeps a 1500-byte underlay from fragmenting, whatever transport

@@ -31,6 +31,7 @@ struct Spray {
 /// Sockets `1..=SPRAY_SOCKETS` (0 is the main socket, not kept here).
 pub(crate) struct SpraySockets {
     poller: Poller,
+    mark: Option<u32>,
     /// Unspecified address of the main socket's family, to bind to.
     bind: IpAddr,
     /// Socket `k` at index `k - 1`.
@@ -40,9 +41,11 @@ pub(crate) struct SpraySockets {
 }
 
 impl SpraySockets {
-    /// `v6`: the main socket's family.
-    pub(crate) fn new(v6: bool) -> Result<Self> {
+    /// `v6`: the main socket's family; `mark`: a full tunnel's firewall mark, for every
+    /// socket.
+    pub(crate) fn new(v6: bool, mark: Option<u32>) -> Result<Self> {
         Ok(Self {
+            mark,
             poller: Poller::new(usize::from(SPRAY_SOCKETS))?,
             bind: if v6 {
                 Ipv6Addr::UNSPECIFIED.into()
@@ -60,7 +63,9 @@ impl SpraySockets {
     pub(crate) fn open(&mut self, k: u16, now: Instant) -> Option<&UdpSocket> {
         let slot = self.open.get_mut(usize::from(k).checked_sub(1)?)?;
         if slot.is_none() {
-            let sock = match UdpSocket::bind(SocketAddr::new(self.bind, 0)) {
+            let sock = match UdpSocket::bind(SocketAddr::new(self.bind, 0))
+                .and_then(|s| self.mark.map_or(Ok(()), |m| s.set_mark(m)).map(|()| s))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("port prediction: {e}");

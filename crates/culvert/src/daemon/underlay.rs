@@ -1,5 +1,6 @@
 //! The underlay: the UDP socket and the FakeTCP machinery (stack, raw sender, packet
-//! receivers, nftables table), and the sending of outer messages over either.
+//! receivers; its nftables rules are in the instance's table), and the sending of outer
+//! messages over either.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use culvert_core::faketcp::{self, Side, Stack};
 use culvert_core::{DropReason, Endpoint, Remote, Transport};
-use culvert_sys::nft::{FlowMatch, Table};
+use culvert_sys::nft::FlowMatch;
 use culvert_sys::raw::{PacketMeta, PacketReceiver, PortMatch, RawSender};
 use culvert_sys::udp::{BATCH, UdpSocket};
 
@@ -20,7 +21,10 @@ pub(crate) struct FakeTcp {
     pub(crate) stack: Stack,
     sender: RawSender,
     pub(crate) receivers: Vec<PacketReceiver>,
-    table: Table,
+    /// Which segments are ours, for the nftables table.
+    pub(crate) flows: FlowMatch,
+    /// Firewall mark of everything sent (a full-tunnel client), for source lookups too.
+    mark: Option<u32>,
     /// Client: the server it connects to (segments from anywhere else are dropped).
     server: Option<SocketAddr>,
     /// The overlay's TUN device: segments that arrive on it are not ours.
@@ -32,21 +36,16 @@ pub(crate) struct FakeTcp {
 impl FakeTcp {
     /// Server side: receives TCP for `listen`'s port, on the families `listen` covers.
     pub(crate) fn server(
-        instance: &str,
         listen: SocketAddr,
         mss: u16,
         mask_key: [u8; 32],
         now: Instant,
     ) -> Result<Self> {
         let (v4, v6) = families(listen.ip());
-        let table = Table::install(
-            instance,
-            instance,
-            FlowMatch::Server {
-                addr: listen.ip(),
-                port: listen.port(),
-            },
-        )?;
+        let flows = FlowMatch::Server {
+            addr: listen.ip(),
+            port: listen.port(),
+        };
         let mut receivers = Vec::new();
         for v6r in [false, true]
             .into_iter()
@@ -68,23 +67,24 @@ impl FakeTcp {
             stack: Stack::new(cfg, crate::identity::os_random(), now),
             sender: RawSender::open(v4, v6)?,
             receivers,
-            table,
+            flows,
+            mark: None,
             server: None,
             tun_ifindex: None,
             local: Some(LocalAddresses::new(listen.ip())),
         })
     }
 
-    /// Client side: one flow to `server`, opened at once (it stands by in `auto`).
+    /// Client side: one flow to `server`, opened at once (it stands by in `auto`); what
+    /// it sends carries firewall mark `mark` if given.
     pub(crate) fn client(
-        instance: &str,
         server: SocketAddr,
         mss: u16,
         isn: Option<u32>,
         mask_key: [u8; 32],
+        mark: Option<u32>,
         now: Instant,
     ) -> Result<Self> {
-        let table = Table::install(instance, instance, FlowMatch::Client { server })?;
         let receivers = vec![PacketReceiver::open(
             server.is_ipv6(),
             PortMatch::Source(server.port()),
@@ -96,11 +96,16 @@ impl FakeTcp {
             isn,
             mask_key,
         };
+        let sender = RawSender::open(server.is_ipv4(), server.is_ipv6())?;
+        if let Some(m) = mark {
+            sender.set_mark(m)?;
+        }
         let mut ft = Self {
             stack: Stack::new(cfg, crate::identity::os_random(), now),
-            sender: RawSender::open(server.is_ipv4(), server.is_ipv6())?,
+            sender,
             receivers,
-            table,
+            flows: FlowMatch::Client { server },
+            mark,
             server: Some(server),
             tun_ifindex: None,
             local: None,
@@ -112,7 +117,7 @@ impl FakeTcp {
     /// Client: (re)connects to `server` from the address the routing table picks, with a
     /// new port and ISN.
     pub(crate) fn connect(&mut self, now: Instant, server: SocketAddr) -> Result<()> {
-        let local = source_address(server)?;
+        let local = source_address(server, self.mark)?;
         self.server = Some(server);
         self.stack.connect(now, SocketAddr::new(local, 0), server);
         tracing::debug!(%server, %local, "FakeTCP: connecting");
@@ -127,11 +132,6 @@ impl FakeTcp {
             Some(s) if !self.stack.heard_within(s, now, fresh) => self.connect(now, s),
             _ => Ok(()),
         }
-    }
-
-    /// The nftables table name, for status.
-    pub(crate) fn table(&self) -> &str {
-        self.table.name()
     }
 
     /// Whether a segment from `from` belongs to us (a client only talks to its server).
@@ -204,14 +204,18 @@ fn families(ip: IpAddr) -> (bool, bool) {
     }
 }
 
-/// The local address the kernel would use to reach `server`.
-fn source_address(server: SocketAddr) -> Result<IpAddr> {
+/// The local address the kernel would use to reach `server` (with firewall mark `mark`:
+/// a full tunnel routes unmarked traffic into the TUN).
+fn source_address(server: SocketAddr, mark: Option<u32>) -> Result<IpAddr> {
     let any: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
         "[::]:0".parse()?
     };
     let s = StdUdp::bind(any).context("finding the source address towards the server")?;
+    if let Some(m) = mark {
+        culvert_sys::sockopt::set_mark(&s, m).context("marking the source address lookup")?;
+    }
     s.connect(server)
         .with_context(|| format!("no route to the server {server}"))?;
     Ok(s.local_addr()?.ip())

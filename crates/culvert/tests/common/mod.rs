@@ -118,8 +118,13 @@ pub fn udp_payload(pkt: &[u8], port: u16) -> Option<Vec<u8>> {
 /// The packets named counter `name` of the router's `inet` table `table` has counted
 /// (`u64::MAX` if it cannot be read).
 pub fn counter(lab: &Lab, table: &str, name: &str) -> u64 {
+    counter_in(lab, None, table, name)
+}
+
+/// [`counter`] in host `host`'s namespace (`None`: the router's).
+pub fn counter_in(lab: &Lab, host: Option<usize>, table: &str, name: &str) -> u64 {
     let out = lab
-        .sh(None, &format!("nft list counter inet {table} {name}"))
+        .sh(host, &format!("nft list counter inet {table} {name}"))
         .unwrap_or_default();
     out.split_whitespace()
         .skip_while(|w| *w != "packets")

@@ -1,0 +1,414 @@
+//! A node as a gateway: a server that is its clients' exit (`--nat`), and a client whose
+//! traffic all goes through the server (`--full-tunnel`).
+//!
+//! Every system change outside the instance's own nftables table and TUN device —
+//! sysctls, policy routing rules, DNS — is written to a record in the state directory
+//! *before* it is made, undone at exit, and undone at the next start when a crash left the
+//! record behind. Routes into the TUN need no record: they go with the device.
+//!
+//! **Why policy routing with a firewall mark** (as `wg-quick`), not `0.0.0.0/1` +
+//! `128.0.0.0/1` with a host route to the server: a client talks to more than the server
+//! — direct paths to other clients, port prediction's extra sockets, FakeTCP — at
+//! addresses that change. Every underlay socket carries the mark, so all of them bypass the
+//! tunnel without a route per address, and nothing else does: while the tunnel is down the
+//! routes still lead into the TUN, where packets wait or are dropped, never sent in the
+//! clear. The rule `table main suppress_prefixlength 0` (with `allow_lan`) lets every route
+//! of the main table except its default one win, so the LAN stays reachable directly.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use culvert_sys::netlink::{Netlink, Route, Rule};
+use culvert_sys::nft::Exit;
+use culvert_sys::sysctl;
+use culvert_wire::addr::Prefix;
+use serde::{Deserialize, Serialize};
+
+use crate::config::FullTunnel;
+
+/// The record's file name inside the state directory.
+const RECORD: &str = "gateway-changes.json";
+/// Priority of the rule that keeps the main table's specific routes (the LAN) outside.
+const SUPPRESS_PRIORITY: u32 = 32_760;
+/// Priority of the rule that sends unmarked traffic to the tunnel's table.
+const TUNNEL_PRIORITY: u32 = 32_761;
+
+/// The firewall mark of an instance's underlay traffic, also the number of its routing
+/// table: stable across restarts (a crashed run's rules are found by it), distinct per
+/// instance.
+pub(crate) fn mark_for(instance: &str) -> u32 {
+    // FNV-1a, folded into 16 bits under a fixed prefix ("cv").
+    let h = instance.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    0x6376_0000 | ((h >> 16) ^ (h & 0xffff))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Changes {
+    /// Sysctls set, with the value each had before.
+    sysctls: Vec<(Vec<String>, String)>,
+    rules: Vec<RuleRecord>,
+    /// A resolvconf entry added (its interface name).
+    resolvconf: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RuleRecord {
+    v6: bool,
+    priority: u32,
+    table: u32,
+    not_fwmark: Option<u32>,
+    suppress_prefixlen: Option<u32>,
+}
+
+impl From<RuleRecord> for Rule {
+    fn from(r: RuleRecord) -> Self {
+        Self {
+            v6: r.v6,
+            priority: r.priority,
+            table: r.table,
+            not_fwmark: r.not_fwmark,
+            suppress_prefixlen: r.suppress_prefixlen,
+        }
+    }
+}
+
+/// The system changes a gateway made; dropping it undoes them.
+pub(crate) struct Gateway {
+    record: PathBuf,
+    changes: Changes,
+    /// What `culvert status` shows.
+    pub(crate) summary: String,
+}
+
+impl Gateway {
+    /// Undoes what a run that crashed recorded; nothing if it left no record.
+    pub(crate) fn recover(state_dir: &Path) {
+        let record = state_dir.join(RECORD);
+        let Ok(text) = std::fs::read_to_string(&record) else {
+            return;
+        };
+        match serde_json::from_str::<Changes>(&text) {
+            Ok(changes) => {
+                tracing::info!(file = %record.display(), "undoing the gateway changes of a run that did not exit cleanly");
+                undo(&changes);
+            }
+            Err(e) => {
+                tracing::warn!(file = %record.display(), "unreadable record of gateway changes, ignored: {e}")
+            }
+        }
+        let _ = std::fs::remove_file(&record);
+    }
+
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            record: state_dir.join(RECORD),
+            changes: Changes::default(),
+            summary: String::new(),
+        }
+    }
+
+    /// Server: the exit's forwarding and the rules for its nftables table. `tun` is the
+    /// TUN device, `sources` the overlay prefixes to masquerade.
+    pub(crate) fn exit(
+        state_dir: &Path,
+        tun: &str,
+        uplink: Option<&str>,
+        sources: Vec<Prefix>,
+    ) -> Result<(Self, Exit)> {
+        let mut g = Self::new(state_dir);
+        let v4 = sources.iter().any(|p| p.addr().is_ipv4());
+        let v6 = sources.iter().any(|p| p.addr().is_ipv6());
+        let uplink = match uplink {
+            Some(u) => u.to_owned(),
+            None => default_interface(!v4 && v6).context(
+                "finding the uplink for --nat: no default route; name it with --nat-interface",
+            )?,
+        };
+        if Netlink::link_index(&uplink).is_err() {
+            bail!("--nat: interface {uplink:?} does not exist (set nat_interface)");
+        }
+        let mut confine = false;
+        if v4 {
+            // Forwarding per interface: from the TUN (ours: it goes with the device), and on
+            // the uplink for the answers; not the global switch.
+            sysctl::write(&["net", "ipv4", "conf", tun, "forwarding"], "1")?;
+            confine = g.set(&["net", "ipv4", "conf", &uplink, "forwarding"], "1")?;
+        }
+        if v6 {
+            // IPv6 has one switch for forwarding (conf/all); per-interface values only
+            // change host/router behaviour. The uplink keeps accepting router
+            // advertisements (accept_ra 2), which forwarding would otherwise stop.
+            if sysctl::read(&["net", "ipv6", "conf", &uplink, "accept_ra"]).is_ok_and(|v| v == "1")
+            {
+                g.set(&["net", "ipv6", "conf", &uplink, "accept_ra"], "2")?;
+            }
+            g.set(&["net", "ipv6", "conf", "all", "forwarding"], "1")?;
+        }
+        g.summary = format!(
+            "exit via {uplink} (masquerading {})",
+            sources
+                .iter()
+                .map(|p| p.network().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tracing::info!(uplink = %uplink, "the server is its clients' exit: forwarding and masquerading");
+        let exit = Exit {
+            uplink,
+            sources: sources.iter().map(|p| p.network()).collect(),
+            confine_uplink: confine,
+        };
+        Ok((g, exit))
+    }
+
+    /// Client: all traffic into the TUN (`ifindex`) except what carries the instance's
+    /// mark; DNS as configured.
+    pub(crate) fn full_tunnel(
+        state_dir: &Path,
+        instance: &str,
+        tun: &str,
+        ifindex: u32,
+        netlink: &mut Netlink,
+        ft: &FullTunnel,
+    ) -> Result<Self> {
+        let mut g = Self::new(state_dir);
+        let mark = mark_for(instance);
+        // Replies to marked sockets arrive on the uplink, whose reverse path (unmarked)
+        // is the TUN: strict reverse-path filtering needs the mark considered.
+        g.set(&["net", "ipv4", "conf", "all", "src_valid_mark"], "1")?;
+        for v6 in [false, true] {
+            let any: Prefix = if v6 { "::/0" } else { "0.0.0.0/0" }.parse()?;
+            let route = Route {
+                dst: any,
+                ifindex,
+                metric: 0,
+                table: mark,
+            };
+            if let Err(e) = netlink.add_route(route) {
+                if v6 {
+                    // No IPv6 on this host (or the TUN): nothing to leak either.
+                    tracing::warn!(
+                        "full tunnel: no IPv6 route into the tunnel ({e}); IPv6 is off here"
+                    );
+                    continue;
+                }
+                return Err(e).context("full tunnel: routing everything into the TUN");
+            }
+            if ft.allow_lan {
+                g.rule(
+                    netlink,
+                    RuleRecord {
+                        v6,
+                        priority: SUPPRESS_PRIORITY,
+                        table: Route::MAIN,
+                        not_fwmark: None,
+                        suppress_prefixlen: Some(0),
+                    },
+                )?;
+            }
+            g.rule(
+                netlink,
+                RuleRecord {
+                    v6,
+                    priority: TUNNEL_PRIORITY,
+                    table: mark,
+                    not_fwmark: Some(mark),
+                    suppress_prefixlen: None,
+                },
+            )?;
+        }
+        if !ft.dns.is_empty() {
+            g.dns(tun, &ft.dns)?;
+        }
+        g.summary = format!(
+            "full tunnel (mark and table {mark:#x}{}{})",
+            if ft.allow_lan { ", LAN outside" } else { "" },
+            if ft.dns.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", DNS {}",
+                    ft.dns
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
+        );
+        tracing::info!(
+            mark = format!("{mark:#x}"),
+            allow_lan = ft.allow_lan,
+            "full tunnel: all traffic goes through the server"
+        );
+        Ok(g)
+    }
+
+    /// Sets a sysctl, recording the old value; returns whether it changed.
+    fn set(&mut self, parts: &[&str], value: &str) -> Result<bool> {
+        let old = sysctl::read(parts)?;
+        if old == value {
+            return Ok(false);
+        }
+        self.changes
+            .sysctls
+            .push((parts.iter().map(|p| (*p).to_owned()).collect(), old));
+        self.save()?;
+        sysctl::write(parts, value)?;
+        Ok(true)
+    }
+
+    fn rule(&mut self, netlink: &mut Netlink, r: RuleRecord) -> Result<()> {
+        self.changes.rules.push(r);
+        self.save()?;
+        netlink.delete_rule(r.into())?;
+        netlink.add_rule(r.into())?;
+        Ok(())
+    }
+
+    /// DNS servers for the tunnel: systemd-resolved (per link, for every domain) when it
+    /// runs, else resolvconf.
+    fn dns(&mut self, tun: &str, servers: &[IpAddr]) -> Result<()> {
+        let list: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+        if let Some(resolvectl) = find(&["/usr/bin/resolvectl", "/bin/resolvectl"])
+            && Path::new("/run/systemd/resolve").exists()
+        {
+            // Per link: it goes with the TUN device, nothing to record.
+            run(
+                resolvectl,
+                &[&["dns", tun], &list_refs(&list)[..]].concat(),
+                None,
+            )?;
+            run(resolvectl, &["domain", tun, "~."], None)?;
+            return Ok(());
+        }
+        if let Some(resolvconf) = find(&["/usr/sbin/resolvconf", "/sbin/resolvconf"]) {
+            let name = format!("{tun}.culvert");
+            self.changes.resolvconf = Some(name.clone());
+            self.save()?;
+            let text: String = list.iter().map(|s| format!("nameserver {s}\n")).collect();
+            run(resolvconf, &["-a", &name, "-m", "0", "-x"], Some(&text))?;
+            return Ok(());
+        }
+        bail!(
+            "dns: neither systemd-resolved (resolvectl) nor resolvconf is here to set DNS \
+             servers with; install one, or drop the dns setting and configure DNS yourself"
+        )
+    }
+
+    fn save(&self) -> Result<()> {
+        let text = serde_json::to_string(&self.changes)?;
+        std::fs::write(&self.record, text)
+            .with_context(|| format!("recording gateway changes in {}", self.record.display()))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        undo(&self.changes);
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+/// Undoes recorded changes, newest first; reports what fails and goes on.
+fn undo(c: &Changes) {
+    if let Some(name) = &c.resolvconf
+        && let Some(resolvconf) = find(&["/usr/sbin/resolvconf", "/sbin/resolvconf"])
+        && let Err(e) = run(resolvconf, &["-d", name, "-f"], None)
+    {
+        tracing::warn!("restoring DNS: {e:#}");
+    }
+    match Netlink::open() {
+        Ok(mut nl) => {
+            for r in c.rules.iter().rev() {
+                if let Err(e) = nl.delete_rule((*r).into()) {
+                    tracing::warn!("removing routing rule: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("removing routing rules: {e}"),
+    }
+    for (parts, old) in c.sysctls.iter().rev() {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        if let Err(e) = sysctl::write(&parts, old) {
+            tracing::warn!("restoring a sysctl: {e}");
+        }
+    }
+}
+
+/// The interface of the default route (of IPv6 when `v6`): where a connected UDP socket
+/// would send from. Connecting sends nothing.
+fn default_interface(v6: bool) -> Result<String> {
+    let (any, probe): (IpAddr, SocketAddr) = if v6 {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    };
+    let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    s.connect(probe)?;
+    let local = s.local_addr()?.ip();
+    culvert_sys::ifaddrs::interface_addresses()
+        .into_iter()
+        .find(|(_, ip)| *ip == local)
+        .map(|(name, _)| name)
+        .with_context(|| format!("no interface has the default route's source address {local}"))
+}
+
+fn find(paths: &[&'static str]) -> Option<&'static str> {
+    paths.iter().copied().find(|p| Path::new(p).exists())
+}
+
+fn list_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs a system tool by absolute path, with `input` on its stdin.
+fn run(bin: &str, args: &[&str], input: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {bin}"))?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{bin} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_stable_and_differ_per_instance() {
+        assert_eq!(mark_for("culvert0"), mark_for("culvert0"));
+        assert_ne!(mark_for("culvert0"), mark_for("culvert1"));
+        assert_eq!(mark_for("wg0") >> 16, 0x6376);
+    }
+}
