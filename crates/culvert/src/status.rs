@@ -117,6 +117,9 @@ pub(crate) fn human(v: &Value) -> String {
             ""
         }
     );
+    if let Some(g) = v.get("gateway").and_then(Value::as_str) {
+        let _ = writeln!(out, "  gateway  {g}");
+    }
     let t = v.get("traffic").cloned().unwrap_or(Value::Null);
     let _ = writeln!(
         out,
