@@ -33,6 +33,7 @@ fn config(role: Role, addr: &str, key: u8) -> Config {
         aead: culvert_core::aead::rustcrypto,
         timing: Timing::default(),
         fec: culvert_core::fec::Config::default(),
+        mtu: Some(1354),
         role,
     }
 }

@@ -23,12 +23,14 @@ pub mod faketcp;
 pub mod fec;
 #[doc(hidden)]
 pub mod forge;
+pub mod icmp;
 pub mod keys;
 pub mod limit;
 pub mod noise;
 pub mod path;
 pub mod peer;
 pub mod pending;
+pub mod pmtu;
 pub mod replay;
 pub mod rng;
 pub mod router;

@@ -145,6 +145,8 @@ pub(crate) struct Peer {
     pub(crate) paths: crate::path::PathSet,
     /// A client relaying to it when no direct path works (client peers).
     pub(crate) via: crate::via::ViaClient,
+    /// The MTU of the direct UDP path it is on, and that path.
+    pub(crate) pmtu: Option<(Remote, crate::pmtu::Pmtu)>,
     /// The last change of `path`: when, and why.
     pub(crate) path_changed: Option<(Instant, &'static str)>,
     /// Its sessions: current, previous, and our handshake in progress.
@@ -190,6 +192,7 @@ impl Peer {
             path,
             paths: crate::path::PathSet::default(),
             via: crate::via::ViaClient::default(),
+            pmtu: None,
             path_changed: None,
             sessions: crate::sessions::Sessions::default(),
             attempts: 0,

@@ -228,3 +228,88 @@ fn a_full_tunnel_reaches_the_internet_through_the_exit_and_never_leaks() {
         "client state after a crash"
     );
 }
+
+/// Counts fragments the router forwards, and optionally drops the ICMP errors it would
+/// send (a PMTU black hole).
+fn mtu_router(lab: &Lab, black_hole: bool) {
+    let drop_icmp = if black_hole {
+        "chain out { type filter hook output priority 0;\n icmp type destination-unreachable counter name icmp_dropped drop\n }\n"
+    } else {
+        ""
+    };
+    lab.router_nft(&format!(
+        "table inet test_mtu {{\n counter frags {{}}\n counter icmp_dropped {{}}\n \
+         chain pre {{ type filter hook prerouting priority -300;\n \
+         ip frag-off & 0x3fff != 0 counter name frags\n }}\n {drop_icmp}}}"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for black_hole in [true, false] {
+        let Some(mut lab) = lab("gwmtu", 2) else {
+            return;
+        };
+        mtu_router(&lab, black_hole);
+        start_network(&mut lab, 1, &[]);
+        wait_ping(&lab, 1, overlay(0));
+        // Mid-transfer, the router's link to the client narrows to 1280 bytes.
+        let t = lab
+            .transfer(0, 1, overlay(1), 20 * MB, || {
+                lab.sh(None, "ip link set h1 mtu 1280").unwrap();
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+        assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
+        eprintln!(
+            "black hole {black_hole}: 20 MB intact, longest stall {:.2} s, {:.0} Mbit/s",
+            t.max_stall,
+            t.mbps()
+        );
+        assert!(t.max_stall < 5.0, "stalled {:.2} s", t.max_stall);
+        // The other way too, on the narrow path from the start.
+        let t = lab.transfer(1, 0, overlay(0), 20 * MB, || ()).unwrap();
+        assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
+        assert_eq!(
+            counter(&lab, "test_mtu", "frags"),
+            0,
+            "the underlay fragmented"
+        );
+        if black_hole {
+            assert!(
+                counter(&lab, "test_mtu", "icmp_dropped") > 0,
+                "no ICMP was withheld"
+            );
+        }
+        // A too-large ping with DF through the tunnel, the narrow way (the router's link
+        // to the client narrowed what leaves it), hears "fragmentation needed" with the
+        // discovered MTU.
+        let out = lab
+            .sh(
+                Some(0),
+                "ping -M do -s 1300 -c 3 -i 0.3 -W 1 10.0.0.2 2>&1; true",
+            )
+            .unwrap_or_default();
+        eprintln!("{out}");
+        let mtu = out
+            .split("mtu")
+            .nth(1)
+            .and_then(|s| {
+                s.trim_start_matches([' ', '=', '('])
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no frag-needed answer: {out}\n{}\n{}",
+                    lab.status(0).unwrap(),
+                    lab.logs()
+                )
+            });
+        assert!((1100..=1250).contains(&mtu), "mtu {mtu}");
+        let st = lab.status(0).unwrap();
+        assert!(drops(&st, "too_big") > 0, "{st}");
+    }
+}

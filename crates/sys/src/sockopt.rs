@@ -49,6 +49,26 @@ pub fn set_mark(fd: &impl AsFd, mark: u32) -> io::Result<()> {
     )
 }
 
+/// Sets DF on everything the socket sends and never fragments locally, whatever the
+/// kernel's PMTU cache says (`IP_PMTUDISC_PROBE`): culvert finds each path's MTU itself
+/// (DPLPMTUD), and a fragment of a tunnel packet is a loss multiplier. Best effort.
+pub fn never_fragment(fd: &impl AsFd, v6: bool) {
+    let _ = set_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    );
+    if v6 {
+        let _ = set_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        );
+    }
+}
+
 /// `setsockopt(2)` with an `int` value.
 pub(crate) fn set_int(
     fd: &impl AsFd,

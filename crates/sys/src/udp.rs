@@ -54,6 +54,7 @@ impl UdpSocket {
             sock,
         };
         crate::sockopt::grow_buffers(&s.sock, crate::sockopt::Buffers::Both);
+        crate::sockopt::never_fragment(&s.sock, s.v6);
         Ok(s)
     }
 

@@ -26,6 +26,8 @@
 //!     candidate | kind (1: local, 2: reflexive) | endpoint |
 //! Observed      | 0d | endpoint |                                  hub -> client
 //! Neighbours    | 0e | node id (4) | count (1) | node id (4) ... |  client -> hub -> clients
+//! MtuProbe      | 0f | seq (4) | padding length (2) | padding ... |
+//! MtuAck        | 10 | seq (4) |
 //!     endpoint  | 4 | a b c d | port (2) |  or  | 6 | 16 bytes | port (2) |
 //! ```
 
@@ -51,7 +53,12 @@ mod kind {
     pub(super) const PUNCH: u8 = 0x0c;
     pub(super) const OBSERVED: u8 = 0x0d;
     pub(super) const NEIGHBOURS: u8 = 0x0e;
+    pub(super) const MTU_PROBE: u8 = 0x0f;
+    pub(super) const MTU_ACK: u8 = 0x10;
 }
+
+/// An [`Frame::MtuProbe`] without padding: its smallest plaintext.
+pub const MTU_PROBE_MIN: usize = 7;
 
 /// Most endpoints in one [`Frame::Candidates`] or [`Frame::Punch`].
 pub const MAX_CANDIDATES: usize = 16;
@@ -135,6 +142,19 @@ pub enum Frame<'a> {
     },
     /// Answer to [`Frame::Probe`].
     ProbeAck {
+        /// The probe's sequence number.
+        seq: u32,
+    },
+    /// Path MTU discovery: a probe whose plaintext is `MTU_PROBE_MIN + pad` bytes, so its
+    /// message is as large as a data message of that size. Answered by [`Frame::MtuAck`].
+    MtuProbe {
+        /// Echoed in the answer.
+        seq: u32,
+        /// Zero bytes of padding that follow.
+        pad: u16,
+    },
+    /// A [`Frame::MtuProbe`] arrived.
+    MtuAck {
         /// The probe's sequence number.
         seq: u32,
     },
@@ -299,6 +319,13 @@ impl<'a> Frame<'a> {
             },
             kind::PROBE => Self::Probe { seq: r.u32()? },
             kind::PROBE_ACK => Self::ProbeAck { seq: r.u32()? },
+            kind::MTU_PROBE => {
+                let seq = r.u32()?;
+                let pad = r.u16()?;
+                r.take(usize::from(pad))?;
+                Self::MtuProbe { seq, pad }
+            }
+            kind::MTU_ACK => Self::MtuAck { seq: r.u32()? },
             kind::LOSS_REPORT => Self::LossReport {
                 received: r.u32()?,
                 expected: r.u32()?,
@@ -404,6 +431,16 @@ impl<'a> Frame<'a> {
                 out.push(kind::PROBE_ACK);
                 out.extend_from_slice(&seq.to_be_bytes());
             }
+            Self::MtuProbe { seq, pad } => {
+                out.push(kind::MTU_PROBE);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&pad.to_be_bytes());
+                out.resize(out.len() + usize::from(*pad), 0);
+            }
+            Self::MtuAck { seq } => {
+                out.push(kind::MTU_ACK);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
             Self::LossReport { received, expected } => {
                 out.push(kind::LOSS_REPORT);
                 out.extend_from_slice(&received.to_be_bytes());
@@ -484,7 +521,10 @@ fn emit_endpoint(a: SocketAddr, out: &mut Vec<u8>) {
 /// Whether a plaintext is a probe or probe answer: these test a transport and must not
 /// move the peer's endpoint.
 pub fn is_probe(plaintext: &[u8]) -> bool {
-    matches!(plaintext.first(), Some(&kind::PROBE | &kind::PROBE_ACK))
+    matches!(
+        plaintext.first(),
+        Some(&kind::PROBE | &kind::PROBE_ACK | &kind::MTU_PROBE | &kind::MTU_ACK)
+    )
 }
 
 /// Writes a relay frame header in place, in front of an inner message.
@@ -613,6 +653,8 @@ mod tests {
             }),
             any::<u32>().prop_map(|seq| Frame::Probe { seq }),
             any::<u32>().prop_map(|seq| Frame::ProbeAck { seq }),
+            (any::<u32>(), 0u16..2000).prop_map(|(seq, pad)| Frame::MtuProbe { seq, pad }),
+            any::<u32>().prop_map(|seq| Frame::MtuAck { seq }),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(received, expected)| Frame::LossReport { received, expected }),
             proptest::collection::vec(arb_endpoint(), 0..MAX_CANDIDATES)

@@ -27,6 +27,7 @@ mod detour;
 mod direct;
 mod handshake;
 mod hub;
+mod mtu;
 mod neighbours;
 mod relay;
 
@@ -269,6 +270,12 @@ impl Endpoint {
         let Some(id) = self.routes.lookup(dst) else {
             return TunOutcome::Dropped(self.count_drop(DropReason::NoRoute, None));
         };
+        if let Some(limit) = self.packet_limit(id)
+            && len > usize::from(limit)
+        {
+            self.answer_too_big(id, &buf[start..start + len], limit);
+            return TunOutcome::Dropped(self.count_drop(DropReason::TooBig, Some(id)));
+        }
         if !self.ready(now, id) {
             return self.enqueue(now, id, &buf[start..start + len]);
         }
@@ -450,6 +457,7 @@ impl Endpoint {
                 }
                 .map(|d| d.as_secs_f64() * 1000.0),
                 path_loss: p.paths.loss(),
+                path_mtu: self.path_mtu(p.id),
                 state: if p.sessions.usable(now, self.cfg.timing.reject_after_time) {
                     "up"
                 } else if p.sessions.handshake.is_some() {
@@ -823,6 +831,14 @@ impl Endpoint {
                 {
                     self.on_direct_message(now, id, from, true);
                 }
+                Ok(())
+            }
+            Frame::MtuProbe { seq, .. } => {
+                self.send_frame_on(now, id, src.path(), &Frame::MtuAck { seq }, None);
+                Ok(())
+            }
+            Frame::MtuAck { seq } => {
+                self.on_mtu_ack(now, id, seq);
                 Ok(())
             }
             Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
@@ -1320,6 +1336,7 @@ impl Endpoint {
             self.release_index(i);
         }
         self.fec_timers(now, id);
+        self.mtu_timers(now, id);
         if self.is_client() && id != PeerId::HUB {
             self.path_timers(now, id);
             self.via_timers(now, id);
@@ -1372,6 +1389,7 @@ impl Endpoint {
             );
             consider(p.fec_tx.as_ref().and_then(crate::fec::Encoder::deadline));
             consider(p.paths.next_deadline());
+            consider(p.pmtu.as_ref().and_then(|(_, m)| m.next_deadline()));
             consider(p.via.next_deadline());
             consider(p.fec_rx.report_due());
         }

@@ -176,6 +176,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
         fec: culvert_core::fec::Config::default(),
+        mtu: None,
         role: Role::Hub(HubConfig {
             max_clients: 100,
             isolation: false,
@@ -198,6 +199,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
         fec: culvert_core::fec::Config::default(),
+        mtu: None,
         role: Role::Client(ClientConfig {
             server: HUB_ADDR.parse().unwrap(),
             server_key: None,

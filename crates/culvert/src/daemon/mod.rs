@@ -263,6 +263,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         aead: crate::aead::ring,
         timing,
         fec: settings.fec,
+        mtu: u16::try_from(mtu).ok(),
         role,
     };
     let unix = SystemTime::now()
