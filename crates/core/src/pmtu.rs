@@ -82,8 +82,9 @@ const ACTIVE_WINDOW: Duration = Duration::from_secs(2);
 const CONFIRM_ROUNDS: u8 = 2;
 
 impl Pmtu {
-    /// A path trusted up to `ceiling` plaintext bytes.
-    pub fn new(ceiling: u16) -> Self {
+    /// A path trusted up to `ceiling` plaintext bytes; `rtt` is what the session measured
+    /// on it, if anything (it sizes the first probes' timeouts).
+    pub fn new(ceiling: u16, rtt: Option<Duration>) -> Self {
         Self {
             ceiling,
             current: ceiling,
@@ -94,7 +95,7 @@ impl Pmtu {
             next_seq: 1,
             last_sent: 0,
             own: 0,
-            srtt: None,
+            srtt: rtt,
             due: None,
             last_active: None,
         }
@@ -294,7 +295,7 @@ mod tests {
     #[test]
     fn a_path_that_narrows_is_found_within_seconds_without_icmp() {
         let t = crate::test_epoch();
-        let mut p = Pmtu::new(1380);
+        let mut p = Pmtu::new(1380, None);
         // A path that carries everything: settled at once, at the ceiling.
         assert_eq!(run(&mut p, t, 1500, || false), Duration::ZERO);
         assert_eq!(p.current(), 1380);
@@ -311,7 +312,7 @@ mod tests {
     #[test]
     fn random_loss_does_not_lower_the_mtu() {
         let t = crate::test_epoch();
-        let mut p = Pmtu::new(1380);
+        let mut p = Pmtu::new(1380, None);
         let mut rng = crate::rng::Rng::from_seed([3; 32]);
         let mut now = t;
         let mut sent = 0;
@@ -331,7 +332,7 @@ mod tests {
     #[test]
     fn a_path_that_widens_again_is_taken_again_and_idle_paths_cost_nothing() {
         let t = crate::test_epoch();
-        let mut p = Pmtu::new(1380);
+        let mut p = Pmtu::new(1380, None);
         run(&mut p, t, 1000, || false);
         assert!(p.current() <= 1000);
         let took = run(&mut p, t + Duration::from_secs(5), 1500, || false);
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn a_dead_path_is_not_taken_for_a_narrow_one() {
         let t = crate::test_epoch();
-        let mut p = Pmtu::new(1380);
+        let mut p = Pmtu::new(1380, None);
         run(&mut p, t, 1500, || false);
         // Nothing answers for a while (the peer restarts): the size stays.
         let mut now = t + Duration::from_secs(1);

@@ -76,7 +76,7 @@ impl Endpoint {
             return;
         }
         if p.pmtu.as_ref().is_none_or(|(r, _)| *r != at) {
-            p.pmtu = Some((at, Pmtu::new(ceiling)));
+            p.pmtu = Some((at, Pmtu::new(ceiling, p.rtt)));
         }
         let sent = p.traffic.tx_packets;
         let Some((_, pmtu)) = p.pmtu.as_mut() else {

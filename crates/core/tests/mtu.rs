@@ -1,0 +1,112 @@
+//! Path MTU discovery through whole endpoints, in virtual time: a path that starts
+//! carrying only smaller datagrams (a narrower link, no ICMP from anywhere).
+
+mod sim;
+
+use std::time::Duration;
+
+use culvert_core::Role;
+use sim::{World, client_config, hub_config, ip_packet, passphrase};
+
+/// A hub and one client with a 1354-byte TUN on both; the network drops every datagram
+/// longer than `path` bytes (UDP payload), silently.
+fn narrow_world(path: usize) -> World {
+    let mut w = World::new(90);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    hub.mtu = Some(1354);
+    w.add(hub, sim::HUB_ADDR);
+    let s = w.secret();
+    let mut c = client_config(s, Some(passphrase()), "10.0.0.2/24");
+    c.mtu = Some(1354);
+    if let Role::Client(cc) = &mut c.role {
+        cc.p2p = false;
+    }
+    w.add(c, "198.18.1.2:40000");
+    w.filter = Some(Box::new(move |d| d.bytes.len() <= path));
+    assert!(w.run_until(Duration::from_secs(10), |w| w.joined(1)));
+    w
+}
+
+fn packet(len: usize) -> Vec<u8> {
+    let mut p = ip_packet("10.0.0.2", "10.0.0.1", &vec![7u8; len - 28]);
+    p[6] = 0x40; // DF
+    p
+}
+
+#[test]
+fn a_narrow_path_is_found_and_too_big_packets_get_frag_needed() {
+    let mut w = narrow_world(1200);
+    // Traffic that fits: it flows, and the probes beside it find the path's size.
+    let before = w.nodes[0].delivered.len();
+    let mut found = None;
+    for i in 0..800 {
+        let _ = w.tun(1, &packet(400));
+        w.step(Duration::from_millis(10));
+        let s = w.nodes[1].ep.status(w.now);
+        let mtu = s
+            .peers
+            .iter()
+            .find(|p| p.node == 0)
+            .and_then(|p| p.path_mtu);
+        if mtu.is_some_and(|m| m < 1354) && found.is_none() {
+            found = Some((i * 10, mtu.unwrap()));
+        }
+    }
+    assert_eq!(
+        w.nodes[0].delivered.len() - before,
+        800,
+        "small packets all arrived"
+    );
+    let (after_ms, mtu) = found.expect("the narrow path was never found");
+    eprintln!("path MTU {mtu} found after {after_ms} ms");
+    // 1200 bytes of UDP payload carry a packet of 1200 - 32 (data header and tag) - 18
+    // (room for FEC parity) bytes; within one search step of that.
+    assert!((1140..=1150).contains(&mtu), "{mtu}");
+    assert!(after_ms < 4000);
+    // A packet over it: not sent, answered with ICMP frag-needed from the hub's address.
+    let sent = w.log.len();
+    let _ = w.tun(1, &packet(1300));
+    let icmp = w.nodes[1].delivered.last().cloned().expect("an ICMP error");
+    assert_eq!(
+        &icmp[12..16],
+        &[10, 0, 0, 1],
+        "from the far end of the path"
+    );
+    assert_eq!(&icmp[16..20], &[10, 0, 0, 2], "to the sender");
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), mtu);
+    assert!(
+        !w.log[sent..].iter().any(|d| d.bytes.len() > 1200),
+        "the too-big packet went out"
+    );
+    assert!(w.drops(1, "too_big") >= 1);
+    // A packet that fits the discovered size goes through.
+    let before = w.nodes[0].delivered.len();
+    let _ = w.tun(1, &packet(usize::from(mtu)));
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.nodes[0].delivered.len(), before + 1);
+}
+
+#[test]
+fn a_path_that_carries_everything_costs_one_probe_per_half_second_of_traffic() {
+    let mut w = narrow_world(65_535);
+    let log = w.log.len();
+    for _ in 0..200 {
+        let _ = w.tun(1, &packet(400));
+        w.step(Duration::from_millis(10));
+    }
+    let s = w.nodes[1].ep.status(w.now);
+    assert_eq!(
+        s.peers
+            .iter()
+            .find(|p| p.node == 0)
+            .and_then(|p| p.path_mtu),
+        Some(1354)
+    );
+    let big = w.log[log..]
+        .iter()
+        .filter(|d| d.from.port() == 40000 && d.bytes.len() > 1300)
+        .count();
+    assert!((3..=6).contains(&big), "{big} full-size probes in 2 s");
+}
