@@ -19,6 +19,9 @@ pub struct Config {
     pub passphrase: Option<Psk>,
     /// This node's overlay addresses.
     pub addresses: Vec<Prefix>,
+    /// Subnets behind this node it routes for (site to site): a client offers them to the
+    /// hub, which accepts what its config allows; the hub's own go to every client.
+    pub routes: Vec<Prefix>,
     /// Data ciphers in order of preference (the first is proposed and preferred).
     pub ciphers: Vec<Cipher>,
     /// The AEAD implementation for data messages ([`crate::aead::rustcrypto`] by default).
@@ -54,6 +57,9 @@ pub struct HubConfig {
     /// Key mode: the client keys accepted and the addresses bound to each. In passphrase
     /// mode an entry still binds addresses to a key (optional).
     pub clients: Vec<ClientBinding>,
+    /// Routes any client may offer: an offered route inside one of these is accepted (in
+    /// key mode as well, beside each binding's own).
+    pub allow_routes: Vec<Prefix>,
     /// Handshake messages per second above which a cookie is required.
     pub handshake_load_limit: u32,
 }
@@ -65,6 +71,8 @@ pub struct ClientBinding {
     pub key: PublicKey,
     /// Addresses bound to that key.
     pub addresses: Vec<Prefix>,
+    /// Routes this key may offer (inside one of these).
+    pub routes: Vec<Prefix>,
 }
 
 /// Client settings.
@@ -91,6 +99,9 @@ pub struct ClientConfig {
     /// goes to the hub, and packets from the hub may come from any source — the hub is
     /// this client's exit to the Internet.
     pub full_tunnel: bool,
+    /// Install the routes other nodes offer (subnets behind them); off: only their
+    /// overlay addresses are reachable.
+    pub accept_routes: bool,
 }
 
 /// Mesh relaying settings of a client.

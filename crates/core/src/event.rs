@@ -36,6 +36,12 @@ pub enum Event {
         /// The hub's public key.
         key: crate::keys::PublicKey,
     },
+    /// The subnets routed into the overlay (other nodes' routes this node installed)
+    /// changed; the shell makes the kernel's routes into the TUN match.
+    RoutesChanged {
+        /// Every such subnet, sorted.
+        routes: Vec<Prefix>,
+    },
     /// A responder at the hub's address proved a key other than the pinned one: an
     /// impostor, or a hub whose identity changed. Nothing was accepted from it.
     ServerKeyMismatch {

@@ -32,6 +32,7 @@ pub fn join_claiming(
         ciphers: 0x03,
         timestamp,
         addresses: addresses.to_vec(),
+        routes: Vec::new(),
         padding: 0,
     };
     let unpadded = handshake_init_len(hello.unpadded_len() + MSG1_OVERHEAD);

@@ -139,6 +139,9 @@ pub(crate) struct Peer {
     /// Static key; all zero while the hub's key is unknown (passphrase mode, before join).
     pub(crate) key: PublicKey,
     pub(crate) addresses: Vec<Prefix>,
+    /// The subnets behind it that this node routes to it (see [`crate::endpoint`]'s
+    /// routes module): what the hub accepted, minus what this node refuses to install.
+    pub(crate) routes: Vec<Prefix>,
     /// How packets reach it now.
     pub(crate) path: Path,
     /// Direct paths worth trying, and why it is relayed (client peers).
@@ -189,6 +192,7 @@ impl Peer {
             id,
             key,
             addresses,
+            routes: Vec::new(),
             path,
             paths: crate::path::PathSet::default(),
             via: crate::via::ViaClient::default(),

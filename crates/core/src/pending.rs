@@ -40,6 +40,8 @@ pub enum Claim {
         node: PeerId,
         /// The addresses granted.
         granted: Vec<Prefix>,
+        /// The routes accepted (subnets behind it).
+        routes: Vec<Prefix>,
     },
     /// An end-to-end session with this node of the directory.
     Peer(PeerId),

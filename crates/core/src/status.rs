@@ -15,6 +15,12 @@ pub struct Status {
     pub node: Option<u32>,
     /// Own overlay addresses.
     pub addresses: Vec<String>,
+    /// Subnets behind this node it offers (client) or advertises (server).
+    pub advertised_routes: Vec<String>,
+    /// Client: which of them the hub accepted (`None` until its directory says).
+    pub accepted_routes: Option<Vec<String>>,
+    /// Other nodes' subnets routed into the overlay, each with the node behind it.
+    pub routes: Vec<RouteStatus>,
     /// Directory version held (client) or published (server).
     pub directory_version: u64,
     /// Client: whether the hub isolates clients.
@@ -31,6 +37,15 @@ pub struct Status {
     pub drops: DropCounters,
     /// One entry per known peer.
     pub peers: Vec<PeerStatus>,
+}
+
+/// A subnet reached through another node.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    /// The subnet.
+    pub prefix: String,
+    /// The node behind it (0 is the hub).
+    pub node: u32,
 }
 
 /// One peer.

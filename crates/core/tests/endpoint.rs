@@ -142,6 +142,7 @@ fn key_mode_binds_addresses_to_keys() {
         h.clients = vec![ClientBinding {
             key: good.public_key(),
             addresses: vec![prefix("10.0.0.2/24")],
+            routes: Vec::new(),
         }];
     }
     w.add(hub, sim::HUB_ADDR);

@@ -297,10 +297,12 @@ fn a_client_installs_only_what_its_networks_allow() {
             ClientBinding {
                 key: a.public_key(),
                 addresses: vec![prefix("10.0.0.2/24"), prefix("8.8.8.8/1")],
+                routes: Vec::new(),
             },
             ClientBinding {
                 key: b.public_key(),
                 addresses: vec![prefix("10.0.0.3/24"), prefix("8.8.4.4/32")],
+                routes: Vec::new(),
             },
         ];
     }
@@ -361,6 +363,7 @@ fn the_hub_accepts_claims_only_in_its_network_and_keeps_bindings_reserved() {
         h.clients = vec![ClientBinding {
             key: bound.public_key(),
             addresses: vec![prefix("10.0.0.5/24")],
+            routes: Vec::new(),
         }];
     }
     w.add(hub, sim::HUB_ADDR);

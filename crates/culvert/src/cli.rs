@@ -98,6 +98,22 @@ pub(crate) struct CommonArgs {
     /// Longest wait, in ms, before parity of a partial group is sent. [key: fec_timeout_ms]
     #[arg(long, value_name = "MS")]
     pub(crate) fec_timeout_ms: Option<u64>,
+    /// A subnet behind this node that the others reach through it (repeat, or separate
+    /// with commas); the server must allow it (allow_routes, [[peer]] routes).
+    /// [key: advertise_routes]
+    #[arg(
+        long = "advertise-route",
+        visible_alias = "routes",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    pub(crate) advertise_routes: Vec<String>,
+    /// Server: be the clients' exit (forward their traffic out of the uplink and
+    /// masquerade it). Any node: masquerade the overlay's traffic into the subnets it
+    /// advertises, for LANs with no route back to the overlay. Rules live in culvert's own
+    /// nftables table, undone at exit. [key: nat]
+    #[arg(long)]
+    pub(crate) nat: bool,
     /// Test hook: the initial FakeTCP sequence number (to exercise wrap-around).
     #[arg(long, hide = true, value_name = "N")]
     pub(crate) faketcp_isn: Option<u32>,
@@ -128,10 +144,9 @@ pub(crate) struct ServerArgs {
     /// Clients reach the server but not each other. [key: client_isolation]
     #[arg(long)]
     pub(crate) client_isolation: bool,
-    /// Be the clients' exit: forward their traffic out of the uplink and masquerade it
-    /// (rules in culvert's own nftables table, undone at exit). [key: nat]
-    #[arg(long)]
-    pub(crate) nat: bool,
+    /// Accept routes offered by clients inside this prefix (repeat). [key: allow_routes]
+    #[arg(long = "allow-route", value_name = "PREFIX", value_delimiter = ',')]
+    pub(crate) allow_routes: Vec<String>,
     /// The uplink to masquerade out of; default: the default route's interface.
     /// [key: nat_interface]
     #[arg(long, value_name = "IFACE", requires = "nat")]
@@ -180,6 +195,10 @@ pub(crate) struct ClientArgs {
     /// With --full-tunnel: a DNS server to use while the tunnel runs (repeat). [key: dns]
     #[arg(long, value_name = "IP")]
     pub(crate) dns: Vec<String>,
+    /// Install no routes to the subnets other nodes advertise (only their overlay
+    /// addresses stay reachable). [key: accept_routes = false]
+    #[arg(long)]
+    pub(crate) no_accept_routes: bool,
 }
 
 #[derive(Debug, Args)]

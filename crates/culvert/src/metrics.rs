@@ -72,6 +72,19 @@ pub(crate) fn render(status: &Status, info: &DaemonInfo) -> String {
     );
     header(
         &mut o,
+        "culvert_route",
+        "gauge",
+        "Other nodes' subnets routed into the overlay (1 per subnet, by the node behind it).",
+    );
+    for r in &status.routes {
+        let _ = writeln!(
+            o,
+            "culvert_route{{prefix=\"{}\",node=\"{}\"}} 1",
+            r.prefix, r.node
+        );
+    }
+    header(
+        &mut o,
         "culvert_uptime_seconds",
         "gauge",
         "Seconds since the daemon started.",

@@ -16,6 +16,7 @@ use crate::daemon::DaemonInfo;
 pub(crate) fn render_json(
     status: &Status,
     info: &DaemonInfo,
+    kernel_routes: Vec<String>,
     faketcp: Option<(Vec<FlowStatus>, u64)>,
 ) -> String {
     let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
@@ -24,6 +25,7 @@ pub(crate) fn render_json(
         m.insert("transports".into(), info.transports.into());
         m.insert("nft_table".into(), info.nft_table.clone().into());
         m.insert("gateway".into(), info.gateway.clone().into());
+        m.insert("kernel_routes".into(), kernel_routes.into());
         m.insert(
             "faketcp_flows".into(),
             serde_json::to_value(flows).unwrap_or(Value::Null),
@@ -120,6 +122,36 @@ pub(crate) fn human(v: &Value) -> String {
     if let Some(g) = v.get("gateway").and_then(Value::as_str) {
         let _ = writeln!(out, "  gateway  {g}");
     }
+    let advertised = strings(v.get("advertised_routes"));
+    if !advertised.is_empty() {
+        let accepted = match v.get("accepted_routes") {
+            Some(Value::Array(_)) => format!(
+                " (the server accepted: {})",
+                or_none(strings(v.get("accepted_routes")))
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  advertises  {}{accepted}", advertised.join(", "));
+    }
+    let installed = strings(v.get("kernel_routes"));
+    let routes: Vec<String> = v
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let prefix = r.get("prefix").and_then(Value::as_str).unwrap_or("-");
+            let kernel = if installed.iter().any(|i| i == prefix) {
+                ""
+            } else {
+                " (not in the kernel: a local route exists)"
+            };
+            format!("{prefix} via node {}{kernel}", n(r, "node"))
+        })
+        .collect();
+    if !routes.is_empty() {
+        let _ = writeln!(out, "  routes   {}", routes.join(", "));
+    }
     let t = v.get("traffic").cloned().unwrap_or(Value::Null);
     let _ = writeln!(
         out,
@@ -189,6 +221,9 @@ pub(crate) fn human(v: &Value) -> String {
         if let Some(why) = p.get("path_reason").and_then(Value::as_str) {
             let _ = writeln!(out, "  node {} relayed: {why}", n(p, "node"));
         }
+        if let Some(mtu) = p.get("path_mtu").and_then(Value::as_u64) {
+            let _ = writeln!(out, "  node {} path mtu {mtu}", n(p, "node"));
+        }
         if let Some(line) = p.get("fec").and_then(fec_line) {
             let _ = writeln!(out, "  node {} fec {line}", n(p, "node"));
         }
@@ -251,6 +286,14 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn or_none(list: Vec<String>) -> String {
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
 fn drops(v: Option<&Value>) -> String {
     match v.and_then(Value::as_object) {
         Some(m) if !m.is_empty() => m
@@ -289,5 +332,26 @@ mod tests {
         assert!(t.contains("drops    replay=3"), "{t}");
         assert!(t.contains("198.18.1.2:40000"), "{t}");
         assert!(t.contains("2.0 MB (10 pkts)"), "{t}");
+    }
+
+    #[test]
+    fn human_table_lists_routes_and_path_mtu() {
+        let v: Value = serde_json::from_str(
+            r#"{"role":"client","advertised_routes":["192.168.50.0/24","203.0.113.0/24"],
+                "accepted_routes":["192.168.50.0/24"],
+                "routes":[{"prefix":"172.20.0.0/24","node":0},{"prefix":"192.168.1.0/24","node":3}],
+                "kernel_routes":["172.20.0.0/24"],
+                "peers":[{"node":3,"path_mtu":1280}]}"#,
+        )
+        .unwrap();
+        let t = human(&v);
+        assert!(
+            t.contains(
+                "advertises  192.168.50.0/24, 203.0.113.0/24 (the server accepted: 192.168.50.0/24)"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("routes   172.20.0.0/24 via node 0, 192.168.1.0/24 via node 3 (not in the kernel: a local route exists)"), "{t}");
+        assert!(t.contains("node 3 path mtu 1280"), "{t}");
     }
 }

@@ -169,6 +169,36 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Adds a host on a LAN of its own behind host `behind`: `{subnet}.1/24` on `lan0` in
+    /// `behind`, the new host `{subnet}.2/24` with its default route via `behind`. Returns
+    /// the new host's index (its namespace goes with the lab).
+    pub fn add_lan_host(&mut self, behind: usize, subnet: &str) -> io::Result<usize> {
+        let i = self.hosts;
+        let ns = self.ns(i);
+        ip(&["netns", "add", &ns])?;
+        self.hosts += 1;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let gw_ns = self.ns(behind);
+        self.link(&ns, "eth0", &gw_ns, "lan0")?;
+        ip(&[
+            "-n",
+            &gw_ns,
+            "addr",
+            "add",
+            &format!("{subnet}.1/24"),
+            "dev",
+            "lan0",
+        ])?;
+        ip(&["-n", &gw_ns, "link", "set", "lan0", "up"])?;
+        self.address(
+            &ns,
+            "eth0",
+            &format!("{subnet}.2/24"),
+            &format!("{subnet}.1"),
+        )?;
+        Ok(i)
+    }
+
     /// A veth pair `a_name` in `a` and `b_name` in `b`.
     fn link(&self, a: &str, a_name: &str, b: &str, b_name: &str) -> io::Result<()> {
         ip(&[

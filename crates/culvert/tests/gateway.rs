@@ -313,3 +313,221 @@ fn a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp() 
         assert!(drops(&st, "too_big") > 0, "{st}");
     }
 }
+
+/// A subnet router's state: [`system_state`] plus its LAN interface's forwarding, without
+/// the link-local routes a new LAN interface gains by itself.
+fn router_state(lab: &Lab, host: usize) -> String {
+    let state = system_state(lab, host)
+        + &lab
+            .sh(Some(host), "sysctl net.ipv4.conf.lan0.forwarding")
+            .unwrap();
+    state
+        .lines()
+        .filter(|l| !l.contains("fe80:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Counts, in LAN host `host`, the TCP SYNs and echo requests arriving from each source.
+fn count_sources(lab: &Lab, host: usize) {
+    lab.sh(
+        Some(host),
+        "nft -f - <<'EOF'\ntable inet seen {\n set from { type ipv4_addr; flags dynamic; }\n \
+         chain count { type filter hook input priority 0;\n \
+         tcp flags syn add @from { ip saddr }\n icmp type echo-request add @from { ip saddr }\n }\n}\nEOF",
+    )
+    .unwrap();
+}
+
+fn sources_seen(lab: &Lab, host: usize) -> String {
+    lab.sh(Some(host), "nft list set inet seen from")
+        .unwrap_or_default()
+}
+
+/// Site to site:
+/// ```text
+///   LAN host 4 192.168.60.2 -- server (host 0, advertises 192.168.60.0/24)
+///   LAN host 3 192.168.50.2 -- client A (host 1, advertises 192.168.50.0/24 with --nat,
+///                                        and 192.168.99.0/24, which the server refuses)
+///                              client B (host 2)
+/// ```
+#[test]
+fn subnet_routes_carry_traffic_between_sites_in_both_directions() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("gwsub", 3) else {
+        return;
+    };
+    let lan_a = lab.add_lan_host(1, "192.168.50").unwrap();
+    let lan_s = lab.add_lan_host(0, "192.168.60").unwrap();
+    count_sources(&lab, lan_a);
+    count_sources(&lab, lan_s);
+    let before = (router_state(&lab, 0), router_state(&lab, 1));
+    let server_flags = [
+        "--allow-route",
+        "192.168.50.0/24",
+        "--advertise-route",
+        "192.168.60.0/24",
+    ];
+    let a_flags = [
+        "--advertise-route",
+        "192.168.50.0/24,192.168.99.0/24",
+        "--nat",
+    ];
+    let server = lab.spawn(0, &server_args(KEY, &server_flags)).unwrap();
+    let a = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &a_flags);
+    let b = start_client(&mut lab, 2, "10.0.0.3/24", KEY);
+    wait_ping(&lab, 2, overlay(1));
+
+    // B reaches the LAN behind A; the LAN host sees A's LAN address (masqueraded).
+    let rtt = lab.ping_until(2, ip("192.168.50.2"), Duration::from_secs(10));
+    assert!(rtt.is_some(), "B -> LAN behind A\n{}", lab.logs());
+    let t = lab
+        .transfer(2, lan_a, ip("192.168.50.2"), 20 * MB, || ())
+        .unwrap();
+    assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received), "B -> LAN A");
+    let seen = sources_seen(&lab, lan_a);
+    assert!(
+        seen.contains("192.168.50.1") && !seen.contains("10.0.0.3"),
+        "{seen}"
+    );
+
+    // The LAN behind A and the LAN behind the server, both ways, unmasqueraded (each LAN
+    // routes through its gateway): the server's LAN host sees the other LAN's address.
+    let t = lab
+        .transfer(lan_a, lan_s, ip("192.168.60.2"), 20 * MB, || ())
+        .unwrap();
+    assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received), "LAN A -> LAN S");
+    let t = lab
+        .transfer(lan_s, lan_a, ip("192.168.50.2"), 20 * MB, || ())
+        .unwrap();
+    assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received), "LAN S -> LAN A");
+    let seen = sources_seen(&lab, lan_s);
+    assert!(seen.contains("192.168.50.2"), "{seen}");
+    // B reaches the server's LAN too (the hub's own route).
+    assert!(
+        lab.ping_until(2, ip("192.168.60.2"), Duration::from_secs(5))
+            .is_some()
+    );
+
+    // What each node routes, in the kernel and in status; the refused offer is nowhere.
+    let kernel = lab.sh(Some(2), "ip route show dev culvert0").unwrap();
+    assert!(
+        kernel.contains("192.168.50.0/24") && kernel.contains("192.168.60.0/24"),
+        "{kernel}"
+    );
+    assert!(!kernel.contains("192.168.99.0"), "{kernel}");
+    let st = lab.status(1).unwrap();
+    let a_node = st["node"].as_u64().unwrap();
+    assert_eq!(
+        st["accepted_routes"],
+        serde_json::json!(["192.168.50.0/24"]),
+        "{st}"
+    );
+    assert!(
+        st["gateway"]
+            .as_str()
+            .is_some_and(|g| g.contains("192.168.50.0/24 via lan0")),
+        "{st}"
+    );
+    let st = lab.status(0).unwrap();
+    assert_eq!(
+        st["routes"],
+        serde_json::json!([{"prefix": "192.168.50.0/24", "node": a_node}]),
+        "{st}"
+    );
+    assert!(
+        lab.log(server).contains("192.168.99.0/24"),
+        "the refusal is logged"
+    );
+
+    // A second node offering the same subnet is refused, with the reason.
+    let dup = lab
+        .spawn(
+            2,
+            &[
+                "client",
+                "-r",
+                "198.18.1.2:9000",
+                "-t",
+                "10.0.0.9/24",
+                "-k",
+                KEY,
+                "--tun-name",
+                "culvert1",
+                "--advertise-route",
+                "192.168.50.0/24",
+            ],
+        )
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !lab.log(dup).contains("already routed by node") && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        lab.log(dup).contains(&format!(
+            "route 192.168.50.0/24 is already routed by node {a_node}"
+        )),
+        "{}",
+        lab.log(dup)
+    );
+    lab.stop(dup, false);
+
+    // kill -9 the subnet router; its next start cleans up and works; a clean exit then
+    // leaves every host as it was.
+    lab.stop(a, true);
+    let a = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &a_flags);
+    assert!(
+        lab.ping_until(2, ip("192.168.50.2"), Duration::from_secs(20))
+            .is_some(),
+        "after a restart\n{}",
+        lab.logs()
+    );
+    lab.stop(b, false);
+    lab.stop(a, false);
+    lab.stop(server, false);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(router_state(&lab, 0), before.0, "server state after exit");
+    assert_eq!(
+        router_state(&lab, 1),
+        before.1,
+        "subnet router state after exit"
+    );
+}
+
+/// Under client isolation, a full-tunnel client's packets for another client reach the
+/// exit's TUN like any other destination: the exit's own forwarding must not carry them
+/// back out to that client.
+#[test]
+fn an_exit_under_isolation_does_not_forward_between_clients() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("gwiso", 3) else {
+        return;
+    };
+    let _server = lab
+        .spawn(0, &server_args(KEY, &["--nat", "--client-isolation"]))
+        .unwrap();
+    let _a = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--full-tunnel"]);
+    let _b = start_client(&mut lab, 2, "10.0.0.3/24", KEY);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    for _ in 0..3 {
+        assert!(
+            lab.ping(1, overlay(2), Duration::from_secs(1)).is_none(),
+            "a client reached another through the exit's forwarding\n{}",
+            lab.logs()
+        );
+    }
+    let table = lab.status(0).unwrap()["nft_table"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rules = lab
+        .sh(Some(0), &format!("nft list chain inet {table} confine"))
+        .unwrap();
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.contains("client isolation") && !l.contains("packets 0 ")),
+        "{rules}"
+    );
+}

@@ -8,12 +8,13 @@
 //!               fib daddr type local iifname != <tun> <our TCP flows> drop }
 //!   chain out { type filter hook output priority raw - 10;
 //!               oifname != <tun> <our TCP flows> notrack }
-//!   # a server as an exit
+//!   # gateways: a server as an exit, a node routing for subnets behind it
 //!   chain nat { type nat hook postrouting priority srcnat;
-//!               oifname <uplink> ip saddr <overlay> masquerade }
+//!               oifname <uplink> ip saddr <overlay> masquerade
+//!               ip saddr <overlay> ip daddr <advertised subnet> masquerade }   # with nat
 //!   chain confine { type filter hook forward priority filter;
-//!               iifname <uplink> oifname != <tun> drop }        # only if we enabled it
-//!   # a gateway of any kind
+//!               iifname <uplink or LAN> oifname != <tun> drop     # where we enabled forwarding
+//!               iifname <tun> oifname <tun> drop }                # a hub with client isolation
 //!   chain mss { type filter hook forward priority mangle;
 //!               iifname|oifname <tun> tcp SYN: maxseg size set rt mtu }
 //! }
@@ -27,11 +28,13 @@
 //! * `out` exempts our raw segments from the host's conntrack (and NAT), which would
 //!   otherwise track half a connection and might mark it invalid; traffic into the TUN
 //!   is left alone.
-//! * `nat` gives the overlay's traffic to the Internet the uplink's address. `confine` keeps
-//!   forwarding on the uplink (which an exit must turn on for the answers) from forwarding
-//!   anything else; it is there only when the uplink did not forward before. An accept
-//!   here cannot override another table's `policy drop` (nftables runs every base chain):
-//!   see the README for ufw, firewalld and Docker.
+//! * `nat` gives the overlay's traffic to the Internet the uplink's address, and (with
+//!   `nat` on a subnet router) its traffic into an advertised subnet the router's LAN
+//!   address. `confine` keeps forwarding on an interface that culvert turned on (an exit's
+//!   uplink, a subnet router's LAN, for the answers) from forwarding anything but the
+//!   overlay's traffic, and a hub under isolation from forwarding between clients through
+//!   its own routing table. An accept here cannot override another table's `policy drop`
+//!   (nftables runs every base chain): see the README for ufw, firewalld and Docker.
 //! * `mss` lowers the MSS of TCP SYNs forwarded through the tunnel to what the route's MTU
 //!   allows (it never raises one), so hosts behind a gateway never send segments too
 //!   large for the overlay.
@@ -64,16 +67,15 @@ pub enum FlowMatch {
     },
 }
 
-/// A server as an exit to the uplink's networks.
+/// Overlay traffic leaving with this host's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
-    /// The interface traffic leaves by (the default route's).
-    pub uplink: String,
-    /// The overlay prefixes to masquerade.
-    pub sources: Vec<Prefix>,
-    /// Drop what arrives on the uplink for anywhere but the TUN: the uplink forwards only
-    /// because culvert turned forwarding on for it.
-    pub confine_uplink: bool,
+pub struct Masquerade {
+    /// Only what leaves by this interface (an exit's uplink).
+    pub oif: Option<String>,
+    /// The overlay prefix whose traffic is masqueraded.
+    pub src: Prefix,
+    /// Only traffic to this subnet (an advertised route).
+    pub dst: Option<Prefix>,
 }
 
 /// What an instance's table holds.
@@ -81,8 +83,12 @@ pub struct Exit {
 pub struct RuleSet {
     /// FakeTCP's flows.
     pub faketcp: Option<FlowMatch>,
-    /// Masquerading for a server that is an exit.
-    pub exit: Option<Exit>,
+    /// Masquerading (an exit's, a subnet router's with `nat`).
+    pub masquerade: Vec<Masquerade>,
+    /// Interfaces that forward only into the TUN: culvert enabled forwarding on them.
+    pub confine: Vec<String>,
+    /// Forward nothing from the TUN back into it (a hub with client isolation).
+    pub isolate: bool,
     /// Clamp the MSS of TCP SYNs forwarded through the TUN.
     pub clamp_mss: bool,
 }
@@ -90,7 +96,11 @@ pub struct RuleSet {
 impl RuleSet {
     /// Whether there is anything to install.
     pub fn is_empty(&self) -> bool {
-        self.faketcp.is_none() && self.exit.is_none() && !self.clamp_mss
+        self.faketcp.is_none()
+            && self.masquerade.is_empty()
+            && self.confine.is_empty()
+            && !self.isolate
+            && !self.clamp_mss
     }
 
     /// The table's body (chains and rules) for TUN device `tun`.
@@ -106,23 +116,40 @@ impl RuleSet {
                  oifname != {tun} {local} counter notrack comment \"culvert FakeTCP: untracked\"\n\t}}\n"
             );
         }
-        if let Some(exit) = &self.exit {
-            let uplink = quote(&exit.uplink);
+        if !self.masquerade.is_empty() {
             out += "\tchain nat { type nat hook postrouting priority srcnat; policy accept;\n";
-            for p in &exit.sources {
-                let fam = if p.addr().is_ipv4() { "ip" } else { "ip6" };
+            for m in &self.masquerade {
+                let fam = if m.src.addr().is_ipv4() { "ip" } else { "ip6" };
+                let oif = m.oif.as_deref().map(|o| format!("oifname {} ", quote(o)));
+                let dst = m.dst.map(|d| format!(" {fam} daddr {}", d.network()));
                 out += &format!(
-                    "\t\toifname {uplink} {fam} saddr {} counter masquerade comment \"culvert exit\"\n",
-                    p.network()
+                    "\t\t{}{fam} saddr {}{} counter masquerade comment \"culvert {}\"\n",
+                    oif.unwrap_or_default(),
+                    m.src.network(),
+                    dst.as_deref().unwrap_or_default(),
+                    if m.dst.is_some() {
+                        "subnet router"
+                    } else {
+                        "exit"
+                    },
                 );
             }
             out += "\t}\n";
-            if exit.confine_uplink {
+        }
+        if !self.confine.is_empty() || self.isolate {
+            out += "\tchain confine { type filter hook forward priority filter; policy accept;\n";
+            for i in &self.confine {
                 out += &format!(
-                    "\tchain confine {{ type filter hook forward priority filter; policy accept;\n\t\t\
-                     iifname {uplink} oifname != {tun} counter drop comment \"culvert: the uplink forwards only for the overlay\"\n\t}}\n"
+                    "\t\tiifname {} oifname != {tun} counter drop comment \"culvert: forwards only for the overlay\"\n",
+                    quote(i)
                 );
             }
+            if self.isolate {
+                out += &format!(
+                    "\t\tiifname {tun} oifname {tun} counter drop comment \"culvert: client isolation\"\n"
+                );
+            }
+            out += "\t}\n";
         }
         if self.clamp_mss {
             out += &format!(

@@ -237,12 +237,15 @@ pub struct DirEntry {
     pub public_key: [u8; 32],
     /// The overlay addresses the hub granted it.
     pub addresses: Vec<Prefix>,
+    /// The subnets behind it the hub accepted (traffic to them goes to this node).
+    pub routes: Vec<Prefix>,
 }
 
 impl DirEntry {
     /// Encoded length of this entry.
     pub fn buffer_len(&self) -> usize {
-        4 + 32 + 1 + self.addresses.iter().map(Prefix::buffer_len).sum::<usize>()
+        let list = |l: &[Prefix]| 1 + l.iter().map(Prefix::buffer_len).sum::<usize>();
+        4 + 32 + list(&self.addresses) + list(&self.routes)
     }
 }
 
@@ -299,6 +302,7 @@ impl<'a> Frame<'a> {
                             node: r.u32()?,
                             public_key: r.array()?,
                             addresses: addr::parse_list(&mut r)?,
+                            routes: addr::parse_list(&mut r)?,
                         })
                     })
                     .collect::<Result<_>>()?;
@@ -413,6 +417,7 @@ impl<'a> Frame<'a> {
                     out.extend_from_slice(&e.node.to_be_bytes());
                     out.extend_from_slice(&e.public_key);
                     addr::emit_list(&e.addresses, out);
+                    addr::emit_list(&e.routes, out);
                 }
             }
             Self::DirRequest { version } => {
@@ -625,11 +630,13 @@ mod tests {
             any::<u32>(),
             any::<[u8; 32]>(),
             proptest::collection::vec(arb_prefix(), 0..4),
+            proptest::collection::vec(arb_prefix(), 0..3),
         )
-            .prop_map(|(node, public_key, addresses)| DirEntry {
+            .prop_map(|(node, public_key, addresses, routes)| DirEntry {
                 node,
                 public_key,
                 addresses,
+                routes,
             });
         prop_oneof![
             (any::<u32>(), any::<u64>())

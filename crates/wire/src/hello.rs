@@ -1,8 +1,8 @@
 //! Handshake payloads: what the Noise messages carry, encrypted and authenticated.
 //!
 //! ```text
-//! Hello (message 1):   | version = 1 | kind | ciphers | timestamp (8) | address list |
-//!                      | padding length (2) | padding (zeros) |
+//! Hello (message 1):   | version = 3 | kind | ciphers | timestamp (8) | address list |
+//!                      | route list | padding length (2) | padding (zeros) |
 //! Welcome (message 2): | 0 | cipher | node id (4) | flags | keepalive s (2) |
 //!                      | responder address list | granted address list |
 //! Refusal (message 2): | code (1..) | text length | UTF-8 text |
@@ -15,7 +15,7 @@ use crate::field::Reader;
 use crate::{Error, Result};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// What the initiator wants from the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct Hello {
     pub timestamp: u64,
     /// Overlay addresses claimed (join), or empty.
     pub addresses: Vec<Prefix>,
+    /// Subnets behind the initiator it offers to route for (join), or empty.
+    pub routes: Vec<Prefix>,
     /// Zero bytes appended so that message 1 is at least as long as any reply to it: a
     /// responder never answers with more bytes than it received.
     pub padding: u16,
@@ -74,13 +76,15 @@ impl Hello {
         out.push(self.ciphers);
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         addr::emit_list(&self.addresses, out);
+        addr::emit_list(&self.routes, out);
         out.extend_from_slice(&self.padding.to_be_bytes());
         out.resize(out.len() + usize::from(self.padding), 0);
     }
 
     /// Encoded length without padding.
     pub fn unpadded_len(&self) -> usize {
-        3 + 8 + 1 + self.addresses.iter().map(Prefix::buffer_len).sum::<usize>() + 2
+        let list = |l: &[Prefix]| 1 + l.iter().map(Prefix::buffer_len).sum::<usize>();
+        3 + 8 + list(&self.addresses) + list(&self.routes) + 2
     }
 
     /// Parses a payload; all of it must be consumed.
@@ -98,6 +102,7 @@ impl Hello {
         let ciphers = r.u8()?;
         let timestamp = r.u64()?;
         let addresses = addr::parse_list(&mut r)?;
+        let routes = addr::parse_list(&mut r)?;
         let padding = r.u16()?;
         r.take(usize::from(padding))?;
         r.finish()?;
@@ -106,6 +111,7 @@ impl Hello {
             ciphers,
             timestamp,
             addresses,
+            routes,
             padding,
         })
     }
@@ -135,6 +141,8 @@ pub enum RefusalCode {
     UnknownKey = 9,
     /// An address claimed lies outside the hub's overlay network.
     OutsideNetwork = 10,
+    /// A route offered is another node's, or overlaps the overlay network.
+    RouteConflict = 11,
 }
 
 /// Payload of handshake message 2.
@@ -223,6 +231,7 @@ impl Reply {
                     8 => RefusalCode::PeerNotAllowed,
                     9 => RefusalCode::UnknownKey,
                     10 => RefusalCode::OutsideNetwork,
+                    11 => RefusalCode::RouteConflict,
                     _ => return Err(Error::Malformed("refusal code")),
                 };
                 let len = usize::from(r.u8()?);
@@ -248,10 +257,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A join hello claiming 10.0.0.2/24 at timestamp 1 with 2 bytes of padding, as in
-    /// docs/PROTOCOL.md.
-    const HELLO_BYTES: [u8; 22] = [
-        0x02, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24, 0, 2, 0, 0,
+    /// A join hello claiming 10.0.0.2/24 and offering a route to 192.168.50.0/24 at
+    /// timestamp 1 with 2 bytes of padding, as in docs/PROTOCOL.md.
+    const HELLO_BYTES: [u8; 29] = [
+        0x03, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0x04, 10, 0, 0, 2, 24, 0x01, 0x04, 192,
+        168, 50, 0, 24, 0, 2, 0, 0,
     ];
 
     #[test]
@@ -261,6 +271,7 @@ mod tests {
             ciphers: 0x03,
             timestamp: 1,
             addresses: vec!["10.0.0.2/24".parse().unwrap()],
+            routes: vec!["192.168.50.0/24".parse().unwrap()],
             padding: 2,
         };
         let mut out = Vec::new();
@@ -268,9 +279,9 @@ mod tests {
         assert_eq!(out, HELLO_BYTES);
         assert_eq!(h.unpadded_len() + 2, out.len());
         assert_eq!(Hello::parse(&out).unwrap(), h);
-        let mut v1 = out.clone();
-        v1[0] = 1;
-        assert_eq!(Hello::parse(&v1), Err(Error::UnsupportedVersion(1)));
+        let mut v2 = out.clone();
+        v2[0] = 2;
+        assert_eq!(Hello::parse(&v2), Err(Error::UnsupportedVersion(2)));
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn hello() {
     assert_eq!(h.ciphers, 3);
     assert_eq!(h.timestamp, 1);
     assert_eq!(h.addresses, vec!["10.0.0.2/24".parse().unwrap()]);
+    assert_eq!(h.routes, vec!["192.168.50.0/24".parse().unwrap()]);
     assert_eq!(h.padding, 2);
     let mut out = Vec::new();
     h.emit(&mut out);

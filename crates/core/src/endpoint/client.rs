@@ -87,6 +87,8 @@ pub(super) struct Client {
     pub(super) isolation: bool,
     /// The addresses the hub granted at the last join.
     granted: Vec<Prefix>,
+    /// Our offered routes the hub accepted, from our directory entry (`None`: not known).
+    pub(super) accepted_routes: Option<Vec<Prefix>>,
     pub(super) dir: DirectoryAssembly,
     ping_seq: u32,
     /// Outstanding ping: sequence number and when it was sent.
@@ -150,6 +152,7 @@ impl Client {
             node: None,
             isolation: false,
             granted: Vec::new(),
+            accepted_routes: None,
             dir: DirectoryAssembly::default(),
             ping_seq: 0,
             ping_out: None,
@@ -207,20 +210,6 @@ impl Endpoint {
         ok
     }
 
-    /// Routes the hub's own addresses to it, and everything else too in a full tunnel.
-    pub(super) fn route_to_hub(&mut self, addresses: &[Prefix]) {
-        self.routes.remove_value(PeerId::HUB);
-        for a in addresses {
-            self.routes.insert(Prefix::host(a.addr()), PeerId::HUB);
-        }
-        if matches!(&self.cfg.role, crate::config::Role::Client(c) if c.full_tunnel) {
-            for any in ["0.0.0.0/0", "::/0"] {
-                let p: Prefix = any.parse().expect("a valid prefix");
-                self.routes.insert(p, PeerId::HUB);
-            }
-        }
-    }
-
     /// The hub accepted our join (first time, reconnect, or rekey).
     pub(super) fn on_joined(&mut self, now: Instant, mut w: Welcome) {
         w.responder_addresses = self.inside_networks(
@@ -228,10 +217,10 @@ impl Endpoint {
             core::mem::take(&mut w.responder_addresses),
         );
         w.granted = self.inside_networks("granted addresses", core::mem::take(&mut w.granted));
-        self.route_to_hub(&w.responder_addresses);
         if let Some(hub) = self.peers.get_mut(&PeerId::HUB) {
             hub.addresses = w.responder_addresses.clone();
         }
+        self.install_routes(PeerId::HUB);
         let keepalive = self.cfg.timing.keepalive;
         let c = self.client();
         let fresh = c.node != Some(w.node) || c.granted != w.granted;
@@ -319,7 +308,18 @@ impl Endpoint {
         let own = self.client().node;
         let mut keep = BTreeSet::new();
         for e in entries {
-            if Some(e.node) == own || e.node == PeerId::HUB.0 || e.public_key == self.public.0 {
+            if e.node == PeerId::HUB.0 {
+                let routes = self.usable_routes(PeerId::HUB, e.routes);
+                if let Some(hub) = self.peers.get_mut(&PeerId::HUB)
+                    && hub.routes != routes
+                {
+                    hub.routes = routes;
+                    self.install_routes(PeerId::HUB);
+                }
+                continue;
+            }
+            if Some(e.node) == own || e.public_key == self.public.0 {
+                self.note_accepted_routes(e.routes);
                 continue;
             }
             let id = PeerId(e.node);
@@ -334,15 +334,10 @@ impl Endpoint {
                 .entry(id)
                 .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay(PeerId::HUB)));
             peer.addresses = addresses;
-            let hosts: Vec<Prefix> = peer
-                .addresses
-                .iter()
-                .map(|a| Prefix::host(a.addr()))
-                .collect();
-            self.routes.remove_value(id);
-            for h in hosts {
-                self.routes.insert(h, id);
-            }
+            let routes = self.usable_routes(id, e.routes);
+            let peer = self.peers.get_mut(&id).expect("inserted above");
+            peer.routes = routes;
+            self.install_routes(id);
         }
         let gone: Vec<PeerId> = self
             .peers
@@ -358,6 +353,31 @@ impl Endpoint {
             version = self.client().dir.held,
             "directory applied"
         );
+    }
+
+    /// Our own directory entry: the routes the hub accepted from us. Logs a change, and
+    /// the offers it left out.
+    fn note_accepted_routes(&mut self, accepted: Vec<Prefix>) {
+        let offered: Vec<Prefix> = self.cfg.routes.iter().map(Prefix::network).collect();
+        let c = self.client();
+        if c.accepted_routes.as_ref() == Some(&accepted) {
+            return;
+        }
+        let left_out: Vec<Prefix> = offered
+            .into_iter()
+            .filter(|r| !accepted.contains(r))
+            .collect();
+        if !left_out.is_empty() {
+            tracing::warn!(
+                routes = %super::hub::list(&left_out),
+                "the server did not accept these offered routes (its allow_routes or this key's \
+                 [[peer]] routes must cover them); see the server's log"
+            );
+        }
+        if !accepted.is_empty() {
+            tracing::info!(routes = %super::hub::list(&accepted), "the server routes these subnets to us");
+        }
+        c.accepted_routes = Some(accepted);
     }
 
     /// Accepts an end-to-end session from another client, relayed (by the hub, or by the

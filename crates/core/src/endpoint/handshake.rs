@@ -78,6 +78,11 @@ impl Endpoint {
             } else {
                 Vec::new()
             },
+            routes: if kind == HelloKind::Join {
+                self.cfg.routes.clone()
+            } else {
+                Vec::new()
+            },
             padding: 0,
         };
         let unpadded = handshake_init_len(hello.unpadded_len() + MSG1_OVERHEAD);

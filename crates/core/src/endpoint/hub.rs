@@ -27,7 +27,7 @@ const HANDSHAKES_PER_SOURCE: u32 = 30;
 const DIRECTORY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a join is refused: the code and the text both sides log.
-type Refusal = (RefusalCode, String);
+pub(super) type Refusal = (RefusalCode, String);
 
 /// Hub-only state.
 #[derive(Debug)]
@@ -85,6 +85,16 @@ impl Hub {
             .find(|b| b.key == *key)
             .map(|b| &b.addresses[..])
     }
+
+    /// Whether `key` may offer `route`: inside `allow_routes` or its binding's routes.
+    pub(super) fn may_route(&self, key: &PublicKey, route: &Prefix) -> bool {
+        let bound = self.cfg.clients.iter().filter(|b| b.key == *key);
+        self.cfg
+            .allow_routes
+            .iter()
+            .chain(bound.flat_map(|b| b.routes.iter()))
+            .any(|a| a.covers(route))
+    }
 }
 
 impl Endpoint {
@@ -136,13 +146,14 @@ impl Endpoint {
                     RefusalCode::NoCommonCipher,
                     "no data cipher in common".to_owned(),
                 )),
-                Some(cipher) => self
-                    .grant(&key, &hello)
-                    .and_then(|g| self.check_claims(&key, existing, &g).map(|()| g))
-                    .map(|granted| (cipher, granted)),
+                Some(cipher) => self.grant(&key, &hello).and_then(|g| {
+                    let routes = self.allowed_routes(now, src, &key, &hello.routes);
+                    self.check_claims(&key, existing, &g, &routes)
+                        .map(|()| (cipher, g, routes))
+                }),
             }
         };
-        let (cipher, granted) = match verdict {
+        let (cipher, granted, routes) = match verdict {
             Ok(v) => v,
             Err((code, text)) => {
                 if let Source::Addr(from) = src {
@@ -181,7 +192,11 @@ impl Endpoint {
             Pending {
                 session,
                 key,
-                claim: Claim::Join { node, granted },
+                claim: Claim::Join {
+                    node,
+                    granted,
+                    routes,
+                },
                 source: src,
                 timestamp: hello.timestamp,
             },
@@ -199,10 +214,11 @@ impl Endpoint {
         key: &PublicKey,
         node: PeerId,
         granted: &[Prefix],
+        routes: &[Prefix],
     ) -> Result<PeerId, DropReason> {
         let existing = self.peer_by_key(key);
         let id = existing.unwrap_or(node);
-        let raced = match self.check_claims(key, existing, granted) {
+        let raced = match self.check_claims(key, existing, granted, routes) {
             Err((_, text)) => Some(text),
             Ok(()) if existing.is_none() && self.peers.contains_key(&id) => {
                 Some(format!("node id {} was taken", id.0))
@@ -217,13 +233,11 @@ impl Endpoint {
             .peers
             .entry(id)
             .or_insert_with(|| Peer::new(id, *key, Vec::new(), Path::Direct(None)));
-        let changed = peer.addresses != granted;
+        let changed = peer.addresses != granted || peer.routes != routes;
         peer.addresses = granted.to_vec();
+        peer.routes = routes.to_vec();
         if changed {
-            self.routes.remove_value(id);
-            for a in granted {
-                self.routes.insert(Prefix::host(a.addr()), id);
-            }
+            self.install_routes(id);
             if existing.is_some() {
                 self.hub().dir_dirty = true;
                 self.schedule_now(now);
@@ -297,14 +311,17 @@ impl Endpoint {
         }
     }
 
-    /// Whether `key` may hold `granted` now: none is the hub's, held by another node or
-    /// bound to another key, and a new node fits under `max_clients`.
+    /// Whether `key` may hold `granted` and `routes` now: no address is the hub's, held by
+    /// another node or bound to another key, no route conflicts, and a new node fits under
+    /// `max_clients`.
     fn check_claims(
         &mut self,
         key: &PublicKey,
         existing: Option<PeerId>,
         granted: &[Prefix],
+        routes: &[Prefix],
     ) -> Result<(), Refusal> {
+        self.route_conflict(existing, routes)?;
         let max_clients = self.hub().cfg.max_clients;
         for a in granted {
             if self.cfg.addresses.iter().any(|own| own.addr() == a.addr()) {
@@ -390,7 +407,6 @@ impl Endpoint {
     ) -> Result<(), DropReason> {
         if let RoleState::Hub(hub) = &self.role
             && held != hub.dir_version
-            && !hub.cfg.isolation
         {
             // A ping too soon after the last answer is still answered; the next one gets
             // the directory.
@@ -401,7 +417,7 @@ impl Endpoint {
 
     pub(super) fn on_dir_request(&mut self, now: Instant, id: PeerId) -> Result<(), DropReason> {
         match &self.role {
-            RoleState::Hub(hub) if !hub.cfg.isolation => self.send_requested_directory(now, id),
+            RoleState::Hub(_) => self.send_requested_directory(now, id),
             _ => Err(DropReason::BadFrame),
         }
     }
@@ -421,17 +437,31 @@ impl Endpoint {
     }
 
     /// Sends the current directory snapshot to one client, in as many parts as needed.
+    ///
+    /// The hub's own entry (node 0) comes first: its routes. Under isolation a client's
+    /// directory holds only the hub and the client itself (which learns the routes the hub
+    /// accepted from it).
     fn send_directory(&mut self, now: Instant, to: PeerId) {
-        let version = self.hub().dir_version;
-        let entries: Vec<DirEntry> = self
-            .peers
-            .values()
-            .filter(|p| p.sessions.current.is_some())
-            .map(|p| DirEntry {
-                node: p.id.0,
-                public_key: p.key.0,
-                addresses: p.addresses.clone(),
-            })
+        let hub = self.hub();
+        let (version, isolation) = (hub.dir_version, hub.cfg.isolation);
+        let own = DirEntry {
+            node: PeerId::HUB.0,
+            public_key: self.public.0,
+            addresses: self.cfg.addresses.clone(),
+            routes: self.cfg.routes.clone(),
+        };
+        let entries: Vec<DirEntry> = core::iter::once(own)
+            .chain(
+                self.peers
+                    .values()
+                    .filter(|p| p.sessions.current.is_some() && (!isolation || p.id == to))
+                    .map(|p| DirEntry {
+                        node: p.id.0,
+                        public_key: p.key.0,
+                        addresses: p.addresses.clone(),
+                        routes: p.routes.clone(),
+                    }),
+            )
             .collect();
         let mut parts: Vec<Vec<DirEntry>> = vec![Vec::new()];
         let mut size = DIRECTORY_HEADER_LEN;
@@ -480,22 +510,20 @@ impl Endpoint {
         if hub.dir_dirty {
             hub.dir_dirty = false;
             hub.dir_version += 1;
-            if !hub.cfg.isolation {
-                let ids: Vec<PeerId> = self
-                    .peers
-                    .values()
-                    .filter(|p| p.sessions.current.is_some())
-                    .map(|p| p.id)
-                    .collect();
-                for id in ids {
-                    self.send_directory(now, id);
-                }
+            let ids: Vec<PeerId> = self
+                .peers
+                .values()
+                .filter(|p| p.sessions.current.is_some())
+                .map(|p| p.id)
+                .collect();
+            for id in ids {
+                self.send_directory(now, id);
             }
         }
     }
 }
 
-fn list(prefixes: &[Prefix]) -> String {
+pub(super) fn list(prefixes: &[Prefix]) -> String {
     prefixes
         .iter()
         .map(Prefix::to_string)

@@ -30,6 +30,7 @@ mod hub;
 mod mtu;
 mod neighbours;
 mod relay;
+mod routes;
 
 use core::ops::Range;
 use std::collections::{BTreeMap, VecDeque};
@@ -49,7 +50,7 @@ use crate::rng::Rng;
 use crate::router::Router;
 use crate::sessions::Slot;
 use crate::stats::{DropCounters, DropReason, Traffic};
-use crate::status::{PeerStatus, Status};
+use crate::status::{PeerStatus, RouteStatus, Status};
 
 use client::Client;
 use hub::Hub;
@@ -149,6 +150,8 @@ pub struct Endpoint {
     /// Responder handshakes whose initiator has not proven its key yet.
     pending: PendingTable,
     routes: Router<PeerId>,
+    /// The subnets last announced to the shell ([`Event::RoutesChanged`]).
+    announced_routes: Vec<Prefix>,
     outbox: VecDeque<OwnedTransmit>,
     /// IP packets recovered by FEC, to write to the TUN device.
     recovered: VecDeque<Vec<u8>>,
@@ -225,6 +228,7 @@ impl Endpoint {
             by_index: BTreeMap::new(),
             pending: PendingTable::default(),
             routes: Router::default(),
+            announced_routes: Vec::new(),
             outbox: VecDeque::new(),
             recovered: VecDeque::new(),
             events: VecDeque::new(),
@@ -240,7 +244,7 @@ impl Endpoint {
         if ep.is_client() {
             // A full tunnel holds everything for the hub from the start: queued until
             // joined, never sent around it.
-            ep.route_to_hub(&[]);
+            ep.install_routes(PeerId::HUB);
             ep.start_handshake(now, PeerId::HUB);
         }
         ep
@@ -489,6 +493,22 @@ impl Endpoint {
             public_key: self.public.to_string(),
             node,
             addresses: self.cfg.addresses.iter().map(Prefix::to_string).collect(),
+            advertised_routes: self.cfg.routes.iter().map(Prefix::to_string).collect(),
+            accepted_routes: match &self.role {
+                RoleState::Client(c) => c
+                    .accepted_routes
+                    .as_ref()
+                    .map(|a| a.iter().map(Prefix::to_string).collect()),
+                RoleState::Hub(_) => None,
+            },
+            routes: self
+                .installed_routes()
+                .into_iter()
+                .map(|(p, node)| RouteStatus {
+                    prefix: p.to_string(),
+                    node,
+                })
+                .collect(),
             directory_version,
             isolation,
             pending_handshakes: self.pending.len(),
@@ -1260,7 +1280,11 @@ impl Endpoint {
         src: Source,
     ) -> Result<PeerId, DropReason> {
         let id = match &p.claim {
-            Claim::Join { node, granted } => self.admit_confirmed(now, &p.key, *node, granted)?,
+            Claim::Join {
+                node,
+                granted,
+                routes,
+            } => self.admit_confirmed(now, &p.key, *node, granted, routes)?,
             Claim::Peer(id) if self.peers.get(id).is_some_and(|peer| peer.key == p.key) => *id,
             Claim::Peer(_) => return Err(DropReason::UnknownKey),
         };
@@ -1302,7 +1326,7 @@ impl Endpoint {
             self.pending.forget(id);
         }
         self.peers.remove(&id);
-        self.routes.remove_value(id);
+        self.install_routes(id);
         if let RoleState::Client(c) = &mut self.role {
             c.reach.remove(&id);
         }

@@ -172,6 +172,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         secret,
         passphrase: psk,
         addresses: vec!["10.0.0.1/24".parse().unwrap()],
+        routes: Vec::new(),
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
@@ -181,6 +182,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
             max_clients: 100,
             isolation: false,
             clients: Vec::new(),
+            allow_routes: Vec::new(),
             handshake_load_limit: 1000,
         }),
     }
@@ -195,6 +197,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
         } else {
             vec![addr.parse().unwrap()]
         },
+        routes: Vec::new(),
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: fast_timing(),
@@ -208,6 +211,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             p2p: true,
             mesh_relay: culvert_core::MeshRelay::default(),
             full_tunnel: false,
+            accept_routes: true,
         }),
     }
 }

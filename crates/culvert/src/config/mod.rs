@@ -72,7 +72,15 @@ pub(crate) struct RawConfig {
     mesh_relay: Option<bool>,
     max_hops: Option<u8>,
     mesh_relay_mbps: Option<u32>,
-    /// Server: forward clients' traffic to the uplink and masquerade it.
+    /// Subnets behind this node it routes for (lightweight-tunnel's `routes`).
+    #[serde(alias = "routes")]
+    advertise_routes: Option<Vec<String>>,
+    /// Server: routes any client may offer.
+    allow_routes: Option<Vec<String>>,
+    /// Client: install the routes other nodes offer.
+    accept_routes: Option<bool>,
+    /// Server: forward clients' traffic to the uplink and masquerade it. Any node: also
+    /// masquerade the overlay's traffic into its advertised subnets.
     nat: Option<bool>,
     nat_interface: Option<String>,
     /// Client: send all traffic through the server.
@@ -105,6 +113,8 @@ pub(crate) struct RawConfig {
 struct RawPeer {
     public_key: String,
     address: OneOrMany,
+    /// Routes this key may offer.
+    routes: Option<Vec<String>>,
     #[allow(dead_code)]
     name: Option<String>,
 }
@@ -173,6 +183,12 @@ impl RawConfig {
         if !a.address.is_empty() {
             self.address = Some(OneOrMany::Many(a.address.clone()));
         }
+        if !a.advertise_routes.is_empty() {
+            self.advertise_routes = Some(a.advertise_routes.clone());
+        }
+        if a.nat {
+            self.nat = Some(true);
+        }
         if let Some(k) = &a.passphrase {
             self.passphrase = Some(k.clone());
             self.passphrase_file = None;
@@ -217,6 +233,8 @@ fn merge<T: Clone>(slot: &mut Option<T>, flag: &Option<T>) {
 pub(crate) struct Settings {
     pub(crate) role: RoleSettings,
     pub(crate) addresses: Vec<Prefix>,
+    /// Subnets behind this node it routes for (network form).
+    pub(crate) routes: Vec<Prefix>,
     /// The passphrase (passphrase mode); `None` means key mode. Zeroized when dropped.
     pub(crate) passphrase: Option<zeroize::Zeroizing<String>>,
     /// Set when `-k` gave the passphrase on the command line (the daemon warns).
@@ -244,6 +262,8 @@ pub(crate) enum RoleSettings {
         peers: Vec<ClientBinding>,
         /// Be the clients' exit: `Some(uplink override)`.
         nat: Option<Option<String>>,
+        /// Routes any client may offer.
+        allow_routes: Vec<Prefix>,
     },
     Client {
         server: String,
@@ -256,6 +276,10 @@ pub(crate) enum RoleSettings {
         mesh_relay: MeshRelay,
         /// Send all traffic through the server.
         full_tunnel: Option<FullTunnel>,
+        /// Install the routes other nodes offer.
+        accept_routes: bool,
+        /// Masquerade the overlay's traffic into the advertised subnets.
+        nat: bool,
     },
 }
 
@@ -278,10 +302,10 @@ impl Settings {
         if args.client_isolation {
             raw.client_isolation = Some(true);
         }
-        if args.nat {
-            raw.nat = Some(true);
-        }
         merge(&mut raw.nat_interface, &args.nat_interface);
+        if !args.allow_routes.is_empty() {
+            raw.allow_routes = Some(args.allow_routes.clone());
+        }
         Self::build(raw, true)
     }
 
@@ -311,6 +335,9 @@ impl Settings {
         if !args.dns.is_empty() {
             raw.dns = Some(args.dns.clone());
         }
+        if args.no_accept_routes {
+            raw.accept_routes = Some(false);
+        }
         Self::build(raw, false)
     }
 
@@ -325,6 +352,25 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         if addresses.len() > culvert_wire::addr::MAX_ADDRESSES {
             return Err(err("address", "at most 16 addresses"));
+        }
+        let routes = parse_routes("advertise_routes", raw.advertise_routes.as_deref())?;
+        if let Some((r, a)) = routes.iter().find_map(|r| {
+            addresses
+                .iter()
+                .find(|a| r.covers(&a.network()) || a.network().covers(r))
+                .map(|a| (r, a))
+        }) {
+            return Err(err(
+                "advertise_routes",
+                format!("{r} overlaps this node's overlay network {}", a.network()),
+            ));
+        }
+        if raw.nat == Some(true) && !server && routes.is_empty() {
+            return Err(err(
+                "nat",
+                "on a client, nat masquerades the overlay's traffic into the subnets it \
+                 advertises: set advertise_routes (the exit to the Internet is the server's nat)",
+            ));
         }
         let weak_ok = raw.allow_weak_passphrase.unwrap_or(false);
         let passphrase = match (raw.passphrase, raw.passphrase_file) {
@@ -361,6 +407,7 @@ impl Settings {
                         .iter()
                         .map(|a| parse_prefix(&format!("{key}.address"), a))
                         .collect::<Result<_, _>>()?,
+                    routes: parse_routes(&format!("{key}.routes"), p.routes.as_deref())?,
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -407,6 +454,12 @@ impl Settings {
                      with nat = true",
                 ));
             }
+            if raw.accept_routes.is_some() {
+                return Err(err(
+                    "accept_routes",
+                    "is a client setting; a server routes what it accepts (allow_routes)",
+                ));
+            }
             if raw.nat_interface.is_some() && raw.nat != Some(true) {
                 return Err(err("nat_interface", "only means something with nat = true"));
             }
@@ -444,19 +497,20 @@ impl Settings {
                 isolation: raw.client_isolation.unwrap_or(false),
                 peers,
                 nat,
+                allow_routes: parse_routes("allow_routes", raw.allow_routes.as_deref())?,
             }
         } else {
             if raw.listen.is_some()
                 || raw.max_clients.is_some()
                 || raw.client_isolation.is_some()
-                || raw.nat.is_some()
                 || raw.nat_interface.is_some()
+                || raw.allow_routes.is_some()
                 || !peers.is_empty()
             {
                 return Err(err(
                     "listen",
-                    "listen, max_clients, client_isolation, nat, nat_interface and [[peer]] \
-                     are server settings",
+                    "listen, max_clients, client_isolation, nat_interface, allow_routes and \
+                     [[peer]] are server settings",
                 ));
             }
             if (raw.allow_lan.is_some() || raw.dns.is_some()) && raw.full_tunnel != Some(true) {
@@ -536,6 +590,8 @@ impl Settings {
                     rate,
                 },
                 full_tunnel,
+                accept_routes: raw.accept_routes.unwrap_or(true),
+                nat: raw.nat.unwrap_or(false),
             }
         };
         let tun_name = check_interface(
@@ -599,6 +655,7 @@ impl Settings {
         Ok(Self {
             role,
             addresses,
+            routes,
             passphrase,
             passphrase_origin: raw.passphrase_origin,
             user: raw.user,
@@ -666,6 +723,28 @@ const MAX_FEC_DATA: u8 = 64;
 
 fn load_optional(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
     path.map_or_else(|| Ok(RawConfig::default()), RawConfig::load)
+}
+
+/// A list of subnets (network form): at most 16, none a default route.
+fn parse_routes(key: &str, list: Option<&[String]>) -> Result<Vec<Prefix>, ConfigError> {
+    let routes = list
+        .unwrap_or_default()
+        .iter()
+        .map(|s| parse_prefix(key, s).map(|p| p.network()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if routes.len() > culvert_wire::addr::MAX_ADDRESSES {
+        return Err(err(key, "at most 16 routes"));
+    }
+    if let Some(r) = routes.iter().find(|r| r.is_empty()) {
+        return Err(err(
+            key,
+            format!(
+                "{r} is a default route: the server is the exit for everything (nat on the \
+                 server, full_tunnel on clients)"
+            ),
+        ));
+    }
+    Ok(routes)
 }
 
 fn parse_prefix(key: &str, s: &str) -> Result<Prefix, ConfigError> {

@@ -1,5 +1,6 @@
-//! A node as a gateway: a server that is its clients' exit (`--nat`), and a client whose
-//! traffic all goes through the server (`--full-tunnel`).
+//! A node as a gateway: a server that is its clients' exit (`--nat`), a node routing for
+//! the subnets behind it (`--advertise-route`), and a client whose traffic all goes
+//! through the server (`--full-tunnel`).
 //!
 //! Every system change outside the instance's own nftables table and TUN device —
 //! sysctls, policy routing rules, DNS — is written to a record in the state directory
@@ -21,7 +22,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use culvert_sys::netlink::{Netlink, Route, Rule};
-use culvert_sys::nft::Exit;
+use culvert_sys::nft::{Masquerade, RuleSet};
 use culvert_sys::sysctl;
 use culvert_wire::addr::Prefix;
 use serde::{Deserialize, Serialize};
@@ -80,8 +81,8 @@ impl From<RuleRecord> for Rule {
 pub(crate) struct Gateway {
     record: PathBuf,
     changes: Changes,
-    /// What `culvert status` shows.
-    pub(crate) summary: String,
+    /// What `culvert status` shows, one part per role (exit, subnet router, full tunnel).
+    parts: Vec<String>,
 }
 
 impl Gateway {
@@ -103,79 +104,150 @@ impl Gateway {
         let _ = std::fs::remove_file(&record);
     }
 
-    fn new(state_dir: &Path) -> Self {
+    /// A gateway that has changed nothing yet.
+    pub(crate) fn new(state_dir: &Path) -> Self {
         Self {
             record: state_dir.join(RECORD),
             changes: Changes::default(),
-            summary: String::new(),
+            parts: Vec::new(),
         }
     }
 
-    /// Server: the exit's forwarding and the rules for its nftables table. `tun` is the
-    /// TUN device, `sources` the overlay prefixes to masquerade.
+    /// What makes this node a gateway, for `culvert status`; `None`: nothing.
+    pub(crate) fn summary(&self) -> Option<String> {
+        (!self.parts.is_empty()).then(|| self.parts.join("; "))
+    }
+
+    /// Server: the exit's forwarding and masquerading. `tun` is the TUN device, `sources`
+    /// the overlay prefixes to masquerade.
     pub(crate) fn exit(
-        state_dir: &Path,
+        &mut self,
         tun: &str,
         uplink: Option<&str>,
-        sources: Vec<Prefix>,
-    ) -> Result<(Self, Exit)> {
-        let mut g = Self::new(state_dir);
+        sources: &[Prefix],
+        rules: &mut RuleSet,
+    ) -> Result<()> {
         let v4 = sources.iter().any(|p| p.addr().is_ipv4());
         let v6 = sources.iter().any(|p| p.addr().is_ipv6());
         let uplink = match uplink {
             Some(u) => u.to_owned(),
-            None => default_interface(!v4 && v6).context(
+            None => interface_towards(default_probe(!v4 && v6), None).context(
                 "finding the uplink for --nat: no default route; name it with --nat-interface",
             )?,
         };
         if Netlink::link_index(&uplink).is_err() {
             bail!("--nat: interface {uplink:?} does not exist (set nat_interface)");
         }
-        let mut confine = false;
+        self.forward(tun, &uplink, v4, v6, rules)?;
+        rules.masquerade.extend(sources.iter().map(|p| Masquerade {
+            oif: Some(uplink.clone()),
+            src: p.network(),
+            dst: None,
+        }));
+        self.parts.push(format!(
+            "exit via {uplink} (masquerading {})",
+            list(sources.iter().map(Prefix::network))
+        ));
+        tracing::info!(uplink = %uplink, "the server is its clients' exit: forwarding and masquerading");
+        Ok(())
+    }
+
+    /// Any node: forwarding between the TUN and the subnets it advertises, masquerading
+    /// the overlay's traffic into them with `nat`. `mark` is a full tunnel's (the lookup
+    /// of a subnet's interface must not see the tunnel's routes).
+    pub(crate) fn subnet_router(
+        &mut self,
+        tun: &str,
+        routes: &[Prefix],
+        nat: bool,
+        sources: &[Prefix],
+        mark: Option<u32>,
+        rules: &mut RuleSet,
+    ) -> Result<()> {
+        let mut via = Vec::new();
+        for r in routes {
+            let probe = SocketAddr::new(r.network().addr(), 9);
+            let iface = match interface_towards(probe, mark) {
+                Ok(i) if i != tun => i,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(
+                        route = %r,
+                        "advertised route: no interface of this host leads to it; traffic \
+                         for it will be dropped here until one does"
+                    );
+                    continue;
+                }
+            };
+            let v4 = r.addr().is_ipv4();
+            self.forward(tun, &iface, v4, !v4, rules)?;
+            if nat {
+                rules
+                    .masquerade
+                    .extend(
+                        sources
+                            .iter()
+                            .filter(|s| s.addr().is_ipv4() == v4)
+                            .map(|s| Masquerade {
+                                oif: None,
+                                src: s.network(),
+                                dst: Some(*r),
+                            }),
+                    );
+            }
+            via.push(format!("{r} via {iface}"));
+        }
+        self.parts.push(format!(
+            "routes for {}{}",
+            via.join(", "),
+            if nat { " (masquerading)" } else { "" }
+        ));
+        tracing::info!(routes = %via.join(", "), nat, "routing for the advertised subnets");
+        Ok(())
+    }
+
+    /// Forwarding between the TUN and `iface` for IPv4 and/or IPv6. IPv4 forwards per
+    /// interface: on the TUN (ours: it goes with the device) and on `iface` for the answers,
+    /// which is then confined to forwarding into the TUN if culvert turned it on; never the
+    /// global switch.
+    fn forward(
+        &mut self,
+        tun: &str,
+        iface: &str,
+        v4: bool,
+        v6: bool,
+        rules: &mut RuleSet,
+    ) -> Result<()> {
         if v4 {
-            // Forwarding per interface: from the TUN (ours: it goes with the device), and on
-            // the uplink for the answers; not the global switch.
             sysctl::write(&["net", "ipv4", "conf", tun, "forwarding"], "1")?;
-            confine = g.set(&["net", "ipv4", "conf", &uplink, "forwarding"], "1")?;
+            if self.set(&["net", "ipv4", "conf", iface, "forwarding"], "1")?
+                && !rules.confine.iter().any(|c| c == iface)
+            {
+                rules.confine.push(iface.to_owned());
+            }
         }
         if v6 {
             // IPv6 has one switch for forwarding (conf/all); per-interface values only
-            // change host/router behaviour. The uplink keeps accepting router
+            // change host/router behaviour. The interface keeps accepting router
             // advertisements (accept_ra 2), which forwarding would otherwise stop.
-            if sysctl::read(&["net", "ipv6", "conf", &uplink, "accept_ra"]).is_ok_and(|v| v == "1")
-            {
-                g.set(&["net", "ipv6", "conf", &uplink, "accept_ra"], "2")?;
+            if sysctl::read(&["net", "ipv6", "conf", iface, "accept_ra"]).is_ok_and(|v| v == "1") {
+                self.set(&["net", "ipv6", "conf", iface, "accept_ra"], "2")?;
             }
-            g.set(&["net", "ipv6", "conf", "all", "forwarding"], "1")?;
+            self.set(&["net", "ipv6", "conf", "all", "forwarding"], "1")?;
         }
-        g.summary = format!(
-            "exit via {uplink} (masquerading {})",
-            sources
-                .iter()
-                .map(|p| p.network().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        tracing::info!(uplink = %uplink, "the server is its clients' exit: forwarding and masquerading");
-        let exit = Exit {
-            uplink,
-            sources: sources.iter().map(|p| p.network()).collect(),
-            confine_uplink: confine,
-        };
-        Ok((g, exit))
+        Ok(())
     }
 
     /// Client: all traffic into the TUN (`ifindex`) except what carries the instance's
     /// mark; DNS as configured.
     pub(crate) fn full_tunnel(
-        state_dir: &Path,
+        &mut self,
         instance: &str,
         tun: &str,
         ifindex: u32,
         netlink: &mut Netlink,
         ft: &FullTunnel,
-    ) -> Result<Self> {
-        let mut g = Self::new(state_dir);
+    ) -> Result<()> {
+        let g = self;
         let mark = mark_for(instance);
         // Replies to marked sockets arrive on the uplink, whose reverse path (unmarked)
         // is the TUN: strict reverse-path filtering needs the mark considered.
@@ -224,7 +296,7 @@ impl Gateway {
         if !ft.dns.is_empty() {
             g.dns(tun, &ft.dns)?;
         }
-        g.summary = format!(
+        g.parts.push(format!(
             "full tunnel (mark and table {mark:#x}{}{})",
             if ft.allow_lan { ", LAN outside" } else { "" },
             if ft.dns.is_empty() {
@@ -239,13 +311,13 @@ impl Gateway {
                         .join(" ")
                 )
             }
-        );
+        ));
         tracing::info!(
             mark = format!("{mark:#x}"),
             allow_lan = ft.allow_lan,
             "full tunnel: all traffic goes through the server"
         );
-        Ok(g)
+        Ok(())
     }
 
     /// Sets a sysctl, recording the old value; returns whether it changed.
@@ -340,28 +412,41 @@ fn undo(c: &Changes) {
     }
 }
 
-/// The interface of the default route (of IPv6 when `v6`): where a connected UDP socket
-/// would send from. Connecting sends nothing.
-fn default_interface(v6: bool) -> Result<String> {
-    let (any, probe): (IpAddr, SocketAddr) = if v6 {
-        (
-            Ipv6Addr::UNSPECIFIED.into(),
-            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
-        )
+/// An address on the default route (of IPv6 when `v6`), from the documentation ranges.
+fn default_probe(v6: bool) -> SocketAddr {
+    if v6 {
+        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into()
     } else {
-        (
-            Ipv4Addr::UNSPECIFIED.into(),
-            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
-        )
+        (Ipv4Addr::new(192, 0, 2, 1), 9).into()
+    }
+}
+
+/// The interface traffic to `to` leaves by: where a connected UDP socket (with `mark`)
+/// would send from. Connecting sends nothing.
+fn interface_towards(to: SocketAddr, mark: Option<u32>) -> Result<String> {
+    let any: IpAddr = if to.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
     };
     let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
-    s.connect(probe)?;
+    if let Some(m) = mark {
+        culvert_sys::sockopt::set_mark(&s, m)?;
+    }
+    s.connect(to)?;
     let local = s.local_addr()?.ip();
     culvert_sys::ifaddrs::interface_addresses()
         .into_iter()
         .find(|(_, ip)| *ip == local)
         .map(|(name, _)| name)
-        .with_context(|| format!("no interface has the default route's source address {local}"))
+        .with_context(|| format!("no interface has the source address {local} towards {to}"))
+}
+
+fn list(prefixes: impl Iterator<Item = Prefix>) -> String {
+    prefixes
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn find(paths: &[&'static str]) -> Option<&'static str> {

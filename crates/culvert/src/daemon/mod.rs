@@ -28,7 +28,7 @@ use culvert_core::{
     PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
 };
 use culvert_sys::control::ControlListener;
-use culvert_sys::netlink::Netlink;
+use culvert_sys::netlink::{Netlink, Route};
 use culvert_sys::nft::{RuleSet, Table};
 use culvert_sys::poll::{Poller, Signals};
 use culvert_sys::privilege;
@@ -124,6 +124,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             isolation,
             peers,
             nat: _,
+            allow_routes,
         } => {
             let udp = (settings.transport != TransportArg::Faketcp)
                 .then(|| UdpSocket::bind(*listen))
@@ -143,6 +144,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 max_clients: *max_clients,
                 isolation: *isolation,
                 clients: peers.clone(),
+                allow_routes: allow_routes.clone(),
                 handshake_load_limit: 500,
             };
             (
@@ -163,6 +165,8 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             p2p,
             mesh_relay,
             full_tunnel,
+            accept_routes,
+            nat: _,
         } => {
             let addr = resolve(server)?;
             let udp = (settings.transport != TransportArg::Faketcp)
@@ -205,6 +209,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 p2p: *p2p,
                 mesh_relay: *mesh_relay,
                 full_tunnel: full_tunnel.is_some(),
+                accept_routes: *accept_routes,
             };
             (
                 Role::Client(cfg),
@@ -249,6 +254,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         tun.name(),
         ifindex,
         &underlay,
+        mark,
     )?;
 
     let timing = Timing {
@@ -259,6 +265,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         secret,
         passphrase: psk,
         addresses: settings.addresses.clone(),
+        routes: settings.routes.clone(),
         ciphers: cipher_preference(),
         aead: crate::aead::ring,
         timing,
@@ -298,7 +305,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         },
         transports,
         nft_table: table.as_ref().map(|t| t.name().to_owned()),
-        gateway: gateway.as_ref().map(|g| g.summary.clone()),
+        gateway: gateway.as_ref().and_then(Gateway::summary),
         started: now,
     };
     drop_privileges(settings.user.as_deref(), &state_dir, &control, faketcp_on)?;
@@ -318,6 +325,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         netlink,
         ifindex,
         addresses: settings.addresses.clone(),
+        kernel_routes: Vec::new(),
         info,
         server,
         tun_buf: vec![0u8; SLOT * BATCH],
@@ -368,6 +376,8 @@ struct Daemon {
     netlink: Netlink,
     ifindex: u32,
     addresses: Vec<Prefix>,
+    /// Routes into the TUN this daemon installed (other nodes' subnets).
+    kernel_routes: Vec<Prefix>,
     info: DaemonInfo,
     /// Client: the server as configured (re-resolved when rebinding).
     server: Option<String>,
@@ -721,6 +731,7 @@ impl Daemon {
                         }
                     }
                 }
+                Event::RoutesChanged { routes } => self.sync_routes(routes),
                 Event::Rebind => self.rebind(),
                 Event::TransportChanged {
                     transport: Transport::FakeTcp,
@@ -740,6 +751,43 @@ impl Daemon {
                         self.info.instance
                     );
                 }
+            }
+        }
+    }
+
+    /// Makes the kernel's routes into the TUN (main table) match the subnets the core
+    /// routes to other nodes. They go with the device: a crash leaves none behind.
+    fn sync_routes(&mut self, wanted: Vec<Prefix>) {
+        let ifindex = self.ifindex;
+        let route = |dst| Route {
+            dst,
+            ifindex,
+            metric: 0,
+            table: Route::MAIN,
+        };
+        for gone in self.kernel_routes.iter().filter(|r| !wanted.contains(r)) {
+            if let Err(e) = self.netlink.delete_route(route(*gone)) {
+                tracing::warn!(route = %gone, "removing a route into the TUN: {e}");
+            } else {
+                tracing::info!(route = %gone, "route removed");
+            }
+        }
+        self.kernel_routes.retain(|r| wanted.contains(r));
+        let missing: Vec<Prefix> = wanted
+            .into_iter()
+            .filter(|r| !self.kernel_routes.contains(r))
+            .collect();
+        for new in &missing {
+            match self.netlink.add_route(route(*new)) {
+                Ok(()) => {
+                    tracing::info!(route = %new, "route installed into the overlay");
+                    self.kernel_routes.push(*new);
+                }
+                Err(e) => tracing::warn!(
+                    route = %new,
+                    "not installed in the kernel ({e}): a route to it exists here already \
+                     (a local network?); its traffic does not enter the overlay"
+                ),
             }
         }
     }
@@ -844,6 +892,7 @@ impl Daemon {
             (Kind::Control, "status" | "") => crate::status::render_json(
                 &status,
                 &self.info,
+                self.kernel_routes.iter().map(Prefix::to_string).collect(),
                 self.underlay
                     .ftcp
                     .as_ref()
@@ -946,8 +995,9 @@ fn bind_client(server: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
     Ok(sock)
 }
 
-/// The instance's system changes: a gateway's (exit, full tunnel) and one nftables table
-/// with every rule the instance needs (FakeTCP, masquerading, MSS clamping).
+/// The instance's system changes: a gateway's (exit, subnet router, full tunnel) and one
+/// nftables table with every rule the instance needs (FakeTCP, masquerading, confinement,
+/// MSS clamping).
 fn system_rules(
     settings: &Settings,
     state_dir: &Path,
@@ -955,38 +1005,44 @@ fn system_rules(
     tun: &str,
     ifindex: u32,
     underlay: &Underlay,
+    mark: Option<u32>,
 ) -> Result<(Option<Gateway>, Option<Table>)> {
     let mut rules = RuleSet {
         faketcp: underlay.ftcp.as_ref().map(|f| f.flows),
         ..RuleSet::default()
     };
-    let gateway = match &settings.role {
-        RoleSettings::Server {
-            nat: Some(uplink), ..
-        } => {
-            let (g, exit) = Gateway::exit(
-                state_dir,
-                tun,
-                uplink.as_deref(),
-                settings.addresses.clone(),
-            )?;
-            rules.exit = Some(exit);
-            Some(g)
+    let mut g = Gateway::new(state_dir);
+    let nat = match &settings.role {
+        RoleSettings::Server { nat, isolation, .. } => {
+            if let Some(uplink) = nat {
+                g.exit(tun, uplink.as_deref(), &settings.addresses, &mut rules)?;
+            }
+            rules.isolate = *isolation;
+            nat.is_some()
         }
         RoleSettings::Client {
-            full_tunnel: Some(ft),
-            ..
-        } => Some(Gateway::full_tunnel(
-            state_dir,
-            &settings.tun_name,
-            tun,
-            ifindex,
-            netlink,
-            ft,
-        )?),
-        _ => None,
+            full_tunnel, nat, ..
+        } => {
+            if let Some(ft) = full_tunnel {
+                g.full_tunnel(&settings.tun_name, tun, ifindex, netlink, ft)?;
+            }
+            *nat
+        }
     };
+    if !settings.routes.is_empty() {
+        g.subnet_router(
+            tun,
+            &settings.routes,
+            nat,
+            &settings.addresses,
+            mark,
+            &mut rules,
+        )?;
+    }
+    let gateway = g.summary().is_some().then_some(g);
     rules.clamp_mss = gateway.is_some();
+    // Isolation only needs enforcing where the TUN forwards.
+    rules.isolate &= gateway.is_some();
     if rules.is_empty() {
         Table::remove_stale(&settings.tun_name);
         return Ok((gateway, None));

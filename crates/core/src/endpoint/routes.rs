@@ -1,0 +1,168 @@
+//! Subnet routes (site to site): subnets behind a node that the others reach through it.
+//!
+//! A client offers the subnets behind it in its join (Hello). The hub keeps the offers its
+//! config allows (`allow_routes`, a key's `[[peer]] routes`), logs the others, and refuses
+//! the join when a route conflicts: the same prefix as another node's (or the hub's own),
+//! or one overlapping the overlay network. Accepted routes take effect, like addresses,
+//! only when the join is confirmed, and reach every client in the directory; the hub's own
+//! routes travel in its entry (node 0), and under isolation a client's directory holds only
+//! the hub and the client itself.
+//!
+//! Every node maps each route to the node behind it in its router (longest prefix wins, so
+//! overlay addresses stay with their holders and the most specific of overlapping routes
+//! wins), which also makes the inner source check accept packets from those subnets. A
+//! client leaves out what would hurt it: routes when `accept_routes` is off, a route that
+//! covers the server's underlay address (a routing loop), one overlapping its own offered
+//! subnets. The shell mirrors the routes in the kernel ([`Event::RoutesChanged`]).
+
+use std::time::Instant;
+
+use culvert_wire::addr::Prefix;
+use culvert_wire::hello::RefusalCode;
+
+use super::hub::Refusal;
+use super::{Endpoint, RoleState};
+use crate::config::Role;
+use crate::event::Event;
+use crate::keys::PublicKey;
+use crate::peer::{PeerId, Source};
+
+impl Endpoint {
+    /// Hub: the routes of `offered` that `key` may hold; the others are logged.
+    pub(super) fn allowed_routes(
+        &mut self,
+        now: Instant,
+        src: Source,
+        key: &PublicKey,
+        offered: &[Prefix],
+    ) -> Vec<Prefix> {
+        let RoleState::Hub(hub) = &self.role else {
+            return Vec::new();
+        };
+        let (ok, refused): (Vec<Prefix>, Vec<Prefix>) = offered
+            .iter()
+            .map(Prefix::network)
+            .partition(|r| !r.is_empty() && hub.may_route(key, r));
+        if !refused.is_empty()
+            && let Source::Addr(from) = src
+        {
+            let text = format!(
+                "client {key} offered routes {} that this server does not allow (a default \
+                 route never; others with allow_routes, or routes in the key's [[peer]] entry)",
+                super::hub::list(&refused)
+            );
+            self.log_refusal(now, from.addr, &text);
+        }
+        ok
+    }
+
+    /// Hub: why `routes` may not be held by node `existing` (or a new node): another node
+    /// or the hub routes the same prefix, or it overlaps the overlay network.
+    pub(super) fn route_conflict(
+        &self,
+        existing: Option<PeerId>,
+        routes: &[Prefix],
+    ) -> Result<(), Refusal> {
+        let overlay: Vec<Prefix> = self.cfg.addresses.iter().map(Prefix::network).collect();
+        for r in routes {
+            if let Some(n) = overlay.iter().find(|n| n.covers(r) || r.covers(n)) {
+                return Err((
+                    RefusalCode::RouteConflict,
+                    format!("route {r} overlaps the overlay network {n}"),
+                ));
+            }
+            if self.cfg.routes.iter().any(|own| own.network() == *r) {
+                return Err((
+                    RefusalCode::RouteConflict,
+                    format!("route {r} is the server's own"),
+                ));
+            }
+            if let Some(p) = self
+                .peers
+                .values()
+                .find(|p| Some(p.id) != existing && p.routes.contains(r))
+            {
+                return Err((
+                    RefusalCode::RouteConflict,
+                    format!("route {r} is already routed by node {} ({})", p.id.0, p.key),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Client: the routes of a directory entry this node installs.
+    pub(super) fn usable_routes(&self, node: PeerId, routes: Vec<Prefix>) -> Vec<Prefix> {
+        let Role::Client(c) = &self.cfg.role else {
+            return routes;
+        };
+        if !c.accept_routes {
+            return Vec::new();
+        }
+        let server = c.server.ip().to_canonical();
+        let (ok, refused): (Vec<Prefix>, Vec<Prefix>) = routes.into_iter().partition(|r| {
+            !r.is_empty()
+                && !r.contains(server)
+                && !self
+                    .cfg
+                    .routes
+                    .iter()
+                    .any(|own| own.covers(r) || r.covers(own))
+        });
+        if !refused.is_empty() {
+            tracing::warn!(
+                node = node.0,
+                routes = %super::hub::list(&refused),
+                "not installing routes that are a default route, cover the server's address \
+                 (a routing loop) or overlap this node's own subnets"
+            );
+        }
+        ok
+    }
+
+    /// Maps a peer's addresses (as hosts) and routes to it in the router; on a full-tunnel
+    /// client the hub also gets everything else. Tells the shell if the routes changed.
+    pub(super) fn install_routes(&mut self, id: PeerId) {
+        self.routes.remove_value(id);
+        let Some(p) = self.peers.get(&id) else {
+            self.announce_routes();
+            return;
+        };
+        let hosts = p.addresses.iter().map(|a| Prefix::host(a.addr()));
+        for r in hosts.chain(p.routes.iter().copied()).collect::<Vec<_>>() {
+            self.routes.insert(r, id);
+        }
+        if id == PeerId::HUB && matches!(&self.cfg.role, Role::Client(c) if c.full_tunnel) {
+            for any in ["0.0.0.0/0", "::/0"] {
+                let p: Prefix = any.parse().expect("a valid prefix");
+                self.routes.insert(p, PeerId::HUB);
+            }
+        }
+        self.announce_routes();
+    }
+
+    /// Every subnet routed into the overlay, and the node behind each.
+    pub fn installed_routes(&self) -> Vec<(Prefix, u32)> {
+        let mut all: Vec<(Prefix, u32)> = self
+            .peers
+            .values()
+            .flat_map(|p| p.routes.iter().map(|r| (*r, p.id.0)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Queues [`Event::RoutesChanged`] when the set of subnets routed into the overlay
+    /// differs from the one last announced.
+    fn announce_routes(&mut self) {
+        let now: Vec<Prefix> = self
+            .installed_routes()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if now != self.announced_routes {
+            self.announced_routes = now.clone();
+            self.events.push_back(Event::RoutesChanged { routes: now });
+        }
+    }
+}
