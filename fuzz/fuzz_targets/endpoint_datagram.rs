@@ -29,6 +29,7 @@ fn config(role: Role, addr: &str, key: u8) -> Config {
         secret: StaticSecret::from_bytes([key; 32]),
         passphrase: Some(Psk::from_bytes([7; 32])),
         addresses: vec![addr.parse().unwrap()],
+        routes: vec!["192.168.50.0/24".parse().unwrap()],
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: Timing::default(),
@@ -44,6 +45,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         max_clients: 4,
         isolation: false,
         clients: Vec::new(),
+        allow_routes: vec!["192.168.0.0/16".parse().unwrap()],
         handshake_load_limit: 8,
     });
     let client = Role::Client(ClientConfig {
@@ -54,6 +56,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         p2p: true,
         mesh_relay: culvert_core::MeshRelay::default(),
         full_tunnel: false,
+        accept_routes: true,
     });
     let mut eps = [
         Endpoint::new(

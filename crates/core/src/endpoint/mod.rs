@@ -153,7 +153,8 @@ pub struct Endpoint {
     /// The subnets last announced to the shell ([`Event::RoutesChanged`]).
     announced_routes: Vec<Prefix>,
     outbox: VecDeque<OwnedTransmit>,
-    /// IP packets recovered by FEC, to write to the TUN device.
+    /// IP packets to write to the TUN device that no datagram outcome carries: those FEC
+    /// recovered, and ICMP errors answering packets too big for their path.
     recovered: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     drops: DropCounters,
@@ -373,7 +374,8 @@ impl Endpoint {
         self.outbox.pop_front()
     }
 
-    /// The next IP packet FEC recovered, to write to the TUN device.
+    /// The next IP packet to write to the TUN device outside a datagram's outcome: one FEC
+    /// recovered, or an ICMP error for a packet too big for its path ([`crate::icmp`]).
     #[must_use]
     pub fn poll_recovered(&mut self) -> Option<Vec<u8>> {
         self.recovered.pop_front()

@@ -886,6 +886,50 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_checked_where_they_are_set() {
+        const C: &str = "server = \"198.51.100.1:9000\"\naddress = \"10.0.0.2/24\"\n\
+                         passphrase = \"a-real-passphrase-42\"\n";
+        const S: &str = "address = \"10.0.0.1/24\"\npassphrase = \"a-real-passphrase-42\"\n";
+        // lightweight-tunnel's name; host bits dropped.
+        let c = client(&format!("{C}routes = [\"192.168.50.9/24\"]\nnat = true\n")).unwrap();
+        assert_eq!(c.routes, vec!["192.168.50.0/24".parse::<Prefix>().unwrap()]);
+        assert!(matches!(
+            c.role,
+            RoleSettings::Client {
+                nat: true,
+                accept_routes: true,
+                ..
+            }
+        ));
+        let e = client(&format!("{C}advertise_routes = [\"0.0.0.0/0\"]\n")).unwrap_err();
+        assert!(e.message.contains("default route"), "{e}");
+        let e = client(&format!("{C}advertise_routes = [\"10.0.0.0/16\"]\n")).unwrap_err();
+        assert!(e.message.contains("overlaps"), "{e}");
+        let e = client(&format!("{C}nat = true\n")).unwrap_err();
+        assert_eq!(e.key, "nat");
+        let e = client(&format!("{C}allow_routes = [\"192.168.0.0/16\"]\n")).unwrap_err();
+        assert!(e.message.contains("allow_routes"), "{e}");
+        let s = server(&format!(
+            "{S}allow_routes = [\"192.168.0.0/16\"]\n[[peer]]\npublic_key = \"{}\"\n\
+             address = \"10.0.0.7/32\"\nroutes = [\"172.16.5.0/24\"]\n",
+            PublicKey([9; 32])
+        ))
+        .unwrap();
+        let RoleSettings::Server {
+            allow_routes,
+            peers,
+            ..
+        } = s.role
+        else {
+            panic!("a server");
+        };
+        assert_eq!(allow_routes[0].to_string(), "192.168.0.0/16");
+        assert_eq!(peers[0].routes[0].to_string(), "172.16.5.0/24");
+        let e = server(&format!("{S}accept_routes = false\n")).unwrap_err();
+        assert_eq!(e.key, "accept_routes");
+    }
+
+    #[test]
     fn examples_parse() {
         let s = EXAMPLE_SERVER.replace(PLACEHOLDER, "a-real-passphrase-42");
         let s = server(&s).unwrap();
