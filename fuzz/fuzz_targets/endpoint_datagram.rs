@@ -24,12 +24,12 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn config(role: Role, addr: &str, key: u8) -> Config {
+fn config(role: Role, addr: &str, route: &str, key: u8) -> Config {
     Config {
         secret: StaticSecret::from_bytes([key; 32]),
         passphrase: Some(Psk::from_bytes([7; 32])),
         addresses: vec![addr.parse().unwrap()],
-        routes: vec!["192.168.50.0/24".parse().unwrap()],
+        routes: vec![route.parse().unwrap()],
         ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],
         aead: culvert_core::aead::rustcrypto,
         timing: Timing::default(),
@@ -60,13 +60,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     });
     let mut eps = [
         Endpoint::new(
-            config(hub, "10.0.0.1/24", 1),
+            config(hub, "10.0.0.1/24", "192.168.60.0/24", 1),
             [1; 32],
             t0,
             Duration::from_secs(1_700_000_000),
         ),
         Endpoint::new(
-            config(client, "10.0.0.2/24", 2),
+            config(client, "10.0.0.2/24", "192.168.50.0/24", 2),
             [2; 32],
             t0,
             Duration::from_secs(1_700_000_000),
