@@ -294,10 +294,35 @@ impl Lab {
     /// Starts `culvert ARGS` in host `host`; returns a handle for [`Lab::stop`] and
     /// [`Lab::log`]. `--state-dir` is added, per daemon, unless given.
     pub fn spawn(&mut self, host: usize, args: &[&str]) -> io::Result<usize> {
+        self.spawn_after(host, None, args)
+    }
+
+    /// [`Lab::spawn`] in a mount namespace of its own, after `setup` (a shell script) ran
+    /// in it: a test can put stand-ins for system tools in place without touching the
+    /// host's files.
+    pub fn spawn_after(
+        &mut self,
+        host: usize,
+        setup: Option<&str>,
+        args: &[&str],
+    ) -> io::Result<usize> {
         let id = self.daemons.len();
         let log = self.dir.join(format!("daemon-{id}-host{host}.log"));
         let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new("ip");
+        let mut cmd = match setup {
+            None => Command::new("ip"),
+            Some(script) => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    &format!("{script}\nexec \"$0\" \"$@\""),
+                    "ip",
+                ]);
+                c
+            }
+        };
         cmd.args(["netns", "exec", &self.ns(host)])
             .arg(&self.bin)
             .args(args);

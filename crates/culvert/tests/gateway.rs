@@ -531,3 +531,90 @@ fn an_exit_under_isolation_does_not_forward_between_clients() {
         "{rules}"
     );
 }
+
+/// DNS servers of a full tunnel go to resolvconf (a stand-in that records its calls, in
+/// the daemon's own mount namespace) and are withdrawn at exit and, after `kill -9`, at
+/// the next start.
+#[test]
+fn full_tunnel_dns_is_set_through_resolvconf_and_withdrawn_after_exit_and_crash() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !std::path::Path::new("/usr/local/sbin").is_dir()
+        || std::path::Path::new("/usr/sbin/resolvconf").exists()
+        || std::path::Path::new("/sbin/resolvconf").exists()
+    {
+        eprintln!("SKIPPED: needs /usr/local/sbin and no resolvconf of the host's own");
+        return;
+    }
+    let Some(mut lab) = lab("gwdns", 2) else {
+        return;
+    };
+    let calls = lab.dir().join("resolvconf-calls");
+    let stub = lab.dir().join("resolvconf");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {0}\ncat >> {0}\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    let setup = format!(
+        "mount -t tmpfs none /usr/local/sbin && cp {} /usr/local/sbin/resolvconf && \
+         chmod 755 /usr/local/sbin/resolvconf && \
+         if [ -d /run/systemd ]; then mount -t tmpfs none /run/systemd; fi",
+        stub.display()
+    );
+    let client_args = [
+        "client",
+        "-r",
+        "198.18.1.2:9000",
+        "-t",
+        "10.0.0.2/24",
+        "-k",
+        KEY,
+        "--full-tunnel",
+        "--dns",
+        "10.0.0.1",
+        "--dns",
+        "fd00::1",
+    ];
+    let _server = lab.spawn(0, &server_args(KEY, &["--nat"])).unwrap();
+    let read = || std::fs::read_to_string(&calls).unwrap_or_default();
+
+    let client = lab.spawn_after(1, Some(&setup), &client_args).unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    let set = read();
+    assert!(
+        set.contains("-a culvert0.culvert -m 0 -x\nnameserver 10.0.0.1\nnameserver fd00::1\n"),
+        "{set}\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.status(1).unwrap()["gateway"]
+            .as_str()
+            .is_some_and(|g| g.contains("DNS 10.0.0.1 fd00::1"))
+    );
+    lab.stop(client, false);
+    assert!(read().ends_with("-d culvert0.culvert -f\n"), "{}", read());
+
+    // kill -9: the entry stays until the next start withdraws it, before adding its own.
+    let client = lab.spawn_after(1, Some(&setup), &client_args).unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    lab.stop(client, true);
+    let crashed = read();
+    assert!(crashed.ends_with("nameserver fd00::1\n"), "{crashed}");
+    let client = lab.spawn_after(1, Some(&setup), &client_args).unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    let after = read();
+    assert!(
+        after[crashed.len()..].starts_with("-d culvert0.culvert -f\n-a culvert0.culvert"),
+        "{after}"
+    );
+    lab.stop(client, false);
+    let all = read();
+    assert_eq!(
+        all.matches("-a culvert0.culvert").count(),
+        all.matches("-d culvert0.culvert").count(),
+        "every entry added was withdrawn: {all}"
+    );
+}

@@ -31,6 +31,12 @@ use crate::config::FullTunnel;
 
 /// The record's file name inside the state directory.
 const RECORD: &str = "gateway-changes.json";
+/// Where resolvconf (Debian's, or openresolv) may be; never looked up in `PATH`.
+const RESOLVCONF: [&str; 3] = [
+    "/usr/sbin/resolvconf",
+    "/sbin/resolvconf",
+    "/usr/local/sbin/resolvconf",
+];
 /// Priority of the rule that keeps the main table's specific routes (the LAN) outside.
 const SUPPRESS_PRIORITY: u32 = 32_760;
 /// Priority of the rule that sends unmarked traffic to the tunnel's table.
@@ -358,7 +364,7 @@ impl Gateway {
             run(resolvectl, &["domain", tun, "~."], None)?;
             return Ok(());
         }
-        if let Some(resolvconf) = find(&["/usr/sbin/resolvconf", "/sbin/resolvconf"]) {
+        if let Some(resolvconf) = find(&RESOLVCONF) {
             let name = format!("{tun}.culvert");
             self.changes.resolvconf = Some(name.clone());
             self.save()?;
@@ -389,7 +395,7 @@ impl Drop for Gateway {
 /// Undoes recorded changes, newest first; reports what fails and goes on.
 fn undo(c: &Changes) {
     if let Some(name) = &c.resolvconf
-        && let Some(resolvconf) = find(&["/usr/sbin/resolvconf", "/sbin/resolvconf"])
+        && let Some(resolvconf) = find(&RESOLVCONF)
         && let Err(e) = run(resolvconf, &["-d", name, "-f"], None)
     {
         tracing::warn!("restoring DNS: {e:#}");
