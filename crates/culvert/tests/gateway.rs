@@ -198,8 +198,36 @@ fn a_full_tunnel_reaches_the_internet_through_the_exit_and_never_leaks() {
     let client = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--full-tunnel"]);
     wait_ping(&lab, 1, ip(INTERNET));
     let running = (system_state(&lab, 0), system_state(&lab, 1));
+    // (The first pings above may have left before the daemon routed anything: no tunnel
+    // yet. Count from here.)
+    let leaks = (
+        counter(&lab, "test_gw", "leaked"),
+        counter(&lab, "test_gw", "leaked6"),
+    );
     lab.stop(client, true);
     lab.stop(server, true);
+    // Crashed (the TUN is gone, the rules stay): fail closed, nothing in the clear.
+    assert!(lab.ping(1, ip(INTERNET), Duration::from_secs(1)).is_none());
+    assert!(
+        !ping6(&lab, 1, INTERNET6),
+        "IPv6 left in the clear after a crash"
+    );
+    let _ = lab.sh(
+        Some(1),
+        "timeout 1 bash -c 'echo x > /dev/tcp/198.18.3.2/443'; echo x > /dev/udp/198.18.3.2/53",
+    );
+    assert_eq!(
+        (
+            counter(&lab, "test_gw", "leaked"),
+            counter(&lab, "test_gw", "leaked6")
+        ),
+        leaks,
+        "packets left the client in the clear after its daemon was killed: {}\n{}",
+        lab.sh(Some(1), "ip rule; ip route show table all")
+            .unwrap_or_default(),
+        lab.sh(None, "nft list set inet test_gw what")
+            .unwrap_or_default()
+    );
     let server = lab.spawn(0, &server_args(KEY, &["--nat"])).unwrap();
     let client = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--full-tunnel"]);
     wait_ping(&lab, 1, ip(INTERNET));

@@ -45,14 +45,26 @@ const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTN_UNREACHABLE: u8 = 7;
 
-/// A route to install: `dst` through interface `ifindex`.
+/// Where a route sends what matches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Out of this interface (its index).
+    Interface(u32),
+    /// Nowhere: senders get "network unreachable". Unlike an interface's route it stays
+    /// when the interface goes, so it is what is left to match when the process that owned
+    /// the interface died.
+    Unreachable,
+}
+
+/// A route to install: `dst` through `via`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     /// Destination prefix (host bits ignored).
     pub dst: Prefix,
-    /// Outgoing interface.
-    pub ifindex: u32,
+    /// Where it leads.
+    pub via: Via,
     /// Route metric (lower wins).
     pub metric: u32,
     /// Routing table ([`Route::MAIN`] unless policy routing uses another).
@@ -174,11 +186,7 @@ impl Netlink {
             route,
         );
         self.request(m, || {
-            format!(
-                "adding route {} via interface {}",
-                route.dst.network(),
-                route.ifindex
-            )
+            format!("adding route {} via {:?}", route.dst.network(), route.via)
         })
     }
 
@@ -271,23 +279,20 @@ fn route_message(ty: u16, flags: u16, r: Route) -> Message {
         Ok(t) => t,
         Err(_) => RT_TABLE_UNSPEC,
     };
+    let (scope, kind) = match r.via {
+        Via::Interface(_) => (RT_SCOPE_LINK, RTN_UNICAST),
+        Via::Unreachable => (RT_SCOPE_UNIVERSE, RTN_UNREACHABLE),
+    };
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-    m.push(&[
-        family,
-        net.len(),
-        0,
-        0,
-        table,
-        RTPROT_STATIC,
-        RT_SCOPE_LINK,
-        RTN_UNICAST,
-    ]);
+    m.push(&[family, net.len(), 0, 0, table, RTPROT_STATIC, scope, kind]);
     m.push(&0u32.to_ne_bytes());
     m.attr(RTA_TABLE, &r.table.to_ne_bytes());
     if !net.is_empty() {
         m.attr(RTA_DST, &bytes);
     }
-    m.attr(RTA_OIF, &r.ifindex.to_ne_bytes());
+    if let Via::Interface(ifindex) = r.via {
+        m.attr(RTA_OIF, &ifindex.to_ne_bytes());
+    }
     if r.metric > 0 {
         m.attr(RTA_PRIORITY, &r.metric.to_ne_bytes());
     }

@@ -7,6 +7,11 @@
 //! *before* it is made, undone at exit, and undone at the next start when a crash left the
 //! record behind. Routes into the TUN need no record: they go with the device.
 //!
+//! **Fail closed after a crash**: the full tunnel's table also holds an `unreachable`
+//! default route of the lowest preference. While the TUN exists its route wins; when a
+//! crash takes the TUN away, the rules stay and lead to that route, so the host has no
+//! way out in the clear until the next start (or a clean exit) removes both.
+//!
 //! **Why policy routing with a firewall mark** (as `wg-quick`), not `0.0.0.0/1` +
 //! `128.0.0.0/1` with a host route to the server: a client talks to more than the server
 //! — direct paths to other clients, port prediction's extra sockets, FakeTCP — at
@@ -21,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use culvert_sys::netlink::{Netlink, Route, Rule};
+use culvert_sys::netlink::{Netlink, Route, Rule, Via};
 use culvert_sys::nft::{Masquerade, RuleSet};
 use culvert_sys::sysctl;
 use culvert_wire::addr::Prefix;
@@ -39,6 +44,8 @@ const RESOLVCONF: [&str; 3] = [
 ];
 /// Priority of the rule that keeps the main table's specific routes (the LAN) outside.
 const SUPPRESS_PRIORITY: u32 = 32_760;
+/// Metric of the full tunnel's fail-closed route: below every other route's preference.
+const FAIL_CLOSED_METRIC: u32 = u32::MAX;
 /// Priority of the rule that sends unmarked traffic to the tunnel's table.
 const TUNNEL_PRIORITY: u32 = 32_761;
 
@@ -58,6 +65,9 @@ struct Changes {
     /// Sysctls set, with the value each had before.
     sysctls: Vec<(Vec<String>, String)>,
     rules: Vec<RuleRecord>,
+    /// Routes that outlive the TUN (the fail-closed ones).
+    #[serde(default)]
+    routes: Vec<RouteRecord>,
     /// A resolvconf entry added (its interface name).
     resolvconf: Option<String>,
 }
@@ -69,6 +79,25 @@ struct RuleRecord {
     table: u32,
     not_fwmark: Option<u32>,
     suppress_prefixlen: Option<u32>,
+}
+
+/// An `unreachable` default route (the only kind recorded).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RouteRecord {
+    v6: bool,
+    metric: u32,
+    table: u32,
+}
+
+impl From<RouteRecord> for Route {
+    fn from(r: RouteRecord) -> Self {
+        Self {
+            dst: default_route(r.v6),
+            via: Via::Unreachable,
+            metric: r.metric,
+            table: r.table,
+        }
+    }
 }
 
 impl From<RuleRecord> for Rule {
@@ -259,10 +288,9 @@ impl Gateway {
         // is the TUN: strict reverse-path filtering needs the mark considered.
         g.set(&["net", "ipv4", "conf", "all", "src_valid_mark"], "1")?;
         for v6 in [false, true] {
-            let any: Prefix = if v6 { "::/0" } else { "0.0.0.0/0" }.parse()?;
             let route = Route {
-                dst: any,
-                ifindex,
+                dst: default_route(v6),
+                via: Via::Interface(ifindex),
                 metric: 0,
                 table: mark,
             };
@@ -276,6 +304,14 @@ impl Gateway {
                 }
                 return Err(e).context("full tunnel: routing everything into the TUN");
             }
+            g.route(
+                netlink,
+                RouteRecord {
+                    v6,
+                    metric: FAIL_CLOSED_METRIC,
+                    table: mark,
+                },
+            )?;
             if ft.allow_lan {
                 g.rule(
                     netlink,
@@ -338,6 +374,13 @@ impl Gateway {
         self.save()?;
         sysctl::write(parts, value)?;
         Ok(true)
+    }
+
+    fn route(&mut self, netlink: &mut Netlink, r: RouteRecord) -> Result<()> {
+        self.changes.routes.push(r);
+        self.save()?;
+        netlink.add_route(r.into())?;
+        Ok(())
     }
 
     fn rule(&mut self, netlink: &mut Netlink, r: RuleRecord) -> Result<()> {
@@ -407,8 +450,13 @@ fn undo(c: &Changes) {
                     tracing::warn!("removing routing rule: {e}");
                 }
             }
+            for r in c.routes.iter().rev() {
+                if let Err(e) = nl.delete_route((*r).into()) {
+                    tracing::warn!("removing a fail-closed route: {e}");
+                }
+            }
         }
-        Err(e) => tracing::warn!("removing routing rules: {e}"),
+        Err(e) => tracing::warn!("removing routing rules and routes: {e}"),
     }
     for (parts, old) in c.sysctls.iter().rev() {
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -416,6 +464,16 @@ fn undo(c: &Changes) {
             tracing::warn!("restoring a sysctl: {e}");
         }
     }
+}
+
+/// `0.0.0.0/0`, or `::/0` when `v6`.
+fn default_route(v6: bool) -> Prefix {
+    let any = if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    Prefix::new(any, 0).expect("a zero-length prefix is valid")
 }
 
 /// An address on the default route (of IPv6 when `v6`), from the documentation ranges.

@@ -28,7 +28,7 @@ use culvert_core::{
     PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
 };
 use culvert_sys::control::ControlListener;
-use culvert_sys::netlink::{Netlink, Route};
+use culvert_sys::netlink::{Netlink, Route, Via};
 use culvert_sys::nft::{RuleSet, Table};
 use culvert_sys::poll::{Poller, Signals};
 use culvert_sys::privilege;
@@ -761,7 +761,7 @@ impl Daemon {
         let ifindex = self.ifindex;
         let route = |dst| Route {
             dst,
-            ifindex,
+            via: Via::Interface(ifindex),
             metric: 0,
             table: Route::MAIN,
         };
