@@ -31,6 +31,9 @@ pub(crate) enum Command {
     ForgetServer(ForgetArgs),
     /// Build a throwaway network-namespace topology, run culvert in it, report, clean up.
     Demo(DemoArgs),
+    /// Transparent L4 proxy: intercept TCP to chosen prefixes, relay it over gRPC with
+    /// mutual TLS to connectors in the target networks.
+    Proxy(culvert_proxy::Args),
 }
 
 /// Settings shared by server and client.

@@ -42,6 +42,7 @@ pub fn main() -> ExitCode {
         ),
         Command::ForgetServer(args) => forget_server(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Proxy(args) => culvert_proxy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -292,7 +292,8 @@ impl Lab {
     }
 
     /// Starts `culvert ARGS` in host `host`; returns a handle for [`Lab::stop`] and
-    /// [`Lab::log`]. `--state-dir` is added, per daemon, unless given.
+    /// [`Lab::log`]. For `server` and `client`, `--state-dir` is added, per daemon,
+    /// unless given.
     pub fn spawn(&mut self, host: usize, args: &[&str]) -> io::Result<usize> {
         self.spawn_after(host, None, args)
     }
@@ -326,7 +327,8 @@ impl Lab {
         cmd.args(["netns", "exec", &self.ns(host)])
             .arg(&self.bin)
             .args(args);
-        if !args.contains(&"--state-dir") {
+        // The overlay daemons keep state; `culvert proxy` has none.
+        if matches!(args.first(), Some(&("server" | "client"))) && !args.contains(&"--state-dir") {
             cmd.arg("--state-dir")
                 .arg(self.dir.join(format!("state-host{host}")));
         }

@@ -17,6 +17,11 @@
 //!               iifname <tun> oifname <tun> drop }                # a hub with client isolation
 //!   chain mss { type filter hook forward priority mangle;
 //!               iifname|oifname <tun> tcp SYN: maxseg size set rt mtu }
+//!   # the L4 proxy's client
+//!   chain intercept_out { type nat hook output priority dstnat;
+//!               ip daddr <proxy server> tcp dport <its port> return
+//!               ip[6] daddr { <prefixes> } meta l4proto tcp redirect to :<listener> }
+//!   chain intercept_pre { type nat hook prerouting priority dstnat; (the same) }
 //! }
 //! ```
 //!
@@ -38,6 +43,11 @@
 //! * `mss` lowers the MSS of TCP SYNs forwarded through the tunnel to what the route's MTU
 //!   allows (it never raises one), so hosts behind a gateway never send segments too
 //!   large for the overlay.
+//!
+//! * `intercept_*` hand TCP connections to the chosen prefixes — from local programs
+//!   (output) and from a LAN routed through this host (prerouting) — to the proxy's local
+//!   listener, which reads the original destination with `SO_ORIGINAL_DST`. The proxy's own
+//!   connections to its server are never redirected.
 //!
 //! The table is replaced in one transaction at start (so a table left by a crash is
 //! replaced) and deleted at exit.
@@ -78,6 +88,17 @@ pub struct Masquerade {
     pub dst: Option<Prefix>,
 }
 
+/// TCP to chosen prefixes redirected to a local listener (the L4 proxy's client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intercept {
+    /// Destinations whose TCP connections are redirected.
+    pub prefixes: Vec<Prefix>,
+    /// The local listener's port.
+    pub port: u16,
+    /// Connections to these are never redirected (the proxy's server).
+    pub except: Vec<SocketAddr>,
+}
+
 /// What an instance's table holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleSet {
@@ -91,6 +112,8 @@ pub struct RuleSet {
     pub isolate: bool,
     /// Clamp the MSS of TCP SYNs forwarded through the TUN.
     pub clamp_mss: bool,
+    /// Redirect TCP to a transparent proxy's listener.
+    pub intercept: Option<Intercept>,
 }
 
 impl RuleSet {
@@ -101,6 +124,7 @@ impl RuleSet {
             && self.confine.is_empty()
             && !self.isolate
             && !self.clamp_mss
+            && self.intercept.is_none()
     }
 
     /// The table's body (chains and rules) for TUN device `tun`.
@@ -158,7 +182,43 @@ impl RuleSet {
                  oifname {tun} tcp flags syn tcp option maxseg size set rt mtu\n\t}}\n"
             );
         }
+        if let Some(i) = &self.intercept {
+            out += &i.chains();
+        }
         out
+    }
+}
+
+impl Intercept {
+    fn chains(&self) -> String {
+        let mut body = String::new();
+        for e in &self.except {
+            let fam = if e.is_ipv4() { "ip" } else { "ip6" };
+            body += &format!(
+                "\t\t{fam} daddr {} tcp dport {} return comment \"culvert proxy: its server\"\n",
+                e.ip(),
+                e.port()
+            );
+        }
+        for (fam, v4) in [("ip", true), ("ip6", false)] {
+            let set: Vec<String> = self
+                .prefixes
+                .iter()
+                .filter(|p| p.addr().is_ipv4() == v4)
+                .map(|p| p.network().to_string())
+                .collect();
+            if !set.is_empty() {
+                body += &format!(
+                    "\t\t{fam} daddr {{ {} }} meta l4proto tcp counter redirect to :{} comment \"culvert proxy\"\n",
+                    set.join(", "),
+                    self.port
+                );
+            }
+        }
+        format!(
+            "\tchain intercept_out {{ type nat hook output priority -100; policy accept;\n{body}\t}}\n\
+             \tchain intercept_pre {{ type nat hook prerouting priority -100; policy accept;\n{body}\t}}\n"
+        )
     }
 }
 

@@ -69,6 +69,34 @@ pub fn never_fragment(fd: &impl AsFd, v6: bool) {
     }
 }
 
+/// The destination a TCP connection had before netfilter redirected it to this host
+/// (`SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` for an IPv6 socket): what a transparent
+/// proxy's listener needs to know where the connection was going. Fails (`ENOENT`) for a
+/// connection that was not redirected.
+pub fn original_destination(fd: &impl AsFd, v6: bool) -> io::Result<std::net::SocketAddr> {
+    // Both options are 80 (linux/netfilter_ipv4.h, linux/netfilter_ipv6/ip6_tables.h).
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe `storage`, which outlives the call; the
+    // kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            SO_ORIGINAL_DST,
+            std::ptr::from_mut(&mut storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(crate::udp::from_storage(&storage))
+}
+
 /// `setsockopt(2)` with an `int` value.
 pub(crate) fn set_int(
     fd: &impl AsFd,

@@ -208,7 +208,7 @@ impl AsRawFd for UdpSocket {
     }
 }
 
-fn from_storage(s: &libc::sockaddr_storage) -> SocketAddr {
+pub(crate) fn from_storage(s: &libc::sockaddr_storage) -> SocketAddr {
     match i32::from(s.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.

@@ -1,0 +1,640 @@
+//! The transparent L4 proxy (`culvert proxy`), in namespaces.
+//!
+//! ```text
+//!   host 0: proxy server     198.18.1.2 --+
+//!   host 1: proxy client     198.18.2.2 --+-- router
+//!   host 2: connector a  behind NAT 7 ---+        (outbound only)
+//!   host 3: connector b  behind NAT 8 ---+
+//!   host 4: target A 192.168.1.2, on host 2's LAN (192.168.1.1)
+//!   host 5: target B 192.168.1.2, on host 3's LAN (the same addressing)
+//! ```
+//! Connector a serves `100.64.1.0/24=192.168.1.0/24`; connector b serves
+//! `100.64.2.0/24=192.168.1.0/24` and `100.64.0.0/16=192.168.0.0/16`, so 100.64.1.2 is
+//! both's and goes to a (longest prefix) while a is up, to b while it is not. The client
+//! intercepts 100.64.0.0/10.
+//!
+//! Each target runs a small service: it reads an 8-byte count `n`, then everything until
+//! the client's FIN, and answers `"<name> <peer ip> <sha256 of what it read>\n"` followed
+//! by `n` bytes of a known stream, then closes. Answering after the client's FIN is the
+//! half-close check.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use culvert::testbed::in_ns;
+use sha2::{Digest, Sha256};
+
+const SERVER: &str = "198.18.1.2:8081";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The known stream: `n` bytes from a seed.
+fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Starts a target service named `name` in host `host`, port `port` (a thread that lives
+/// as long as the test process; its namespace going away ends it).
+fn target(lab: &Lab, host: usize, name: &'static str, port: u16) {
+    let l = in_ns(&lab.ns(host), || TcpListener::bind(("0.0.0.0", port))).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut n = [0u8; 8];
+                if c.read_exact(&mut n).is_err() {
+                    return;
+                }
+                let back = u64::from_be_bytes(n) as usize;
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => h.update(&buf[..k]),
+                        Err(_) => return,
+                    }
+                }
+                let peer = c
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let head = format!("{name} {peer} {}\n", hex(&h.finalize()));
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut left = back;
+                let data = pattern(back as u64, back.min(1 << 20));
+                while left > 0 {
+                    let k = left.min(data.len());
+                    if c.write_all(&data[..k]).is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+            });
+        }
+    });
+}
+
+/// What a target answered.
+#[derive(Debug)]
+struct Answer {
+    name: String,
+    peer: String,
+    hash_ok: bool,
+    back_ok: bool,
+}
+
+/// From host 1 (through the interception): sends `up` bytes to `dst`, half-closes,
+/// expects `down` bytes back.
+fn exchange(lab: &Lab, dst: &str, up: usize, down: usize) -> std::io::Result<Answer> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let mut c = in_ns(&lab.ns(1), || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+    })?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.write_all(&(down as u64).to_be_bytes())?;
+    let data = pattern(up as u64 ^ 0x55, up.min(1 << 20));
+    let mut h = Sha256::new();
+    let mut left = up;
+    while left > 0 {
+        let k = left.min(data.len());
+        c.write_all(&data[..k])?;
+        h.update(&data[..k]);
+        left -= k;
+    }
+    let sent = hex(&h.finalize());
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while b[0] != b'\n' {
+        c.read_exact(&mut b)?;
+        line.push(b[0]);
+    }
+    let line = String::from_utf8_lossy(&line).trim().to_string();
+    let mut parts = line.split(' ');
+    let (name, peer, hash) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let want = pattern(down as u64, down.min(1 << 20));
+    let mut got = 0usize;
+    let mut back_ok = true;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let k = c.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        for (i, x) in buf[..k].iter().enumerate() {
+            if *x != want[(got + i) % want.len().max(1)] {
+                back_ok = false;
+            }
+        }
+        got += k;
+    }
+    Ok(Answer {
+        name,
+        peer,
+        hash_ok: hash == sent,
+        back_ok: back_ok && got == down,
+    })
+}
+
+/// Writes certificates for the server, a client and connectors a and b into `dir`.
+fn certs(dir: &Path) {
+    let out = std::process::Command::new(BIN)
+        .args(["proxy", "certs", "--out"])
+        .arg(dir)
+        .args([
+            "--connector",
+            "a",
+            "--connector",
+            "b",
+            "--server-name",
+            "198.18.1.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tls(dir: &Path, who: &str) -> Vec<String> {
+    let f = |n: &str| dir.join(n).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        f(&format!("{who}.pem")),
+        "--tls-key".into(),
+        f(&format!("{who}-key.pem")),
+        "--tls-ca".into(),
+        f("ca.pem"),
+    ]
+}
+
+fn spawn(lab: &mut Lab, host: usize, args: &[String]) -> usize {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(host, &a).unwrap()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_string()).collect()
+}
+
+fn connector(
+    lab: &mut Lab,
+    host: usize,
+    dir: &Path,
+    id: &str,
+    cert: &str,
+    extra: &[&str],
+) -> usize {
+    let mut a = strings(&["proxy", "connector", "--server", SERVER, "--id", id]);
+    a.extend(strings(extra));
+    a.extend(tls(dir, cert));
+    spawn(lab, host, &a)
+}
+
+/// GET `path` from a role's metrics listener in host `host`.
+fn http(lab: &Lab, host: usize, port: u16, path: &str) -> String {
+    in_ns(&lab.ns(host), || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        c.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).ok()?;
+        Some(s)
+    })
+    .unwrap_or_default()
+}
+
+/// The connectors the server has registered, by id.
+fn registered(lab: &Lab) -> Vec<String> {
+    let body = http(lab, 0, 9181, "/status");
+    let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| {
+            v["connectors"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c["id"].as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, lab: &Lab, timeout: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// The lab, certificates and targets; connectors and the server not yet started.
+fn topology(name: &str) -> Option<(Lab, std::path::PathBuf)> {
+    let mut lab = lab_with(
+        name,
+        &[
+            Site::Public,
+            Site::Public,
+            Site::Nat {
+                nat: 7,
+                symmetric: false,
+            },
+            Site::Nat {
+                nat: 8,
+                symmetric: false,
+            },
+        ],
+    )?;
+    let a = lab.add_lan_host(2, "192.168.1").unwrap();
+    let b = lab.add_lan_host(3, "192.168.1").unwrap();
+    target(&lab, a, "A", 80);
+    target(&lab, b, "B", 80);
+    let dir = lab.dir().join("pki");
+    certs(&dir);
+    Some((lab, dir))
+}
+
+fn nft_state(lab: &Lab, host: usize) -> String {
+    lab.sh(Some(host), "nft -s list ruleset").unwrap()
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Connects through the interception and waits for a reset; returns how long it took.
+fn expect_reset(lab: &Lab, dst: &str) -> Duration {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let start = Instant::now();
+    let r = in_ns(&lab.ns(1), || -> std::io::Result<usize> {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let _ = c.write_all(&8u64.to_be_bytes());
+        let mut b = [0u8; 64];
+        c.read(&mut b)
+    });
+    match r {
+        Err(e) if is_reset(&e) => start.elapsed(),
+        other => panic!("{dst}: expected a reset, got {other:?}\n{}", lab.logs()),
+    }
+}
+
+#[test]
+fn proxy_carries_flows_to_the_right_connector_intact_and_resets_what_it_cannot_carry() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut lab, dir)) = topology("proxy") else {
+        return;
+    };
+    // Connectors may only connect out: nothing new reaches their NATs from outside.
+    lab.router_nft(
+        "table inet test_px { chain f { type filter hook forward priority -5;\n \
+         ip daddr { 198.18.107.2, 198.18.108.2 } ct state new counter drop\n }\n}",
+    )
+    .unwrap();
+    let before = nft_state(&lab, 1);
+    let mut server = strings(&[
+        "proxy",
+        "server",
+        "--listen",
+        ":8081",
+        "--log-format",
+        "json",
+    ]);
+    server.extend(tls(&dir, "server"));
+    let _server = spawn(&mut lab, 0, &server);
+    let ca = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.1.0/24=192.168.1.0/24"],
+    );
+    let _cb = connector(
+        &mut lab,
+        3,
+        &dir,
+        "b",
+        "connector-b",
+        &[
+            "--map",
+            "100.64.2.0/24=192.168.1.0/24",
+            "--map",
+            "100.64.0.0/16=192.168.0.0/16",
+        ],
+    );
+    let mut client = strings(&[
+        "proxy",
+        "client",
+        "--server",
+        SERVER,
+        "--cidr",
+        "100.64.0.0/10",
+        "--listen-port",
+        "9999",
+    ]);
+    client.extend(tls(&dir, "client"));
+    let client_id = spawn(&mut lab, 1, &client);
+    wait_for(
+        "both connectors registered",
+        &lab,
+        Duration::from_secs(10),
+        || registered(&lab) == ["a", "b"],
+    );
+    wait_for(
+        "the client's interception",
+        &lab,
+        Duration::from_secs(10),
+        || nft_state(&lab, 1).contains("redirect to :9999"),
+    );
+
+    // 50 MB each way, to each network; each target sees its connector's LAN address.
+    for (dst, name) in [("100.64.1.2:80", "A"), ("100.64.2.2:80", "B")] {
+        let start = Instant::now();
+        let a = exchange(&lab, dst, 50 * MB as usize, 50 * MB as usize)
+            .unwrap_or_else(|e| panic!("{dst}: {e}\n{}", lab.logs()));
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{dst}: 50 MB up and 50 MB down in {secs:.2} s ({:.0} Mbit/s)",
+            100.0 * 8.0 * 1.048_576 / secs
+        );
+        assert_eq!(
+            a.name, name,
+            "{dst} reached the wrong network (longest prefix, mapping)"
+        );
+        assert_eq!(
+            a.peer, "192.168.1.1",
+            "the target sees the connector's address"
+        );
+        assert!(a.hash_ok && a.back_ok, "{dst}: data damaged {a:?}");
+    }
+
+    // Refused at the target, and no connector for the prefix: a reset, at once.
+    let refused = expect_reset(&lab, "100.64.1.2:81");
+    assert!(refused < Duration::from_secs(1), "refusal took {refused:?}");
+    let unserved = expect_reset(&lab, "100.99.0.1:80");
+    assert!(
+        unserved < Duration::from_secs(1),
+        "no-route reset took {unserved:?}"
+    );
+    eprintln!(
+        "reset for a refusing target after {refused:?}, for an unserved prefix after {unserved:?}"
+    );
+
+    // 500 concurrent connections, all data intact.
+    let start = Instant::now();
+    let ok = Arc::new(AtomicBool::new(true));
+    let barrier = Arc::new(std::sync::Barrier::new(100));
+    std::thread::scope(|s| {
+        for t in 0..100 {
+            let (lab, ok, barrier) = (&lab, ok.clone(), barrier.clone());
+            s.spawn(move || {
+                let dst: SocketAddr = if t % 2 == 0 {
+                    "100.64.1.2:80"
+                } else {
+                    "100.64.2.2:80"
+                }
+                .parse()
+                .unwrap();
+                let mut conns: Vec<TcpStream> = (0..5)
+                    .filter_map(|_| {
+                        in_ns(&lab.ns(1), || {
+                            TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+                        })
+                        .ok()
+                    })
+                    .collect();
+                barrier.wait();
+                if conns.len() != 5 {
+                    ok.store(false, Ordering::Relaxed);
+                    return;
+                }
+                let up = pattern(t, 16 * 1024);
+                let want = hex(&Sha256::digest(&up));
+                for c in &mut conns {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                    let good =
+                        c.write_all(&(4096u64).to_be_bytes()).is_ok() && c.write_all(&up).is_ok();
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                    if !good {
+                        ok.store(false, Ordering::Relaxed);
+                    }
+                }
+                for c in &mut conns {
+                    let mut all = Vec::new();
+                    let good = c.read_to_end(&mut all).is_ok()
+                        && String::from_utf8_lossy(&all)
+                            .lines()
+                            .next()
+                            .is_some_and(|l| l.ends_with(&want))
+                        && all.ends_with(&pattern(4096, 4096));
+                    if !good {
+                        ok.store(false, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert!(
+        ok.load(Ordering::Relaxed),
+        "a concurrent flow failed\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "500 concurrent connections intact in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    // Connector a killed: its prefix falls back to b's /16; restarted: a again within 5 s.
+    lab.stop(ca, true);
+    wait_for("a deregistered", &lab, Duration::from_secs(20), || {
+        registered(&lab) == ["b"]
+    });
+    let a = exchange(&lab, "100.64.1.2:80", 1000, 1000).unwrap();
+    assert_eq!(a.name, "B", "without a, b's /16 serves 100.64.1.2");
+    let _ca = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.1.0/24=192.168.1.0/24"],
+    );
+    let back = wait_for("a back", &lab, Duration::from_secs(5), || {
+        exchange(&lab, "100.64.1.2:80", 100, 100).is_ok_and(|a| a.name == "A")
+    });
+    eprintln!("connector a serving again {back:?} after its restart");
+
+    // Metrics count what happened.
+    let m = http(&lab, 0, 9181, "/metrics");
+    assert!(
+        m.contains("culvert_proxy_flows_total{role=\"server\",peer=\"a\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("culvert_proxy_flows_refused_total{role=\"server\",reason=\"no_route\"} 1"),
+        "{m}"
+    );
+
+    // Exit: the client's rules go; after kill -9 they stay (connections to the prefixes
+    // fail rather than leave unproxied) until the next start, whose exit removes them.
+    lab.stop(client_id, false);
+    assert_eq!(nft_state(&lab, 1), before, "the client left rules behind");
+    let c = spawn(&mut lab, 1, &client);
+    wait_for("interception", &lab, Duration::from_secs(10), || {
+        nft_state(&lab, 1).contains("redirect to :9999")
+    });
+    lab.stop(c, true);
+    assert!(nft_state(&lab, 1).contains("redirect to :9999"));
+    let c = spawn(&mut lab, 1, &client);
+    wait_for("flows after a crash", &lab, Duration::from_secs(10), || {
+        exchange(&lab, "100.64.2.2:80", 10, 10).is_ok()
+    });
+    let rules = nft_state(&lab, 1);
+    assert_eq!(
+        rules.matches("redirect to :9999").count(),
+        2,
+        "duplicated rules: {rules}"
+    );
+    lab.stop(c, false);
+    assert_eq!(
+        nft_state(&lab, 1),
+        before,
+        "rules left after a crash and a clean exit"
+    );
+}
+
+#[test]
+fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut lab, dir)) = topology("pxtls") else {
+        return;
+    };
+    let other = lab.dir().join("other-pki");
+    certs(&other);
+    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
+    server.extend(tls(&dir, "server"));
+    let _server = spawn(&mut lab, 0, &server);
+    // A connector with another CA's certificate, a client's certificate posing as a
+    // connector, and connector b's certificate claiming to be a.
+    let foreign = connector(
+        &mut lab,
+        2,
+        &other,
+        "a",
+        "connector-a",
+        &["--cidr", "192.168.1.0/24"],
+    );
+    let posing = connector(
+        &mut lab,
+        3,
+        &dir,
+        "a",
+        "client",
+        &["--cidr", "192.168.1.0/24"],
+    );
+    let mut as_b = strings(&[
+        "proxy",
+        "connector",
+        "--server",
+        SERVER,
+        "--id",
+        "a",
+        "--cidr",
+        "192.168.1.0/24",
+    ]);
+    as_b.extend(tls(&dir, "connector-b"));
+    let stolen = spawn(&mut lab, 3, &as_b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        registered(&lab).is_empty(),
+        "registered: {:?}\n{}",
+        registered(&lab),
+        lab.logs()
+    );
+    assert!(
+        lab.log(posing).contains("registration refused"),
+        "{}",
+        lab.log(posing)
+    );
+    assert!(
+        lab.log(stolen).contains("registration refused"),
+        "{}",
+        lab.log(stolen)
+    );
+    assert!(
+        lab.log(foreign).contains("connection to the server lost"),
+        "{}",
+        lab.log(foreign)
+    );
+    // The real one registers.
+    let _a = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.1.0/24=192.168.1.0/24"],
+    );
+    wait_for("a registered", &lab, Duration::from_secs(10), || {
+        registered(&lab) == ["a"]
+    });
+    // A client with another CA's certificate gets no flow through.
+    let mut client = strings(&[
+        "proxy",
+        "client",
+        "--server",
+        SERVER,
+        "--cidr",
+        "100.64.0.0/10",
+    ]);
+    client.extend(tls(&other, "client"));
+    let c = spawn(&mut lab, 1, &client);
+    wait_for("interception", &lab, Duration::from_secs(10), || {
+        lab.sh(Some(1), "nft list ruleset")
+            .unwrap()
+            .contains("redirect")
+    });
+    assert!(
+        exchange(&lab, "100.64.1.2:80", 10, 10).is_err(),
+        "a foreign client's flow went through"
+    );
+    lab.stop(c, false);
+}

@@ -1,0 +1,207 @@
+//! Counters of flows and bytes, served as Prometheus text (`/metrics`) and JSON
+//! (`/status`) on an optional local HTTP listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::proto::Reason;
+use crate::pump::{Bytes, End};
+
+/// Per peer (a connector on the server, the server on a client or connector).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct Per {
+    open: u64,
+    total: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+/// A component's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    ended: Mutex<BTreeMap<&'static str, u64>>,
+    per: Mutex<BTreeMap<String, Per>>,
+    /// Reconnections to the server (client, connector).
+    pub reconnects: AtomicU64,
+}
+
+impl Metrics {
+    /// A flow refused before it carried anything.
+    pub fn refused(&self, r: Reason) {
+        *self.refused.lock().unwrap().entry(r.label()).or_default() += 1;
+    }
+
+    /// A flow through `peer` starts; its byte counters.
+    pub fn flow_opened(&self, peer: &str) -> Arc<Bytes> {
+        let mut per = self.per.lock().unwrap();
+        let p = per.entry(peer.to_string()).or_default();
+        p.open += 1;
+        p.total += 1;
+        Arc::new(Bytes::default())
+    }
+
+    /// A flow through `peer` ended.
+    pub fn flow_closed(&self, peer: &str, bytes: &Bytes, end: &End) {
+        let mut per = self.per.lock().unwrap();
+        let p = per.entry(peer.to_string()).or_default();
+        p.open = p.open.saturating_sub(1);
+        p.bytes_up += bytes.up.load(Ordering::Relaxed);
+        p.bytes_down += bytes.down.load(Ordering::Relaxed);
+        *self.ended.lock().unwrap().entry(end.label()).or_default() += 1;
+    }
+
+    /// Flows open now.
+    pub fn open(&self) -> u64 {
+        self.per.lock().unwrap().values().map(|p| p.open).sum()
+    }
+
+    /// Prometheus text exposition, every name prefixed `culvert_proxy_`, `role` as a label.
+    pub fn prometheus(&self, role: &str) -> String {
+        let mut out = String::new();
+        let per = self.per.lock().unwrap().clone();
+        let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
+            out += &format!(
+                "# HELP culvert_proxy_{name} {help}\n# TYPE culvert_proxy_{name} {kind}\n"
+            );
+            for (labels, v) in rows {
+                out += &format!("culvert_proxy_{name}{{role=\"{role}\"{labels}}} {v}\n");
+            }
+        };
+        let by_peer = |f: fn(&Per) -> u64| -> Vec<(String, u64)> {
+            per.iter()
+                .map(|(k, p)| {
+                    (
+                        format!(",peer=\"{}\"", k.replace(['"', '\\', '\n'], "_")),
+                        f(p),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "flows_open",
+            "Flows open now.",
+            "gauge",
+            by_peer(|p| p.open),
+        );
+        family(
+            "flows_total",
+            "Flows carried (opened).",
+            "counter",
+            by_peer(|p| p.total),
+        );
+        family(
+            "bytes_up_total",
+            "Bytes towards targets, of ended flows.",
+            "counter",
+            by_peer(|p| p.bytes_up),
+        );
+        family(
+            "bytes_down_total",
+            "Bytes towards clients, of ended flows.",
+            "counter",
+            by_peer(|p| p.bytes_down),
+        );
+        let reasons = |m: &Mutex<BTreeMap<&'static str, u64>>| -> Vec<(String, u64)> {
+            m.lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (format!(",reason=\"{k}\""), *v))
+                .collect()
+        };
+        family(
+            "flows_refused_total",
+            "Flows refused before carrying data, by reason.",
+            "counter",
+            reasons(&self.refused),
+        );
+        family(
+            "flows_ended_total",
+            "Flows ended, by how.",
+            "counter",
+            reasons(&self.ended),
+        );
+        family(
+            "reconnects_total",
+            "Reconnections to the server.",
+            "counter",
+            vec![(String::new(), self.reconnects.load(Ordering::Relaxed))],
+        );
+        out
+    }
+
+    /// The counters as JSON, for `culvert proxy status`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "flows_open": self.open(),
+            "peers": *self.per.lock().unwrap(),
+            "refused": *self.refused.lock().unwrap(),
+            "ended": *self.ended.lock().unwrap(),
+            "reconnects": self.reconnects.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /status` (`status()`, JSON) on
+/// `addr` until the process ends. A listener that cannot bind (another proxy on this
+/// host has the port) is a warning, not a failure: the proxy itself works without it.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: impl Fn() -> String + Send + Sync + 'static,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, "metrics and status are off: {e} (choose another with --metrics ADDR)");
+            return Ok(());
+        }
+    };
+    let pages = Arc::new((metrics, status));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let pages = pages.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let mut n = 0;
+                let read = tokio::time::timeout(Duration::from_secs(5), async {
+                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                    }
+                })
+                .await;
+                if read.is_err() {
+                    return;
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let (code, kind, body) = match path {
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", (pages.0)()),
+                    "/status" => ("200 OK", "application/json", (pages.1)().to_string()),
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics or /status\n".into(),
+                    ),
+                };
+                let reply = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}

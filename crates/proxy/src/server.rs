@@ -1,0 +1,373 @@
+//! The relay server: clients open flows, connectors register what they serve and answer
+//! dial orders; each flow is two streams joined here.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::pki::{self, CLIENT_NAME};
+use crate::proto::RelayServer;
+use crate::proto::{
+    ConnectorKind, ConnectorMsg, Dial, Frame, Heartbeat, Kind, Outbound, Reason, Relay, ServerKind,
+    ServerMsg, reset,
+};
+use crate::pump::{self, DEPTH, End};
+use crate::routes::{self, Route};
+use crate::{HEARTBEAT, HEARTBEAT_LOSS, open_to_addr};
+
+/// How long a client's first frame, and a connector's answer to a dial order, may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A registered connector.
+#[derive(Debug)]
+struct Connector {
+    id: String,
+    session: u64,
+    routes: Vec<Route>,
+    orders: mpsc::Sender<ServerMsg>,
+    flows: AtomicUsize,
+}
+
+/// A dial order waiting for its connector's stream.
+struct Pending {
+    connector: String,
+    hand: oneshot::Sender<(Streaming<Frame>, mpsc::Sender<Frame>)>,
+}
+
+/// The server's shared state.
+#[derive(Default)]
+pub struct Hub {
+    connectors: Mutex<HashMap<u64, Arc<Connector>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+    /// Counters for `/metrics` and `/status`.
+    pub metrics: Metrics,
+    idle: Duration,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+fn outbound<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Outbound<T> {
+    Box::pin(ReceiverStream::new(rx).map(Ok))
+}
+
+impl Hub {
+    /// A hub whose flows end after `idle` without traffic.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            ..Self::default()
+        }
+    }
+
+    /// The connectors registered now: id, routes, open flows.
+    pub fn connectors(&self) -> Vec<(String, Vec<Route>, usize)> {
+        let mut v: Vec<_> = self
+            .connectors
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    c.routes.clone(),
+                    c.flows.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn choose(&self, ip: IpAddr) -> Option<Arc<Connector>> {
+        let map = self.connectors.lock().unwrap();
+        let key = routes::choose(
+            map.values()
+                .map(|c| (c.session, &c.routes[..], c.flows.load(Ordering::Relaxed))),
+            ip,
+        )?;
+        map.get(&key).cloned()
+    }
+
+    /// One client flow, from its first frame to its end.
+    async fn flow(
+        self: Arc<Self>,
+        peer: Option<SocketAddr>,
+        mut inbound: Streaming<Frame>,
+        to_client: mpsc::Sender<Frame>,
+    ) {
+        let started = tokio::time::Instant::now();
+        let first = tokio::time::timeout(SETUP_TIMEOUT, inbound.message()).await;
+        let Ok(Ok(Some(Frame {
+            kind: Some(Kind::Open(open)),
+        }))) = first
+        else {
+            let _ = to_client
+                .send(reset(Reason::Protocol, "a flow starts with open"))
+                .await;
+            self.metrics.refused(Reason::Protocol);
+            return;
+        };
+        let Some(dst) = open_to_addr(&open) else {
+            let _ = to_client
+                .send(reset(Reason::Protocol, "bad destination"))
+                .await;
+            self.metrics.refused(Reason::Protocol);
+            return;
+        };
+        let Some(connector) = self.choose(dst.ip()) else {
+            tracing::info!(client = ?peer, %dst, "flow refused: no connector serves the destination");
+            let _ = to_client
+                .send(reset(Reason::NoRoute, format!("no connector serves {dst}")))
+                .await;
+            self.metrics.refused(Reason::NoRoute);
+            return;
+        };
+        let flow = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (hand, handed) = oneshot::channel();
+        self.pending.lock().unwrap().insert(
+            flow,
+            Pending {
+                connector: connector.id.clone(),
+                hand,
+            },
+        );
+        let order = ServerMsg {
+            kind: Some(ServerKind::Dial(Dial {
+                flow,
+                target: Some(open),
+            })),
+        };
+        let answered = if connector.orders.send(order).await.is_ok() {
+            tokio::time::timeout(SETUP_TIMEOUT, handed)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        let Some((from_connector, to_connector)) = answered else {
+            self.pending.lock().unwrap().remove(&flow);
+            tracing::warn!(flow, %dst, connector = %connector.id, "flow refused: the connector did not answer");
+            let _ = to_client
+                .send(reset(Reason::Unreachable, "the connector did not answer"))
+                .await;
+            self.metrics.refused(Reason::Unreachable);
+            return;
+        };
+        connector.flows.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.metrics.flow_opened(&connector.id);
+        let up = pump::forward(inbound, to_connector, &bytes.up);
+        let down = pump::forward(from_connector, to_client, &bytes.down);
+        let (up_end, down_end) = tokio::time::timeout(self.idle * 2 + SETUP_TIMEOUT, async {
+            tokio::join!(up, down)
+        })
+        .await
+        .unwrap_or((
+            End::Reset(Reason::Idle, String::new()),
+            End::Reset(Reason::Idle, String::new()),
+        ));
+        connector.flows.fetch_sub(1, Ordering::Relaxed);
+        let end = if matches!(up_end, End::Reset(..)) {
+            up_end
+        } else {
+            down_end
+        };
+        self.metrics.flow_closed(&connector.id, &bytes, &end);
+        tracing::info!(
+            flow,
+            client = ?peer,
+            %dst,
+            connector = %connector.id,
+            up = bytes.up.load(Ordering::Relaxed),
+            down = bytes.down.load(Ordering::Relaxed),
+            secs = format!("{:.3}", started.elapsed().as_secs_f64()),
+            end = end.label(),
+            "flow"
+        );
+    }
+
+    fn remove_connector(&self, session: u64) {
+        if let Some(c) = self.connectors.lock().unwrap().remove(&session) {
+            tracing::info!(connector = %c.id, "connector deregistered");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Relay for Arc<Hub> {
+    async fn connect(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Outbound<Frame>>, Status> {
+        if !pki::peer_holds(req.peer_certs().as_ref(), CLIENT_NAME) {
+            self.metrics.refused(Reason::Forbidden);
+            return Err(Status::permission_denied(
+                "this certificate is not a client's",
+            ));
+        }
+        let peer = req.remote_addr();
+        let (tx, rx) = mpsc::channel(DEPTH);
+        tokio::spawn(self.clone().flow(peer, req.into_inner(), tx));
+        Ok(Response::new(outbound(rx)))
+    }
+
+    async fn register(
+        &self,
+        req: Request<Streaming<ConnectorMsg>>,
+    ) -> Result<Response<Outbound<ServerMsg>>, Status> {
+        let certs = req.peer_certs();
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let Ok(Ok(Some(ConnectorMsg {
+            kind: Some(ConnectorKind::Hello(hello)),
+        }))) = tokio::time::timeout(SETUP_TIMEOUT, inbound.message()).await
+        else {
+            return Err(Status::invalid_argument("a connector starts with hello"));
+        };
+        if pki::check_connector_id(&hello.id).is_err()
+            || !pki::peer_holds(certs.as_ref(), &pki::connector_name(&hello.id))
+        {
+            tracing::warn!(id = %hello.id, ?peer, "registration refused: the certificate is not this connector's");
+            return Err(Status::permission_denied(format!(
+                "this certificate is not connector {:?}'s",
+                hello.id
+            )));
+        }
+        let routes: Vec<Route> = hello.routes.iter().filter_map(Route::from_msg).collect();
+        if routes.len() != hello.routes.len() || routes.is_empty() {
+            return Err(Status::invalid_argument(
+                "a route does not parse, or there is none",
+            ));
+        }
+        let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(64);
+        let connector = Arc::new(Connector {
+            id: hello.id.clone(),
+            session,
+            routes,
+            orders: tx.clone(),
+            flows: AtomicUsize::new(0),
+        });
+        tracing::info!(
+            connector = %hello.id,
+            ?peer,
+            routes = %connector.routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            "connector registered"
+        );
+        self.connectors.lock().unwrap().insert(session, connector);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    m = tokio::time::timeout(HEARTBEAT_LOSS, inbound.message()) => match m {
+                        Ok(Ok(Some(_))) => {}
+                        Ok(Ok(None)) | Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(session, "connector silent: deregistered");
+                            break;
+                        }
+                    },
+                    _ = beat.tick() => {
+                        seq += 1;
+                        let m = ServerMsg { kind: Some(ServerKind::Heartbeat(Heartbeat { seq })) };
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            this.remove_connector(session);
+        });
+        Ok(Response::new(outbound(rx)))
+    }
+
+    async fn accept(
+        &self,
+        req: Request<Streaming<Frame>>,
+    ) -> Result<Response<Outbound<Frame>>, Status> {
+        let certs = req.peer_certs();
+        let mut inbound = req.into_inner();
+        let flow = match tokio::time::timeout(SETUP_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(Frame {
+                kind: Some(Kind::Accept(a)),
+            }))) => a.flow,
+            _ => return Err(Status::invalid_argument("an answer starts with accept")),
+        };
+        let pending = {
+            let mut map = self.pending.lock().unwrap();
+            match map.get(&flow) {
+                Some(p) if pki::peer_holds(certs.as_ref(), &pki::connector_name(&p.connector)) => {
+                    map.remove(&flow)
+                }
+                Some(_) => {
+                    return Err(Status::permission_denied(
+                        "this dial order is another connector's",
+                    ));
+                }
+                None => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return Err(Status::not_found("no such dial order (timed out?)"));
+        };
+        let (tx, rx) = mpsc::channel(DEPTH);
+        if pending.hand.send((inbound, tx)).is_err() {
+            return Err(Status::cancelled("the client's flow is gone"));
+        }
+        Ok(Response::new(outbound(rx)))
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then lets open flows drain for `grace`.
+pub async fn run(
+    listen: SocketAddr,
+    tls: tonic::transport::ServerTlsConfig,
+    hub: Arc<Hub>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(HEARTBEAT))
+        .http2_keepalive_timeout(Some(HEARTBEAT_LOSS))
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        .add_service(RelayServer::new(Arc::new(hub)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+    tracing::info!(%listen, "proxy server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (fired, on_fire) = oneshot::channel();
+    let serve = server.serve_with_incoming_shutdown(incoming, async move {
+        crate::shutdown_signal().await;
+        tracing::info!("shutting down: no new flows, open ones drain");
+        let _ = fired.send(());
+    });
+    tokio::select! {
+        r = serve => r?,
+        () = async {
+            if on_fire.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("flows still open after the grace period: exiting"),
+    }
+    Ok(())
+}
