@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use culvert::testbed::in_ns;
+use culvert::testbed::{in_ns, proc_field};
 use sha2::{Digest, Sha256};
 
 const SERVER: &str = "198.18.1.2:8081";
@@ -637,4 +637,126 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
         "a foreign client's flow went through"
     );
     lab.stop(c, false);
+}
+
+fn rss_mb(lab: &Lab, id: usize) -> f64 {
+    let pid = lab.pid(id).expect("running");
+    proc_field(pid, "VmRSS")
+        .and_then(|v| {
+            v.split_whitespace()
+                .next()
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The test process holds both ends of many connections.
+fn raise_fd_limit() {
+    culvert_sys::sockopt::raise_open_files_limit().unwrap();
+}
+
+#[test]
+fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    raise_fd_limit();
+    let Some((mut lab, dir)) = topology("pxmem") else {
+        return;
+    };
+    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
+    server.extend(tls(&dir, "server"));
+    let sid = spawn(&mut lab, 0, &server);
+    let cid = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.1.0/24=192.168.1.0/24"],
+    );
+    let mut client = strings(&[
+        "proxy",
+        "client",
+        "--server",
+        SERVER,
+        "--cidr",
+        "100.64.0.0/10",
+    ]);
+    client.extend(tls(&dir, "client"));
+    let kid = spawn(&mut lab, 1, &client);
+    wait_for("a registered", &lab, Duration::from_secs(10), || {
+        registered(&lab) == ["a"]
+    });
+    wait_for("flows", &lab, Duration::from_secs(10), || {
+        exchange(&lab, "100.64.1.2:80", 10, 10).is_ok()
+    });
+
+    // CPU per GB: 100 MB each way.
+    let cpu = |id| culvert::testbed::cpu_seconds(lab.pid(id).unwrap());
+    let before = [cpu(sid), cpu(cid), cpu(kid)];
+    let a = exchange(&lab, "100.64.1.2:80", 100 * MB as usize, 100 * MB as usize).unwrap();
+    assert!(a.hash_ok && a.back_ok);
+    let per_gb: Vec<String> = [sid, cid, kid]
+        .iter()
+        .zip(before)
+        .map(|(id, b)| format!("{:.2}", (cpu(*id) - b) / 0.2))
+        .collect();
+    eprintln!(
+        "CPU seconds per GB carried (server, connector, client): {}",
+        per_gb.join(", ")
+    );
+
+    // A receiver reading 1 KB/s from a target that sends as fast as it can.
+    let dst: SocketAddr = "100.64.1.2:80".parse().unwrap();
+    let mut slow = in_ns(&lab.ns(1), || TcpStream::connect(dst)).unwrap();
+    slow.write_all(&(1u64 << 40).to_be_bytes()).unwrap();
+    slow.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut samples = Vec::new();
+    let mut buf = [0u8; 1024];
+    for s in 0..10 {
+        slow.read_exact(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        if s == 2 || s == 9 {
+            samples.push([rss_mb(&lab, sid), rss_mb(&lab, cid), rss_mb(&lab, kid)]);
+        }
+    }
+    eprintln!(
+        "RSS MB (server, connector, client) with a slow reader, after 3 s {:?} and 10 s {:?}",
+        samples[0], samples[1]
+    );
+    for (early, late) in samples[0].iter().zip(samples[1]) {
+        assert!(late < 80.0, "a process grew to {late:.1} MB");
+        assert!(
+            late - early < 8.0,
+            "a process kept growing: {early:.1} -> {late:.1} MB"
+        );
+    }
+    drop(slow);
+
+    // 1000 idle connections (each target side waits for the client's FIN).
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut c = in_ns(&lab.ns(1), || TcpStream::connect(dst)).unwrap();
+            c.write_all(&1u64.to_be_bytes()).unwrap();
+            c
+        })
+        .collect();
+    wait_for("1000 flows open", &lab, Duration::from_secs(30), || {
+        let m = http(&lab, 0, 9181, "/metrics");
+        m.contains("culvert_proxy_flows_open{role=\"server\",peer=\"a\"} 1000")
+    });
+    let rss = [rss_mb(&lab, sid), rss_mb(&lab, cid), rss_mb(&lab, kid)];
+    eprintln!("RSS MB (server, connector, client) with 1000 idle flows: {rss:?}");
+    assert!(
+        rss[0] <= 100.0,
+        "server RSS {:.1} MB with 1000 idle flows",
+        rss[0]
+    );
+    // They still work: each answers after its FIN.
+    for mut c in idle.into_iter().step_by(100) {
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.read_to_end(&mut all).unwrap();
+        assert!(String::from_utf8_lossy(&all).starts_with("A 192.168.1.1 "));
+    }
 }

@@ -336,6 +336,9 @@ fn prefixes(list: Vec<String>, what: &str) -> Result<Vec<culvert_wire::addr::Pre
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    if let Err(e) = culvert_sys::sockopt::raise_open_files_limit() {
+        tracing::warn!("open files limit not raised ({e}): flows may hit it");
+    }
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

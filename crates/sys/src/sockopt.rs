@@ -97,6 +97,28 @@ pub fn original_destination(fd: &impl AsFd, v6: bool) -> io::Result<std::net::So
     Ok(crate::udp::from_storage(&storage))
 }
 
+/// Raises this process's soft limit on open files to its hard limit and returns the new
+/// limit: a proxy holds two sockets per flow, and the usual soft limit of 1024 would cap
+/// it at a few hundred flows.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit the kernel fills in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// `setsockopt(2)` with an `int` value.
 pub(crate) fn set_int(
     fd: &impl AsFd,
