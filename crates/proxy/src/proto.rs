@@ -402,3 +402,81 @@ pub fn reset(reason: Reason, message: impl Into<String>) -> Frame {
         message: message.into(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn wire_matches_the_proto_file() {
+        let open = frame(Kind::Open(Open {
+            addr: vec![192, 168, 1, 5],
+            port: 80,
+        }));
+        // field 1 (open), length 8: field 1 (addr) length 4, field 2 (port) 80.
+        assert_eq!(
+            open.encode_to_vec(),
+            [0x0a, 8, 0x0a, 4, 192, 168, 1, 5, 0x10, 80]
+        );
+        assert_eq!(
+            frame(Kind::Data(bytes::Bytes::from_static(b"hi"))).encode_to_vec(),
+            [0x12, 2, b'h', b'i']
+        );
+        assert_eq!(frame(Kind::Fin(Fin {})).encode_to_vec(), [0x1a, 0]);
+        assert_eq!(
+            reset(Reason::Refused, "").encode_to_vec(),
+            [0x22, 2, 0x08, 1]
+        );
+        assert_eq!(
+            frame(Kind::Accept(Accept { flow: 7 })).encode_to_vec(),
+            [0x32, 2, 0x08, 7]
+        );
+        let dial = ServerMsg {
+            kind: Some(ServerKind::Dial(Dial {
+                flow: 1,
+                target: None,
+            })),
+        };
+        assert_eq!(dial.encode_to_vec(), [0x0a, 2, 0x08, 1]);
+        let hello = ConnectorMsg {
+            kind: Some(ConnectorKind::Hello(Hello {
+                id: "a".into(),
+                routes: vec![RouteMsg {
+                    prefix: "p".into(),
+                    real: String::new(),
+                }],
+            })),
+        };
+        assert_eq!(
+            hello.encode_to_vec(),
+            [0x0a, 8, 0x0a, 1, b'a', 0x12, 3, 0x0a, 1, b'p']
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer sends decodes to a message or an error, and the checks on
+        /// top of decoding never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Ok(Frame { kind: Some(Kind::Open(o)) }) = Frame::decode(&bytes[..]) {
+                let _ = crate::open_to_addr(&o);
+            }
+            if let Ok(ConnectorMsg { kind: Some(ConnectorKind::Hello(h)) }) = ConnectorMsg::decode(&bytes[..]) {
+                let _ = crate::pki::check_connector_id(&h.id);
+                for r in &h.routes {
+                    let _ = crate::routes::Route::from_msg(r);
+                }
+            }
+            if let Ok(ServerMsg { kind: Some(ServerKind::Dial(d)) }) = ServerMsg::decode(&bytes[..]) {
+                let _ = d.target.as_ref().and_then(crate::open_to_addr);
+            }
+        }
+
+        #[test]
+        fn arbitrary_route_strings_never_panic(prefix in ".{0,40}", real in ".{0,40}") {
+            let _ = crate::routes::Route::from_msg(&RouteMsg { prefix, real });
+        }
+    }
+}

@@ -333,3 +333,48 @@ fn nft(script: &str) -> std::io::Result<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interception_redirects_each_family_and_spares_the_server() {
+        let rules = RuleSet {
+            intercept: Some(Intercept {
+                prefixes: vec![
+                    "100.64.0.0/10".parse().unwrap(),
+                    "fd00:1::/64".parse().unwrap(),
+                ],
+                port: 9999,
+                except: vec!["198.18.1.2:8081".parse().unwrap()],
+            }),
+            ..RuleSet::default()
+        };
+        assert!(!rules.is_empty());
+        let text = rules.chains("");
+        for hook in ["output", "prerouting"] {
+            assert!(
+                text.contains(&format!("type nat hook {hook} priority -100;")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("ip daddr 198.18.1.2 tcp dport 8081 return")
+                .count(),
+            2
+        );
+        assert_eq!(
+            text.matches("ip daddr { 100.64.0.0/10 } meta l4proto tcp counter redirect to :9999")
+                .count(),
+            2
+        );
+        assert_eq!(
+            text.matches("ip6 daddr { fd00:1::/64 } meta l4proto tcp counter redirect to :9999")
+                .count(),
+            2
+        );
+        // The server's exception comes before the redirects.
+        assert!(text.find("return").unwrap() < text.find("redirect").unwrap());
+    }
+}
