@@ -704,6 +704,21 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
         "CPU seconds per GB carried (server, connector, client): {}",
         per_gb.join(", ")
     );
+    // One connection through the proxy against plain TCP from the client to the server's
+    // host (the first of the proxy's three hops), 200 MB one way each.
+    let start = Instant::now();
+    let a = exchange(&lab, "100.64.1.2:80", 200 * MB as usize, 0).unwrap();
+    assert!(a.hash_ok);
+    let proxied = 200.0 * 8.0 * 1.048_576 / start.elapsed().as_secs_f64();
+    let plain = lab
+        .transfer(1, 0, ip("198.18.1.2"), 200 * MB, || ())
+        .unwrap();
+    assert_eq!(plain.sent, plain.received);
+    eprintln!(
+        "one connection: proxied {proxied:.0} Mbit/s, plain TCP client -> server {:.0} Mbit/s ({:.2}x)",
+        plain.mbps(),
+        proxied / plain.mbps()
+    );
 
     // A receiver reading 1 KB/s from a target that sends as fast as it can.
     let dst: SocketAddr = "100.64.1.2:80".parse().unwrap();
