@@ -775,3 +775,117 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
         assert!(String::from_utf8_lossy(&all).starts_with("A 192.168.1.1 "));
     }
 }
+
+/// `culvert proxy` against sshuttle on the same path: client (host 1) -> host 0 -> a target
+/// on host 0's LAN; for culvert the server and a connector both run on host 0, for
+/// sshuttle its sshd does. Needs `sshd` (Debian's openssh-server) and `sshuttle` (PyPI);
+/// not part of CI: `cargo test -p culvert --test proxy -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark; needs sshd and sshuttle"]
+fn bench_one_connection_against_sshuttle() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("pxbench", 2) else {
+        return;
+    };
+    let t = lab.add_lan_host(0, "192.168.9").unwrap();
+    target(&lab, t, "T", 80);
+    let dir = lab.dir().join("pki");
+    certs(&dir);
+    let size = 300 * MB as usize;
+    let mbps = |lab: &Lab| -> f64 {
+        let start = Instant::now();
+        let a = exchange(lab, "192.168.9.2:80", size, 0).unwrap();
+        assert!(a.hash_ok);
+        size as f64 * 8.0 / 1e6 / start.elapsed().as_secs_f64()
+    };
+
+    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
+    server.extend(tls(&dir, "server"));
+    let s = spawn(&mut lab, 0, &server);
+    let c = connector(
+        &mut lab,
+        0,
+        &dir,
+        "a",
+        "connector-a",
+        &["--cidr", "192.168.9.0/24"],
+    );
+    let mut client = strings(&[
+        "proxy",
+        "client",
+        "--server",
+        SERVER,
+        "--cidr",
+        "192.168.9.0/24",
+    ]);
+    client.extend(tls(&dir, "client"));
+    let k = spawn(&mut lab, 1, &client);
+    wait_for("culvert proxy", &lab, Duration::from_secs(10), || {
+        exchange(&lab, "192.168.9.2:80", 10, 0).is_ok()
+    });
+    let culvert: Vec<f64> = (0..3).map(|_| mbps(&lab)).collect();
+    for id in [k, c, s] {
+        lab.stop(id, false);
+    }
+
+    let d = lab.dir().display().to_string();
+    lab.sh(
+        Some(0),
+        &format!(
+            "mkdir -p /run/sshd && ssh-keygen -q -t ed25519 -N \"\" -f {d}/hostkey && \
+             ssh-keygen -q -t ed25519 -N \"\" -f {d}/userkey && cp {d}/userkey.pub {d}/authorized_keys && \
+             printf \"ListenAddress 198.18.1.2\\nHostKey {d}/hostkey\\nAuthorizedKeysFile {d}/authorized_keys\\n\
+PermitRootLogin yes\\nStrictModes no\\nPidFile none\\nUsePAM no\\n\" > {d}/sshd_config && \
+             $(command -v sshd) -f {d}/sshd_config -E {d}/sshd.log"
+        ),
+    )
+    .unwrap();
+    let sshuttle = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(1),
+            "sshuttle",
+            "--method",
+            "nft",
+            "--python",
+            "/usr/bin/python3",
+        ])
+        .args([
+            "-e",
+            &format!(
+                "ssh -i {d}/userkey -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+            ),
+        ])
+        .args(["-r", "root@198.18.1.2", "192.168.9.0/24"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(lab.dir().join("sshuttle.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(sshuttle);
+    wait_for("sshuttle", &lab, Duration::from_secs(20), || {
+        exchange(&lab, "192.168.9.2:80", 10, 0).is_ok()
+    });
+    let theirs: Vec<f64> = (0..3).map(|_| mbps(&lab)).collect();
+    let _ = guard.0.kill();
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "one connection, {} MB: culvert proxy {:?} Mbit/s, sshuttle {:?} Mbit/s; best {:.0} vs {:.0} ({:.2}x)",
+        size >> 20,
+        culvert.iter().map(|m| m.round()).collect::<Vec<_>>(),
+        theirs.iter().map(|m| m.round()).collect::<Vec<_>>(),
+        best(&culvert),
+        best(&theirs),
+        best(&culvert) / best(&theirs)
+    );
+}
+
+/// Kills the child when dropped (also when the test fails).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
