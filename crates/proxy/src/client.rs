@@ -139,15 +139,7 @@ async fn flow(
     }
     let (tx, rx) = mpsc::channel(DEPTH);
     let _ = tx.send(frame(Kind::Open(addr_to_open(dst)))).await;
-    let inbound = match relay.connect(ReceiverStream::new(rx)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(?src, %dst, "flow failed: the server did not take it: {}", e.message());
-            metrics.refused(Reason::Unreachable);
-            abort(&tcp);
-            return;
-        }
-    };
+    let inbound = relay.connect(ReceiverStream::new(rx));
     let bytes = metrics.flow_opened("server");
     let mut connector = String::new();
     let mut connected = false;

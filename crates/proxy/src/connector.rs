@@ -158,9 +158,9 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
         Err((r, m)) => reset(*r, m.clone()),
     };
     let _ = tx.send(first).await;
-    let inbound = relay.accept(ReceiverStream::new(rx)).await;
-    match (tcp, inbound) {
-        (Ok(tcp), Ok(inbound)) => {
+    let inbound = relay.accept(ReceiverStream::new(rx));
+    match tcp {
+        Ok(tcp) => {
             let bytes = metrics.flow_opened("server");
             let end = pump::splice(tcp, inbound, tx, Side::Connector, &bytes, s.idle, |_| {}).await;
             metrics.flow_closed("server", &bytes, &end);
@@ -175,20 +175,13 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
                 "flow"
             );
         }
-        (Err((r, m)), inbound) => {
-            if let Ok(mut inbound) = inbound {
+        Err((r, m)) => {
+            if let Ok(mut inbound) = inbound.await {
                 // The reset is queued: let it reach the server.
                 pump::finish(tx, &mut inbound).await;
             }
             metrics.refused(r);
             tracing::info!(flow = d.flow, asked = ?asked, reason = r.label(), "dial failed: {m}");
-        }
-        (Ok(_), Err(st)) => {
-            tracing::warn!(
-                flow = d.flow,
-                "the server did not take the flow: {}",
-                st.message()
-            );
         }
     }
 }

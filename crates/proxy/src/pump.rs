@@ -96,9 +96,14 @@ pub enum Side {
 
 /// Splices `tcp` onto a stream: what `tcp` sends goes out as frames on `out`, frames
 /// from `inbound` are written to `tcp`. `on_connected` runs at a `Connected` frame.
+///
+/// `inbound` is the call that opens the stream: reading `tcp` starts at once, so the
+/// first bytes follow the opening frame without waiting a round trip for the server's
+/// response headers.
+#[allow(clippy::too_many_arguments)]
 pub async fn splice(
     tcp: TcpStream,
-    mut inbound: Streaming<Frame>,
+    inbound: impl Future<Output = Result<Streaming<Frame>, tonic::Status>>,
     out: mpsc::Sender<Frame>,
     side: Side,
     bytes: &Bytes,
@@ -138,7 +143,15 @@ pub async fn splice(
             }
         }
     };
+    let mut stream = None;
     let writing = async {
+        let inbound = match inbound.await {
+            Ok(s) => stream.insert(s),
+            Err(st) => {
+                let m = format!("the server did not take the flow: {}", st.message());
+                return Err(End::Reset(Reason::Unreachable, m));
+            }
+        };
         loop {
             let msg = match inbound.message().await {
                 Ok(Some(f)) => f,
@@ -176,9 +189,9 @@ pub async fn splice(
         }
     };
     let end = both(reading, writing, &activity, idle, &out).await;
-    if end == End::Closed {
+    if let (End::Closed, Some(inbound)) = (&end, stream.as_mut()) {
         drop((rd, wr));
-        finish(out, &mut inbound).await;
+        finish(out, inbound).await;
     } else {
         // Whole again, so that dropping the write half sends no FIN first; then
         // SO_LINGER 0: the close sends RST, and the application sees the reset.

@@ -352,7 +352,13 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, "proxy server listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Connections accepted here do not get the builder's socket options: no Nagle, or
+    // small frames (a reset, a dial order) wait for the peer's delayed ACK.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
+        c.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     let (fired, on_fire) = oneshot::channel();
     let serve = server.serve_with_incoming_shutdown(incoming, async move {
         crate::shutdown_signal().await;
