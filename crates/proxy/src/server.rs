@@ -347,7 +347,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(HEARTBEAT_LOSS))
         .initial_stream_window_size(crate::STREAM_WINDOW)
         .initial_connection_window_size(crate::CONNECTION_WINDOW)
-        .add_service(RelayServer::new(Arc::new(hub)));
+        .add_service(RelayServer::new(Arc::new(hub.clone())));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
@@ -365,15 +365,17 @@ pub async fn run(
         tracing::info!("shutting down: no new flows, open ones drain");
         let _ = fired.send(());
     });
+    // Connectors' control streams never end by themselves: the server is done when its
+    // flows are (or the grace period is over), not when every stream is.
     tokio::select! {
         r = serve => r?,
         () = async {
             if on_fire.await.is_ok() {
-                tokio::time::sleep(grace).await;
+                crate::drain(&hub.metrics, grace).await;
             } else {
                 std::future::pending::<()>().await;
             }
-        } => tracing::warn!("flows still open after the grace period: exiting"),
+        } => {}
     }
     Ok(())
 }
