@@ -92,6 +92,9 @@ pub(crate) fn command(args: &StatusArgs) -> Result<()> {
 /// A table for people.
 pub(crate) fn human(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    if s("role").starts_with("proxy ") {
+        return proxy_human(v);
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -248,6 +251,90 @@ pub(crate) fn human(v: &Value) -> String {
     out
 }
 
+/// A `culvert proxy` role's answer, for people.
+fn proxy_human(v: &Value) -> String {
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let d = v.get("detail").cloned().unwrap_or(Value::Null);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "culvert {}  instance {}  netns {}  up {}s",
+        s(v, "role"),
+        s(v, "instance"),
+        s(v, "netns"),
+        n(v, "uptime_secs")
+    );
+    match s(v, "role").as_str() {
+        "proxy server" => {
+            let _ = writeln!(out, "  listen   {}", s(v, "listen"));
+            let connectors: Vec<String> = v
+                .get("connectors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{} ({}) {} flows",
+                        s(c, "id"),
+                        strings(c.get("routes")).join(" "),
+                        n(c, "flows")
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "  connectors  {}", or_none(connectors));
+        }
+        "proxy connector" => {
+            let _ = writeln!(
+                out,
+                "  id {}  server {}  serves {}",
+                s(&d, "id"),
+                s(&d, "server"),
+                strings(d.get("routes")).join(" ")
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  server {}  intercepts {} -> port {}",
+                s(&d, "server"),
+                strings(d.get("cidrs")).join(" "),
+                n(&d, "listen_port")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  flows    open {}  refused {}  ended {}  reconnects {}",
+        n(v, "flows_open"),
+        drops(v.get("refused")),
+        drops(v.get("ended")),
+        n(v, "reconnects")
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<28} {:<6} {:<8} {:<12} DOWN (of ended flows)",
+        "PEER", "OPEN", "TOTAL", "UP"
+    );
+    for (peer, p) in v
+        .get("peers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<6} {:<8} {:<12} {}",
+            peer,
+            n(p, "open"),
+            n(p, "total"),
+            bytes(n(p, "bytes_up")),
+            bytes(n(p, "bytes_down"))
+        );
+    }
+    out.push('\n');
+    out
+}
+
 /// An unsigned field of a JSON object, 0 when absent.
 fn n(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0)
@@ -353,5 +440,36 @@ mod tests {
         );
         assert!(t.contains("routes   172.20.0.0/24 via node 0, 192.168.1.0/24 via node 3 (not in the kernel: a local route exists)"), "{t}");
         assert!(t.contains("node 3 path mtu 1280"), "{t}");
+    }
+
+    #[test]
+    fn human_lines_for_proxy_roles() {
+        let v: Value = serde_json::from_str(
+            r#"{"role":"proxy server","instance":"proxy-server-8081","netns":"lab-0","uptime_secs":7,
+                "listen":"[::]:8081","flows_open":2,"refused":{"no_route":1},"ended":{"fin":4},"reconnects":0,
+                "connectors":[{"id":"a","routes":["100.64.1.0/24=192.168.1.0/24"],"flows":2}],
+                "peers":{"a":{"open":2,"total":6,"bytes_up":52428800,"bytes_down":1000}}}"#,
+        )
+        .unwrap();
+        let t = human(&v);
+        assert!(
+            t.contains("culvert proxy server  instance proxy-server-8081"),
+            "{t}"
+        );
+        assert!(
+            t.contains("connectors  a (100.64.1.0/24=192.168.1.0/24) 2 flows"),
+            "{t}"
+        );
+        assert!(t.contains("refused no_route=1  ended fin=4"), "{t}");
+        assert!(t.contains("52.4 MB"), "{t}");
+        let v: Value = serde_json::from_str(
+            r#"{"role":"proxy client","detail":{"server":"10.0.0.1:8081","cidrs":["100.64.0.0/10"],"listen_port":9999}}"#,
+        )
+        .unwrap();
+        let t = human(&v);
+        assert!(
+            t.contains("server 10.0.0.1:8081  intercepts 100.64.0.0/10 -> port 9999"),
+            "{t}"
+        );
     }
 }

@@ -344,29 +344,54 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn spawn_metrics(
+/// Serves a role's counters: Prometheus text and JSON on the metrics listener (when on),
+/// and the JSON on the control socket `instance`, for `culvert status`. The JSON also
+/// names the instance and carries the process's uptime.
+async fn observe(
     addr: Option<SocketAddr>,
+    instance: &str,
+    prometheus: impl Fn() -> String + Send + Sync + 'static,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let netns = culvert_sys::netns::current_name();
+    let name = instance.to_owned();
+    let status = Arc::new(move || {
+        let mut v = status();
+        v["instance"] = name.clone().into();
+        v["netns"] = netns.clone().into();
+        v["uptime_secs"] = started.elapsed().as_secs().into();
+        v
+    });
+    let s = status.clone();
+    metrics::serve_control(instance, move || s());
+    if let Some(addr) = addr {
+        metrics::serve(addr, prometheus, move || status()).await?;
+    }
+    Ok(())
+}
+
+/// [`observe`] for a client or connector: its own counters, and what `detail` adds.
+async fn observe_peer(
+    addr: Option<SocketAddr>,
+    instance: &str,
     role: &'static str,
     m: &Arc<Metrics>,
-    extra: impl Fn() -> serde_json::Value + Send + Sync + 'static,
-) -> impl Future<Output = Result<()>> {
+    detail: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> Result<()> {
     let (a, b) = (m.clone(), m.clone());
-    async move {
-        if let Some(addr) = addr {
-            metrics::serve(
-                addr,
-                move || a.prometheus(role),
-                move || {
-                    let mut v = b.json();
-                    v["role"] = role.into();
-                    v["detail"] = extra();
-                    v
-                },
-            )
-            .await?;
-        }
-        Ok(())
-    }
+    observe(
+        addr,
+        instance,
+        move || a.prometheus(role),
+        move || {
+            let mut v = b.json();
+            v["role"] = format!("proxy {role}").into();
+            v["detail"] = detail();
+            v
+        },
+    )
+    .await
 }
 
 /// Runs `culvert proxy …`.
@@ -396,15 +421,15 @@ pub fn run(args: Args) -> Result<()> {
             let tls = r.tls.server()?;
             runtime()?.block_on(async move {
                 let hub = Arc::new(server::Hub::new(r.idle));
-                let m = Arc::new(Metrics::default());
-                // The hub's own counters are what status shows.
-                drop(m);
-                let h = hub.clone();
-                let h2 = hub.clone();
-                if let Some(addr) = r.metrics {
-                    metrics::serve(addr, move || h.metrics.prometheus("server"), move || {
+                let (h, h2) = (hub.clone(), hub.clone());
+                observe(
+                    r.metrics,
+                    &format!("proxy-server-{}", listen.port()),
+                    move || h.metrics.prometheus("server"),
+                    move || {
                         let mut v = h2.metrics.json();
-                        v["role"] = "server".into();
+                        v["role"] = "proxy server".into();
+                        v["listen"] = listen.to_string().into();
                         v["connectors"] = h2
                             .connectors()
                             .into_iter()
@@ -415,9 +440,9 @@ pub fn run(args: Args) -> Result<()> {
                             }))
                             .collect();
                         v
-                    })
-                    .await?;
-                }
+                    },
+                )
+                .await?;
                 server::run(listen, tls, hub, Duration::from_secs(30)).await
             })
         }
@@ -463,12 +488,13 @@ pub fn run(args: Args) -> Result<()> {
             runtime()?.block_on(async move {
                 let m = Arc::new(Metrics::default());
                 let shown = s.routes.iter().map(ToString::to_string).collect::<Vec<_>>();
-                let id = s.id.clone();
-                spawn_metrics(
+                let (id, server) = (s.id.clone(), s.server.clone());
+                observe_peer(
                     r.metrics,
+                    &format!("proxy-connector-{}", s.id),
                     "connector",
                     &m,
-                    move || serde_json::json!({"id": id, "routes": shown}),
+                    move || serde_json::json!({"id": id, "server": server, "routes": shown}),
                 )
                 .await?;
                 connector::run(s, endpoint, m).await
@@ -499,11 +525,13 @@ pub fn run(args: Args) -> Result<()> {
             runtime()?.block_on(async move {
                 let m = Arc::new(Metrics::default());
                 let shown = s.cidrs.iter().map(ToString::to_string).collect::<Vec<_>>();
-                spawn_metrics(
+                let server = s.server.clone();
+                observe_peer(
                     r.metrics,
+                    &format!("proxy-client-{listen_port}"),
                     "client",
                     &m,
-                    move || serde_json::json!({"cidrs": shown, "listen_port": listen_port}),
+                    move || serde_json::json!({"server": server, "cidrs": shown, "listen_port": listen_port}),
                 )
                 .await?;
                 client::run(s, endpoint, m).await

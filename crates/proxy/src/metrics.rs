@@ -1,5 +1,6 @@
 //! Counters of flows and bytes, served as Prometheus text (`/metrics`) and JSON
-//! (`/status`) on an optional local HTTP listener.
+//! (`/status`) on an optional local HTTP listener, and as JSON on the control socket that
+//! `culvert status` reads, beside the overlay daemons of the same network namespace.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -170,21 +171,11 @@ pub async fn serve(
             };
             let pages = pages.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let mut n = 0;
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => n += k,
-                        }
-                    }
-                })
-                .await;
-                if read.is_err() {
+                let mut buf = [0u8; 2048];
+                let Some(head) = read_request(&mut conn, &mut buf, b"\r\n\r\n").await else {
                     return;
-                }
-                let head = String::from_utf8_lossy(&buf[..n]);
+                };
+                let head = String::from_utf8_lossy(head);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
                 let (code, kind, body) = match path {
                     "/metrics" => ("200 OK", "text/plain; version=0.0.4", (pages.0)()),
@@ -204,4 +195,84 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// Answers `culvert status` on the control socket `instance` of this network namespace
+/// until the process ends. Binding needs the rights the overlay daemon's socket needs
+/// (root, or systemd's `RuntimeDirectory=`); without them this is a warning, and
+/// `culvert proxy status ROLE` over the metrics listener still works.
+pub fn serve_control(
+    instance: &str,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) {
+    use culvert_sys::control::{ControlListener, may_ask};
+    let netns = culvert_sys::netns::current_name();
+    let bound = ControlListener::bind(&netns, instance).and_then(|l| {
+        let socket = l.try_clone_socket()?;
+        Ok((l, socket))
+    });
+    let listener = bound
+        .map_err(anyhow::Error::from)
+        .and_then(|(l, socket)| Ok((l, tokio::net::UnixListener::from_std(socket)?)));
+    let (file, listener) = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("`culvert status` will not list this proxy: {e:#}");
+            return;
+        }
+    };
+    let status = Arc::new(status);
+    tokio::spawn(async move {
+        // Owns the socket file: removed when the runtime ends.
+        let _file = file;
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                // Out of descriptors, most likely: flows come first.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if !conn.peer_cred().is_ok_and(|c| may_ask(c.uid())) {
+                let _ = conn
+                    .write_all(
+                        b"{\"error\":\"permission denied: run as root or as the proxy's user\"}\n",
+                    )
+                    .await;
+                continue;
+            }
+            let status = status.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                let Some(line) = read_request(&mut conn, &mut buf, b"\n").await else {
+                    return;
+                };
+                let reply = match std::str::from_utf8(line).map(str::trim) {
+                    Ok("status") => status().to_string(),
+                    _ => r#"{"error":"this culvert proxy answers only: status"}"#.to_owned(),
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.write_all(b"\n").await;
+            });
+        }
+    });
+}
+
+/// Reads a request into `buf` until `end` arrives, the peer stops sending, or `buf` is
+/// full; `None` if that takes more than 5 s (a connection left open must not linger).
+async fn read_request<'b>(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &'b mut [u8],
+    end: &[u8],
+) -> Option<&'b [u8]> {
+    let mut n = 0;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while n < buf.len() && !buf[..n].windows(end.len()).any(|w| w == end) {
+            match conn.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(&buf[..n])
 }

@@ -80,14 +80,21 @@ impl ControlListener {
         &self.path
     }
 
+    /// The listening socket itself, for a caller with its own event loop (the proxy's
+    /// async runtime). That caller checks each peer with [`may_ask`]; the file is still
+    /// removed when `self` drops.
+    pub fn try_clone_socket(&self) -> Result<UnixListener> {
+        self.listener
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the control socket", e))
+    }
+
     /// Accepts one pending connection from root or the daemon's own user, non-blocking.
     /// Returns `None` when nothing is pending; refused connections are closed.
     pub fn accept(&self) -> Option<UnixStream> {
         loop {
             let (mut stream, _) = self.listener.accept().ok()?;
-            let allowed =
-                peer_uid(&stream).is_some_and(|uid| uid == 0 || uid == crate::privilege::euid());
-            if !allowed {
+            if !peer_uid(&stream).is_some_and(may_ask) {
                 let _ = stream.set_nonblocking(true);
                 let _ = stream.write_all(
                     b"{\"error\":\"permission denied: run as root or as the daemon's user\"}\n",
@@ -110,6 +117,11 @@ impl AsRawFd for ControlListener {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.listener.as_raw_fd()
     }
+}
+
+/// Whether a process running as `uid` may ask this daemon: root and its own user.
+pub fn may_ask(uid: u32) -> bool {
+    uid == 0 || uid == crate::privilege::euid()
 }
 
 /// The user id of the process at the other end of a Unix socket.
