@@ -312,7 +312,7 @@ fn proxy_human(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "\n  {:<28} {:<6} {:<8} {:<12} DOWN (of ended flows)",
+        "\n  {:<28} {:<6} {:<8} {:<12} DOWN",
         "PEER", "OPEN", "TOTAL", "UP"
     );
     for (peer, p) in v

@@ -234,6 +234,14 @@ fn http(lab: &Lab, host: usize, port: u16, path: &str) -> String {
     .unwrap_or_default()
 }
 
+/// A sample of the server's metrics (`name{labels}`), 0 when absent.
+fn metric(lab: &Lab, series: &str) -> u64 {
+    http(lab, 0, 9181, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The connectors the server has registered, by id.
 fn registered(lab: &Lab) -> Vec<String> {
     let body = http(lab, 0, 9181, "/status");
@@ -890,6 +898,8 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
 
     // A receiver reading 1 KB/s from a target that sends as fast as it can.
     let dst: SocketAddr = "100.64.1.2:80".parse().unwrap();
+    let down = "culvert_proxy_bytes_down_total{role=\"server\",peer=\"a\"}";
+    let down_before = metric(&lab, down);
     let mut slow = in_ns(&lab.ns(1), || TcpStream::connect(dst)).unwrap();
     slow.write_all(&(1u64 << 40).to_be_bytes()).unwrap();
     slow.shutdown(std::net::Shutdown::Write).unwrap();
@@ -902,6 +912,12 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
             samples.push([rss_mb(&lab, sid), rss_mb(&lab, cid), rss_mb(&lab, kid)]);
         }
     }
+    // Metrics count the open flow's bytes as they pass, not when it ends.
+    let down_now = metric(&lab, down);
+    assert!(
+        down_now >= down_before + 10 * 1024,
+        "{down}: {down_before} before the flow, {down_now} while it is open"
+    );
     eprintln!(
         "RSS MB (server, connector, client) with a slow reader, after 3 s {:?} and 10 s {:?}",
         samples[0], samples[1]

@@ -151,7 +151,7 @@ async fn flow(
     if let (false, End::Reset(r, _)) = (connected, &end) {
         metrics.refused(*r);
     }
-    metrics.flow_closed("server", &bytes, &end);
+    metrics.flow_closed("server", &end);
     let detail = match &end {
         End::Reset(_, m) => m.as_str(),
         End::Closed => "",
@@ -160,8 +160,8 @@ async fn flow(
         ?src,
         %dst,
         connector = %connector,
-        up = bytes.up.load(std::sync::atomic::Ordering::Relaxed),
-        down = bytes.down.load(std::sync::atomic::Ordering::Relaxed),
+        up = bytes.up.get(),
+        down = bytes.down.get(),
         secs = format!("{:.3}", started.elapsed().as_secs_f64()),
         end = end.label(),
         detail,

@@ -163,13 +163,13 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
         Ok(tcp) => {
             let bytes = metrics.flow_opened("server");
             let end = pump::splice(tcp, inbound, tx, Side::Connector, &bytes, s.idle, |_| {}).await;
-            metrics.flow_closed("server", &bytes, &end);
+            metrics.flow_closed("server", &end);
             tracing::info!(
                 flow = d.flow,
                 target = ?real,
                 asked = ?asked,
-                up = bytes.up.load(std::sync::atomic::Ordering::Relaxed),
-                down = bytes.down.load(std::sync::atomic::Ordering::Relaxed),
+                up = bytes.up.get(),
+                down = bytes.down.get(),
                 secs = format!("{:.3}", started.elapsed().as_secs_f64()),
                 end = end.label(),
                 "flow"

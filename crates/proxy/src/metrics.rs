@@ -11,15 +11,36 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proto::Reason;
-use crate::pump::{Bytes, End};
+use crate::pump::{Bytes, Count, End};
 
 /// Per peer (a connector on the server, the server on a client or connector).
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default)]
 struct Per {
+    open: u64,
+    total: u64,
+    /// Running totals, which open flows add to as they go.
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+/// What a [`Per`] holds at one instant.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct PerNow {
     open: u64,
     total: u64,
     bytes_up: u64,
     bytes_down: u64,
+}
+
+impl Per {
+    fn now(&self) -> PerNow {
+        PerNow {
+            open: self.open,
+            total: self.total,
+            bytes_up: self.up.load(Ordering::Relaxed),
+            bytes_down: self.down.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A component's counters.
@@ -44,17 +65,27 @@ impl Metrics {
         let p = per.entry(peer.to_string()).or_default();
         p.open += 1;
         p.total += 1;
-        Arc::new(Bytes::default())
+        Arc::new(Bytes {
+            up: Count::new(p.up.clone()),
+            down: Count::new(p.down.clone()),
+        })
     }
 
     /// A flow through `peer` ended.
-    pub fn flow_closed(&self, peer: &str, bytes: &Bytes, end: &End) {
+    pub fn flow_closed(&self, peer: &str, end: &End) {
         let mut per = self.per.lock().unwrap();
         let p = per.entry(peer.to_string()).or_default();
         p.open = p.open.saturating_sub(1);
-        p.bytes_up += bytes.up.load(Ordering::Relaxed);
-        p.bytes_down += bytes.down.load(Ordering::Relaxed);
         *self.ended.lock().unwrap().entry(end.label()).or_default() += 1;
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, PerNow> {
+        self.per
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.now()))
+            .collect()
     }
 
     /// Flows open now.
@@ -65,7 +96,7 @@ impl Metrics {
     /// Prometheus text exposition, every name prefixed `culvert_proxy_`, `role` as a label.
     pub fn prometheus(&self, role: &str) -> String {
         let mut out = String::new();
-        let per = self.per.lock().unwrap().clone();
+        let per = self.snapshot();
         let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
             out += &format!(
                 "# HELP culvert_proxy_{name} {help}\n# TYPE culvert_proxy_{name} {kind}\n"
@@ -74,7 +105,7 @@ impl Metrics {
                 out += &format!("culvert_proxy_{name}{{role=\"{role}\"{labels}}} {v}\n");
             }
         };
-        let by_peer = |f: fn(&Per) -> u64| -> Vec<(String, u64)> {
+        let by_peer = |f: fn(&PerNow) -> u64| -> Vec<(String, u64)> {
             per.iter()
                 .map(|(k, p)| {
                     (
@@ -98,13 +129,13 @@ impl Metrics {
         );
         family(
             "bytes_up_total",
-            "Bytes towards targets, of ended flows.",
+            "Bytes towards targets.",
             "counter",
             by_peer(|p| p.bytes_up),
         );
         family(
             "bytes_down_total",
-            "Bytes towards clients, of ended flows.",
+            "Bytes towards clients.",
             "counter",
             by_peer(|p| p.bytes_down),
         );
@@ -140,7 +171,7 @@ impl Metrics {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "flows_open": self.open(),
-            "peers": *self.per.lock().unwrap(),
+            "peers": self.snapshot(),
             "refused": *self.refused.lock().unwrap(),
             "ended": *self.ended.lock().unwrap(),
             "reconnects": self.reconnects.load(Ordering::Relaxed),

@@ -45,13 +45,41 @@ impl End {
     }
 }
 
+/// Bytes moved one way by one flow, also added to its peer's running total so that
+/// metrics count a long flow while it is open, not only when it ends.
+#[derive(Debug, Default)]
+pub struct Count {
+    flow: AtomicU64,
+    total: Arc<AtomicU64>,
+}
+
+impl Count {
+    /// A flow's count feeding `total`.
+    pub fn new(total: Arc<AtomicU64>) -> Self {
+        Self {
+            flow: AtomicU64::new(0),
+            total,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.flow.fetch_add(n as u64, Ordering::Relaxed);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// This flow's bytes so far.
+    pub fn get(&self) -> u64 {
+        self.flow.load(Ordering::Relaxed)
+    }
+}
+
 /// Bytes moved, per direction.
 #[derive(Debug, Default)]
 pub struct Bytes {
     /// Towards the target.
-    pub up: AtomicU64,
+    pub up: Count,
     /// Back towards the client.
-    pub down: AtomicU64,
+    pub down: Count,
 }
 
 /// When anything last moved, for the idle timeout.
@@ -129,7 +157,7 @@ pub async fn splice(
                 }
                 Ok(n) => {
                     activity.touch();
-                    read_count.fetch_add(n as u64, Ordering::Relaxed);
+                    read_count.add(n);
                     let data = buf.split_to(n.min(buf.len())).freeze();
                     if out.send(frame(Kind::Data(data))).await.is_err() {
                         return Err(End::Reset(Reason::Aborted, "the stream closed".into()));
@@ -170,7 +198,7 @@ pub async fn splice(
                         let _ = out.send(reset(Reason::Aborted, e.to_string())).await;
                         return Err(End::Reset(Reason::Aborted, e.to_string()));
                     }
-                    write_count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    write_count.add(d.len());
                 }
                 Some(Kind::Fin(_)) => {
                     let _ = wr.shutdown().await;
@@ -255,7 +283,7 @@ async fn both(
 pub async fn forward(
     mut inbound: Streaming<Frame>,
     out: mpsc::Sender<Frame>,
-    count: &AtomicU64,
+    count: &Count,
 ) -> End {
     loop {
         let f = match inbound.message().await {
@@ -273,7 +301,7 @@ pub async fn forward(
         };
         let end = match &f.kind {
             Some(Kind::Data(d)) => {
-                count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                count.add(d.len());
                 None
             }
             Some(Kind::Fin(_)) => Some(End::Closed),
@@ -295,6 +323,3 @@ pub async fn forward(
         }
     }
 }
-
-/// A shared handle on a flow's byte counters.
-pub type SharedBytes = Arc<Bytes>;

@@ -185,14 +185,14 @@ impl Hub {
         } else {
             down_end
         };
-        self.metrics.flow_closed(&connector.id, &bytes, &end);
+        self.metrics.flow_closed(&connector.id, &end);
         tracing::info!(
             flow,
             client = ?peer,
             %dst,
             connector = %connector.id,
-            up = bytes.up.load(Ordering::Relaxed),
-            down = bytes.down.load(Ordering::Relaxed),
+            up = bytes.up.get(),
+            down = bytes.down.get(),
             secs = format!("{:.3}", started.elapsed().as_secs_f64()),
             end = end.label(),
             "flow"
