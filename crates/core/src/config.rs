@@ -30,7 +30,7 @@ pub struct Config {
     pub timing: Timing,
     /// Forward error correction on direct paths.
     pub fec: crate::fec::Config,
-    /// The TUN device's MTU. With it, direct UDP paths discover their MTU
+    /// The TUN device's MTU. With it, direct paths discover their MTU
     /// ([`crate::pmtu`]) and a packet too big for its path is answered with an ICMP error
     /// ([`crate::icmp`]); `None`: neither (every path is trusted with any size).
     pub mtu: Option<u16>,

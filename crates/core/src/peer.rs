@@ -148,7 +148,7 @@ pub(crate) struct Peer {
     pub(crate) paths: crate::path::PathSet,
     /// A client relaying to it when no direct path works (client peers).
     pub(crate) via: crate::via::ViaClient,
-    /// The MTU of the direct UDP path it is on, and that path.
+    /// The MTU of the direct path it is on, and that path.
     pub(crate) pmtu: Option<(Remote, crate::pmtu::Pmtu)>,
     /// The last change of `path`: when, and why.
     pub(crate) path_changed: Option<(Instant, &'static str)>,

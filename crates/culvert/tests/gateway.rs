@@ -276,13 +276,18 @@ fn mtu_router(lab: &Lab, black_hole: bool) {
 #[test]
 fn a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for black_hole in [true, false] {
+    for (transport, black_hole) in [("udp", true), ("udp", false), ("faketcp", true)] {
         let Some(mut lab) = lab("gwmtu", 2) else {
             return;
         };
         mtu_router(&lab, black_hole);
-        start_network(&mut lab, 1, &[]);
+        start_network(&mut lab, 0, &[]);
+        start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--transport", transport]);
         wait_ping(&lab, 1, overlay(0));
+        assert_eq!(
+            lab.status(1).unwrap()["peers"][0]["transport"].as_str(),
+            Some(transport)
+        );
         // Mid-transfer, the router's link to the client narrows to 1280 bytes.
         let t = lab
             .transfer(0, 1, overlay(1), 20 * MB, || {
@@ -291,7 +296,7 @@ fn a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp() 
             .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
         assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
         eprintln!(
-            "black hole {black_hole}: 20 MB intact, longest stall {:.2} s, {:.0} Mbit/s",
+            "{transport}, black hole {black_hole}: 20 MB intact, longest stall {:.2} s, {:.0} Mbit/s",
             t.max_stall,
             t.mbps()
         );

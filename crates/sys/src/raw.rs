@@ -44,6 +44,7 @@ impl RawSender {
                     .map_err(|e| Error::io("enabling IPV6_HDRINCL for FakeTCP", e))?;
             }
             grow_buffers(&fd, Buffers::Send);
+            crate::sockopt::never_fragment(&fd, family == libc::AF_INET6);
             Ok(fd)
         };
         Ok(Self {

@@ -1,4 +1,4 @@
-//! Path MTU per direct UDP path ([`crate::pmtu`]) and the ICMP errors for packets too big
+//! Path MTU per direct path, UDP or FakeTCP ([`crate::pmtu`]) and the ICMP errors for packets too big
 //! for theirs ([`crate::icmp`]).
 
 use std::time::Instant;
@@ -8,7 +8,7 @@ use culvert_wire::frame::{Frame, MTU_PROBE_MIN};
 use super::Endpoint;
 use crate::fec::Mode as FecMode;
 use crate::path::Path;
-use crate::peer::{PeerId, Transport};
+use crate::peer::PeerId;
 use crate::pmtu::Pmtu;
 
 impl Endpoint {
@@ -28,7 +28,7 @@ impl Endpoint {
         self.path_mtu(id).filter(|m| Some(*m) < self.cfg.mtu)
     }
 
-    /// The largest IP packet `id`'s direct UDP path takes now, as discovered.
+    /// The largest IP packet `id`'s direct path takes now, as discovered.
     pub(super) fn path_mtu(&self, id: PeerId) -> Option<u16> {
         let ceiling = self.mtu_ceiling()?;
         let p = self.peers.get(&id)?;
@@ -60,7 +60,9 @@ impl Endpoint {
         }
     }
 
-    /// Probes `id`'s direct UDP path while traffic flows on it.
+    /// Probes `id`'s direct path while traffic flows on it. Over FakeTCP as over UDP: its
+    /// segments carry DF too, and a probe lost on the way is a lost segment, which the
+    /// fake stream tolerates like any loss.
     pub(super) fn mtu_timers(&mut self, now: Instant, id: PeerId) {
         let Some(ceiling) = self.mtu_ceiling() else {
             return;
@@ -72,7 +74,7 @@ impl Endpoint {
             p.pmtu = None;
             return;
         };
-        if at.transport != Transport::Udp || p.sessions.current.is_none() {
+        if p.sessions.current.is_none() {
             return;
         }
         if p.pmtu.as_ref().is_none_or(|(r, _)| *r != at) {
