@@ -193,12 +193,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         };
         let n = buf.len();
         let ep = &mut eps[target];
-        let _ = ep.handle_datagram(
-            now,
-            Remote::new(transport, from),
-            &mut buf,
-            0..n,
-        );
+        let _ = ep.handle_datagram(now, Remote::new(transport, from), &mut buf, 0..n);
         if ep.poll_timeout() <= now {
             ep.handle_timeout(now);
         }

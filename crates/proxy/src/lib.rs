@@ -32,8 +32,8 @@ pub(crate) const STREAM_WINDOW: u32 = 1 << 20;
 /// HTTP/2 flow-control window per connection.
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// A destination as the protocol carries it.
-pub(crate) fn addr_to_open(a: SocketAddr) -> Open {
+/// A destination as the protocol carries it (an IPv4-mapped address as IPv4).
+pub fn addr_to_open(a: SocketAddr) -> Open {
     let addr = match a.ip() {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -48,7 +48,7 @@ pub(crate) fn addr_to_open(a: SocketAddr) -> Open {
 }
 
 /// The destination in an [`Open`]; `None` when malformed.
-pub(crate) fn open_to_addr(o: &Open) -> Option<SocketAddr> {
+pub fn open_to_addr(o: &Open) -> Option<SocketAddr> {
     let port = u16::try_from(o.port).ok().filter(|p| *p != 0)?;
     let ip = match o.addr.len() {
         4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&o.addr[..]).ok()?)),
