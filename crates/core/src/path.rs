@@ -315,7 +315,20 @@ impl PathSet {
         self.requested = None;
         // One punch at a time: both sides' requests make the hub send two Punch frames,
         // and a second one must not start the prediction over.
-        if self.direct.is_some() || self.punch.is_some() {
+        if self.punch.is_some() {
+            return;
+        }
+        // A path adopted from the peer's probe before its candidates came: they say whether
+        // it is one of its LAN endpoints (and not also its public one).
+        if let Some(d) = &mut self.direct {
+            let is = |kind| {
+                candidates
+                    .iter()
+                    .any(|c| c.kind == kind && c.addr == d.remote.addr)
+            };
+            if is(CandidateKind::Local) && !is(CandidateKind::Reflexive) {
+                d.kind = CandidateKind::Local;
+            }
             return;
         }
         // The peer's NAT changes ports if the hub sees it at a port none of its own
@@ -460,11 +473,7 @@ impl PathSet {
             d.rtt = Some(d.rtt.map_or(rtt, |r| (r * 7 + rtt) / 8));
             return None;
         }
-        let kind = self
-            .punch
-            .as_ref()
-            .and_then(|p| p.candidates.iter().find(|c| c.addr == from.addr))
-            .map_or(CandidateKind::Reflexive, |c| c.kind);
+        let kind = self.kind_of(from);
         let better = self.direct.as_ref().is_none_or(|d| kind < d.kind);
         if !better {
             return None;
@@ -522,13 +531,17 @@ impl PathSet {
         Some(action)
     }
 
-    /// Takes `from` as the direct path, unmeasured (keepalive probes start at once).
-    fn adopt(&mut self, now: Instant, from: Remote, why: &'static str) -> PathAction {
-        let kind = self
-            .punch
+    /// What the punch under way says `from` is; reflexive when it does not know it.
+    fn kind_of(&self, from: Remote) -> CandidateKind {
+        self.punch
             .as_ref()
             .and_then(|p| p.candidates.iter().find(|c| c.addr == from.addr))
-            .map_or(CandidateKind::Reflexive, |c| c.kind);
+            .map_or(CandidateKind::Reflexive, |c| c.kind)
+    }
+
+    /// Takes `from` as the direct path, unmeasured (keepalive probes start at once).
+    fn adopt(&mut self, now: Instant, from: Remote, why: &'static str) -> PathAction {
+        let kind = self.kind_of(from);
         self.requested = None;
         self.failures = 0;
         self.retry_at = None;
@@ -699,6 +712,38 @@ mod tests {
             panic!("{next:?}")
         };
         assert_eq!(p.on_ack(t + KEEPALIVE + ms(40), seq, pub_to), None);
+    }
+
+    #[test]
+    fn a_path_adopted_before_the_candidates_is_lan_once_they_say_so() {
+        let t = crate::test_epoch();
+        let ms = Duration::from_millis;
+        let mut p = PathSet::default();
+        let lan = cand(CandidateKind::Local, "192.168.1.5:4000");
+        let from = Remote::udp(lan.addr);
+        // The peer's probe arrives before the hub's Punch with its candidates.
+        assert!(p.on_direct_probe(t, from).is_some());
+        assert_eq!(p.kind(), "direct");
+        p.start(
+            t + ms(5),
+            vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000"), lan],
+            true,
+            false,
+            &mut rng(),
+        );
+        assert_eq!(p.kind(), "lan");
+        // A public address the peer also has on an interface stays direct.
+        let mut q = PathSet::default();
+        let public = cand(CandidateKind::Local, "203.0.113.9:4000");
+        assert!(q.on_direct_probe(t, Remote::udp(public.addr)).is_some());
+        q.start(
+            t + ms(5),
+            vec![cand(CandidateKind::Reflexive, "203.0.113.9:4000"), public],
+            false,
+            false,
+            &mut rng(),
+        );
+        assert_eq!(q.kind(), "direct");
     }
 
     #[test]
