@@ -569,15 +569,58 @@ fn proxy_carries_flows_to_the_right_connector_intact_and_resets_what_it_cannot_c
         before,
         "rules left after a crash and a clean exit"
     );
-    // With no flow open, SIGTERM ends the server at once (its connectors' control streams
-    // do not hold it up).
-    let start = Instant::now();
-    lab.stop(server_id, false);
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_secs(3),
-        "the server took {took:?} to exit"
+    // SIGTERM with a flow in flight: the server takes no new flow, lets the open one
+    // finish intact, and exits as soon as it has (its connectors' control streams do not
+    // hold it up).
+    let c = spawn(&mut lab, 1, &client);
+    wait_for("flows again", &lab, Duration::from_secs(10), || {
+        exchange(&lab, "100.64.2.2:80", 10, 10).is_ok()
+    });
+    let dst: SocketAddr = "100.64.2.2:80".parse().unwrap();
+    let mut open = in_ns(&lab.ns(1), || TcpStream::connect(dst)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open.write_all(&1000u64.to_be_bytes()).unwrap();
+    let open_at_server = "culvert_proxy_flows_open{role=\"server\",peer=\"b\"}";
+    wait_for(
+        "the flow open at the server",
+        &lab,
+        Duration::from_secs(5),
+        || metric(&lab, open_at_server) == 1,
     );
+    let pid = lab.pid(server_id).unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.running(server_id), "the server quit with a flow open");
+    let refused = expect_reset(&lab, "100.64.1.2:80");
+    open.write_all(b"last words").unwrap();
+    open.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    open.read_to_end(&mut answer).unwrap();
+    let want = format!("B 192.168.1.1 {}\n", hex(&Sha256::digest(b"last words")));
+    assert!(
+        answer.starts_with(want.as_bytes()) && answer.len() == want.len() + 1000,
+        "the draining flow got {} bytes: {:?}",
+        answer.len(),
+        String::from_utf8_lossy(&answer[..answer.len().min(120)])
+    );
+    let ended = Instant::now();
+    while lab.running(server_id) {
+        assert!(
+            ended.elapsed() < Duration::from_secs(3),
+            "the server still runs after its last flow\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "SIGTERM: a new flow reset after {refused:?}, the open one finished intact, the server exited {:?} after it",
+        ended.elapsed()
+    );
+    lab.stop(c, false);
 }
 
 /// Forwards TCP from `listen` in host `host` to `to`, holding each chunk for `one_way`
