@@ -768,7 +768,15 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
     };
     let other = lab.dir().join("other-pki");
     certs(&other);
-    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
+    // Connector a may serve only 100.64.1.0/24; b is not allowed at all.
+    let mut server = strings(&[
+        "proxy",
+        "server",
+        "--listen",
+        ":8081",
+        "--allow-connector",
+        "a=100.64.1.0/24",
+    ]);
     server.extend(tls(&dir, "server"));
     let _server = spawn(&mut lab, 0, &server);
     // A connector with another CA's certificate, a client's certificate posing as a
@@ -823,6 +831,33 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
         "{}",
         lab.log(foreign)
     );
+    // Real certificates, outside what the server allows them: a claiming a wider prefix
+    // (which would draw other sites' flows by longest prefix), and b, not named at all.
+    let greedy = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.0.0/16=192.168.0.0/16"],
+    );
+    let unnamed = connector(
+        &mut lab,
+        3,
+        &dir,
+        "b",
+        "connector-b",
+        &["--map", "100.64.2.0/24=192.168.1.0/24"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(registered(&lab).is_empty(), "{:?}", registered(&lab));
+    for (id, why) in [
+        (greedy, "may not serve 100.64.0.0/16"),
+        (unnamed, "\"b\" is not allowed here"),
+    ] {
+        assert!(lab.log(id).contains(why), "{}", lab.log(id));
+        lab.stop(id, false);
+    }
     // The real one registers.
     let _a = connector(
         &mut lab,

@@ -1,6 +1,7 @@
 //! `culvert proxy …`: flags, config files (TOML, YAML or JSON, with the Network
 //! Tunneler's key names), and starting each role.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
 use crate::metrics::{self, Metrics};
@@ -87,6 +89,10 @@ struct ServerArgs {
     /// Address to listen on (":8081" is every address). [key: listen_addr]
     #[arg(long, visible_alias = "listen-addr", value_name = "ADDR")]
     listen: Option<String>,
+    /// Connector ID may serve only inside these prefixes (what clients address; repeat
+    /// per id). With any given, connectors not named are refused. [key: allow_connectors]
+    #[arg(long = "allow-connector", value_name = "ID=PREFIX[,PREFIX]")]
+    allow_connectors: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +209,8 @@ struct File {
     log: LogSection,
     metrics: Option<String>,
     idle_timeout: Option<u64>,
+    /// Server: connector id → the prefixes it may serve.
+    allow_connectors: Option<BTreeMap<String, OneOrMany>>,
 }
 
 impl File {
@@ -328,11 +336,29 @@ fn endpoint(server: &str, tls: &TlsFiles) -> Result<tonic::transport::Endpoint> 
     Ok(e)
 }
 
-fn prefixes(list: Vec<String>, what: &str) -> Result<Vec<culvert_wire::addr::Prefix>> {
+fn prefixes(list: Vec<String>, what: &str) -> Result<Vec<Prefix>> {
     if list.is_empty() {
         bail!("{what}: give at least one prefix (--cidr 192.168.1.0/24)");
     }
     list.iter().map(|p| parse_prefix(p.trim())).collect()
+}
+
+/// `--allow-connector ID=PREFIX[,PREFIX]`, repeated: each id's prefixes.
+fn scopes(flags: &[String]) -> Result<BTreeMap<String, Vec<Prefix>>> {
+    let mut out: BTreeMap<String, Vec<Prefix>> = BTreeMap::new();
+    for f in flags {
+        let (id, list) = f.split_once('=').with_context(|| {
+            format!(
+                "--allow-connector {f:?}: expected ID=PREFIX[,PREFIX], e.g. proxy-1=100.64.1.0/24"
+            )
+        })?;
+        pki::check_connector_id(id.trim())?;
+        let list = list.split(',').map(str::to_owned).collect();
+        out.entry(id.trim().to_owned())
+            .or_default()
+            .extend(prefixes(list, "--allow-connector")?);
+    }
+    Ok(out)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -419,8 +445,17 @@ pub fn run(args: Args) -> Result<()> {
                     .unwrap_or(":8081"),
             )?;
             let tls = r.tls.server()?;
+            let scopes = if a.allow_connectors.is_empty() {
+                f.allow_connectors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(id, list)| Ok((id, prefixes(list.into_vec(), "allow_connectors")?)))
+                    .collect::<Result<_>>()?
+            } else {
+                scopes(&a.allow_connectors)?
+            };
             runtime()?.block_on(async move {
-                let hub = Arc::new(server::Hub::new(r.idle));
+                let hub = Arc::new(server::Hub::new(r.idle, scopes));
                 let (h, h2) = (hub.clone(), hub.clone());
                 observe(
                     r.metrics,
@@ -603,6 +638,23 @@ mod tests {
             listen_addr(f.listen.as_deref().unwrap()).unwrap(),
             "[::]:8081".parse().unwrap()
         );
+        std::fs::write(
+            &toml,
+            "[allow_connectors]\nproxy-1 = [\"100.64.1.0/24\", \"fd64:1::/64\"]\nproxy-2 = \"100.64.2.0/24\"\n",
+        )
+        .unwrap();
+        let f = File::load(Some(&toml)).unwrap();
+        let a = f.allow_connectors.unwrap();
+        assert_eq!(a["proxy-1"].clone().into_vec().len(), 2);
+        assert_eq!(a["proxy-2"].clone().into_vec(), ["100.64.2.0/24"]);
+        let s = scopes(&[
+            "proxy-1=100.64.1.0/24,fd64:1::/64".into(),
+            "proxy-2=100.64.2.0/24".into(),
+        ])
+        .unwrap();
+        assert_eq!(s["proxy-1"].len(), 2);
+        assert!(scopes(&["100.64.1.0/24".into()]).is_err(), "no id");
+        assert!(scopes(&["a=nonsense".into()]).is_err(), "not a prefix");
         std::fs::write(&toml, "listen = \":8081\"\n[tls]\ninsecure = true\n").unwrap();
         assert!(File::load(Some(&toml)).is_err(), "insecure is refused");
         std::fs::write(&toml, "lisen = \":8081\"\n").unwrap();

@@ -1,7 +1,7 @@
 //! The relay server: clients open flows, connectors register what they serve and answer
 //! dial orders; each flow is two streams joined here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use crate::proto::{
 use crate::pump::{self, DEPTH, End};
 use crate::routes::{self, Route};
 use crate::{HEARTBEAT, HEARTBEAT_LOSS, open_to_addr};
+use culvert_wire::addr::Prefix;
 
 /// How long a client's first frame, and a connector's answer to a dial order, may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,6 +52,8 @@ pub struct Hub {
     /// Counters for `/metrics` and `/status`.
     pub metrics: Metrics,
     idle: Duration,
+    /// What each connector may serve; empty: any connector anything.
+    scopes: BTreeMap<String, Vec<Prefix>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -64,12 +67,42 @@ fn outbound<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Outbound<T> {
 }
 
 impl Hub {
-    /// A hub whose flows end after `idle` without traffic.
-    pub fn new(idle: Duration) -> Self {
+    /// A hub whose flows end after `idle` without traffic. With `scopes`, a connector may
+    /// register only routes inside its own entry, and one without an entry not at all: a
+    /// connector's certificate proves who it is, not which networks are its to serve, and
+    /// a longer prefix would otherwise draw other sites' flows to it.
+    pub fn new(idle: Duration, scopes: BTreeMap<String, Vec<Prefix>>) -> Self {
+        if scopes.is_empty() {
+            tracing::warn!(
+                "any connector may serve any prefix (and draw flows from the others with a longer one): restrict each with --allow-connector ID=PREFIX"
+            );
+        }
         Self {
             idle,
+            scopes,
             ..Self::default()
         }
+    }
+
+    /// Why connector `id` may not serve `routes`, if it may not.
+    fn out_of_scope(&self, id: &str, routes: &[Route]) -> Option<String> {
+        if self.scopes.is_empty() {
+            return None;
+        }
+        let Some(allowed) = self.scopes.get(id) else {
+            return Some(format!(
+                "connector {id:?} is not allowed here (--allow-connector)"
+            ));
+        };
+        routes
+            .iter()
+            .find(|r| !routes::covered(r.prefix, allowed))
+            .map(|r| {
+                format!(
+                    "connector {id:?} may not serve {} (--allow-connector)",
+                    r.prefix
+                )
+            })
     }
 
     /// The connectors registered now: id, routes, open flows.
@@ -251,6 +284,10 @@ impl Relay for Arc<Hub> {
             return Err(Status::invalid_argument(
                 "a route does not parse, or there is none",
             ));
+        }
+        if let Some(why) = self.out_of_scope(&hello.id, &routes) {
+            tracing::warn!(id = %hello.id, ?peer, "registration refused: {why}");
+            return Err(Status::permission_denied(why));
         }
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(64);
