@@ -52,6 +52,9 @@ struct CertsArgs {
     /// A connector id to make a certificate for (repeat; default proxy-1).
     #[arg(long = "connector", value_name = "ID")]
     connectors: Vec<String>,
+    /// Days the new certificates are valid (the CA: 10 years).
+    #[arg(long, value_name = "DAYS", default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..))]
+    days: u32,
 }
 
 #[derive(Debug, clap::Args, Default)]
@@ -429,8 +432,11 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 a.connectors
             };
-            for p in pki::generate(&a.out, &a.server_names, &connectors)? {
-                println!("{}", p.display());
+            for w in pki::generate(&a.out, &a.server_names, &connectors, a.days)? {
+                match w {
+                    pki::Written::New(p) => println!("{}", p.display()),
+                    pki::Written::Kept(p) => println!("{} (kept: already there)", p.display()),
+                }
             }
             Ok(())
         }

@@ -108,35 +108,69 @@ pub fn peer_holds(certs: Option<&Arc<Vec<CertificateDer<'static>>>>, name: &str)
     cert.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
+/// How long the CA made by `culvert proxy certs` is valid.
+const CA_DAYS: i64 = 3650;
+
+/// What `culvert proxy certs` did with one file.
+#[derive(Debug)]
+pub enum Written {
+    /// Made now.
+    New(PathBuf),
+    /// There already, signed by the CA in the same directory: kept as it was.
+    Kept(PathBuf),
+}
+
 /// `culvert proxy certs`: a CA, and a certificate and key for the server, a client, and
-/// each connector id, in `out`.
+/// each connector id, in `out`, valid for `days`. A directory that already holds a CA and
+/// its key (`ca.pem`, `ca-key.pem`) keeps them and the certificates made before, and gains
+/// only what is missing: a connector added later chains to the CA everyone already trusts.
 pub fn generate(
     out: &Path,
     server_names: &[String],
     connectors: &[String],
-) -> Result<Vec<PathBuf>> {
+    days: u32,
+) -> Result<Vec<Written>> {
     for id in connectors {
         check_connector_id(id)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ca_key = KeyPair::generate()?;
+    let (ca_file, ca_key_file) = (out.join("ca.pem"), out.join("ca-key.pem"));
+    let reuse = ca_file.exists() && ca_key_file.exists();
+    let ca_key = if reuse {
+        let pem = std::fs::read_to_string(&ca_key_file)
+            .with_context(|| format!("reading {}", ca_key_file.display()))?;
+        KeyPair::from_pem(&pem).with_context(|| format!("{}", ca_key_file.display()))?
+    } else {
+        KeyPair::generate()?
+    };
+    // The issuer of every leaf: the CA's name and key. With the key kept, signing with a
+    // certificate rebuilt from both is signing as the CA in ca.pem.
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "culvert proxy CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = time::OffsetDateTime::now_utc();
+    ca_params.not_before = now - time::Duration::days(1);
+    ca_params.not_after = now + time::Duration::days(CA_DAYS);
     let ca = ca_params.self_signed(&ca_key)?;
     let mut written = Vec::new();
-    let mut write = |name: &str, text: &str, secret: bool| -> Result<()> {
-        let path = out.join(name);
-        write_file(&path, text, secret)?;
-        written.push(path);
-        Ok(())
-    };
-    write("ca.pem", &ca.pem(), false)?;
+    if !reuse {
+        write_file(&ca_file, &ca.pem(), false)?;
+        write_file(&ca_key_file, &ca_key.serialize_pem(), true)?;
+        written.extend([Written::New(ca_file), Written::New(ca_key_file)]);
+    }
     let mut leaf =
         |file: &str, names: Vec<String>, purpose: ExtendedKeyUsagePurpose| -> Result<()> {
+            let (cert_file, key_file) = (
+                out.join(format!("{file}.pem")),
+                out.join(format!("{file}-key.pem")),
+            );
+            if reuse && cert_file.exists() && key_file.exists() {
+                written.push(Written::Kept(cert_file));
+                return Ok(());
+            }
             let key = KeyPair::generate()?;
             let mut p = CertificateParams::new(names.clone())
                 .with_context(|| format!("certificate names {names:?}"))?;
@@ -144,9 +178,13 @@ pub fn generate(
                 .push(DnType::CommonName, names[0].clone());
             p.extended_key_usages = vec![purpose];
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.not_before = now - time::Duration::days(1);
+            p.not_after = now + time::Duration::days(i64::from(days));
             let cert = p.signed_by(&key, &ca, &ca_key)?;
-            write(&format!("{file}.pem"), &cert.pem(), false)?;
-            write(&format!("{file}-key.pem"), &key.serialize_pem(), true)
+            write_file(&cert_file, &cert.pem(), false)?;
+            write_file(&key_file, &key.serialize_pem(), true)?;
+            written.extend([Written::New(cert_file), Written::New(key_file)]);
+            Ok(())
         };
     let mut names = vec![SERVER_NAME.to_string()];
     names.extend(server_names.iter().cloned());
