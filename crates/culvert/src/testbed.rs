@@ -621,6 +621,9 @@ impl Drop for Lab {
 
 impl Daemon {
     fn stop(mut self, kill: bool) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill")
             .args([if kill { "-KILL" } else { "-TERM" }, &pid])

@@ -163,26 +163,32 @@ fn exchange(lab: &Lab, dst: &str, up: usize, down: usize) -> std::io::Result<Ans
     })
 }
 
-/// Writes certificates for the server, a client and connectors a and b into `dir`.
+/// Writes certificates for the server, a client and connectors a and b into `dir`: b in
+/// a second run, as an operator adds a connector later — it must chain to the same CA,
+/// and the first run's certificates must stay as they were.
 fn certs(dir: &Path) {
-    let out = std::process::Command::new(BIN)
-        .args(["proxy", "certs", "--out"])
-        .arg(dir)
-        .args([
-            "--connector",
-            "a",
-            "--connector",
-            "b",
-            "--server-name",
-            "198.18.1.2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["proxy", "certs", "--out"])
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["--connector", "a", "--server-name", "198.18.1.2"]);
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let server = std::fs::read(dir.join("server.pem")).unwrap();
+    let added = run(&["--connector", "b"]);
+    assert!(added.contains("connector-b.pem\n"), "{added}");
+    assert!(added.contains("server.pem (kept"), "{added}");
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+    assert_eq!(std::fs::read(dir.join("server.pem")).unwrap(), server);
 }
 
 fn tls(dir: &Path, who: &str) -> Vec<String> {
