@@ -96,7 +96,7 @@ impl Hub {
         };
         routes
             .iter()
-            .find(|r| !routes::covered(r.prefix, allowed))
+            .find(|r| !allowed.iter().any(|a| a.covers(&r.prefix)))
             .map(|r| {
                 format!(
                     "connector {id:?} may not serve {} (--allow-connector)",
@@ -415,4 +415,35 @@ pub async fn run(
         } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connector_serves_only_what_lies_wholly_inside_its_scope() {
+        let p = |s: &str| routes::parse_prefix(s).unwrap();
+        let scoped = |allowed: Vec<Prefix>| {
+            Hub::new(
+                Duration::from_secs(1),
+                BTreeMap::from([("a".to_string(), allowed)]),
+            )
+        };
+        let hub = scoped(vec![p("100.64.1.0/24"), p("fd64::/16")]);
+        let may =
+            |hub: &Hub, id: &str, r: &str| hub.out_of_scope(id, &[Route::direct(p(r))]).is_none();
+        assert!(may(&hub, "a", "100.64.1.0/24"));
+        assert!(may(&hub, "a", "100.64.1.128/25"));
+        assert!(may(&hub, "a", "fd64:1::/64"));
+        assert!(!may(&hub, "a", "100.64.0.0/16"), "wider than the scope");
+        assert!(!may(&hub, "a", "100.64.2.0/24"));
+        assert!(!may(&hub, "a", "::/0"));
+        assert!(!may(&hub, "b", "100.64.1.0/24"), "a connector not named");
+        let v6 = scoped(vec![p("::/0")]);
+        assert!(!may(&v6, "a", "0.0.0.0/0"), "another family");
+        // Without scopes, anything goes (with a warning at start).
+        let open = Hub::new(Duration::from_secs(1), BTreeMap::new());
+        assert!(may(&open, "b", "0.0.0.0/0"));
+    }
 }
