@@ -212,6 +212,14 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
 }
 
+/// `culvert proxy ROLE ARGS…` with the TLS files of `who` in `dir`.
+fn role(role: &str, args: &[&str], dir: &Path, who: &str) -> Vec<String> {
+    let mut a = strings(&["proxy", role]);
+    a.extend(strings(args));
+    a.extend(tls(dir, who));
+    a
+}
+
 fn connector(
     lab: &mut Lab,
     host: usize,
@@ -220,10 +228,9 @@ fn connector(
     cert: &str,
     extra: &[&str],
 ) -> usize {
-    let mut a = strings(&["proxy", "connector", "--server", SERVER, "--id", id]);
-    a.extend(strings(extra));
-    a.extend(tls(dir, cert));
-    spawn(lab, host, &a)
+    let mut args = vec!["--server", SERVER, "--id", id];
+    args.extend_from_slice(extra);
+    spawn(lab, host, &role("connector", &args, dir, cert))
 }
 
 /// GET `path` from a role's metrics listener in host `host`.
@@ -344,15 +351,12 @@ fn proxy_carries_flows_to_the_right_connector_intact_and_resets_what_it_cannot_c
     )
     .unwrap();
     let before = nft_state(&lab, 1);
-    let mut server = strings(&[
-        "proxy",
+    let server = role(
         "server",
-        "--listen",
-        ":8081",
-        "--log-format",
-        "json",
-    ]);
-    server.extend(tls(&dir, "server"));
+        &["--listen", ":8081", "--log-format", "json"],
+        &dir,
+        "server",
+    );
     let server_id = spawn(&mut lab, 0, &server);
     let ca = connector(
         &mut lab,
@@ -375,17 +379,19 @@ fn proxy_carries_flows_to_the_right_connector_intact_and_resets_what_it_cannot_c
             "100.64.0.0/16=192.168.0.0/16",
         ],
     );
-    let mut client = strings(&[
-        "proxy",
+    let client = role(
         "client",
-        "--server",
-        SERVER,
-        "--cidr",
-        "100.64.0.0/10",
-        "--listen-port",
-        "9999",
-    ]);
-    client.extend(tls(&dir, "client"));
+        &[
+            "--server",
+            SERVER,
+            "--cidr",
+            "100.64.0.0/10",
+            "--listen-port",
+            "9999",
+        ],
+        &dir,
+        "client",
+    );
     let client_id = spawn(&mut lab, 1, &client);
     wait_for(
         "both connectors registered",
@@ -693,8 +699,7 @@ fn proxy_intercepts_ipv6_and_a_flow_costs_one_round_trip_to_the_server() {
     // The client reaches the server through a relay that delays each way by 50 ms.
     let one_way = Duration::from_millis(50);
     delayed_relay(&lab, 1, "127.0.0.1:18081", SERVER, one_way);
-    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
-    server.extend(tls(&dir, "server"));
+    let server = role("server", &["--listen", ":8081"], &dir, "server");
     let _server = spawn(&mut lab, 0, &server);
     let _a = connector(
         &mut lab,
@@ -709,17 +714,19 @@ fn proxy_intercepts_ipv6_and_a_flow_costs_one_round_trip_to_the_server() {
             "fd64:1::/64=fd00:1::/64",
         ],
     );
-    let mut client = strings(&[
-        "proxy",
+    let client = role(
         "client",
-        "--server",
-        "127.0.0.1:18081",
-        "--cidr",
-        "100.64.0.0/10",
-        "--cidr",
-        "fd64::/16",
-    ]);
-    client.extend(tls(&dir, "client"));
+        &[
+            "--server",
+            "127.0.0.1:18081",
+            "--cidr",
+            "100.64.0.0/10",
+            "--cidr",
+            "fd64::/16",
+        ],
+        &dir,
+        "client",
+    );
     let _c = spawn(&mut lab, 1, &client);
     wait_for("a registered", &lab, Duration::from_secs(10), || {
         registered(&lab) == ["a"]
@@ -775,15 +782,12 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
     let other = lab.dir().join("other-pki");
     certs(&other);
     // Connector a may serve only 100.64.1.0/24; b is not allowed at all.
-    let mut server = strings(&[
-        "proxy",
+    let server = role(
         "server",
-        "--listen",
-        ":8081",
-        "--allow-connector",
-        "a=100.64.1.0/24",
-    ]);
-    server.extend(tls(&dir, "server"));
+        &["--listen", ":8081", "--allow-connector", "a=100.64.1.0/24"],
+        &dir,
+        "server",
+    );
     let _server = spawn(&mut lab, 0, &server);
     // A connector with another CA's certificate, a client's certificate posing as a
     // connector, and connector b's certificate claiming to be a.
@@ -803,18 +807,14 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
         "client",
         &["--cidr", "192.168.1.0/24"],
     );
-    let mut as_b = strings(&[
-        "proxy",
-        "connector",
-        "--server",
-        SERVER,
-        "--id",
+    let stolen = connector(
+        &mut lab,
+        3,
+        &dir,
         "a",
-        "--cidr",
-        "192.168.1.0/24",
-    ]);
-    as_b.extend(tls(&dir, "connector-b"));
-    let stolen = spawn(&mut lab, 3, &as_b);
+        "connector-b",
+        &["--cidr", "192.168.1.0/24"],
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         registered(&lab).is_empty(),
@@ -877,15 +877,12 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
         registered(&lab) == ["a"]
     });
     // A client with another CA's certificate gets no flow through.
-    let mut client = strings(&[
-        "proxy",
+    let client = role(
         "client",
-        "--server",
-        SERVER,
-        "--cidr",
-        "100.64.0.0/10",
-    ]);
-    client.extend(tls(&other, "client"));
+        &["--server", SERVER, "--cidr", "100.64.0.0/10"],
+        &other,
+        "client",
+    );
     let c = spawn(&mut lab, 1, &client);
     wait_for("interception", &lab, Duration::from_secs(10), || {
         lab.sh(Some(1), "nft list ruleset")
@@ -922,8 +919,7 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
     let Some((mut lab, dir)) = topology("pxmem") else {
         return;
     };
-    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
-    server.extend(tls(&dir, "server"));
+    let server = role("server", &["--listen", ":8081"], &dir, "server");
     let sid = spawn(&mut lab, 0, &server);
     let cid = connector(
         &mut lab,
@@ -933,15 +929,12 @@ fn proxy_memory_stays_bounded_under_a_slow_reader_and_1000_idle_flows() {
         "connector-a",
         &["--map", "100.64.1.0/24=192.168.1.0/24"],
     );
-    let mut client = strings(&[
-        "proxy",
+    let client = role(
         "client",
-        "--server",
-        SERVER,
-        "--cidr",
-        "100.64.0.0/10",
-    ]);
-    client.extend(tls(&dir, "client"));
+        &["--server", SERVER, "--cidr", "100.64.0.0/10"],
+        &dir,
+        "client",
+    );
     let kid = spawn(&mut lab, 1, &client);
     wait_for("a registered", &lab, Duration::from_secs(10), || {
         registered(&lab) == ["a"]
@@ -1067,8 +1060,7 @@ fn bench_one_connection_against_sshuttle() {
         size as f64 * 8.0 / 1e6 / start.elapsed().as_secs_f64()
     };
 
-    let mut server = strings(&["proxy", "server", "--listen", ":8081"]);
-    server.extend(tls(&dir, "server"));
+    let server = role("server", &["--listen", ":8081"], &dir, "server");
     let s = spawn(&mut lab, 0, &server);
     let c = connector(
         &mut lab,
@@ -1078,15 +1070,12 @@ fn bench_one_connection_against_sshuttle() {
         "connector-a",
         &["--cidr", "192.168.9.0/24"],
     );
-    let mut client = strings(&[
-        "proxy",
+    let client = role(
         "client",
-        "--server",
-        SERVER,
-        "--cidr",
-        "192.168.9.0/24",
-    ]);
-    client.extend(tls(&dir, "client"));
+        &["--server", SERVER, "--cidr", "192.168.9.0/24"],
+        &dir,
+        "client",
+    );
     let k = spawn(&mut lab, 1, &client);
     wait_for("culvert proxy", &lab, Duration::from_secs(10), || {
         exchange(&lab, "192.168.9.2:80", 10, 0).is_ok()
