@@ -254,7 +254,7 @@ type FecMetric = (
 );
 
 #[allow(clippy::cast_precision_loss)] // counters far below 2^53
-const FEC_METRICS: [FecMetric; 9] = [
+const FEC_METRICS: [FecMetric; 11] = [
     (
         "culvert_peer_fec_groups_total",
         "counter",
@@ -290,6 +290,18 @@ const FEC_METRICS: [FecMetric; 9] = [
         "counter",
         "FEC groups that expired with packets missing.",
         |s| s.groups_lost as f64,
+    ),
+    (
+        "culvert_peer_fec_expected_total",
+        "counter",
+        "Data packets expected from the peer in the intervals reported on.",
+        |s| s.expected as f64,
+    ),
+    (
+        "culvert_peer_fec_missing_total",
+        "counter",
+        "Of those, packets missing before recovery (the path's loss).",
+        |s| s.missing as f64,
     ),
     (
         "culvert_peer_fec_parity_ratio",
