@@ -373,8 +373,9 @@ const EVIDENCE: f64 = 1000.0;
 /// would leave the first seconds of a loss episode short of parity (from a clean path, 5
 /// then 6 then 7 parity per 20 at 10% loss, where 8 are needed). A fall as clear is
 /// halved towards, so one good second cannot pull `m` down. Within noise a report counts
-/// by its size, so a short one (a fast report, the first of a new session) cannot move the
-/// estimate: 4 of 20 lost at a steady 10% once held 14 parity per 20 for seconds.
+/// by its size, so a short one cannot move the estimate: the first 20 messages after a
+/// pause in traffic draw a fast report, and 4 of them lost at a steady 10% once held 14
+/// parity per 20 for seconds.
 fn next_estimate(l: f64, sample: f64, n: u32) -> f64 {
     let n = f64::from(n);
     let p = l.max(sample);
