@@ -207,7 +207,8 @@ fn forged_parity_only_causes_drops() {
 
 /// At a steady 10% (each way), `auto` holds the parity the loss prescribes, whatever the
 /// noise of single reports. Before reports were weighed by their size, a 20-message report
-/// with 4 lost was believed at once: seed 102 then sent 75% parity where 40% is prescribed.
+/// with 4 lost was believed at once: seeds 102 and 103 then sent 75% and 100% parity where
+/// 40% is prescribed.
 #[test]
 fn auto_overhead_at_a_steady_loss_is_what_the_loss_prescribes() {
     let prescribed =
