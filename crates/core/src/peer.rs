@@ -148,8 +148,8 @@ pub(crate) struct Peer {
     pub(crate) paths: crate::path::PathSet,
     /// A client relaying to it when no direct path works (client peers).
     pub(crate) via: crate::via::ViaClient,
-    /// The MTU of the direct path it is on, and that path.
-    pub(crate) pmtu: Option<(Remote, crate::pmtu::Pmtu)>,
+    /// The MTU of the path it is on (direct, or relayed end to end), and that path.
+    pub(crate) pmtu: Option<(Path, crate::pmtu::Pmtu)>,
     /// The last change of `path`: when, and why.
     pub(crate) path_changed: Option<(Instant, &'static str)>,
     /// Its sessions: current, previous, and our handshake in progress.

@@ -69,7 +69,8 @@ pub struct PeerStatus {
     pub path_rtt_ms: Option<f64>,
     /// Share of a direct path's probes that went unanswered.
     pub path_loss: Option<f64>,
-    /// The largest IP packet the direct path carries now (discovered), when known.
+    /// The largest IP packet the path carries now (discovered; a relayed one end to end),
+    /// when known.
     pub path_mtu: Option<u16>,
     /// Underlay transport of a direct path.
     pub transport: Option<crate::peer::Transport>,

@@ -29,7 +29,11 @@ fn narrow_world(path: usize) -> World {
 }
 
 fn packet(len: usize) -> Vec<u8> {
-    let mut p = ip_packet("10.0.0.2", "10.0.0.1", &vec![7u8; len - 28]);
+    packet_to("10.0.0.1", len)
+}
+
+fn packet_to(dst: &str, len: usize) -> Vec<u8> {
+    let mut p = ip_packet("10.0.0.2", dst, &vec![7u8; len - 28]);
     p[6] = 0x40; // DF
     p
 }
@@ -109,4 +113,73 @@ fn a_path_that_carries_everything_costs_one_probe_per_half_second_of_traffic() {
         .filter(|d| d.from.port() == 40000 && d.bytes.len() > 1300)
         .count();
     assert!((3..=6).contains(&big), "{big} full-size probes in 2 s");
+}
+
+/// Two clients that reach each other only through the hub; the hub's link to client 2 is
+/// the narrow one — a hop client 1 does not probe itself. End-to-end probes find it.
+#[test]
+fn a_relayed_peer_is_probed_end_to_end_through_the_relay() {
+    let mut w = World::new(91);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    hub.mtu = Some(1354);
+    w.add(hub, sim::HUB_ADDR);
+    for i in 1..=2 {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 1));
+        c.mtu = Some(1354);
+        if let Role::Client(cc) = &mut c.role {
+            cc.p2p = false;
+        }
+        w.add(c, &format!("198.18.{i}.2:40000"));
+    }
+    let narrow: std::net::SocketAddr = "198.18.2.2:40000".parse().unwrap();
+    w.filter = Some(Box::new(move |d| d.to != narrow || d.bytes.len() <= 1200));
+    assert!(w.run_until(Duration::from_secs(10), |w| w.mesh_known()));
+    let peer_mtu = |w: &World| {
+        w.nodes[1]
+            .ep
+            .status(w.now)
+            .peers
+            .iter()
+            .find(|p| p.node == 2)
+            .and_then(|p| (p.path == "relay").then_some(p.path_mtu).flatten())
+    };
+    // The first packet opens the session with client 2 (through the hub).
+    let _ = w.tun(1, &packet_to("10.0.0.3", 400));
+    w.run(Duration::from_secs(1));
+    let before = w.nodes[2].delivered.len();
+    let mut found = None;
+    for i in 0..800 {
+        let _ = w.tun(1, &packet_to("10.0.0.3", 400));
+        w.step(Duration::from_millis(10));
+        if found.is_none()
+            && let Some(m) = peer_mtu(&w).filter(|m| *m < 1354)
+        {
+            found = Some((i * 10, m));
+        }
+    }
+    w.run(Duration::from_millis(100));
+    assert_eq!(
+        w.nodes[2].delivered.len() - before,
+        800,
+        "small packets lost"
+    );
+    let (after_ms, mtu) = found.expect("the relay's narrow hop was never found");
+    eprintln!("relayed path MTU {mtu} found after {after_ms} ms");
+    // 1200 bytes of UDP payload from the hub carry a relay frame: the inner message's data
+    // header and tag, the relay header, the hop's data header and tag (32 + 10 + 32).
+    assert!((1118..=1126).contains(&mtu), "{mtu}");
+    assert!(after_ms < 4000);
+    // Too big for it: frag-needed from client 2's address, and nothing sent.
+    let _ = w.tun(1, &packet_to("10.0.0.3", 1300));
+    let icmp = w.nodes[1].delivered.last().cloned().expect("an ICMP error");
+    assert_eq!(&icmp[12..16], &[10, 0, 0, 3], "from the far end");
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), mtu);
+    // At the discovered size, through.
+    let before = w.nodes[2].delivered.len();
+    let _ = w.tun(1, &packet_to("10.0.0.3", usize::from(mtu)));
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.nodes[2].delivered.len(), before + 1);
 }

@@ -1,5 +1,10 @@
-//! Path MTU per direct path, UDP or FakeTCP ([`crate::pmtu`]) and the ICMP errors for packets too big
+//! Path MTU per path to a peer ([`crate::pmtu`]) and the ICMP errors for packets too big
 //! for theirs ([`crate::icmp`]).
+//!
+//! Direct paths (UDP or FakeTCP) are probed hop by hop. A relayed peer is probed end to
+//! end, through its relays, with probes sealed in its own session like its data: a narrow
+//! link anywhere on the way (our uplink, or the relay's link to the peer) shows as lost
+//! probes, where probing only our own first hop would miss the relay's.
 
 use std::time::Instant;
 
@@ -12,13 +17,14 @@ use crate::peer::PeerId;
 use crate::pmtu::Pmtu;
 
 impl Endpoint {
-    /// The largest plaintext a path must carry: a full TUN packet, and with FEC the
-    /// parity's extra bytes on top.
-    fn mtu_ceiling(&self) -> Option<u16> {
-        let parity = if self.cfg.fec.mode == FecMode::Off {
-            0
-        } else {
-            crate::fec::PARITY_OVERHEAD as u16
+    /// The largest plaintext a path must carry: a full TUN packet, and on a direct path
+    /// with FEC the parity's extra bytes on top (relays protect their own hops).
+    fn mtu_ceiling(&self, path: Path) -> Option<u16> {
+        let parity = match path {
+            Path::Direct(_) if self.cfg.fec.mode != FecMode::Off => {
+                crate::fec::PARITY_OVERHEAD as u16
+            }
+            _ => 0,
         };
         Some(self.cfg.mtu?.saturating_add(parity))
     }
@@ -28,14 +34,14 @@ impl Endpoint {
         self.path_mtu(id).filter(|m| Some(*m) < self.cfg.mtu)
     }
 
-    /// The largest IP packet `id`'s direct path takes now, as discovered.
+    /// The largest IP packet `id`'s path takes now, as discovered.
     pub(super) fn path_mtu(&self, id: PeerId) -> Option<u16> {
-        let ceiling = self.mtu_ceiling()?;
         let p = self.peers.get(&id)?;
-        let (at, pmtu) = p.pmtu.as_ref()?;
-        if p.path != Path::Direct(Some(*at)) {
+        let (path, pmtu) = p.pmtu.as_ref()?;
+        if p.path != *path {
             return None;
         }
+        let ceiling = self.mtu_ceiling(*path)?;
         Some(pmtu.current().min(ceiling) - (ceiling - self.cfg.mtu?))
     }
 
@@ -60,25 +66,30 @@ impl Endpoint {
         }
     }
 
-    /// Probes `id`'s direct path while traffic flows on it. Over FakeTCP as over UDP: its
+    /// Probes `id`'s path while traffic flows on it. Over FakeTCP as over UDP: its
     /// segments carry DF too, and a probe lost on the way is a lost segment, which the
-    /// fake stream tolerates like any loss.
+    /// fake stream tolerates like any loss. Through relays as directly: they pass probes
+    /// on like any message, and the answer comes back the same way.
     pub(super) fn mtu_timers(&mut self, now: Instant, id: PeerId) {
-        let Some(ceiling) = self.mtu_ceiling() else {
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        let path = p.path;
+        let Some(ceiling) = self.mtu_ceiling(path) else {
             return;
         };
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let Path::Direct(Some(at)) = p.path else {
+        if path == Path::Direct(None) {
             p.pmtu = None;
             return;
-        };
+        }
         if p.sessions.current.is_none() {
             return;
         }
-        if p.pmtu.as_ref().is_none_or(|(r, _)| *r != at) {
-            p.pmtu = Some((at, Pmtu::new(ceiling, p.rtt)));
+        if p.pmtu.as_ref().is_none_or(|(on, _)| *on != path) {
+            p.pmtu = Some((path, Pmtu::new(ceiling, p.rtt)));
         }
         let sent = p.traffic.tx_packets;
         let Some((_, pmtu)) = p.pmtu.as_mut() else {
@@ -90,7 +101,7 @@ impl Endpoint {
                 seq: probe.seq,
                 pad: u16::try_from(pad).unwrap_or(u16::MAX),
             };
-            self.send_frame_on(now, id, Path::Direct(Some(at)), &frame, None);
+            self.send_frame_on(now, id, path, &frame, None);
         }
         self.deadline_dirty = true;
     }
