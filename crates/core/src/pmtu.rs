@@ -70,6 +70,8 @@ pub struct Pmtu {
     own: u64,
     /// Smoothed RTT of the answers.
     srtt: Option<Duration>,
+    /// A floor-sized probe out to learn the RTT, while none is known: sequence, when sent.
+    rtt_probe: Option<(u32, Instant)>,
     /// A search or confirmation step is due (after an answer).
     due: Option<Instant>,
     /// When our peer last got traffic other than our probes.
@@ -78,6 +80,10 @@ pub struct Pmtu {
 
 /// Probing goes on this long after the last traffic (probes themselves do not count).
 const ACTIVE_WINDOW: Duration = Duration::from_secs(2);
+/// A confirmation or search under way goes on this long after the last traffic: its
+/// sender's TCP, backing off, may send nothing for seconds, and only a search that has
+/// ended lets its next retransmission draw the ICMP error.
+const SEARCH_WINDOW: Duration = Duration::from_secs(8);
 /// Rounds of copies that must all go unanswered before a search.
 const CONFIRM_ROUNDS: u8 = 2;
 
@@ -96,6 +102,7 @@ impl Pmtu {
             last_sent: 0,
             own: 0,
             srtt: rtt,
+            rtt_probe: None,
             due: None,
             last_active: None,
         }
@@ -119,9 +126,9 @@ impl Pmtu {
             self.last_active = Some(now);
         }
         self.last_sent = self.last_sent.max(sent);
-        let active = self
+        let quiet = self
             .last_active
-            .is_some_and(|t| now.saturating_duration_since(t) < ACTIVE_WINDOW);
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
         self.due = None;
         let timeout = self.timeout();
         if let Some((_, size, at)) = &self.round
@@ -131,9 +138,39 @@ impl Pmtu {
             self.round = None;
             self.lost(size);
         }
-        if self.round.is_some() || !active {
+        let window = match self.state {
+            State::Checking => ACTIVE_WINDOW,
+            State::Confirming { .. } | State::Search { .. } => SEARCH_WINDOW,
+        };
+        if quiet >= window {
             return Vec::new();
         }
+        let mut out = self.rtt_probe(now);
+        if self.round.is_none() {
+            out.extend(self.next_round(now));
+        }
+        out
+    }
+
+    /// Without an RTT, a lost round waits [`FIRST_TIMEOUT`]: a path first probed after it
+    /// narrowed (a relayed peer's, whose traffic starts with the transfer) took 3 s to
+    /// begin its search. A floor-sized probe, which any path carries, measures the RTT.
+    fn rtt_probe(&mut self, now: Instant) -> Vec<MtuProbe> {
+        if self.srtt.is_some()
+            || self
+                .rtt_probe
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) < FIRST_TIMEOUT)
+        {
+            return Vec::new();
+        }
+        let seq = self.take_seq();
+        self.own += 1;
+        self.rtt_probe = Some((seq, now));
+        vec![MtuProbe { seq, size: FLOOR }]
+    }
+
+    /// The next round of the state machine, when one is due.
+    fn next_round(&mut self, now: Instant) -> Vec<MtuProbe> {
         match self.state {
             State::Confirming { .. } => self.send_round(now, self.current, COPIES),
             State::Search { lo, hi, passed } => {
@@ -172,6 +209,14 @@ impl Pmtu {
 
     /// An answer to probe `seq`.
     pub fn on_ack(&mut self, now: Instant, seq: u32) {
+        if let Some((probe, sent)) = self.rtt_probe
+            && probe == seq
+        {
+            self.srtt = Some(now.saturating_duration_since(sent));
+            self.rtt_probe = None;
+            self.due = Some(now);
+            return;
+        }
         let Some((seqs, size, sent)) = &self.round else {
             return;
         };
@@ -252,14 +297,14 @@ impl Pmtu {
         self.next_widen = (size < self.ceiling).then_some(now + WIDEN);
     }
 
+    fn take_seq(&mut self) -> u32 {
+        let s = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        s
+    }
+
     fn send_round(&mut self, now: Instant, size: u16, copies: usize) -> Vec<MtuProbe> {
-        let seqs: Vec<u32> = (0..copies)
-            .map(|_| {
-                let s = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1).max(1);
-                s
-            })
-            .collect();
+        let seqs: Vec<u32> = (0..copies).map(|_| self.take_seq()).collect();
         self.own += copies as u64;
         let out = seqs.iter().map(|&seq| MtuProbe { seq, size }).collect();
         self.round = Some((seqs, size, now));
@@ -338,13 +383,42 @@ mod tests {
         let took = run(&mut p, t + Duration::from_secs(5), 1500, || false);
         assert_eq!(p.current(), 1380);
         assert!(took <= WIDEN + Duration::from_secs(1), "{took:?}");
-        // No traffic: no probes, once the last traffic is ACTIVE_WINDOW old.
+        // No traffic: no probes, once the last traffic is SEARCH_WINDOW old (the check it
+        // drew is never answered here, and the search that follows may finish).
         let sent = 1_000_000;
         let _ = p.poll(t + Duration::from_secs(100), sent);
-        let quiet: usize = (3..100)
+        let quiet: usize = (9..100)
             .map(|i| p.poll(t + Duration::from_secs(100 + i), sent).len())
             .sum();
         assert_eq!(quiet, 0);
+    }
+
+    #[test]
+    fn a_search_goes_on_while_the_sender_backs_off_and_a_new_path_learns_its_rtt() {
+        let t = crate::test_epoch();
+        // A path first probed after it narrowed, with no RTT known yet; the only traffic
+        // is a TCP sender's retransmissions, backing off from 200 ms.
+        let mut p = Pmtu::new(1380, None);
+        let sends = [0u64, 200, 600, 1400, 3000, 6200];
+        let mut now = t;
+        let mut sent = 0;
+        let settled = loop {
+            let ms = (now - t).as_millis() as u64;
+            sent += sends.iter().filter(|&&s| s == ms).count() as u64;
+            for probe in p.poll(now, sent) {
+                if probe.size <= 1224 {
+                    p.on_ack(now + Duration::from_millis(5), probe.seq);
+                }
+            }
+            if p.current() < 1380 && !p.searching() {
+                break now - t;
+            }
+            assert!(ms < 10_000, "never settled: {p:?}");
+            now += Duration::from_millis(5);
+        };
+        assert!(p.current() <= 1224 && p.current() > 1224 - 2 * STEP);
+        // Before the retransmission at 3 s, so that one draws the ICMP error.
+        assert!(settled < Duration::from_secs(3), "{settled:?}");
     }
 
     #[test]

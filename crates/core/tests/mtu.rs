@@ -170,7 +170,9 @@ fn a_relayed_peer_is_probed_end_to_end_through_the_relay() {
     // 1200 bytes of UDP payload from the hub carry a relay frame: the inner message's data
     // header and tag, the relay header, the hop's data header and tag (32 + 10 + 32).
     assert!((1118..=1126).contains(&mtu), "{mtu}");
-    assert!(after_ms < 4000);
+    // No RTT was known for the relayed path; a floor-sized probe measured it, so its lost
+    // rounds wait 250 ms, not 1 s (3.7 s before).
+    assert!(after_ms < 2000, "{after_ms}");
     // Too big for it: frag-needed from client 2's address, and nothing sent.
     let _ = w.tun(1, &packet_to("10.0.0.3", 1300));
     let icmp = w.nodes[1].delivered.last().cloned().expect("an ICMP error");

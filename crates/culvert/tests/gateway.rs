@@ -347,6 +347,58 @@ fn a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp() 
     }
 }
 
+/// Two clients that reach each other only through the server; the router's link to
+/// client 2 narrows to 1280 mid-transfer, and sends no ICMP. Client 1 never sees that
+/// hop: its end-to-end probes through the relay find it.
+#[test]
+fn a_relayed_path_that_narrows_keeps_carrying_a_transfer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("gwrly", 3) else {
+        return;
+    };
+    mtu_router(&lab, true);
+    start_network(&mut lab, 0, &[]);
+    for (i, addr) in [(1, "10.0.0.2/24"), (2, "10.0.0.3/24")] {
+        start_client_with(&mut lab, i, addr, KEY, &["--no-p2p"]);
+    }
+    wait_ping(&lab, 1, overlay(2));
+    // Client `host`'s view of client `other` (node ids follow the order of joining).
+    let peer = |host: usize, other: usize| {
+        let addr = format!("{}/", overlay(other));
+        lab.status(host).unwrap()["peers"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|p| p["addresses"].to_string().contains(&addr))
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(peer(1, 2)["path"], "relay");
+    let t = lab
+        .transfer(1, 2, overlay(2), 20 * MB, || {
+            lab.sh(None, "ip link set h2 mtu 1280").unwrap();
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
+    let mtu = peer(1, 2)["path_mtu"].as_u64();
+    eprintln!(
+        "relayed, black hole: 20 MB intact, longest stall {:.2} s, {:.0} Mbit/s, path MTU {mtu:?}",
+        t.max_stall,
+        t.mbps()
+    );
+    assert!(t.max_stall < 5.0, "stalled {:.2} s", t.max_stall);
+    assert!(mtu.is_some_and(|m| (1100..1250).contains(&m)), "{mtu:?}");
+    // The other way: client 2's own uplink is the narrow hop.
+    let t = lab.transfer(2, 1, overlay(1), 20 * MB, || ()).unwrap();
+    assert_eq!((t.bytes, &t.sent), (20 * MB, &t.received));
+    assert_eq!(
+        counter(&lab, "test_mtu", "frags"),
+        0,
+        "the underlay fragmented"
+    );
+}
+
 /// A subnet router's state: [`system_state`] plus its LAN interface's forwarding, without
 /// the link-local routes a new LAN interface gains by itself.
 fn router_state(lab: &Lab, host: usize) -> String {
