@@ -38,30 +38,47 @@ fn packet_to(dst: &str, len: usize) -> Vec<u8> {
     p
 }
 
+/// Client 1 sends 800 small packets to `dst`, one per 10 ms, and the probes beside them
+/// look for the narrow path. Asserts that node `receiver` got them all; returns when (ms
+/// into the traffic) and what client 1's status first gave as node `peer`'s path MTU below
+/// the TUN's 1354.
+fn small_traffic_finds_the_path(
+    w: &mut World,
+    dst: &str,
+    receiver: usize,
+    peer: u32,
+) -> Option<(u32, u16)> {
+    let before = w.nodes[receiver].delivered.len();
+    let mut found = None;
+    for i in 0..800 {
+        let _ = w.tun(1, &packet_to(dst, 400));
+        w.step(Duration::from_millis(10));
+        let mtu = w.nodes[1]
+            .ep
+            .status(w.now)
+            .peers
+            .iter()
+            .find(|p| p.node == peer)
+            .and_then(|p| p.path_mtu)
+            .filter(|m| *m < 1354);
+        if let (None, Some(m)) = (found, mtu) {
+            found = Some((i * 10, m));
+        }
+    }
+    w.run(Duration::from_millis(100));
+    assert_eq!(
+        w.nodes[receiver].delivered.len() - before,
+        800,
+        "small packets lost"
+    );
+    found
+}
+
 #[test]
 fn a_narrow_path_is_found_and_too_big_packets_get_frag_needed() {
     let mut w = narrow_world(1200);
     // Traffic that fits: it flows, and the probes beside it find the path's size.
-    let before = w.nodes[0].delivered.len();
-    let mut found = None;
-    for i in 0..800 {
-        let _ = w.tun(1, &packet(400));
-        w.step(Duration::from_millis(10));
-        let s = w.nodes[1].ep.status(w.now);
-        let mtu = s
-            .peers
-            .iter()
-            .find(|p| p.node == 0)
-            .and_then(|p| p.path_mtu);
-        if mtu.is_some_and(|m| m < 1354) && found.is_none() {
-            found = Some((i * 10, mtu.unwrap()));
-        }
-    }
-    assert_eq!(
-        w.nodes[0].delivered.len() - before,
-        800,
-        "small packets all arrived"
-    );
+    let found = small_traffic_finds_the_path(&mut w, "10.0.0.1", 0, 0);
     let (after_ms, mtu) = found.expect("the narrow path was never found");
     eprintln!("path MTU {mtu} found after {after_ms} ms");
     // 1200 bytes of UDP payload carry a packet of 1200 - 32 (data header and tag) - 18
@@ -136,35 +153,12 @@ fn a_relayed_peer_is_probed_end_to_end_through_the_relay() {
     let narrow: std::net::SocketAddr = "198.18.2.2:40000".parse().unwrap();
     w.filter = Some(Box::new(move |d| d.to != narrow || d.bytes.len() <= 1200));
     assert!(w.run_until(Duration::from_secs(10), |w| w.mesh_known()));
-    let peer_mtu = |w: &World| {
-        w.nodes[1]
-            .ep
-            .status(w.now)
-            .peers
-            .iter()
-            .find(|p| p.node == 2)
-            .and_then(|p| (p.path == "relay").then_some(p.path_mtu).flatten())
-    };
     // The first packet opens the session with client 2 (through the hub).
     let _ = w.tun(1, &packet_to("10.0.0.3", 400));
     w.run(Duration::from_secs(1));
-    let before = w.nodes[2].delivered.len();
-    let mut found = None;
-    for i in 0..800 {
-        let _ = w.tun(1, &packet_to("10.0.0.3", 400));
-        w.step(Duration::from_millis(10));
-        if found.is_none()
-            && let Some(m) = peer_mtu(&w).filter(|m| *m < 1354)
-        {
-            found = Some((i * 10, m));
-        }
-    }
-    w.run(Duration::from_millis(100));
-    assert_eq!(
-        w.nodes[2].delivered.len() - before,
-        800,
-        "small packets lost"
-    );
+    let found = small_traffic_finds_the_path(&mut w, "10.0.0.3", 2, 2);
+    let st = w.nodes[1].ep.status(w.now);
+    assert!(st.peers.iter().any(|p| p.node == 2 && p.path == "relay"));
     let (after_ms, mtu) = found.expect("the relay's narrow hop was never found");
     eprintln!("relayed path MTU {mtu} found after {after_ms} ms");
     // 1200 bytes of UDP payload from the hub carry a relay frame: the inner message's data
