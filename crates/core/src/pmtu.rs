@@ -1,4 +1,5 @@
-//! Packetization-layer path MTU discovery for one direct path (RFC 8899, DPLPMTUD):
+//! Packetization-layer path MTU discovery for one path to a peer, direct or relayed end to
+//! end (RFC 8899, DPLPMTUD):
 //! padded probes sealed like data, so the answer proves that a data message of that size
 //! crosses the path — whether or not routers send ICMP ("PMTU black holes").
 //!
@@ -11,7 +12,9 @@
 //! of copies per step, each round waiting four RTTs (at least [`MIN_TIMEOUT`]; [`FIRST_TIMEOUT`]
 //! before any answer gave an RTT). The search must end before the sender's TCP
 //! retransmits a third time (about 3 s after the loss): only a packet that reaches the
-//! TUN can carry back the ICMP error that makes it resend smaller. While below the
+//! TUN can carry back the ICMP error that makes it resend smaller; so a search, once
+//! started, goes on while that TCP backs off and sends nothing (`SEARCH_WINDOW`), and a
+//! path with no RTT known yet learns one from a floor-sized probe. While below the
 //! ceiling, the ceiling is tried again every [`WIDEN`].
 
 use std::time::{Duration, Instant};
