@@ -321,14 +321,7 @@ impl PathSet {
         // A path adopted from the peer's probe before its candidates came: they say whether
         // it is one of its LAN endpoints (and not also its public one).
         if let Some(d) = &mut self.direct {
-            let is = |kind| {
-                candidates
-                    .iter()
-                    .any(|c| c.kind == kind && c.addr == d.remote.addr)
-            };
-            if is(CandidateKind::Local) && !is(CandidateKind::Reflexive) {
-                d.kind = CandidateKind::Local;
-            }
+            d.kind = d.kind.min(kind_among(&candidates, d.remote.addr));
             return;
         }
         // The peer's NAT changes ports if the hub sees it at a port none of its own
@@ -533,10 +526,9 @@ impl PathSet {
 
     /// What the punch under way says `from` is; reflexive when it does not know it.
     fn kind_of(&self, from: Remote) -> CandidateKind {
-        self.punch
-            .as_ref()
-            .and_then(|p| p.candidates.iter().find(|c| c.addr == from.addr))
-            .map_or(CandidateKind::Reflexive, |c| c.kind)
+        self.punch.as_ref().map_or(CandidateKind::Reflexive, |p| {
+            kind_among(&p.candidates, from.addr)
+        })
     }
 
     /// Takes `from` as the direct path, unmeasured (keepalive probes start at once).
@@ -640,6 +632,18 @@ pub fn usable_local(addr: SocketAddr) -> bool {
         || matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80))
 }
 
+/// What `candidates` say `addr` is: one of the peer's LAN endpoints only if it is not also
+/// its public one (a host with a public address on an interface lists it both ways, and a
+/// path to it is no LAN path).
+fn kind_among(candidates: &[Candidate], addr: SocketAddr) -> CandidateKind {
+    let listed = |kind| candidates.iter().any(|c| c.kind == kind && c.addr == addr);
+    if listed(CandidateKind::Local) && !listed(CandidateKind::Reflexive) {
+        CandidateKind::Local
+    } else {
+        CandidateKind::Reflexive
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,32 +722,27 @@ mod tests {
     fn a_path_adopted_before_the_candidates_is_lan_once_they_say_so() {
         let t = crate::test_epoch();
         let ms = Duration::from_millis;
-        let mut p = PathSet::default();
-        let lan = cand(CandidateKind::Local, "192.168.1.5:4000");
-        let from = Remote::udp(lan.addr);
-        // The peer's probe arrives before the hub's Punch with its candidates.
-        assert!(p.on_direct_probe(t, from).is_some());
-        assert_eq!(p.kind(), "direct");
-        p.start(
-            t + ms(5),
-            vec![cand(CandidateKind::Reflexive, "203.0.113.5:4000"), lan],
-            true,
-            false,
-            &mut rng(),
-        );
-        assert_eq!(p.kind(), "lan");
-        // A public address the peer also has on an interface stays direct.
-        let mut q = PathSet::default();
-        let public = cand(CandidateKind::Local, "203.0.113.9:4000");
-        assert!(q.on_direct_probe(t, Remote::udp(public.addr)).is_some());
-        q.start(
-            t + ms(5),
-            vec![cand(CandidateKind::Reflexive, "203.0.113.9:4000"), public],
-            false,
-            false,
-            &mut rng(),
-        );
-        assert_eq!(q.kind(), "direct");
+        // The peer's probe arrives before the hub's Punch with its candidates: a LAN
+        // endpoint becomes a lan path; a public address the peer also has on an interface
+        // stays direct.
+        let cases = [
+            ("192.168.1.5:4000", "203.0.113.5:4000", "lan"),
+            ("203.0.113.9:4000", "203.0.113.9:4000", "direct"),
+        ];
+        for (local, public, kind) in cases {
+            let mut p = PathSet::default();
+            let lan = cand(CandidateKind::Local, local);
+            assert!(p.on_direct_probe(t, Remote::udp(lan.addr)).is_some());
+            assert_eq!(p.kind(), "direct");
+            p.start(
+                t + ms(5),
+                vec![cand(CandidateKind::Reflexive, public), lan],
+                true,
+                false,
+                &mut rng(),
+            );
+            assert_eq!(p.kind(), kind, "{local}");
+        }
     }
 
     #[test]
