@@ -77,6 +77,8 @@ pub struct Pmtu {
     rtt_probe: Option<(u32, Instant)>,
     /// A search or confirmation step is due (after an answer).
     due: Option<Instant>,
+    /// The last poll found no traffic within its window: nothing is due until there is.
+    idle: bool,
     /// When our peer last got traffic other than our probes.
     last_active: Option<Instant>,
 }
@@ -106,6 +108,7 @@ impl Pmtu {
             own: 0,
             srtt: rtt,
             rtt_probe: None,
+            idle: false,
             due: None,
             last_active: None,
         }
@@ -145,7 +148,8 @@ impl Pmtu {
             State::Checking => ACTIVE_WINDOW,
             State::Confirming { .. } | State::Search { .. } => SEARCH_WINDOW,
         };
-        if quiet >= window {
+        self.idle = quiet >= window;
+        if self.idle {
             return Vec::new();
         }
         let mut out = self.rtt_probe(now);
@@ -247,6 +251,12 @@ impl Pmtu {
 
     /// When [`Pmtu::poll`] has work next.
     pub fn next_deadline(&self) -> Option<Instant> {
+        // Idle, a check or round that fell due waits for traffic: its time, always past,
+        // would keep the shell's timer firing (a daemon spun at 100% CPU once its traffic
+        // stopped). The shell's regular tick polls again.
+        if self.idle {
+            return None;
+        }
         if let Some((_, _, at)) = &self.round {
             return Some(*at + self.timeout());
         }
@@ -422,6 +432,26 @@ mod tests {
         assert!(p.current() <= 1224 && p.current() > 1224 - 2 * STEP);
         // Before the retransmission at 3 s, so that one draws the ICMP error.
         assert!(settled < Duration::from_secs(3), "{settled:?}");
+    }
+
+    #[test]
+    fn an_idle_path_asks_for_no_timer() {
+        let t = crate::test_epoch();
+        let mut p = Pmtu::new(1380, Some(Duration::from_millis(5)));
+        for i in 0..10 {
+            let now = t + Duration::from_millis(100 * i);
+            for probe in p.poll(now, i) {
+                p.on_ack(now, probe.seq);
+            }
+        }
+        // Polled again only long after the traffic stopped: the check that fell due in
+        // between is not a deadline (it would always be due).
+        let late = t + Duration::from_secs(20);
+        assert!(p.poll(late, 9).is_empty());
+        assert_eq!(p.next_deadline(), None);
+        // Traffic again: checks resume.
+        assert_eq!(p.poll(late + Duration::from_millis(10), 10).len(), 1);
+        assert!(p.next_deadline().is_some_and(|d| d > late));
     }
 
     #[test]

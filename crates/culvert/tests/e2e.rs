@@ -69,6 +69,15 @@ fn bulk_transfers_match_hashes() {
         "client -> client"
     );
     eprintln!("client -> client: {:.0} Mbit/s", t.mbps());
+    // Idle after traffic, every daemon sleeps: path MTU checks that fell due once the
+    // traffic had stopped were a timer always due, and each daemon spun at 100% CPU.
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = |id| culvert::testbed::cpu_seconds(lab.pid(id).unwrap());
+    let before: Vec<f64> = (0..3).map(cpu).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let used: Vec<f64> = (0..3).map(|id| cpu(id) - before[id]).collect();
+    eprintln!("CPU seconds used over 3 s idle: {used:?}");
+    assert!(used.iter().all(|&s| s < 0.3), "idle daemons busy: {used:?}");
 }
 
 #[test]
