@@ -11,24 +11,13 @@ use std::time::Instant;
 use culvert_wire::frame::{Frame, MTU_PROBE_MIN};
 
 use super::Endpoint;
+use crate::Config;
 use crate::fec::Mode as FecMode;
 use crate::path::Path;
 use crate::peer::PeerId;
 use crate::pmtu::Pmtu;
 
 impl Endpoint {
-    /// The largest plaintext a path must carry: a full TUN packet, and on a direct path
-    /// with FEC the parity's extra bytes on top (relays protect their own hops).
-    fn mtu_ceiling(&self, path: Path) -> Option<u16> {
-        let parity = match path {
-            Path::Direct(_) if self.cfg.fec.mode != FecMode::Off => {
-                crate::fec::PARITY_OVERHEAD as u16
-            }
-            _ => 0,
-        };
-        Some(self.cfg.mtu?.saturating_add(parity))
-    }
-
     /// The largest IP packet `id`'s path takes now, when it is below the TUN's MTU.
     pub(super) fn packet_limit(&self, id: PeerId) -> Option<u16> {
         self.path_mtu(id).filter(|m| Some(*m) < self.cfg.mtu)
@@ -41,7 +30,7 @@ impl Endpoint {
         if p.path != *path {
             return None;
         }
-        let ceiling = self.mtu_ceiling(*path)?;
+        let ceiling = mtu_ceiling(&self.cfg, *path)?;
         Some(pmtu.current().min(ceiling) - (ceiling - self.cfg.mtu?))
     }
 
@@ -71,14 +60,11 @@ impl Endpoint {
     /// fake stream tolerates like any loss. Through relays as directly: they pass probes
     /// on like any message, and the answer comes back the same way.
     pub(super) fn mtu_timers(&mut self, now: Instant, id: PeerId) {
-        let Some(p) = self.peers.get(&id) else {
+        let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
         let path = p.path;
-        let Some(ceiling) = self.mtu_ceiling(path) else {
-            return;
-        };
-        let Some(p) = self.peers.get_mut(&id) else {
+        let Some(ceiling) = mtu_ceiling(&self.cfg, path) else {
             return;
         };
         if path == Path::Direct(None) {
@@ -113,4 +99,14 @@ impl Endpoint {
             self.deadline_dirty = true;
         }
     }
+}
+
+/// The largest plaintext a path must carry: a full TUN packet, and on a direct path with
+/// FEC the parity's extra bytes on top (relays protect their own hops).
+fn mtu_ceiling(cfg: &Config, path: Path) -> Option<u16> {
+    let parity = match path {
+        Path::Direct(_) if cfg.fec.mode != FecMode::Off => crate::fec::PARITY_OVERHEAD as u16,
+        _ => 0,
+    };
+    Some(cfg.mtu?.saturating_add(parity))
 }
