@@ -348,20 +348,31 @@ fn prefixes(list: Vec<String>, what: &str) -> Result<Vec<Prefix>> {
 
 /// `--allow-connector ID=PREFIX[,PREFIX]`, repeated: each id's prefixes.
 fn scopes(flags: &[String]) -> Result<BTreeMap<String, Vec<Prefix>>> {
-    let mut out: BTreeMap<String, Vec<Prefix>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
     for f in flags {
         let (id, list) = f.split_once('=').with_context(|| {
             format!(
                 "--allow-connector {f:?}: expected ID=PREFIX[,PREFIX], e.g. proxy-1=100.64.1.0/24"
             )
         })?;
-        pki::check_connector_id(id.trim())?;
         let list = list.split(',').map(str::to_owned).collect();
-        out.entry(id.trim().to_owned())
-            .or_default()
-            .extend(prefixes(list, "--allow-connector")?);
+        add_scope(&mut out, id, list, "--allow-connector")?;
     }
     Ok(out)
+}
+
+/// Adds connector `id`'s prefixes to `scopes`, from a flag or the config file (`what`).
+fn add_scope(
+    scopes: &mut BTreeMap<String, Vec<Prefix>>,
+    id: &str,
+    list: Vec<String>,
+    what: &str,
+) -> Result<()> {
+    let id = id.trim();
+    pki::check_connector_id(id)?;
+    let prefixes = prefixes(list, what)?;
+    scopes.entry(id.to_owned()).or_default().extend(prefixes);
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -452,11 +463,11 @@ pub fn run(args: Args) -> Result<()> {
             )?;
             let tls = r.tls.server()?;
             let scopes = if a.allow_connectors.is_empty() {
-                f.allow_connectors
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(id, list)| Ok((id, prefixes(list.into_vec(), "allow_connectors")?)))
-                    .collect::<Result<_>>()?
+                let mut scopes = BTreeMap::new();
+                for (id, list) in f.allow_connectors.unwrap_or_default() {
+                    add_scope(&mut scopes, &id, list.into_vec(), "allow_connectors")?;
+                }
+                scopes
             } else {
                 scopes(&a.allow_connectors)?
             };
@@ -661,6 +672,10 @@ mod tests {
         assert_eq!(s["proxy-1"].len(), 2);
         assert!(scopes(&["100.64.1.0/24".into()]).is_err(), "no id");
         assert!(scopes(&["a=nonsense".into()]).is_err(), "not a prefix");
+        assert!(
+            scopes(&["Proxy_1=100.64.1.0/24".into()]).is_err(),
+            "not a connector id"
+        );
         std::fs::write(&toml, "listen = \":8081\"\n[tls]\ninsecure = true\n").unwrap();
         assert!(File::load(Some(&toml)).is_err(), "insecure is refused");
         std::fs::write(&toml, "lisen = \":8081\"\n").unwrap();
