@@ -311,10 +311,12 @@ impl Stack {
     ) -> Result<Option<Received>, DropReason> {
         let seg = Segment::parse(packet).map_err(|_| DropReason::Malformed)?;
         if seg.has(flags::RST) {
+            // A half-open flow has no window yet (an RST answering our SYN says only that
+            // the server is not up; the SYN is retransmitted anyway).
             if let Some(f) = self
                 .flows
                 .get_mut(&seg.src)
-                .filter(|f| f.in_window(seg.seq))
+                .filter(|f| f.established && f.in_window(seg.seq))
             {
                 f.rst_at = Some(now);
             }
@@ -337,78 +339,49 @@ impl Stack {
             self.secret = self.rng.array();
             self.secret_born = now;
         }
-        let mut acks = Vec::new();
-        let mut syns = Vec::new();
-        let mut expired = Vec::new();
+        let side = self.cfg.side;
+        let due: Vec<(SocketAddr, Timer)> = self
+            .flows
+            .iter()
+            .flat_map(|(remote, f)| f.timers(side).into_iter().flatten().map(|t| (*remote, t)))
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(remote, (_, timer))| (remote, timer))
+            .collect();
         let mut reconnect = false;
-        for (remote, f) in &mut self.flows {
-            if !f.established {
-                let wait = Duration::from_secs(1 << f.syn_attempts.min(4));
-                if now.saturating_duration_since(f.syn_sent) >= wait {
-                    if f.syn_attempts >= SYN_ATTEMPTS {
-                        reconnect = true;
-                    } else {
-                        syns.push(*remote);
-                    }
-                }
+        for (remote, timer) in due {
+            // One pure ACK serves both a delayed ACK and a keepalive due at once.
+            let Some(f) = self.flows.get_mut(&remote).filter(|f| {
+                let mut armed = f.timers(side).into_iter().flatten();
+                armed.any(|(at, t)| t == timer && at <= now)
+            }) else {
                 continue;
-            }
-            if f.rst_at
-                .is_some_and(|r| now.saturating_duration_since(r) >= RST_GRACE && f.last_rx <= r)
-            {
-                reconnect = true;
-            }
-            let delayed = f
-                .first_unacked
-                .is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY);
-            // A flow that never carried anything authentic gets nothing from us.
-            let idle = f.proven && now.saturating_duration_since(f.last_tx) >= IDLE_KEEPALIVE;
-            if delayed || idle {
-                acks.push(*remote);
-            }
-            let lifetime = if f.proven { FLOW_IDLE } else { UNPROVEN_IDLE };
-            if self.cfg.side == Side::Server && now.saturating_duration_since(f.last_rx) >= lifetime
-            {
-                expired.push(*remote);
+            };
+            match timer {
+                Timer::Syn if f.syn_attempts >= SYN_ATTEMPTS => reconnect = true,
+                Timer::Syn => self.send_syn(now, remote),
+                // Something valid came after the RST: the flow lives, the RST was moot.
+                Timer::Rst => reconnect |= f.rst_at.take().is_some_and(|r| f.last_rx <= r),
+                Timer::Ack | Timer::Keepalive => self.send_ack(now, remote),
+                Timer::Expire => {
+                    self.flows.remove(&remote);
+                }
             }
         }
-        for r in expired {
-            self.flows.remove(&r);
-        }
-        for r in syns {
-            self.send_syn(now, r);
-        }
-        for r in acks {
-            self.send_ack(now, r);
-        }
-        if reconnect && self.cfg.side == Side::Client {
+        if reconnect {
             self.reconnect(now);
         }
     }
 
     /// When [`Stack::handle_timeout`] has work next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.secret_born + COOKIE_BUCKET;
-        for f in self.flows.values() {
-            let next = if f.established {
-                let mut n = if f.proven {
-                    f.last_tx + IDLE_KEEPALIVE
-                } else {
-                    f.last_rx + UNPROVEN_IDLE
-                };
-                if let Some(u) = f.first_unacked {
-                    n = n.min(u + ACK_DELAY);
-                }
-                if let Some(r) = f.rst_at {
-                    n = n.min(r + RST_GRACE);
-                }
-                n
-            } else {
-                f.syn_sent + Duration::from_secs(1 << f.syn_attempts.min(4))
-            };
-            t = t.min(next);
-        }
-        Some(t)
+        let side = self.cfg.side;
+        let flows = self.flows.values().flat_map(|f| f.timers(side));
+        Some(
+            flows
+                .flatten()
+                .map(|(at, _)| at)
+                .fold(self.secret_born + COOKIE_BUCKET, Instant::min),
+        )
     }
 
     /// The next control segment to send: destination and the whole IP packet.
@@ -689,7 +662,56 @@ impl Stack {
     }
 }
 
+/// What runs out on a flow's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Client: retransmit the SYN, or start over once [`SYN_ATTEMPTS`] went unanswered.
+    Syn,
+    /// Client: the grace after an in-window RST.
+    Rst,
+    /// The delayed ACK of data received.
+    Ack,
+    /// A proven flow idle this long sends a pure ACK (middlebox state).
+    Keepalive,
+    /// Server: the flow is forgotten.
+    Expire,
+}
+
 impl Flow {
+    /// The timers armed on this flow and when each runs out. [`Stack::handle_timeout`] and
+    /// [`Stack::poll_timeout`] both read this one list, and every timer that fires disarms or
+    /// moves itself: when the two kept their own lists, an RST's grace that ended after valid
+    /// segments stayed due forever on the client (and on the server, which never acts on
+    /// it), and the daemon's loop spun at 100% CPU.
+    fn timers(&self, side: Side) -> [Option<(Instant, Timer)>; 4] {
+        let client = side == Side::Client;
+        if !self.established {
+            // Only a client's flows are ever half-open.
+            let wait = Duration::from_secs(1 << self.syn_attempts.min(4));
+            return [
+                client.then_some((self.syn_sent + wait, Timer::Syn)),
+                None,
+                None,
+                None,
+            ];
+        }
+        let lifetime = if self.proven {
+            FLOW_IDLE
+        } else {
+            UNPROVEN_IDLE
+        };
+        [
+            self.first_unacked.map(|t| (t + ACK_DELAY, Timer::Ack)),
+            // A flow that never carried anything authentic gets nothing from us.
+            self.proven
+                .then_some((self.last_tx + IDLE_KEEPALIVE, Timer::Keepalive)),
+            self.rst_at
+                .filter(|_| client)
+                .map(|r| (r + RST_GRACE, Timer::Rst)),
+            (!client).then_some((self.last_rx + lifetime, Timer::Expire)),
+        ]
+    }
+
     fn new(local: SocketAddr, remote: SocketAddr, isn: u32, ts_offset: u32, now: Instant) -> Self {
         Self {
             local,
@@ -880,6 +902,17 @@ mod tests {
                 messages(to, &rx, pkt)
             }
             other => panic!("segment not delivered: {other:?}"),
+        }
+    }
+
+    /// A message from `from` to `to_addr`, handed to `to` if `from` has a flow for it;
+    /// whether `to` takes it does not matter.
+    fn offer(from: &mut Stack, to: &mut Stack, to_addr: SocketAddr, now: Instant) {
+        let mut buf = vec![0u8; HEADROOM + 4];
+        if let Ok(r) = from.encapsulate(now, to_addr, &mut buf, HEADROOM..HEADROOM + 4)
+            && let Ok(Some(rx)) = to.handle_packet(now, &buf[r])
+        {
+            to.confirm(now, &rx);
         }
     }
 
@@ -1147,18 +1180,7 @@ mod tests {
         let server = connect(&mut c, &mut s, now);
         let (old_port, old_isn) = (c.flows[&server].local.port(), c.flows[&server].isn);
         let f = &c.flows[&server];
-        let rst = SegmentRepr {
-            src: server,
-            dst: f.local,
-            seq: f.rcv_nxt,
-            ack: 0,
-            flags: flags::RST,
-            window: 0,
-            ip_id: 0,
-            options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
-        };
-        let mut pkt = vec![0u8; rst.header_len()];
-        rst.emit(&mut pkt);
+        let pkt = rst(server, f.local, f.rcv_nxt);
         assert_eq!(c.handle_packet(now, &pkt), Err(DropReason::TcpRst));
         c.handle_timeout(now + Duration::from_millis(500));
         assert!(c.established(server), "one RST alone tears nothing down");
@@ -1168,6 +1190,49 @@ mod tests {
         assert_ne!((f.local.port(), f.isn), (old_port, old_isn));
         let (_, syn) = c.poll_transmit().unwrap();
         assert!(Segment::parse(&syn).unwrap().has(flags::SYN));
+    }
+
+    fn rst(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
+        let rst = SegmentRepr {
+            src,
+            dst,
+            seq,
+            ack: 0,
+            flags: flags::RST,
+            window: 0,
+            ip_id: 0,
+            options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+        };
+        let mut pkt = vec![0u8; rst.header_len()];
+        rst.emit(&mut pkt);
+        pkt
+    }
+
+    /// What a daemon met in the e2e bulk test: the first SYN drew an RST (the server's
+    /// stack was not up yet), the retransmitted one a SYN-ACK, and UDP carried the
+    /// traffic, so the flow stayed unproven. The RST's grace then stayed due for good
+    /// and the daemon's loop spun at 100% CPU.
+    #[test]
+    fn an_rst_before_the_handshake_leaves_no_timer_due() {
+        let (mut c, mut s, now) = stacks(None);
+        let server: SocketAddr = SERVER.parse().unwrap();
+        c.connect(now, CLIENT.parse().unwrap(), server);
+        let _ = c.poll_transmit().expect("SYN");
+        let local = c.flows[&server].local;
+        assert_eq!(
+            c.handle_packet(now, &rst(server, local, 0)),
+            Err(DropReason::TcpRst)
+        );
+        let later = now + Duration::from_secs(2);
+        c.handle_timeout(later);
+        pump(&mut c, &mut s, later);
+        pump(&mut s, &mut c, later);
+        assert!(c.established(server));
+        for t in [later + RST_GRACE, later + UNPROVEN_IDLE * 2] {
+            c.handle_timeout(t);
+            assert!(c.poll_timeout().unwrap() > t, "a timer stays due");
+            assert!(c.established(server));
+        }
     }
 
     #[test]
@@ -1294,6 +1359,36 @@ mod tests {
                 prop_assert!(cf.established && sf.established);
                 prop_assert!(!seq_gt(sf.rcv_nxt, cf.snd_nxt), "server acks unsent client bytes");
                 prop_assert!(!seq_gt(cf.rcv_nxt, sf.snd_nxt), "client acks unsent server bytes");
+            }
+        }
+
+        /// Every timer that fires moves or disarms itself: after `handle_timeout(now)`, the
+        /// next timeout is later than `now`, whatever the two stacks went through (lost and
+        /// delivered segments, RSTs either way, data, long silences).
+        #[test]
+        fn no_timer_stays_due(ops in proptest::collection::vec((0u8..6, 0u64..40_000), 1..60)) {
+            let (mut c, mut s, mut now) = stacks(None);
+            let server = connect(&mut c, &mut s, now);
+            for (op, ms) in ops {
+                now += Duration::from_millis(ms);
+                let client = s.flows.keys().next().copied();
+                match op {
+                    0 => { pump(&mut c, &mut s, now); pump(&mut s, &mut c, now); }
+                    1 => { while c.poll_transmit().is_some() {} while s.poll_transmit().is_some() {} }
+                    2 => if let Some(f) = c.flows.get(&server) {
+                        let _ = c.handle_packet(now, &rst(server, f.local, f.rcv_nxt));
+                    },
+                    3 => if let Some(f) = client.and_then(|k| s.flows.get(&k)) {
+                        let _ = s.handle_packet(now, &rst(f.remote, f.local, f.rcv_nxt));
+                    },
+                    4 => offer(&mut c, &mut s, server, now),
+                    5 => if let Some(k) = client { offer(&mut s, &mut c, k, now) },
+                    _ => {}
+                }
+                for stack in [&mut c, &mut s] {
+                    stack.handle_timeout(now);
+                    prop_assert!(stack.poll_timeout().unwrap() > now, "a timer stays due");
+                }
             }
         }
 

@@ -517,6 +517,11 @@ impl World {
             if self.nodes[i].ep.poll_timeout() <= now {
                 self.nodes[i].ep.handle_timeout(now);
                 self.drain(i);
+                // A timer still due after it ran would make a real shell spin.
+                assert!(
+                    self.nodes[i].ep.poll_timeout() > now,
+                    "node {i}: a timer stays due after handle_timeout"
+                );
             }
         }
         while self.deliver_due() > 0 {}
