@@ -6,17 +6,15 @@
 # router twice and the server's forwarding and masquerade. iperf3, one stream, T seconds,
 # overlay and exit alternating, PAIRS pairs per tunnel.
 #
-# Env: CULVERT_BIN (default target/release/culvert, built if missing), PAIRS=4, T=8,
-#      ONLY=culvert|wireguard-go to run one of the two.
+# It builds its own namespaces (not the lab's), but takes the lab's helpers through
+# bench/lib.sh like the other benches.
+# Env: LAB (default ../shared/lab), CULVERT_BIN (default target/release/culvert, built if
+#      missing), PAIRS=4, T=8, ONLY=culvert|wireguard-go to run one of the two.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "the bench needs root (network namespaces)" >&2; exit 2; }
+. "$ROOT/bench/lib.sh"
+need_apt jq jq; need_apt wireguard-go wireguard-go; need_apt wg wireguard-tools
 PAIRS=${PAIRS:-4} T=${T:-8} ONLY=${ONLY:-}
-CULVERT_BIN=${CULVERT_BIN:-$ROOT/target/release/culvert}
-[ -x "$CULVERT_BIN" ] || (cd "$ROOT" && cargo build --release -p culvert)
-for t in iperf3 jq wireguard-go wg; do
-  command -v $t >/dev/null || apt-get install -y -q iperf3 jq wireguard-go wireguard-tools >/dev/null
-done
 NS="xr-s xr-c xr-i xr-r"
 KEY=$(head -c 24 /dev/urandom | base64)
 TMP=$(mktemp -d)
