@@ -5,7 +5,8 @@
 //! /64, say, so that one host cannot spread itself over its neighbours' addresses) in a
 //! fixed array of buckets: memory is bounded whatever the number of sources. Buckets are
 //! chosen by a MAC under a random key, so an attacker cannot aim at a victim's bucket;
-//! two prefixes that share one by chance share its budget.
+//! two prefixes that share one by chance share its budget. Relayed handshakes, which have
+//! no address of their own, count per origin node and relay in the same buckets.
 
 use core::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -45,6 +46,22 @@ impl SourceBudget {
 
     /// Counts one event from `ip`; true if its prefix is still within the budget.
     pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let b = self.bucket(ip);
+        self.count(now, b)
+    }
+
+    /// Counts one event from overlay node `origin` passed on by neighbour `via` (a source
+    /// with no address of its own here; a relay that lies about origins spends only its
+    /// own share); true if it is still within the budget.
+    pub fn allow_relayed(&mut self, now: Instant, origin: u32, via: u32) -> bool {
+        let m = mac16(
+            &self.key,
+            &[b"node", &origin.to_le_bytes(), &via.to_le_bytes()],
+        );
+        self.count(now, usize::from(u16::from_le_bytes([m[0], m[1]])) % BUCKETS)
+    }
+
+    fn count(&mut self, now: Instant, b: usize) -> bool {
         match self.started {
             Some(s) if now.saturating_duration_since(s) < self.window => {}
             _ => {
@@ -52,7 +69,6 @@ impl SourceBudget {
                 self.counts.fill(0);
             }
         }
-        let b = self.bucket(ip);
         let c = &mut self.counts[b];
         *c = c.saturating_add(1);
         *c <= self.limit

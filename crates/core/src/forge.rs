@@ -27,8 +27,40 @@ pub fn join_claiming(
     addresses: &[culvert_wire::addr::Prefix],
     timestamp: u64,
 ) -> Vec<u8> {
+    claiming(
+        rng,
+        HelloKind::Join,
+        claimed,
+        psk,
+        index,
+        addresses,
+        timestamp,
+    )
+}
+
+/// A whole HandshakeInit for an end-to-end session between clients, from `index`,
+/// claiming `claimed`: what a member can send another client as someone else.
+pub fn peer_claiming(
+    rng: &mut Rng,
+    claimed: &PublicKey,
+    psk: &Psk,
+    index: u32,
+    timestamp: u64,
+) -> Vec<u8> {
+    claiming(rng, HelloKind::Peer, claimed, psk, index, &[], timestamp)
+}
+
+fn claiming(
+    rng: &mut Rng,
+    kind: HelloKind,
+    claimed: &PublicKey,
+    psk: &Psk,
+    index: u32,
+    addresses: &[culvert_wire::addr::Prefix],
+    timestamp: u64,
+) -> Vec<u8> {
     let mut hello = Hello {
-        kind: HelloKind::Join,
+        kind,
         ciphers: 0x03,
         timestamp,
         addresses: addresses.to_vec(),

@@ -11,8 +11,16 @@
 //!
 //! Several handshakes per key may wait at once (a duplicated or replayed message 1, a
 //! forged claim, the real initiator's retry): the one that confirms wins. The table is
-//! bounded per key and overall; the oldest entries give way.
+//! bounded per key and overall, and a claim must never push out the handshake that will
+//! confirm. So each entry has a [`Standing`] — how hard its source is to forge — and a
+//! source class (its IP address, or the neighbour that relayed it): one entry per class and
+//! key (the newest: an initiator retries from where it is), and when room runs out the
+//! lowest standing goes first, the oldest among equals; a newcomer never displaces an entry
+//! that stands higher. The responder asks a spoofable source for a cookie before it files
+//! a second handshake for a key ([`PendingTable::waits_for`]), so a flood of forged claims
+//! from addresses the forger cannot receive at files at most one entry at a time.
 
+use core::net::IpAddr;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -57,6 +65,36 @@ impl Claim {
     }
 }
 
+/// How hard it is to forge where a waiting handshake came from; higher stands firmer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// From an address nobody proved to receive at: anyone can send from it.
+    Unverified,
+    /// From an address that returned our cookie, or through an authenticated neighbour.
+    Verified,
+    /// Verified, and on the path the claimed node's current session uses.
+    OnPath,
+}
+
+/// Where a handshake came from, as far as one source may hold one entry per key: an IP
+/// address (a new port is the same initiator behind a NAT that rebound), or a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceClass {
+    /// Straight from this address.
+    Addr(IpAddr),
+    /// Passed on by this neighbour.
+    Via(PeerId),
+}
+
+impl From<Source> for SourceClass {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Addr(r) => Self::Addr(r.addr.ip().to_canonical()),
+            Source::Relay { via, .. } => Self::Via(via),
+        }
+    }
+}
+
 /// One handshake awaiting confirmation.
 #[derive(Debug)]
 pub struct Pending {
@@ -70,6 +108,14 @@ pub struct Pending {
     pub source: Source,
     /// The hello timestamp; the key's replay floor once confirmed.
     pub timestamp: u64,
+    /// How hard `source` is to forge.
+    pub standing: Standing,
+}
+
+impl Pending {
+    fn rank(&self) -> (Standing, Instant) {
+        (self.standing, self.session.established)
+    }
 }
 
 /// Every pending handshake of a node, by the local index its session registered.
@@ -127,26 +173,52 @@ impl PendingTable {
         self.entries.values().any(|p| p.claim.node() == id)
     }
 
-    /// Files a handshake under `index`; returns the indices of the entries it displaced
-    /// (the oldest of its key beyond [`PER_KEY`], the oldest overall beyond [`CAPACITY`]).
+    /// Whether a handshake for `key` waits already: another one from a source that
+    /// could be spoofed must prove its address (a cookie) before it is filed.
+    pub fn waits_for(&self, key: &PublicKey) -> bool {
+        self.entries.values().any(|p| p.key == *key)
+    }
+
+    /// Whether a handshake for `key` from `class` with `standing` may be filed: only by
+    /// displacing entries that stand no higher (the same source's older one, then the
+    /// lowest of its key, then the lowest overall).
+    pub fn has_room(&self, key: &PublicKey, class: SourceClass, standing: Standing) -> bool {
+        let of_key = || self.entries.values().filter(|p| p.key == *key);
+        if let Some(same) = of_key().find(|p| SourceClass::from(p.source) == class) {
+            return same.standing <= standing;
+        }
+        let key_full = of_key().count() >= PER_KEY;
+        let lowest_of_key = of_key().map(|p| p.standing).min();
+        let lowest = self.entries.values().map(|p| p.standing).min();
+        (!key_full || lowest_of_key.is_some_and(|s| s <= standing))
+            && (self.entries.len() < CAPACITY || lowest.is_some_and(|s| s <= standing))
+    }
+
+    /// Files a handshake under `index` (the caller checked [`PendingTable::has_room`]);
+    /// returns the indices of the entries it displaced: its source's older entry for the
+    /// key, else the lowest-standing oldest of its key beyond [`PER_KEY`], and the
+    /// lowest-standing oldest overall beyond [`CAPACITY`].
     pub fn insert(&mut self, index: u32, pending: Pending) -> Vec<u32> {
-        let mut displaced = Vec::new();
-        let same_key: Vec<(u32, Instant)> = self
+        let class = SourceClass::from(pending.source);
+        let of_key = |p: &Pending| p.key == pending.key;
+        let same_source = self
             .entries
             .iter()
-            .filter(|(_, p)| p.key == pending.key)
-            .map(|(i, p)| (*i, p.session.established))
-            .collect();
-        if same_key.len() >= PER_KEY
-            && let Some((i, _)) = same_key.iter().min_by_key(|(_, t)| *t)
+            .find(|(_, p)| of_key(p) && SourceClass::from(p.source) == class)
+            .map(|(i, _)| *i);
+        let mut displaced = Vec::new();
+        if let Some(i) = same_source {
+            displaced.push(i);
+        } else if self.entries.values().filter(|p| of_key(p)).count() >= PER_KEY
+            && let Some(i) = self.lowest(of_key)
         {
-            displaced.push(*i);
+            displaced.push(i);
         }
         for i in &displaced {
             self.entries.remove(i);
         }
         if self.entries.len() >= CAPACITY
-            && let Some(i) = self.oldest()
+            && let Some(i) = self.lowest(|_| true)
         {
             self.entries.remove(&i);
             displaced.push(i);
@@ -189,10 +261,12 @@ impl PendingTable {
             .min()
     }
 
-    fn oldest(&self) -> Option<u32> {
+    /// The entry among `which` that gives way first: the lowest standing, the oldest.
+    fn lowest(&self, which: impl Fn(&Pending) -> bool) -> Option<u32> {
         self.entries
             .iter()
-            .min_by_key(|(_, p)| p.session.established)
+            .filter(|(_, p)| which(p))
+            .min_by_key(|(_, p)| p.rank())
             .map(|(i, _)| *i)
     }
 
@@ -221,7 +295,12 @@ mod tests {
         PublicKey(k)
     }
 
+    /// A handshake for key `n` relayed by neighbour `via`, verified.
     fn entry(n: u32, timestamp: u64, at: Instant) -> Pending {
+        from(n, timestamp, at, n + 1000, Standing::Verified)
+    }
+
+    fn from(n: u32, timestamp: u64, at: Instant, via: u32, standing: Standing) -> Pending {
         let (mut s, _) = crate::session::tests::pair(Cipher::Aes256Gcm);
         s.established = at;
         Pending {
@@ -230,9 +309,10 @@ mod tests {
             claim: Claim::Peer(PeerId(n)),
             source: Source::Relay {
                 node: PeerId(n),
-                via: PeerId::HUB,
+                via: PeerId(via),
             },
             timestamp,
+            standing,
         }
     }
 
@@ -242,7 +322,7 @@ mod tests {
         let mut table = PendingTable::default();
         for i in 0..10u32 {
             let at = t + Duration::from_millis(u64::from(i));
-            let displaced = table.insert(i, entry(1, u64::from(i), at));
+            let displaced = table.insert(i, from(1, u64::from(i), at, i, Standing::Verified));
             if i >= PER_KEY as u32 {
                 assert_eq!(
                     displaced,
@@ -259,28 +339,77 @@ mod tests {
         assert!(table.under_pressure());
     }
 
+    #[test]
+    fn one_entry_per_source_and_key_the_newest() {
+        let t = crate::test_epoch();
+        let mut table = PendingTable::default();
+        table.insert(1, from(1, 1, t, 7, Standing::Verified));
+        assert_eq!(
+            table.insert(2, from(1, 2, t, 7, Standing::Verified)),
+            vec![1]
+        );
+        assert_eq!(
+            table.insert(3, from(1, 3, t, 8, Standing::Verified)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            table.insert(4, from(2, 3, t, 7, Standing::Verified)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn a_lower_standing_never_displaces_a_higher_one() {
+        let t = crate::test_epoch();
+        let mut table = PendingTable::default();
+        let class = |via| SourceClass::Via(PeerId(via));
+        table.insert(1, from(1, 1, t, 1, Standing::OnPath));
+        for via in 2..=PER_KEY as u32 {
+            table.insert(via, from(1, 1, t, via, Standing::Verified));
+        }
+        let later = t + Duration::from_secs(1);
+        assert!(!table.has_room(&key(1), class(9), Standing::Unverified));
+        assert!(
+            !table.has_room(&key(1), class(1), Standing::Verified),
+            "the same source, lower"
+        );
+        assert!(table.has_room(&key(1), class(9), Standing::Verified));
+        let gone = table.insert(9, from(1, 2, later, 9, Standing::Verified));
+        assert_eq!(gone, vec![2], "the oldest of the lowest standing");
+        assert!(table.contains(1), "the on-path handshake stays");
+        assert!(table.waits_for(&key(1)) && !table.waits_for(&key(2)));
+    }
+
     proptest::proptest! {
         /// Whatever arrives, in whatever order: the table stays within its bounds, an
-        /// entry is found by the index it was filed under until it goes, and what it says it
-        /// displaced is gone.
+        /// entry is found by the index it was filed under until it goes, what it says it
+        /// displaced is gone, and nothing that stands higher than a newcomer makes way
+        /// for it.
         #[test]
-        fn bounds_hold_under_any_sequence(ops in proptest::collection::vec((0u8..4, 0u32..40, 0u64..8, 0u64..40), 1..600)) {
+        fn bounds_hold_under_any_sequence(ops in proptest::collection::vec((0u8..4, 0u32..40, 0u64..8, 0u64..40, 0u32..6, 0u8..3), 1..600)) {
             let t = crate::test_epoch();
             let mut table = PendingTable::default();
-            let mut live = std::collections::BTreeSet::new();
-            for (n, (op, k, ts, ms)) in ops.into_iter().enumerate() {
+            let mut live = BTreeMap::new();
+            let standings = [Standing::Unverified, Standing::Verified, Standing::OnPath];
+            for (n, (op, k, ts, ms, via, st)) in ops.into_iter().enumerate() {
                 let index = n as u32 + 1;
                 let now = t + Duration::from_millis(ms * 500);
+                let standing = standings[usize::from(st)];
                 match op {
                     0 | 1 => {
-                        for gone in table.insert(index, entry(k, ts, now)) {
-                            proptest::prop_assert!(live.remove(&gone));
+                        if !table.has_room(&key(k), SourceClass::Via(PeerId(via)), standing) {
+                            continue;
+                        }
+                        for gone in table.insert(index, from(k, ts, now, via, standing)) {
+                            let was = live.remove(&gone);
+                            proptest::prop_assert!(was.is_some_and(|s| s <= standing));
                             proptest::prop_assert!(!table.contains(gone));
                         }
-                        live.insert(index);
+                        live.insert(index, standing);
                     }
                     2 => {
-                        if let Some(&i) = live.iter().next() {
+                        if let Some(&i) = live.keys().next() {
                             proptest::prop_assert!(table.take(i).is_some());
                             live.remove(&i);
                         }
@@ -305,9 +434,9 @@ mod tests {
     fn duplicates_supersession_and_expiry() {
         let t = crate::test_epoch();
         let mut table = PendingTable::default();
-        table.insert(1, entry(1, 10, t));
-        table.insert(2, entry(1, 11, t));
-        table.insert(3, entry(1, 12, t + LIFETIME));
+        table.insert(1, from(1, 10, t, 1, Standing::Verified));
+        table.insert(2, from(1, 11, t, 2, Standing::Verified));
+        table.insert(3, from(1, 12, t + LIFETIME, 3, Standing::Verified));
         assert!(table.has(&key(1), 11));
         assert!(!table.has(&key(1), 13));
         assert_eq!(table.supersede(&key(1), 11), vec![1, 2]);

@@ -53,6 +53,9 @@ drop_reasons! {
     UnexpectedHandshake => "unexpected_handshake",
     /// A handshake turned away because the responder is under load and no cookie came.
     CookieRequired => "cookie_required",
+    /// A message 1 refused because the handshakes already waiting for its key stand
+    /// higher (proven sources, the key's current path): a claim never displaces those.
+    HandshakeCrowded => "handshake_crowded",
     /// A handshake turned away by the rate limiter.
     RateLimited => "rate_limited",
     /// A control frame that could not be parsed, or is not valid in this direction.
@@ -74,6 +77,9 @@ drop_reasons! {
     /// A relay frame that had crossed as many relays as its sender allowed (a loop, or a
     /// route longer than `max_hops`).
     RelayHopLimit => "relay_hop_limit",
+    /// A relay frame whose origin the neighbour that passed it may not speak for (only
+    /// itself, or a node it reaches the hub for).
+    RelayOrigin => "relay_origin",
     /// A relay frame for another node, on a client with `mesh_relay = false`.
     RelayDisabled => "relay_disabled",
     /// A relay frame over the client's relay rate limit.

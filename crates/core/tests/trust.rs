@@ -488,3 +488,205 @@ fn forged_parity_costs_one_check_and_recovers_nothing() {
     );
     assert_eq!(transfer(&mut w, 1, 0, 10), 10);
 }
+
+/// Hardening finding 2: forged message 1s claiming a victim's key, 200 a second for five
+/// minutes, half spoofed from many source addresses (the victim's own among them), half
+/// relayed by a member with the victim as the frame's origin. Every forgery authenticates
+/// under the PSK, as a passphrase holder's does. The victim's rekeys must still confirm:
+/// its pings to the hub lose at most 2%, the hub never times it out, it never rejoins.
+#[test]
+fn forged_claims_never_starve_a_victims_rekeys() {
+    let mut w = World::hub_and_clients(41, 2);
+    // 80 ms round trips: a handshake waits that long for its confirmation.
+    w.latency = Duration::from_millis(40);
+    join_all(&mut w);
+    let victim_key = w.nodes[1].ep.public_key();
+    let victim_node = w.nodes[1].ep.status(w.now).node.unwrap();
+    let victim_addr = w.nodes[1].addr;
+    let mut rng = Rng::from_seed([69; 32]);
+    let from_victim = |w: &World| {
+        w.nodes[0]
+            .delivered
+            .iter()
+            .filter(|p| p[12..16] == [10, 0, 0, 2])
+            .count()
+    };
+    let before = from_victim(&w);
+    let rekeys_before = handshakes_from(&w, victim_addr);
+    let (start, mut pings, mut n) = (w.now, 0usize, 0u32);
+    let mut hub_lost_victim = 0;
+    while w.now < start + 300 * SECOND {
+        let msg = forge::join_claiming(
+            &mut rng,
+            &victim_key,
+            &passphrase(),
+            9000 + n,
+            &[prefix("10.0.0.2/24")],
+            u64::MAX - u64::from(n),
+        );
+        if n % 2 == 0 {
+            let from = if n % 20 == 0 {
+                victim_addr
+            } else {
+                let k = n / 2;
+                SocketAddr::from((
+                    [203, (k % 200) as u8, (k / 200 % 250) as u8, 7],
+                    1024 + (k % 60_000) as u16,
+                ))
+            };
+            w.inject(from, hub_addr(), msg);
+        } else {
+            let now = w.now;
+            w.nodes[2].ep.forge_relay(now, 0, 0, victim_node, &msg);
+            w.drain(2);
+        }
+        n += 1;
+        if n % 20 == 0 {
+            let pkt = ip_packet(
+                &World::overlay(1),
+                &World::overlay(0),
+                format!("ping {pings}").as_bytes(),
+            );
+            let _ = w.tun(1, &pkt);
+            pings += 1;
+            let up = w.nodes[0]
+                .ep
+                .status(w.now)
+                .peers
+                .iter()
+                .any(|p| p.node == victim_node && p.state == "up");
+            hub_lost_victim += usize::from(!up);
+        }
+        w.step(Duration::from_millis(5));
+    }
+    w.run(SECOND);
+    let arrived = from_victim(&w) - before;
+    let lost = pings - arrived;
+    assert!(n >= 60_000, "the attack sent {n} forgeries");
+    let rekeys = handshakes_from(&w, victim_addr) - rekeys_before;
+    let (origin, cookie, limited, crowded) = (
+        w.drops(0, "relay_origin"),
+        w.drops(0, "cookie_required"),
+        w.drops(0, "rate_limited"),
+        w.drops(0, "handshake_crowded"),
+    );
+    eprintln!(
+        "{n} forgeries; victim: {rekeys} message 1s, {lost} of {pings} pings lost; hub drops: \
+         relay_origin {origin}, cookie_required {cookie}, rate_limited {limited}, \
+         handshake_crowded {crowded}"
+    );
+    assert!(
+        rekeys >= 2,
+        "the victim rekeyed {rekeys} times in 5 minutes"
+    );
+    assert!(
+        origin >= 29_000,
+        "relayed forgeries passed the origin check"
+    );
+    assert!(
+        lost * 50 <= pings,
+        "the victim lost {lost} of {pings} pings under forged claims"
+    );
+    assert_eq!(hub_lost_victim, 0, "the hub lost the victim's session");
+    let joins = w.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Joined { .. }))
+        .count();
+    assert_eq!(joins, 1, "the victim had to rejoin");
+    assert!(
+        w.nodes[1]
+            .ep
+            .status(w.now)
+            .peers
+            .iter()
+            .any(|p| p.node == 0 && p.state == "up"),
+        "the victim's session with the hub is down"
+    );
+}
+
+/// Hardening finding 7: a member forges message 1s between two other clients, claiming
+/// each towards the other, 200 a second for five minutes: half through the hub (which must
+/// not pass on a frame whose origin is not its sender's), half over its own direct path to
+/// the victim. The victims' session survives its rekeys: A's packets to C lose at most 2%.
+#[test]
+fn forged_peer_handshakes_never_block_a_session_between_clients() {
+    let mut w = World::hub_and_clients(42, 3);
+    w.latency = Duration::from_millis(40);
+    join_all(&mut w);
+    let (a, c, m) = (1, 2, 3);
+    // Sessions (and direct paths) A⇄C and M⇄A, M⇄C.
+    assert_eq!(transfer(&mut w, a, c, 10), 10);
+    assert_eq!(transfer(&mut w, m, a, 10), 10);
+    assert_eq!(transfer(&mut w, m, c, 10), 10);
+    w.run(5 * SECOND);
+    let node = |w: &World, i: usize| w.nodes[i].ep.status(w.now).node.unwrap();
+    let key = |w: &World, i: usize| w.nodes[i].ep.public_key();
+    let victims =
+        [(a, c), (c, a)].map(|(claimed, to)| (key(&w, claimed), node(&w, claimed), node(&w, to)));
+    let mut rng = Rng::from_seed([70; 32]);
+    let delivered = |w: &World| {
+        w.nodes[c]
+            .delivered
+            .iter()
+            .filter(|p| p[12..16] == [10, 0, 0, 2])
+            .count()
+    };
+    let before = delivered(&w);
+    let (start, mut sent, mut n) = (w.now, 0usize, 0u32);
+    while w.now < start + 300 * SECOND {
+        let (claimed, origin, dest) = victims[(n % 2) as usize];
+        let msg = forge::peer_claiming(
+            &mut rng,
+            &claimed,
+            &passphrase(),
+            7000 + n,
+            u64::MAX - u64::from(n),
+        );
+        // Through the hub, or straight over the forger's own path to the victim.
+        let via = if n / 2 % 2 == 0 { 0 } else { dest };
+        let now = w.now;
+        w.nodes[m].ep.forge_relay(now, via, dest, origin, &msg);
+        w.drain(m);
+        n += 1;
+        if n % 20 == 0 {
+            let pkt = ip_packet(
+                &World::overlay(a),
+                &World::overlay(c),
+                format!("a{sent}").as_bytes(),
+            );
+            let _ = w.tun(a, &pkt);
+            sent += 1;
+        }
+        w.step(Duration::from_millis(5));
+    }
+    w.run(SECOND);
+    let lost = sent - (delivered(&w) - before);
+    let (origin, limited, crowded) = (
+        w.drops(0, "relay_origin"),
+        w.drops(c, "rate_limited") + w.drops(a, "rate_limited"),
+        w.drops(c, "handshake_crowded") + w.drops(a, "handshake_crowded"),
+    );
+    eprintln!(
+        "{n} forgeries; {lost} of {sent} packets A -> C lost; hub relay_origin {origin}; \
+         victims rate_limited {limited}, handshake_crowded {crowded}"
+    );
+    assert!(
+        lost * 50 <= sent,
+        "A -> C lost {lost} of {sent} packets under forged handshakes"
+    );
+    assert!(
+        origin >= 29_000,
+        "the hub passed on frames with a forged origin"
+    );
+    assert!(limited > 0, "the victims answered every forgery");
+    assert!(
+        w.nodes[a]
+            .ep
+            .status(w.now)
+            .peers
+            .iter()
+            .any(|p| p.node == node(&w, c) && p.state == "up"),
+        "A's session with C is down"
+    );
+}

@@ -11,13 +11,15 @@ use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
 use super::detour::Detour;
 use super::handshake::Request;
 use super::{Endpoint, RoleState};
+use crate::budget::SourceBudget;
 use crate::config::{ClientConfig, MeshRelay, TransportMode};
 use crate::event::Event;
 use crate::keys::PublicKey;
 use crate::limit::{ByteBucket, RateWindow};
 use crate::noise::Responder;
 use crate::peer::{Path, Peer, PeerId, Remote, Source, Transport};
-use crate::pending::{Claim, Pending};
+use crate::pending::{Claim, Pending, Standing};
+use crate::rng::Rng;
 use crate::session::Session;
 use crate::stats::DropReason;
 
@@ -42,6 +44,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBES_TO_RETURN: u32 = 3;
 /// Handshake attempts on one transport before `auto` tries the other.
 const ATTEMPTS_PER_TRANSPORT: u32 = 2;
+/// Handshakes a client answers per second for one origin node: a peer retries about once
+/// a second; more is a member making us spend Diffie-Hellman.
+const PEER_HANDSHAKES_PER_ORIGIN: u32 = 5;
 
 /// Client-only state.
 #[derive(Debug)]
@@ -95,6 +100,8 @@ pub(super) struct Client {
     ping_out: Option<(u32, Instant)>,
     next_ping: Option<Instant>,
     pub(super) refusal_log: RateWindow,
+    /// Handshake answers per origin node (each costs Diffie-Hellman and a message 2).
+    pub(super) handshake_budget: SourceBudget,
 }
 
 /// Collects the parts of a directory snapshot until all have arrived.
@@ -126,8 +133,15 @@ impl DirectoryAssembly {
 }
 
 impl Client {
-    pub(super) fn new(cfg: ClientConfig) -> Self {
+    pub(super) fn new(cfg: ClientConfig, rng: &mut Rng) -> Self {
         Self {
+            handshake_budget: SourceBudget::new(
+                rng,
+                PEER_HANDSHAKES_PER_ORIGIN,
+                Duration::from_secs(1),
+                32,
+                128,
+            ),
             server: cfg.server,
             mode: cfg.transport,
             switched: None,
@@ -405,6 +419,10 @@ impl Endpoint {
         let Some(cipher) = self.choose_cipher(hello.ciphers) else {
             return Err(DropReason::BadFrame);
         };
+        // Relayed through the hub: one waiting entry per key and relay, the newest.
+        if !self.pending.has_room(&key, src.into(), Standing::Verified) {
+            return Err(DropReason::HandshakeCrowded);
+        }
         let local_index = self.fresh_index();
         let welcome = Reply::Welcome(Welcome {
             cipher,
@@ -432,6 +450,7 @@ impl Endpoint {
                 claim: Claim::Peer(origin),
                 source: src,
                 timestamp: hello.timestamp,
+                standing: Standing::Verified,
             },
         );
         self.deadline_dirty = true;

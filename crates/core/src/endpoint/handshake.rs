@@ -15,7 +15,7 @@ use culvert_wire::message::{
 use super::{Endpoint, RoleState};
 use crate::cookie::open_reply;
 use crate::noise::{Initiator, MAX_PAYLOAD, MSG1_OVERHEAD, MSG2_OVERHEAD, Responder, Split};
-use crate::peer::{Path, PeerId, PendingHandshake, Source, Transport};
+use crate::peer::{Path, PeerId, PendingHandshake, Remote, Source, Transport};
 use crate::session::Session;
 use crate::stats::DropReason;
 
@@ -32,6 +32,9 @@ pub(super) struct Request {
     pub(super) index: u32,
     /// The length of message 1; message 2 may not be longer.
     pub(super) len: usize,
+    /// Its source cannot be forged: an address that returned our cookie, or an
+    /// authenticated neighbour that relayed it ([`crate::pending::Standing`]).
+    pub(super) verified: bool,
 }
 /// Cipher bit meaning "the sender prefers ChaCha20 (no AES instructions)".
 const PREFER_CHACHA: u8 = 0x80;
@@ -218,20 +221,36 @@ impl Endpoint {
         }
         let psk = self.cfg.psk_for(&self.public);
         let pressure = self.pending.under_pressure();
-        if let (RoleState::Hub(hub), Source::Addr(from)) = (&mut self.role, src) {
-            let loaded = hub.cookies.note_handshake(now) || pressure;
-            if loaded && !hub.cookies.check_mac2(&init, from.addr) {
-                let mut out = [0u8; COOKIE_REPLY_LEN];
-                hub.cookies
-                    .reply(&mut self.rng, &psk, &init, from.addr, &mut out);
-                self.outbox
-                    .push_back(super::OwnedTransmit::new(from, out.to_vec()));
-                return Err(DropReason::CookieRequired);
+        let verified = match (&mut self.role, src) {
+            (RoleState::Hub(hub), Source::Addr(from)) => {
+                let verified = hub.cookies.check_mac2(&init, from.addr);
+                let loaded = hub.cookies.note_handshake(now) || pressure;
+                if loaded && !verified {
+                    self.send_cookie(&init, from);
+                    return Err(DropReason::CookieRequired);
+                }
+                if !hub.handshake_budget.allow(now, from.addr.ip()) {
+                    return Err(DropReason::RateLimited);
+                }
+                verified
             }
-            if !hub.handshake_budget.allow(now, from.addr.ip()) {
-                return Err(DropReason::RateLimited);
+            (RoleState::Client(_), Source::Addr(_)) => {
+                return Err(DropReason::UnexpectedHandshake);
             }
-        }
+            (role, Source::Relay { node, via }) => {
+                // The relay that passed it is authenticated, and one waiting entry per
+                // key and relay keeps a lying relay to its own slot. Each origin and relay
+                // gets a budget of answers, as each address does.
+                let budget = match role {
+                    RoleState::Hub(h) => &mut h.handshake_budget,
+                    RoleState::Client(c) => &mut c.handshake_budget,
+                };
+                if !budget.allow_relayed(now, node.0, via.0) {
+                    return Err(DropReason::RateLimited);
+                }
+                true
+            }
+        };
         let mut payload = [0u8; MAX_PAYLOAD];
         let read = Responder::read(
             &mut self.rng,
@@ -252,9 +271,23 @@ impl Endpoint {
                 return Err(DropReason::BadFrame);
             }
         };
+        // Another handshake for this key waits: a source anyone can spoof proves its
+        // address first, so that forged claims cannot crowd out the one that will confirm.
+        let claimed = responder.remote_static();
+        if self.pending.has(&claimed, hello.timestamp) {
+            return Err(DropReason::HandshakeReplay);
+        }
+        if let Source::Addr(from) = src
+            && !verified
+            && self.pending.waits_for(&claimed)
+        {
+            self.send_cookie(&init, from);
+            return Err(DropReason::CookieRequired);
+        }
         let request = Request {
             index: init.index(),
             len: msg.len(),
+            verified,
         };
         match (&self.role, src, hello.kind) {
             (RoleState::Hub(_), _, HelloKind::Join) => {
@@ -265,6 +298,21 @@ impl Endpoint {
             }
             _ => Err(DropReason::UnexpectedHandshake),
         }
+    }
+
+    /// Answers message 1 with a cookie reply: the initiator retries with proof that it
+    /// receives at `to`. Smaller than message 1 and one MAC's work; hub only (a client
+    /// answers no message 1 from an address).
+    fn send_cookie(&mut self, init: &HandshakeInit<&[u8]>, to: Remote) {
+        let psk = self.cfg.psk_for(&self.public);
+        let RoleState::Hub(hub) = &mut self.role else {
+            return;
+        };
+        let mut out = [0u8; COOKIE_REPLY_LEN];
+        hub.cookies
+            .reply(&mut self.rng, &psk, init, to.addr, &mut out);
+        self.outbox
+            .push_back(super::OwnedTransmit::new(to, out.to_vec()));
     }
 
     /// Writes message 2 carrying `reply` and sends it; returns the handshake's keys.

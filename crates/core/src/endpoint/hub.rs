@@ -16,7 +16,7 @@ use crate::keys::PublicKey;
 use crate::limit::RateWindow;
 use crate::noise::Responder;
 use crate::peer::{Path, Peer, PeerId, Source};
-use crate::pending::{Claim, Pending};
+use crate::pending::{Claim, Pending, SourceClass, Standing};
 use crate::rng::Rng;
 use crate::session::Session;
 use crate::stats::DropReason;
@@ -164,6 +164,14 @@ impl Endpoint {
                 return Ok(());
             }
         };
+        let standing = match (request.verified, existing) {
+            (false, _) => Standing::Unverified,
+            (true, Some(id)) if on_path(src, self.peers[&id].path) => Standing::OnPath,
+            (true, _) => Standing::Verified,
+        };
+        if !self.pending.has_room(&key, src.into(), standing) {
+            return Err(DropReason::HandshakeCrowded);
+        }
         let node = existing
             .or_else(|| self.pending.promised_node(&key))
             .unwrap_or_else(|| self.free_node_id());
@@ -199,6 +207,7 @@ impl Endpoint {
                 },
                 source: src,
                 timestamp: hello.timestamp,
+                standing,
             },
         );
         self.deadline_dirty = true;
@@ -520,6 +529,21 @@ impl Endpoint {
                 self.send_directory(now, id);
             }
         }
+        // A client that expired above asked for this very push: nothing urgent is left,
+        // and a deadline left at `now` would be due forever.
+        self.urgent = None;
+    }
+}
+
+/// Whether a handshake from `src` comes the way the node's current session does: from
+/// its address (any port: a NAT may rebind), or through its relay.
+fn on_path(src: Source, path: Path) -> bool {
+    match path {
+        Path::Direct(Some(r)) => {
+            SourceClass::from(src) == SourceClass::Addr(r.addr.ip().to_canonical())
+        }
+        Path::Relay(via) => SourceClass::from(src) == SourceClass::Via(via),
+        Path::Direct(None) => false,
     }
 }
 

@@ -172,8 +172,8 @@ pub struct Endpoint {
 
 #[derive(Debug)]
 enum RoleState {
-    Hub(Hub),
-    Client(Client),
+    Hub(Box<Hub>),
+    Client(Box<Client>),
 }
 
 /// Maps `now` to wall-clock nanoseconds for handshake timestamps.
@@ -205,13 +205,13 @@ impl Endpoint {
         let public = cfg.secret.public_key();
         let mut peers = BTreeMap::new();
         let role = match &cfg.role {
-            Role::Hub(h) => RoleState::Hub(Hub::new(h.clone(), &mut rng, now)),
+            Role::Hub(h) => RoleState::Hub(Box::new(Hub::new(h.clone(), &mut rng, now))),
             Role::Client(c) => {
                 let key = c.server_key.unwrap_or(PublicKey([0; 32]));
                 let first = Remote::new(c.transport.first(), c.server);
                 let hub = Peer::new(PeerId::HUB, key, Vec::new(), Path::Direct(Some(first)));
                 peers.insert(PeerId::HUB, hub);
-                RoleState::Client(Client::new(c.clone()))
+                RoleState::Client(Box::new(Client::new(c.clone(), &mut rng)))
             }
         };
         let mac1_key = crate::cookie::mac1_key(&cfg.psk_for(&public));

@@ -19,7 +19,7 @@ use core::ops::Range;
 use std::time::Instant;
 
 use culvert_wire::frame::{self, RELAY_HEADER_LEN};
-use culvert_wire::message::DATA_HEADER_LEN;
+use culvert_wire::message::{DATA_HEADER_LEN, MessageType, TAG_LEN};
 
 use super::{DatagramOutcome, Endpoint, RoleState, Transmit};
 use crate::peer::{Path, PeerId, Source};
@@ -82,6 +82,32 @@ impl Endpoint {
         self.wrap_for(now, hop, buf, at, len + RELAY_HEADER_LEN)
     }
 
+    /// Attack tests only: sends `message` towards node `dest` in a relay frame that claims
+    /// `origin`, sealed for neighbour `via` (or the first hop towards it) as a member can
+    /// build it with its own sessions. What a neighbour may forward is checked by the
+    /// receiver ([`Endpoint::on_relay`]).
+    #[doc(hidden)]
+    pub fn forge_relay(&mut self, now: Instant, via: u32, dest: u32, origin: u32, message: &[u8]) {
+        let at = DATA_HEADER_LEN + RELAY_HEADER_LEN;
+        let mut buf = vec![0u8; at + message.len() + TAG_LEN];
+        buf[at..at + message.len()].copy_from_slice(message);
+        let header: &mut [u8; RELAY_HEADER_LEN] = (&mut buf[DATA_HEADER_LEN..at])
+            .try_into()
+            .expect("a slice of RELAY_HEADER_LEN bytes");
+        frame::emit_relay_header(header, dest, origin, self.max_hops());
+        if let Some(hop) = self.first_hop(PeerId(via))
+            && let Ok(t) = self.wrap_for(
+                now,
+                hop,
+                &mut buf,
+                DATA_HEADER_LEN,
+                message.len() + RELAY_HEADER_LEN,
+            )
+        {
+            self.push_owned(t.to, buf, t.range);
+        }
+    }
+
     /// A relay frame from the neighbour `from` (whose session it opened in, and which sent
     /// it over a direct path): ours to handle, or to pass on.
     #[allow(clippy::too_many_arguments)]
@@ -100,8 +126,11 @@ impl Endpoint {
             // Our own message came back: a loop.
             return DatagramOutcome::Dropped(self.count_drop(DropReason::RelayNoPeer, Some(from)));
         }
+        let inner = plain.start + RELAY_HEADER_LEN..plain.end;
+        if !self.may_speak_for(from, origin, dest, &buf[inner.clone()]) {
+            return DatagramOutcome::Dropped(self.count_drop(DropReason::RelayOrigin, Some(from)));
+        }
         if Some(dest) == own {
-            let inner = plain.start + RELAY_HEADER_LEN..plain.end;
             let src = Source::Relay {
                 node: origin,
                 via: from,
@@ -112,6 +141,26 @@ impl Endpoint {
             Ok(t) => DatagramOutcome::Send(t),
             Err(r) => DatagramOutcome::Dropped(self.count_drop(r, Some(from))),
         }
+    }
+
+    /// Hub: whether neighbour `from` may pass on a frame that claims `origin`. Only its
+    /// own, and those of a client the hub reaches through it (a detour). The first data
+    /// message of a new detour proves its origin itself (it must open in the origin's
+    /// session with us), and the hub follows it there. Anything else is a member
+    /// speaking for another: its message 1s would claim that node's key from a source
+    /// the victim's own handshakes share (finding 2 of the hardening review). Clients take
+    /// message 1 only through their way to the hub ([`Endpoint::handle_init`]), and every
+    /// other relayed message is sealed end to end by its origin.
+    fn may_speak_for(&self, from: PeerId, origin: PeerId, dest: PeerId, inner: &[u8]) -> bool {
+        if from == origin || !matches!(self.role, RoleState::Hub(_)) {
+            return true;
+        }
+        let detoured = self
+            .peers
+            .get(&origin)
+            .is_some_and(|p| p.path == Path::Relay(from));
+        let proves_itself = dest == PeerId::HUB && MessageType::of(inner) == Ok(MessageType::Data);
+        detoured || proves_itself
     }
 
     /// Passes a relay frame for `dest` on to the next hop, re-sealed in place.
