@@ -46,6 +46,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         isolation: false,
         clients: Vec::new(),
         allow_routes: vec!["192.168.0.0/16".parse().unwrap()],
+        allow_route_overlap: false,
         handshake_load_limit: 8,
     });
     let client = Role::Client(ClientConfig {
@@ -56,7 +57,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         p2p: true,
         mesh_relay: culvert_core::MeshRelay::default(),
         full_tunnel: false,
-        accept_routes: true,
+        accept_routes: vec!["192.168.0.0/16".parse().unwrap()],
     });
     let mut eps = [
         Endpoint::new(

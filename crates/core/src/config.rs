@@ -60,6 +60,10 @@ pub struct HubConfig {
     /// Routes any client may offer: an offered route inside one of these is accepted (in
     /// key mode as well, beside each binding's own).
     pub allow_routes: Vec<Prefix>,
+    /// Accept a client's route that overlaps another node's or the hub's own (a more
+    /// specific route draws that part of the other's traffic). Off by default: a member
+    /// must not take traffic from another site by advertising into its subnet.
+    pub allow_route_overlap: bool,
     /// Handshake messages per second above which a cookie is required.
     pub handshake_load_limit: u32,
 }
@@ -99,9 +103,11 @@ pub struct ClientConfig {
     /// goes to the hub, and packets from the hub may come from any source — the hub is
     /// this client's exit to the Internet.
     pub full_tunnel: bool,
-    /// Install the routes other nodes offer (subnets behind them); off: only their
-    /// overlay addresses are reachable.
-    pub accept_routes: bool,
+    /// Where the routes other nodes offer (subnets behind them, the hub's own too) may
+    /// lie to be installed: a route inside one of these is, any other is refused and
+    /// logged. Empty: none, only their overlay addresses are reachable. A hub cannot make
+    /// a client route a public prefix into the tunnel unless the client lists it.
+    pub accept_routes: Vec<Prefix>,
 }
 
 /// Mesh relaying settings of a client.

@@ -112,43 +112,112 @@ fn an_allowed_route_reaches_the_others_and_carries_traffic_both_ways() {
     assert_eq!(w.drops(2, "source_not_allowed"), before + 1);
 }
 
+/// Hardening finding 4(b): a member advertising a prefix that overlaps another site's —
+/// the same, a more specific one inside it (which would draw that part of its traffic by
+/// longest prefix), a wider one — or that covers another member's underlay address is
+/// refused; `allow_route_overlap` lets an operator allow overlaps that are not equal.
 #[test]
-fn the_same_route_twice_refuses_the_second_join_and_overlay_overlaps_are_refused() {
-    let mut w = World::new(2);
-    let h = hub(&mut w, &["0.0.0.0/0"], &[], false);
-    w.add(h, sim::HUB_ADDR);
-    let a = client(&mut w, 2, &["192.168.50.0/24"]);
-    w.add(a, "198.18.1.2:40000");
-    assert!(w.run_until(10 * SECOND, |w| w.joined(1)));
-    let b = client(&mut w, 3, &["192.168.50.0/24"]);
-    w.add(b, "198.18.2.2:40000");
-    // Overlaps the overlay network 10.0.0.0/24.
-    let c = client(&mut w, 4, &["10.0.0.0/16"]);
-    w.add(c, "198.18.3.2:40000");
-    // A more specific route inside A's is allowed: the most specific wins.
-    let d = client(&mut w, 5, &["192.168.50.128/25"]);
-    w.add(d, "198.18.4.2:40000");
-    w.run(5 * SECOND);
-    assert!(
-        !w.joined(2),
-        "a second node with the same route was admitted"
-    );
-    assert!(
-        !w.joined(3),
-        "a route over the overlay network was admitted"
-    );
-    assert!(w.joined(4));
-    assert_eq!(
-        kernel_routes(&w, 0),
-        ["192.168.50.0/24", "192.168.50.128/25"]
-    );
-    let low = ip_packet("10.0.0.1", "192.168.50.7", b"low half");
-    let high = ip_packet("10.0.0.1", "192.168.50.200", b"high half");
-    let _ = w.tun(0, &low);
-    let _ = w.tun(0, &high);
-    w.run(SECOND);
-    assert_eq!(w.nodes[1].delivered.last(), Some(&low));
-    assert_eq!(w.nodes[4].delivered.last(), Some(&high));
+fn overlapping_routes_and_overlay_overlaps_are_refused_unless_allowed() {
+    for allow_overlap in [false, true] {
+        let mut w = World::new(2);
+        let mut h = hub(&mut w, &["0.0.0.0/0"], &[], false);
+        if let Role::Hub(hub) = &mut h.role {
+            hub.allow_route_overlap = allow_overlap;
+        }
+        w.add(h, sim::HUB_ADDR);
+        let a = client(&mut w, 2, &["192.168.50.0/24"]);
+        w.add(a, "198.18.1.2:40000");
+        assert!(w.run_until(10 * SECOND, |w| w.joined(1)));
+        let b = client(&mut w, 3, &["192.168.50.0/24"]);
+        w.add(b, "198.18.2.2:40000");
+        // Overlaps the overlay network 10.0.0.0/24.
+        let c = client(&mut w, 4, &["10.0.0.0/16"]);
+        w.add(c, "198.18.3.2:40000");
+        // A more specific route inside A's, and a wider one over it.
+        let d = client(&mut w, 5, &["192.168.50.128/25"]);
+        w.add(d, "198.18.4.2:40000");
+        let e = client(&mut w, 6, &["192.168.0.0/16"]);
+        w.add(e, "198.18.5.2:40000");
+        // A's underlay address.
+        let f = client(&mut w, 7, &["198.18.1.0/24"]);
+        w.add(f, "198.18.6.2:40000");
+        w.run(5 * SECOND);
+        assert!(
+            !w.joined(2),
+            "a second node with the same route was admitted"
+        );
+        assert!(
+            !w.joined(3),
+            "a route over the overlay network was admitted"
+        );
+        assert!(
+            !w.joined(6),
+            "a route over A's underlay address was admitted"
+        );
+        assert_eq!(
+            (w.joined(4), w.joined(5)),
+            (allow_overlap, allow_overlap),
+            "allow_route_overlap = {allow_overlap}"
+        );
+        let low = ip_packet("10.0.0.1", "192.168.50.7", b"low half");
+        let high = ip_packet("10.0.0.1", "192.168.50.200", b"high half");
+        let _ = w.tun(0, &low);
+        w.run(SECOND);
+        assert_eq!(w.nodes[1].delivered.last(), Some(&low));
+        let _ = w.tun(0, &high);
+        w.run(SECOND);
+        if allow_overlap {
+            assert_eq!(
+                kernel_routes(&w, 0),
+                ["192.168.0.0/16", "192.168.50.0/24", "192.168.50.128/25"]
+            );
+            assert_eq!(
+                w.nodes[4].delivered.last(),
+                Some(&high),
+                "the most specific wins"
+            );
+        } else {
+            assert_eq!(kernel_routes(&w, 0), ["192.168.50.0/24"]);
+            assert_eq!(
+                w.nodes[1].delivered.last(),
+                Some(&high),
+                "A keeps its subnet"
+            );
+        }
+    }
+}
+
+/// Hardening finding 14: a client installs subnet routes only inside `accept_routes` (by
+/// default the private ranges), whoever offers them — the hub's own entry included. A
+/// public prefix goes into the tunnel only when the client lists it.
+#[test]
+fn a_client_installs_routes_only_inside_accept_routes() {
+    for listed in [false, true] {
+        let mut w = World::new(5);
+        let h = hub(&mut w, &["0.0.0.0/0"], &["8.8.8.0/24"], false);
+        w.add(h, sim::HUB_ADDR);
+        let a = client(&mut w, 2, &["192.168.50.0/24", "203.0.113.0/24"]);
+        w.add(a, "198.18.1.2:40000");
+        let mut b = client(&mut w, 3, &[]);
+        if listed && let Role::Client(c) = &mut b.role {
+            c.accept_routes.push(prefix("8.8.8.0/24"));
+        }
+        w.add(b, "198.18.2.2:40000");
+        settle(&mut w, 3);
+        let expected: &[&str] = if listed {
+            &["8.8.8.0/24", "192.168.50.0/24"]
+        } else {
+            &["192.168.50.0/24"]
+        };
+        assert_eq!(kernel_routes(&w, 2), expected, "listed = {listed}");
+        let to_public = ip_packet("10.0.0.3", "8.8.8.8", b"to a public address");
+        let out = w.tun(2, &to_public);
+        assert_eq!(
+            matches!(out, TunOutcome::Dropped(_)),
+            !listed,
+            "a packet to 8.8.8.8 entered the tunnel: {out:?}"
+        );
+    }
 }
 
 #[test]
@@ -160,7 +229,7 @@ fn isolation_still_gives_the_hubs_routes_and_no_accept_routes_installs_none() {
     w.add(a, "198.18.1.2:40000");
     let mut b = client(&mut w, 3, &[]);
     if let Role::Client(c) = &mut b.role {
-        c.accept_routes = false;
+        c.accept_routes = Vec::new();
     }
     w.add(b, "198.18.2.2:40000");
     let c = client(&mut w, 4, &[]);

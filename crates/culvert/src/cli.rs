@@ -150,6 +150,10 @@ pub(crate) struct ServerArgs {
     /// Accept routes offered by clients inside this prefix (repeat). [key: allow_routes]
     #[arg(long = "allow-route", value_name = "PREFIX", value_delimiter = ',')]
     pub(crate) allow_routes: Vec<String>,
+    /// Accept a client's route that overlaps another node's or the server's own (a more
+    /// specific one draws that part of the other's traffic). [key: allow_route_overlap]
+    #[arg(long)]
+    pub(crate) allow_route_overlap: bool,
     /// The uplink to masquerade out of; default: the default route's interface.
     /// [key: nat_interface]
     #[arg(long, value_name = "IFACE", requires = "nat")]
@@ -200,8 +204,13 @@ pub(crate) struct ClientArgs {
     pub(crate) dns: Vec<String>,
     /// Install no routes to the subnets other nodes advertise (only their overlay
     /// addresses stay reachable). [key: accept_routes = false]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "accept_routes")]
     pub(crate) no_accept_routes: bool,
+    /// Install the subnets other nodes advertise only inside this prefix (repeat);
+    /// default: the private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7).
+    /// [key: accept_routes = ["PREFIX", ...]]
+    #[arg(long = "accept-route", value_name = "PREFIX", value_delimiter = ',')]
+    pub(crate) accept_routes: Vec<String>,
 }
 
 #[derive(Debug, Args)]

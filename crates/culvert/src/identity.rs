@@ -73,8 +73,14 @@ pub(crate) fn resolve(
         return Ok((load(p)?, None));
     }
     let path = state_dir.join("identity.key");
-    if path.exists() {
-        return Ok((load(&path)?, None));
+    match read_state_file(&path) {
+        Ok(text) => {
+            let bytes = decode_key(&text)
+                .with_context(|| format!("private key file {}", path.display()))?;
+            return Ok((StaticSecret::from_bytes(bytes), None));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let secret = generate();
     store(&path, &secret)?;
@@ -88,7 +94,7 @@ pub(crate) const KNOWN_SERVERS: &str = "known_servers";
 /// The key pinned for `server` (as configured) in `state_dir`, if any.
 pub(crate) fn known_server(state_dir: &Path, server: &str) -> Result<Option<PublicKey>> {
     let path = state_dir.join(KNOWN_SERVERS);
-    let text = match fs::read_to_string(&path) {
+    let text = match read_state_file(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -130,7 +136,7 @@ pub(crate) fn forget_server(state_dir: &Path, server: Option<&str>) -> Result<us
 }
 
 fn read_lines_except(path: &Path, server: Option<&str>) -> Result<Vec<String>> {
-    match fs::read_to_string(path) {
+    match read_state_file(path) {
         Ok(t) => Ok(t
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -140,6 +146,28 @@ fn read_lines_except(path: &Path, server: Option<&str>) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Reads a file of the state directory: never through a link, only a regular file with
+/// one name and of a sane size. A root start reads what the unprivileged daemon's user
+/// could have put there (the directory is that user's after the first start).
+fn read_state_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::MetadataExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 || meta.len() > 64 * 1024 {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "not a regular file with one name and at most 64 KiB: not trusted",
+        ));
+    }
+    let mut text = String::new();
+    (&f).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Replaces `path` with `lines` (mode 0600), through a temporary file and a rename.

@@ -17,6 +17,7 @@ pub(crate) fn render_json(
     status: &Status,
     info: &DaemonInfo,
     kernel_routes: Vec<String>,
+    routes_skipped: &[(culvert_wire::addr::Prefix, String)],
     faketcp: Option<(Vec<FlowStatus>, u64)>,
 ) -> String {
     let mut v = serde_json::to_value(status).unwrap_or(Value::Null);
@@ -26,6 +27,14 @@ pub(crate) fn render_json(
         m.insert("nft_table".into(), info.nft_table.clone().into());
         m.insert("gateway".into(), info.gateway.clone().into());
         m.insert("kernel_routes".into(), kernel_routes.into());
+        m.insert(
+            "routes_not_installed".into(),
+            routes_skipped
+                .iter()
+                .map(|(p, why)| serde_json::json!({"prefix": p.to_string(), "why": why}))
+                .collect::<Vec<_>>()
+                .into(),
+        );
         m.insert(
             "faketcp_flows".into(),
             serde_json::to_value(flows).unwrap_or(Value::Null),
@@ -124,6 +133,19 @@ pub(crate) fn human(v: &Value) -> String {
     );
     if let Some(g) = v.get("gateway").and_then(Value::as_str) {
         let _ = writeln!(out, "  gateway  {g}");
+    }
+    for r in v
+        .get("routes_not_installed")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "  route {} not installed: {}",
+            r["prefix"].as_str().unwrap_or_default(),
+            r["why"].as_str().unwrap_or_default()
+        );
     }
     let advertised = strings(v.get("advertised_routes"));
     if !advertised.is_empty() {

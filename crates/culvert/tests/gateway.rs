@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -544,14 +544,13 @@ fn subnet_routes_carry_traffic_between_sites_in_both_directions() {
             ],
         )
         .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !lab.log(dup).contains("already routed by node") && std::time::Instant::now() < end {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !lab.log(dup).contains("already routed by node") && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        lab.log(dup).contains(&format!(
-            "route 192.168.50.0/24 is already routed by node {a_node}"
-        )),
+        lab.log(dup)
+            .contains(&format!("already routed by node {a_node}")),
         "{}",
         lab.log(dup)
     );
@@ -702,4 +701,78 @@ fn full_tunnel_dns_is_set_through_resolvconf_and_withdrawn_after_exit_and_crash(
         all.matches("-d culvert0.culvert").count(),
         "every entry added was withdrawn: {all}"
     );
+}
+
+/// Hardening finding 4(a): a member advertises another client's connected LAN and the
+/// server's, and the server's allow_routes lets it. No node lets such a route replace or
+/// shadow its own network: each LAN stays reachable directly, status says why the route
+/// was left out, and the LAN's own route is as it was after the attacker leaves.
+#[test]
+fn an_advertised_route_never_takes_over_a_nodes_own_lan() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("gwhijack", 3) else {
+        return;
+    };
+    let lan_a = lab.add_lan_host(1, "192.168.50").unwrap();
+    let _lan_s = lab.add_lan_host(0, "192.168.60").unwrap();
+    let _server = lab
+        .spawn(0, &server_args(KEY, &["--allow-route", "192.168.0.0/16"]))
+        .unwrap();
+    let _a = start_client(&mut lab, 1, "10.0.0.2/24", KEY);
+    wait_ping(&lab, 1, overlay(0));
+    let route_a = |lab: &Lab| lab.sh(Some(1), "ip -4 route show 192.168.50.0/24").unwrap();
+    let before = route_a(&lab);
+    assert!(before.contains("lan0"), "{before}");
+    let attacker = start_client_with(
+        &mut lab,
+        2,
+        "10.0.0.3/24",
+        KEY,
+        &["--advertise-route", "192.168.50.0/24,192.168.60.0/24"],
+    );
+    // The directory carries the routes (the server allowed them); A and the server each
+    // leave out the one over their own LAN.
+    let skipped = |lab: &Lab, host: usize| -> Vec<String> {
+        lab.status(host).map_or(Vec::new(), |s| {
+            s["routes_not_installed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{} {}", r["prefix"], r["why"]))
+                .collect()
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(15);
+    while (skipped(&lab, 1).is_empty() || skipped(&lab, 0).is_empty()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (sa, ss) = (skipped(&lab, 1), skipped(&lab, 0));
+    assert!(
+        sa.iter()
+            .any(|r| r.contains("192.168.50.0/24") && r.contains("lan0")),
+        "A: {sa:?}\n{}",
+        lab.logs()
+    );
+    assert!(
+        ss.iter()
+            .any(|r| r.contains("192.168.60.0/24") && r.contains("lan0")),
+        "server: {ss:?}"
+    );
+    for (host, dst) in [(1, "192.168.50.2"), (0, "192.168.60.2")] {
+        let way = lab.sh(Some(host), &format!("ip route get {dst}")).unwrap();
+        assert!(way.contains("dev lan0"), "host {host} -> {dst}: {way}");
+    }
+    assert!(
+        lab.ping_until(1, ip("192.168.50.2"), Duration::from_secs(5))
+            .is_some(),
+        "A lost its own LAN"
+    );
+    let t = lab
+        .transfer(1, lan_a, ip("192.168.50.2"), 2 * MB, || ())
+        .unwrap();
+    assert_eq!(t.sent, t.received);
+    // The attacker goes; A's LAN route is still its own.
+    lab.stop(attacker, false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(route_a(&lab), before, "A's LAN route changed");
 }

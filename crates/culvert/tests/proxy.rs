@@ -1150,3 +1150,166 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// A ClientHello (from Python's TLS stack, which any host has) for the server.
+fn client_hello() -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl,sys\n\
+             c=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname=False; c.verify_mode=ssl.CERT_NONE\n\
+             i,o=ssl.MemoryBIO(),ssl.MemoryBIO(); s=c.wrap_bio(i,o)\n\
+             try: s.do_handshake()\n\
+             except ssl.SSLWantReadError: pass\n\
+             sys.stdout.buffer.write(o.read())",
+        ])
+        .output()
+        .expect("python3 makes the ClientHello");
+    assert!(
+        out.stdout.len() > 100,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Hardening findings 3 and 13, on the proxy server.
+///
+/// (3) A stranger without a certificate opens a TCP connection, sends a ClientHello and
+/// then never acknowledges anything: the server's answer times out in the kernel
+/// (`tcp_retries2 = 3` in its namespace). Strangers also open 300 connections that say
+/// nothing. The server keeps serving: a flow open before goes on, new flows work, the
+/// failures are counted. (13) A flow that keeps moving outlives `2 × idle + 10 s`, and one
+/// client address gets at most `--max-flows-per-client` flows.
+#[test]
+fn proxy_server_survives_stalled_handshakes_and_keeps_active_flows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut lab, dir)) = topology("pxhard") else {
+        return;
+    };
+    lab.sh(Some(0), "sysctl -qw net.ipv4.tcp_retries2=3")
+        .unwrap();
+    let idle = ["--idle-timeout", "2"];
+    let mut server = vec!["--listen", ":8081", "--max-flows-per-client", "4"];
+    server.extend(idle);
+    let _server = spawn(&mut lab, 0, &role("server", &server, &dir, "server"));
+    let mut a = vec!["--map", "100.64.1.0/24=192.168.1.0/24"];
+    a.extend(idle);
+    let _a = connector(&mut lab, 2, &dir, "a", "connector-a", &a);
+    let mut client = vec!["--server", SERVER, "--cidr", "100.64.0.0/10"];
+    client.extend(idle);
+    let _client = spawn(&mut lab, 1, &role("client", &client, &dir, "client"));
+    wait_for("a registered", &lab, Duration::from_secs(10), || {
+        registered(&lab) == ["a"]
+    });
+    wait_for("interception", &lab, Duration::from_secs(10), || {
+        nft_state(&lab, 1).contains("redirect")
+    });
+
+    // A flow that trickles a byte every 300 ms for 20 s: active all along.
+    let trickle = std::thread::spawn({
+        let ns = lab.ns(1);
+        move || {
+            in_ns(&ns, || -> std::io::Result<String> {
+                let dst: SocketAddr = "100.64.1.2:80".parse().unwrap();
+                let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+                c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                c.write_all(&4u64.to_be_bytes())?;
+                let end = Instant::now() + Duration::from_secs(20);
+                let mut h = Sha256::new();
+                while Instant::now() < end {
+                    c.write_all(b"x")?;
+                    h.update(b"x");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                c.shutdown(std::net::Shutdown::Write)?;
+                let mut answer = Vec::new();
+                c.read_to_end(&mut answer)?;
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                let sent = hex(&h.finalize());
+                Ok(if answer.contains(&sent) {
+                    "intact".into()
+                } else {
+                    answer
+                })
+            })
+        }
+    });
+
+    // The stalled handshake, from the router: every segment the server sends after its
+    // SYN-ACK is dropped there, so nothing it sends is ever acknowledged.
+    lab.router_nft(
+        "table inet test_stall { chain in { type filter hook input priority 0;\n \
+         ip saddr 198.18.1.2 tcp sport 8081 tcp flags & syn == 0 drop\n }\n}",
+    )
+    .unwrap();
+    let hello = client_hello();
+    let stalled = in_ns(&lab.router(), || {
+        let mut s = TcpStream::connect("198.18.1.2:8081").unwrap();
+        s.write_all(&hello).unwrap();
+        s
+    });
+    // Silent connections, more than the server lets wait in handshake at once.
+    let silent: Vec<TcpStream> = in_ns(&lab.ns(1), || {
+        (0..300)
+            .filter_map(|_| TcpStream::connect(SERVER).ok())
+            .collect()
+    });
+    eprintln!("{} silent connections open", silent.len());
+    // The kernel gives up on the stalled connection after about 3-6 s with
+    // tcp_retries2 = 3; the silent ones time out after 10 s.
+    std::thread::sleep(Duration::from_secs(14));
+    drop((stalled, silent));
+    let answer = exchange(&lab, "100.64.1.2:80", 100_000, 100_000)
+        .unwrap_or_else(|e| panic!("no new flow after the attack: {e}\n{}", lab.logs()));
+    assert!(answer.hash_ok && answer.back_ok, "{answer:?}");
+    let refused = |r: &str| {
+        metric(
+            &lab,
+            &format!("culvert_proxy_connections_refused_total{{role=\"server\",reason=\"{r}\"}}"),
+        )
+    };
+    let (failed, timeout, full) = (
+        refused("tls_failed"),
+        refused("tls_timeout"),
+        refused("handshakes_full"),
+    );
+    eprintln!(
+        "connections refused: tls_failed {failed}, tls_timeout {timeout}, handshakes_full {full}"
+    );
+    assert!(
+        failed + timeout >= 1,
+        "the stalled handshake was not counted\n{}",
+        lab.logs()
+    );
+    assert!(full >= 1, "300 silent connections all got a handshake slot");
+
+    // The trickling flow outlived 2 x idle + 10 s = 14 s.
+    let trickled = trickle.join().unwrap();
+    assert_eq!(
+        trickled.as_ref().map(String::as_str).ok(),
+        Some("intact"),
+        "an active flow was cut: {trickled:?}\n{}",
+        lab.logs()
+    );
+
+    // Four flows at once from the client host; a fifth is refused, and once they end,
+    // new ones go through again.
+    let open: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let dst: SocketAddr = "100.64.1.2:80".parse().unwrap();
+            let c = in_ns(&lab.ns(1), || {
+                TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+            })
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            c
+        })
+        .collect();
+    expect_reset(&lab, "100.64.1.2:80");
+    drop(open);
+    std::thread::sleep(Duration::from_secs(1));
+    let again = exchange(&lab, "100.64.1.2:80", 1000, 1000).unwrap();
+    assert!(again.hash_ok && again.back_ok);
+    lab.router_nft("delete table inet test_stall").unwrap();
+}

@@ -690,23 +690,7 @@ fn another_local_user_can_neither_use_nor_squat_the_control_socket() {
     wait_ping(&lab, 1, overlay(0));
     let ns = lab.ns(1);
     let dir = culvert_sys::control::dir(&ns);
-    let as_nobody = |cmd: &str| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |cmd: &str| as_nobody(&ns, cmd).output().unwrap();
     // Reading the daemon's status: refused.
     let out = as_nobody(&format!("{BIN} status"));
     assert!(
@@ -729,4 +713,124 @@ fn another_local_user_can_neither_use_nor_squat_the_control_socket() {
     );
     // Root still reads it, and only real daemons are listed.
     assert_eq!(lab.status(1).unwrap()["role"], "client");
+}
+
+/// `sh -c cmd` in network namespace `ns` as the user nobody (65534): another local user,
+/// or code running as a daemon started with `--user nobody`.
+fn as_nobody(ns: &str, cmd: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        cmd,
+    ]);
+    c
+}
+
+/// Hardening finding 1: code running as the daemon's unprivileged user (`--user nobody`)
+/// tries to get root from the next root start. (a) It plants a record of gateway changes
+/// whose "sysctl" is a path out of `/proc/sys`, where a crashed run's record is looked for;
+/// (b) it swaps the control socket for a link to a root-only file between the bind and
+/// the hand-over to the daemon's user. Neither may write, chown or chmod anything of
+/// root's, and the daemon still serves its status.
+#[test]
+fn the_daemons_user_cannot_get_root_from_the_next_root_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("rootst", 1) else {
+        return;
+    };
+    let root_only = lab.dir().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let pwned = root_only.join("written-by-root");
+    let victim = root_only.join("victim");
+    std::fs::write(&victim, "root's own").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let args = server_args(KEY, &["--user", "nobody", "--nat"]);
+    let server = lab.spawn(0, &args).unwrap();
+    let up = |lab: &Lab| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while lab.status(0).is_err() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.status(0)
+    };
+    if let Err(e) = up(&lab) {
+        panic!("the server did not start: {e}\n{}", lab.log(server));
+    }
+    let ns = lab.ns(0);
+    let run = culvert_sys::control::dir(&ns);
+    let state = lab.dir().join("state-host0");
+    // (a) The record: "undo" a sysctl whose name leads from /proc/sys to a root-only
+    // file; planted where a crashed run's record was read, and where it is now kept.
+    let mut parts = vec!["..".to_owned(), "..".to_owned()];
+    parts.extend(
+        pwned
+            .iter()
+            .skip(1)
+            .map(|c| c.to_string_lossy().into_owned()),
+    );
+    let record = serde_json::json!({
+        "sysctls": [[parts, "pwned"]], "rules": [], "routes": [], "resolvconf": null
+    })
+    .to_string();
+    let planted = as_nobody(
+        &ns,
+        &format!(
+            "for f in {s}/gateway-changes.json {r}/culvert0.gateway.json; do \
+             rm -f $f; printf '%s' '{record}' > $f; done; true",
+            s = state.display(),
+            r = run.display()
+        ),
+    )
+    .output()
+    .unwrap();
+    eprintln!("planting: {}", String::from_utf8_lossy(&planted.stderr));
+    // A crash leaves whatever the record says to undo.
+    lab.stop(server, true);
+    // (b) As soon as the next run's socket appears, it becomes a link to the victim.
+    let sock = run.join("culvert0.sock");
+    let mut swapper = as_nobody(
+        &ns,
+        &format!(
+            "S={s}; rm -f $S; end=$(($(date +%s) + 15)); \
+             while [ ! -S $S ] && [ $(date +%s) -lt $end ]; do :; done; \
+             rm -f $S && ln -s {v} $S",
+            s = sock.display(),
+            v = victim.display()
+        ),
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let again = lab.spawn(0, &args).unwrap();
+    let status = up(&lab);
+    let _ = swapper.kill();
+    let _ = swapper.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let meta = std::fs::metadata(&victim).unwrap();
+    let log = lab.log(again);
+    assert!(
+        !pwned.exists(),
+        "root wrote a file the daemon's user named: {:?}\n{log}",
+        std::fs::read_to_string(&pwned)
+    );
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o7777),
+        (0, 0o600),
+        "root handed its file to the daemon's user\n{log}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own");
+    assert!(
+        status.is_ok_and(|s| s["role"] == "server"),
+        "the daemon does not answer on its control socket\n{log}"
+    );
 }

@@ -96,6 +96,10 @@ struct ServerArgs {
     /// per id). With any given, connectors not named are refused. [key: allow_connectors]
     #[arg(long = "allow-connector", value_name = "ID=PREFIX[,PREFIX]")]
     allow_connectors: Vec<String>,
+    /// Flows one client address may have open at once (default 1024).
+    /// [key: max_flows_per_client]
+    #[arg(long, value_name = "N")]
+    max_flows_per_client: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -214,6 +218,7 @@ struct File {
     idle_timeout: Option<u64>,
     /// Server: connector id → the prefixes it may serve.
     allow_connectors: Option<BTreeMap<String, OneOrMany>>,
+    max_flows_per_client: Option<usize>,
 }
 
 impl File {
@@ -471,8 +476,13 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 scopes(&a.allow_connectors)?
             };
+            let max_flows = a
+                .max_flows_per_client
+                .or(f.max_flows_per_client)
+                .unwrap_or(1024)
+                .max(1);
             runtime()?.block_on(async move {
-                let hub = Arc::new(server::Hub::new(r.idle, scopes));
+                let hub = Arc::new(server::Hub::new(r.idle, scopes, max_flows));
                 let (h, h2) = (hub.clone(), hub.clone());
                 observe(
                     r.metrics,

@@ -48,6 +48,8 @@ impl Per {
 pub struct Metrics {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     ended: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections closed before they could carry a flow (server: TLS).
+    connections: Mutex<BTreeMap<&'static str, u64>>,
     per: Mutex<BTreeMap<String, Per>>,
     /// Reconnections to the server (client, connector).
     pub reconnects: AtomicU64,
@@ -57,6 +59,11 @@ impl Metrics {
     /// A flow refused before it carried anything.
     pub fn refused(&self, r: Reason) {
         *self.refused.lock().unwrap().entry(r.label()).or_default() += 1;
+    }
+
+    /// A connection closed before it carried anything, for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        *self.connections.lock().unwrap().entry(reason).or_default() += 1;
     }
 
     /// A flow through `peer` starts; its byte counters.
@@ -159,6 +166,12 @@ impl Metrics {
             reasons(&self.ended),
         );
         family(
+            "connections_refused_total",
+            "Connections closed before carrying a flow (TLS failed or timed out, too many handshakes), by reason.",
+            "counter",
+            reasons(&self.connections),
+        );
+        family(
             "reconnects_total",
             "Reconnections to the server.",
             "counter",
@@ -174,6 +187,7 @@ impl Metrics {
             "peers": self.snapshot(),
             "refused": *self.refused.lock().unwrap(),
             "ended": *self.ended.lock().unwrap(),
+            "connections_refused": *self.connections.lock().unwrap(),
             "reconnects": self.reconnects.load(Ordering::Relaxed),
         })
     }

@@ -17,7 +17,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls_pki_types::{CertificateDer, ServerName};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::rustls;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The name every server certificate holds and every peer verifies.
 pub const SERVER_NAME: &str = "server.culvert";
@@ -78,9 +79,39 @@ impl TlsFiles {
     }
 
     /// The server's side: its identity, and client certificates required from the CA.
-    pub fn server(&self) -> Result<ServerTlsConfig> {
-        let (id, ca) = self.identity()?;
-        Ok(ServerTlsConfig::new().identity(id).client_ca_root(ca))
+    /// A rustls configuration rather than tonic's: the server runs its own TLS accept
+    /// loop ([`crate::server`]), so that one bad connection cannot end it.
+    pub fn server(&self) -> Result<Arc<rustls::ServerConfig>> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(&read(&self.cert, "certificate")?)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("certificate {}: not PEM", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key, "private key")?)
+            .with_context(|| format!("private key {}: not PEM", self.key.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&read(&self.ca, "CA certificate")?) {
+            let ca =
+                ca.with_context(|| format!("CA certificate {}: not PEM", self.ca.display()))?;
+            roots
+                .add(ca)
+                .with_context(|| format!("CA certificate {}", self.ca.display()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .context("client certificate verifier")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .with_context(|| format!("certificate {} with its key", self.cert.display()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// A client's or connector's side: its identity, the server verified as

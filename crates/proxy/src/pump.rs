@@ -277,6 +277,28 @@ async fn both(
     }
 }
 
+/// Runs `f` while `bytes` keep moving: `None` once nothing moved either way for `idle`
+/// (however long the flow has lasted).
+pub async fn until_idle<F: Future>(f: F, bytes: &Bytes, idle: Duration) -> Option<F::Output> {
+    let moved = || bytes.up.get() + bytes.down.get();
+    let mut f = std::pin::pin!(f);
+    let mut tick = tokio::time::interval(idle / 4 + Duration::from_millis(1));
+    let (mut seen, mut since) = (moved(), Instant::now());
+    loop {
+        tokio::select! {
+            out = &mut f => return Some(out),
+            _ = tick.tick() => {
+                let now = moved();
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                } else if since.elapsed() >= idle {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Forwards one direction of a flow through the server: frames from `inbound` to `out`
 /// as they come, counting data into `count`. Ends after `Fin` or `Reset` is passed on; a
 /// stream that breaks off sends `Reset` on.

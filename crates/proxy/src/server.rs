@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,6 +28,13 @@ use culvert_wire::addr::Prefix;
 
 /// How long a client's first frame, and a connector's answer to a dial order, may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to finish TLS: a stranger that sends a ClientHello
+/// and then nothing must not hold a slot for the kernel's retransmission timeout.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes under way at once; a connection beyond them is closed at once.
+const HANDSHAKES: usize = 256;
+/// A TLS failure from one address is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A registered connector.
 #[derive(Debug)]
@@ -54,6 +63,27 @@ pub struct Hub {
     idle: Duration,
     /// What each connector may serve; empty: any connector anything.
     scopes: BTreeMap<String, Vec<Prefix>>,
+    /// Flows open per client address, and the most one may have.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    max_flows_per_client: usize,
+}
+
+/// One of a client's open flows; counted off when dropped.
+struct ClientFlow<'a> {
+    hub: &'a Hub,
+    ip: IpAddr,
+}
+
+impl Drop for ClientFlow<'_> {
+    fn drop(&mut self) {
+        let mut m = self.hub.per_client.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -71,7 +101,15 @@ impl Hub {
     /// register only routes inside its own entry, and one without an entry not at all: a
     /// connector's certificate proves who it is, not which networks are its to serve, and
     /// a longer prefix would otherwise draw other sites' flows to it.
-    pub fn new(idle: Duration, scopes: BTreeMap<String, Vec<Prefix>>) -> Self {
+    ///
+    /// One client address may hold `max_flows_per_client` flows at once (a client host
+    /// or a NAT in front of several): every flow costs the server two streams, and a
+    /// single certificate holder must not take them all.
+    pub fn new(
+        idle: Duration,
+        scopes: BTreeMap<String, Vec<Prefix>>,
+        max_flows_per_client: usize,
+    ) -> Self {
         if scopes.is_empty() {
             tracing::warn!(
                 "any connector may serve any prefix (and draw flows from the others with a longer one): restrict each with --allow-connector ID=PREFIX"
@@ -80,8 +118,20 @@ impl Hub {
         Self {
             idle,
             scopes,
+            max_flows_per_client,
             ..Self::default()
         }
+    }
+
+    /// Counts a flow of the client at `ip` in, if it has room.
+    fn admit(&self, ip: IpAddr) -> Option<ClientFlow<'_>> {
+        let mut m = self.per_client.lock().unwrap();
+        let n = m.entry(ip).or_default();
+        if *n >= self.max_flows_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientFlow { hub: self, ip })
     }
 
     /// Why connector `id` may not serve `routes`, if it may not.
@@ -142,6 +192,17 @@ impl Hub {
         to_client: mpsc::Sender<Frame>,
     ) {
         let started = tokio::time::Instant::now();
+        let ip = peer.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| {
+            p.ip().to_canonical()
+        });
+        let Some(_counted) = self.admit(ip) else {
+            tracing::warn!(client = %ip, max = self.max_flows_per_client, "flow refused: the client has as many flows open as it may (max_flows_per_client)");
+            let _ = to_client
+                .send(reset(Reason::Forbidden, "too many flows from this client"))
+                .await;
+            self.metrics.refused(Reason::Forbidden);
+            return;
+        };
         let first = tokio::time::timeout(SETUP_TIMEOUT, inbound.message()).await;
         let Ok(Ok(Some(Frame {
             kind: Some(Kind::Open(open)),
@@ -204,9 +265,13 @@ impl Hub {
         let bytes = self.metrics.flow_opened(&connector.id);
         let up = pump::forward(inbound, to_connector, &bytes.up);
         let down = pump::forward(from_connector, to_client, &bytes.down);
-        let (up_end, down_end) = tokio::time::timeout(self.idle * 2 + SETUP_TIMEOUT, async {
-            tokio::join!(up, down)
-        })
+        // The ends reset a flow idle for `idle`; this is the backstop for ends that
+        // vanished, and it counts idle time only, never a flow's age.
+        let (up_end, down_end) = pump::until_idle(
+            async { tokio::join!(up, down) },
+            &bytes,
+            self.idle * 2 + SETUP_TIMEOUT,
+        )
         .await
         .unwrap_or((
             End::Reset(Reason::Idle, String::new()),
@@ -373,12 +438,11 @@ impl Relay for Arc<Hub> {
 /// Runs the server until SIGTERM or SIGINT, then lets open flows drain for `grace`.
 pub async fn run(
     listen: SocketAddr,
-    tls: tonic::transport::ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
     hub: Arc<Hub>,
     grace: Duration,
 ) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(HEARTBEAT))
         .http2_keepalive_timeout(Some(HEARTBEAT_LOSS))
@@ -389,13 +453,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
     tracing::info!(%listen, "proxy server listening");
-    // Connections accepted here do not get the builder's socket options: no Nagle, or
-    // small frames (a reset, a dial order) wait for the peer's delayed ACK.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
-        c.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = tls_incoming(listener, tls, hub.clone());
     let (fired, on_fire) = oneshot::channel();
     let serve = server.serve_with_incoming_shutdown(incoming, async move {
         crate::shutdown_signal().await;
@@ -417,6 +475,90 @@ pub async fn run(
     Ok(())
 }
 
+/// Connections that finished TLS, from an accept loop of our own: tonic's ends the whole
+/// server on a handshake error it does not expect (a peer that sent a ClientHello and
+/// then timed out at the TCP level), and waits for a silent peer without limit. Here each
+/// handshake runs on its own, under [`HANDSHAKE_TIMEOUT`], at most [`HANDSHAKES`] at once,
+/// and no error of one connection ends the loop.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    hub: Arc<Hub>,
+) -> ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+        let refusals = Arc::new(Mutex::new(RefusalLog::default()));
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin; the loop goes on.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                hub.metrics.connection_refused("handshakes_full");
+                continue;
+            };
+            // Small frames (a reset, a dial order) must not wait for a delayed ACK.
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, hub, refusals) =
+                (acceptor.clone(), tx.clone(), hub.clone(), refusals.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        hub.metrics.connection_refused("tls_failed");
+                        e.to_string()
+                    }
+                    Err(_) => {
+                        hub.metrics.connection_refused("tls_timeout");
+                        format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")
+                    }
+                };
+                if refusals.lock().unwrap().due(peer.ip()) {
+                    tracing::warn!(%peer, "connection refused: {why} (a client or connector with a certificate from another CA, or not a proxy peer at all)");
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// When each address's last TLS failure was logged, so a flood logs one line a minute.
+#[derive(Default)]
+struct RefusalLog(HashMap<IpAddr, tokio::time::Instant>);
+
+impl RefusalLog {
+    fn due(&mut self, ip: IpAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.0.len() > 4096 {
+            self.0
+                .retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_EVERY);
+        }
+        match self.0.get(&ip) {
+            Some(t) if now.duration_since(*t) < REFUSAL_LOG_EVERY => false,
+            _ => {
+                self.0.insert(ip, now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +570,7 @@ mod tests {
             Hub::new(
                 Duration::from_secs(1),
                 BTreeMap::from([("a".to_string(), allowed)]),
+                16,
             )
         };
         let hub = scoped(vec![p("100.64.1.0/24"), p("fd64::/16")]);
@@ -443,7 +586,7 @@ mod tests {
         let v6 = scoped(vec![p("::/0")]);
         assert!(!may(&v6, "a", "0.0.0.0/0"), "another family");
         // Without scopes, anything goes (with a warning at start).
-        let open = Hub::new(Duration::from_secs(1), BTreeMap::new());
+        let open = Hub::new(Duration::from_secs(1), BTreeMap::new(), 16);
         assert!(may(&open, "b", "0.0.0.0/0"));
     }
 }

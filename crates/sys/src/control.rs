@@ -14,11 +14,12 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dir::Dir;
 use crate::{Error, Result};
 
 /// Where the per-namespace directories live.
@@ -38,46 +39,61 @@ pub fn path(netns: &str, instance: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct ControlListener {
     listener: UnixListener,
-    path: PathBuf,
+    dir: Dir,
+    name: String,
 }
 
 impl ControlListener {
     /// Binds the control socket of `instance`; fails if a daemon with that instance name
     /// answers there. A socket file left by a crashed daemon is replaced.
+    ///
+    /// The directory is opened once and the socket bound through it (see [`crate::dir`]):
+    /// as root, it is root's and stays so (only the socket file goes to the daemon's user,
+    /// [`ControlListener::give_to`]), so nothing the unprivileged daemon can do there
+    /// changes what a later root start touches.
     pub fn bind(netns: &str, instance: &str) -> Result<Self> {
-        let dir = dir(netns);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let run_dir = Dir::open(&dir(netns), 0o755)?;
+        let name = format!("{instance}.sock");
         let path = path(netns, instance);
-        if path.exists() {
-            if UnixStream::connect(&path).is_ok() {
-                return Err(Error::io(
-                    format!("binding control socket {}", path.display()),
-                    io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another culvert daemon with this instance name runs in this network \
-                         namespace; stop it or pick another --tun-name",
-                    ),
-                ));
-            }
-            let _ = std::fs::remove_file(&path);
+        if UnixStream::connect(run_dir.proc_path(&name)).is_ok() {
+            return Err(Error::io(
+                format!("binding control socket {}", path.display()),
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another culvert daemon with this instance name runs in this network \
+                     namespace; stop it or pick another --tun-name",
+                ),
+            ));
         }
-        let listener = UnixListener::bind(&path)
+        run_dir.remove(&name)?;
+        let listener = UnixListener::bind(run_dir.proc_path(&name))
             .map_err(|e| Error::io(format!("binding control socket {}", path.display()), e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
+        run_dir.chmod(&name, 0o660)?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("control socket non-blocking", e))?;
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener,
+            dir: run_dir,
+            name,
+        })
     }
 
-    /// The socket file (to hand it and its directory to the daemon's user).
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+
+    /// The directory the socket is in, held open: a root-owned place (when started as
+    /// root) for other records that only root may write.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// Lets `user` (the daemon's, after it drops root) answer on the socket: the socket
+    /// file becomes theirs, never the directory.
+    pub fn give_to(&self, user: &crate::privilege::User) -> Result<()> {
+        self.dir.chown(&self.name, user)
     }
 
     /// The listening socket itself, for a caller with its own event loop (the proxy's
@@ -109,7 +125,9 @@ impl ControlListener {
 
 impl Drop for ControlListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Fails once root is dropped (the directory is root's): the next start replaces
+        // the file, and nothing answers on it meanwhile.
+        let _ = self.dir.remove(&self.name);
     }
 }
 
@@ -141,11 +159,12 @@ pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     }
 }
 
-/// Who may answer on the control directory of `netns`: root, and the owner of that
-/// directory, provided neither it nor its parent can be written by anyone else. (Only root
+/// Who may answer on the control socket of `instance` in `netns`: root; the owner of the
+/// directory, provided neither it nor its parent can be written by anyone else (only root
 /// can create entries in `/run`, so the parent's owner was chosen by root: by hand, or by
-/// systemd's `RuntimeDirectory=` for the daemon's user.)
-fn trusted_daemon_uid(netns: &str) -> io::Result<u32> {
+/// systemd's `RuntimeDirectory=` for the daemon's user); and, in a directory of root's,
+/// the owner of the socket file, which only root could have made theirs.
+fn trusted_daemon_uids(netns: &str, instance: &str) -> io::Result<[u32; 2]> {
     let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     let parent = std::fs::metadata(RUN_DIR)?;
     if parent.mode() & 0o022 != 0 {
@@ -154,30 +173,34 @@ fn trusted_daemon_uid(netns: &str) -> io::Result<u32> {
         )));
     }
     let d = dir(netns);
-    let meta = std::fs::metadata(&d)?;
-    if meta.mode() & 0o022 != 0 {
+    let meta = std::fs::symlink_metadata(&d)?;
+    if meta.mode() & 0o022 != 0 || !meta.is_dir() {
         return Err(refuse(format!(
-            "{} is writable by others: refusing to trust it",
+            "{} is writable by others or not a directory: refusing to trust it",
             d.display()
         )));
     }
-    Ok(meta.uid())
+    let socket_owner = match meta.uid() {
+        0 => std::fs::symlink_metadata(path(netns, instance))?.uid(),
+        owner => owner,
+    };
+    Ok([meta.uid(), socket_owner])
 }
 
 /// Sends `request` to the daemon `instance` of network namespace `netns`; returns its
-/// answer. Refuses to talk to a process that is neither root nor the owner of the control
-/// directory (a fake daemon).
+/// answer. Refuses to talk to a process that is neither root nor the daemon's user as
+/// the control directory vouches for it (a fake daemon).
 pub fn request(netns: &str, instance: &str, request: &str) -> io::Result<String> {
-    let owner = trusted_daemon_uid(netns)?;
+    let trusted = trusted_daemon_uids(netns, instance)?;
     let mut s = UnixStream::connect(path(netns, instance))?;
     match peer_uid(&s) {
-        Some(uid) if uid == 0 || uid == owner => {}
+        Some(uid) if uid == 0 || trusted.contains(&uid) => {}
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "the process on the control socket runs as uid {other:?}, neither root nor \
-                     the owner of {}: not a culvert daemon of this host",
+                     the daemon's user as {} says: not a culvert daemon of this host",
                     dir(netns).display()
                 ),
             ));

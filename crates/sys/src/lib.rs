@@ -8,6 +8,7 @@
 //! * [`sysctl`] — kernel parameters (forwarding, for a gateway);
 //! * [`poll`] — epoll, and signals as a file descriptor (signalfd);
 //! * [`control`] — the daemon's local control socket (a file under `/run/culvert/<netns>`);
+//! * [`dir`] — a directory held open, and files below it reached without following links;
 //! * [`privilege`] — dropping root after setup: another user, two capabilities;
 //! * [`netns`] — which network namespace this process is in, and entering one;
 //! * [`ifaddrs`] — this host's interface addresses (a client's LAN candidates);
@@ -19,6 +20,7 @@
 
 pub mod capture;
 pub mod control;
+pub mod dir;
 pub mod icmp;
 pub mod ifaddrs;
 pub mod netlink;

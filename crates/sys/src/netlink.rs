@@ -33,6 +33,7 @@ const RT_TABLE_UNSPEC: u8 = 0;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
@@ -178,11 +179,13 @@ impl Netlink {
         })
     }
 
-    /// Adds (or replaces) a route.
+    /// Adds a route. One the table already has for the same destination and metric is
+    /// never replaced (the error is `EEXIST`): it may be another's — a connected LAN, an
+    /// operator's static route — and taking it over would hijack its traffic.
     pub fn add_route(&mut self, route: Route) -> Result<()> {
         let m = route_message(
             RTM_NEWROUTE,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
             route,
         );
         self.request(m, || {

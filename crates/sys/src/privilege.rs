@@ -90,16 +90,6 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Gives `path` to `user` (a directory the daemon must still write after dropping root).
-pub fn chown(path: &std::path::Path, user: &User) -> Result<()> {
-    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
-        Error::io(
-            format!("giving {} to user {}", path.display(), user.name),
-            e,
-        )
-    })
-}
-
 /// Becomes `user`, keeping `CAP_NET_ADMIN` (and `CAP_NET_RAW` when `raw`), and forbids
 /// gaining privileges again. Must be called as root, before any other thread starts.
 pub fn drop_to(user: &User, raw: bool) -> Result<()> {

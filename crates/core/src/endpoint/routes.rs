@@ -2,8 +2,9 @@
 //!
 //! A client offers the subnets behind it in its join (Hello). The hub keeps the offers its
 //! config allows (`allow_routes`, a key's `[[peer]] routes`), logs the others, and refuses
-//! the join when a route conflicts: the same prefix as another node's (or the hub's own),
-//! or one overlapping the overlay network. Accepted routes take effect, like addresses,
+//! the join when a route conflicts: one overlapping another node's (or the hub's own) —
+//! equal, wider or narrower, unless `allow_route_overlap` — or the overlay network, or
+//! covering a node's underlay address. Accepted routes take effect, like addresses,
 //! only when the join is confirmed, and reach every client in the directory; the hub's own
 //! routes travel in its entry (node 0), and under isolation a client's directory holds only
 //! the hub and the client itself.
@@ -11,7 +12,8 @@
 //! Every node maps each route to the node behind it in its router (longest prefix wins, so
 //! overlay addresses stay with their holders and the most specific of overlapping routes
 //! wins), which also makes the inner source check accept packets from those subnets. A
-//! client leaves out what would hurt it: routes when `accept_routes` is off, a route that
+//! client leaves out what would hurt it: routes outside `accept_routes` (by default the
+//! private ranges: a hub cannot route a public prefix into a client's tunnel), a route that
 //! covers the server's underlay address (a routing loop), one overlapping its own offered
 //! subnets. The shell mirrors the routes in the kernel ([`Event::RoutesChanged`]).
 
@@ -25,7 +27,7 @@ use super::{Endpoint, RoleState};
 use crate::config::Role;
 use crate::event::Event;
 use crate::keys::PublicKey;
-use crate::peer::{PeerId, Source};
+use crate::peer::{Path, PeerId, Source};
 
 impl Endpoint {
     /// Hub: the routes of `offered` that `key` may hold; the others are logged.
@@ -56,36 +58,49 @@ impl Endpoint {
         ok
     }
 
-    /// Hub: why `routes` may not be held by node `existing` (or a new node): another node
-    /// or the hub routes the same prefix, or it overlaps the overlay network.
+    /// Hub: why `routes` may not be held by node `existing` (or a new node): it overlaps
+    /// the overlay network, a route of the hub's or of another node (equal, wider or
+    /// narrower: a more specific route would draw that part of the other site's traffic;
+    /// `allow_route_overlap` lets through all but equal ones), or covers the underlay
+    /// address of a node the hub talks to (whose tunnel would then run into itself).
     pub(super) fn route_conflict(
         &self,
         existing: Option<PeerId>,
         routes: &[Prefix],
     ) -> Result<(), Refusal> {
+        let RoleState::Hub(hub) = &self.role else {
+            return Ok(());
+        };
+        let overlap_ok = hub.cfg.allow_route_overlap;
+        let clash =
+            |a: &Prefix, b: &Prefix| a == b || (!overlap_ok && (a.covers(b) || b.covers(a)));
         let overlay: Vec<Prefix> = self.cfg.addresses.iter().map(Prefix::network).collect();
+        let conflict = |text: String| Err((RefusalCode::RouteConflict, text));
         for r in routes {
             if let Some(n) = overlay.iter().find(|n| n.covers(r) || r.covers(n)) {
-                return Err((
-                    RefusalCode::RouteConflict,
-                    format!("route {r} overlaps the overlay network {n}"),
+                return conflict(format!("route {r} overlaps the overlay network {n}"));
+            }
+            if let Some(own) = self.cfg.routes.iter().find(|own| clash(&own.network(), r)) {
+                return conflict(format!(
+                    "route {r} overlaps the server's own route {own} (allow_route_overlap)"
                 ));
             }
-            if self.cfg.routes.iter().any(|own| own.network() == *r) {
-                return Err((
-                    RefusalCode::RouteConflict,
-                    format!("route {r} is the server's own"),
-                ));
-            }
-            if let Some(p) = self
-                .peers
-                .values()
-                .find(|p| Some(p.id) != existing && p.routes.contains(r))
-            {
-                return Err((
-                    RefusalCode::RouteConflict,
-                    format!("route {r} is already routed by node {} ({})", p.id.0, p.key),
-                ));
+            for p in self.peers.values().filter(|p| Some(p.id) != existing) {
+                if let Some(theirs) = p.routes.iter().find(|t| clash(t, r)) {
+                    return conflict(format!(
+                        "route {r} overlaps {theirs}, already routed by node {} ({}) \
+                         (allow_route_overlap)",
+                        p.id.0, p.key
+                    ));
+                }
+                if let Path::Direct(Some(at)) = p.path
+                    && r.contains(at.addr.ip().to_canonical())
+                {
+                    return conflict(format!(
+                        "route {r} covers the underlay address of node {}",
+                        p.id.0
+                    ));
+                }
             }
         }
         Ok(())
@@ -96,12 +111,10 @@ impl Endpoint {
         let Role::Client(c) = &self.cfg.role else {
             return routes;
         };
-        if !c.accept_routes {
-            return Vec::new();
-        }
         let server = c.server.ip().to_canonical();
         let (ok, refused): (Vec<Prefix>, Vec<Prefix>) = routes.into_iter().partition(|r| {
             !r.is_empty()
+                && c.accept_routes.iter().any(|a| a.covers(r))
                 && !r.contains(server)
                 && !self
                     .cfg
@@ -113,8 +126,9 @@ impl Endpoint {
             tracing::warn!(
                 node = node.0,
                 routes = %super::hub::list(&refused),
-                "not installing routes that are a default route, cover the server's address \
-                 (a routing loop) or overlap this node's own subnets"
+                accept_routes = %super::hub::list(&c.accept_routes),
+                "not installing routes outside accept_routes, or that are a default route, \
+                 cover the server's address (a routing loop) or overlap this node's own subnets"
             );
         }
         ok
@@ -139,6 +153,22 @@ impl Endpoint {
             }
         }
         self.announce_routes();
+    }
+
+    /// The underlay addresses this node talks to its peers at: a route into the overlay
+    /// that covers one would send that peer's own tunnel into itself.
+    pub fn underlay_addresses(&self) -> Vec<core::net::IpAddr> {
+        self.peers
+            .values()
+            .filter_map(|p| match p.path {
+                Path::Direct(Some(r)) => Some(r.addr.ip().to_canonical()),
+                _ => None,
+            })
+            .chain(match &self.cfg.role {
+                Role::Client(c) => Some(c.server.ip().to_canonical()),
+                Role::Hub(_) => None,
+            })
+            .collect()
     }
 
     /// Every subnet routed into the overlay, and the node behind each.

@@ -183,6 +183,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
             isolation: false,
             clients: Vec::new(),
             allow_routes: Vec::new(),
+            allow_route_overlap: false,
             handshake_load_limit: 1000,
         }),
     }
@@ -211,7 +212,9 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
             p2p: true,
             mesh_relay: culvert_core::MeshRelay::default(),
             full_tunnel: false,
-            accept_routes: true,
+            accept_routes: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+                .map(prefix)
+                .to_vec(),
         }),
     }
 }

@@ -77,8 +77,11 @@ pub(crate) struct RawConfig {
     advertise_routes: Option<Vec<String>>,
     /// Server: routes any client may offer.
     allow_routes: Option<Vec<String>>,
-    /// Client: install the routes other nodes offer.
-    accept_routes: Option<bool>,
+    /// Client: install the routes other nodes offer (`true`: inside the private ranges;
+    /// a list: inside these).
+    accept_routes: Option<AcceptRoutes>,
+    /// Server: accept a route overlapping another node's.
+    allow_route_overlap: Option<bool>,
     /// Server: forward clients' traffic to the uplink and masquerade it. Any node: also
     /// masquerade the overlay's traffic into its advertised subnets.
     nat: Option<bool>,
@@ -117,6 +120,14 @@ struct RawPeer {
     routes: Option<Vec<String>>,
     #[allow(dead_code)]
     name: Option<String>,
+}
+
+/// `accept_routes = true | false | ["PREFIX", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum AcceptRoutes {
+    All(bool),
+    Inside(Vec<String>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +275,8 @@ pub(crate) enum RoleSettings {
         nat: Option<Option<String>>,
         /// Routes any client may offer.
         allow_routes: Vec<Prefix>,
+        /// Accept routes that overlap another node's.
+        allow_route_overlap: bool,
     },
     Client {
         server: String,
@@ -276,8 +289,8 @@ pub(crate) enum RoleSettings {
         mesh_relay: MeshRelay,
         /// Send all traffic through the server.
         full_tunnel: Option<FullTunnel>,
-        /// Install the routes other nodes offer.
-        accept_routes: bool,
+        /// Install the routes other nodes offer inside these.
+        accept_routes: Vec<Prefix>,
         /// Masquerade the overlay's traffic into the advertised subnets.
         nat: bool,
     },
@@ -305,6 +318,9 @@ impl Settings {
         merge(&mut raw.nat_interface, &args.nat_interface);
         if !args.allow_routes.is_empty() {
             raw.allow_routes = Some(args.allow_routes.clone());
+        }
+        if args.allow_route_overlap {
+            raw.allow_route_overlap = Some(true);
         }
         Self::build(raw, true)
     }
@@ -336,7 +352,9 @@ impl Settings {
             raw.dns = Some(args.dns.clone());
         }
         if args.no_accept_routes {
-            raw.accept_routes = Some(false);
+            raw.accept_routes = Some(AcceptRoutes::All(false));
+        } else if !args.accept_routes.is_empty() {
+            raw.accept_routes = Some(AcceptRoutes::Inside(args.accept_routes.clone()));
         }
         Self::build(raw, false)
     }
@@ -498,6 +516,7 @@ impl Settings {
                 peers,
                 nat,
                 allow_routes: parse_routes("allow_routes", raw.allow_routes.as_deref())?,
+                allow_route_overlap: raw.allow_route_overlap.unwrap_or(false),
             }
         } else {
             if raw.listen.is_some()
@@ -505,12 +524,13 @@ impl Settings {
                 || raw.client_isolation.is_some()
                 || raw.nat_interface.is_some()
                 || raw.allow_routes.is_some()
+                || raw.allow_route_overlap.is_some()
                 || !peers.is_empty()
             {
                 return Err(err(
                     "listen",
-                    "listen, max_clients, client_isolation, nat_interface, allow_routes and \
-                     [[peer]] are server settings",
+                    "listen, max_clients, client_isolation, nat_interface, allow_routes, \
+                     allow_route_overlap and [[peer]] are server settings",
                 ));
             }
             if (raw.allow_lan.is_some() || raw.dns.is_some()) && raw.full_tunnel != Some(true) {
@@ -590,7 +610,14 @@ impl Settings {
                     rate,
                 },
                 full_tunnel,
-                accept_routes: raw.accept_routes.unwrap_or(true),
+                accept_routes: match raw.accept_routes {
+                    None | Some(AcceptRoutes::All(true)) => private_ranges(),
+                    Some(AcceptRoutes::All(false)) => Vec::new(),
+                    Some(AcceptRoutes::Inside(list)) => list
+                        .iter()
+                        .map(|s| parse_prefix("accept_routes", s).map(|p| p.network()))
+                        .collect::<Result<_, _>>()?,
+                },
                 nat: raw.nat.unwrap_or(false),
             }
         };
@@ -831,10 +858,7 @@ fn client_networks(
             .map(|s| parse_prefix("network", s).map(|p| p.network()))
             .collect::<Result<_, _>>()?,
         None if !addresses.is_empty() => addresses.iter().map(Prefix::network).collect(),
-        None => PRIVATE_RANGES
-            .iter()
-            .map(|s| s.parse().expect("valid constant"))
-            .collect(),
+        None => private_ranges(),
     };
     if let Some(a) = addresses
         .iter()
@@ -848,14 +872,20 @@ fn client_networks(
     Ok(networks)
 }
 
-/// What a key-mode client without `-t` accepts from the hub: RFC 1918, CGNAT space, ULAs.
-const PRIVATE_RANGES: [&str; 5] = [
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "fc00::/7",
-];
+/// What a key-mode client without `-t` accepts from the hub, and where the subnet routes
+/// it installs may lie by default: RFC 1918, CGNAT space, ULAs.
+fn private_ranges() -> Vec<Prefix> {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("valid constant"))
+    .collect()
+}
 
 /// Adds the default port when `host` has none; `None` if it cannot be a host:port.
 fn with_default_port(s: &str) -> Option<String> {
@@ -893,14 +923,31 @@ mod tests {
         // lightweight-tunnel's name; host bits dropped.
         let c = client(&format!("{C}routes = [\"192.168.50.9/24\"]\nnat = true\n")).unwrap();
         assert_eq!(c.routes, vec!["192.168.50.0/24".parse::<Prefix>().unwrap()]);
-        assert!(matches!(
-            c.role,
-            RoleSettings::Client {
-                nat: true,
-                accept_routes: true,
-                ..
-            }
-        ));
+        let RoleSettings::Client {
+            nat: true,
+            accept_routes,
+            ..
+        } = c.role
+        else {
+            panic!("a client with nat");
+        };
+        assert_eq!(
+            accept_routes,
+            private_ranges(),
+            "by default the private ranges"
+        );
+        let accept = |v: &str| match client(&format!("{C}accept_routes = {v}\n")).map(|c| c.role) {
+            Ok(RoleSettings::Client { accept_routes, .. }) => Ok(accept_routes),
+            Ok(_) => panic!("a client"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(accept("false").unwrap(), Vec::<Prefix>::new());
+        assert_eq!(accept("true").unwrap(), private_ranges());
+        assert_eq!(
+            accept("[\"8.8.8.0/24\"]").unwrap(),
+            vec!["8.8.8.0/24".parse::<Prefix>().unwrap()]
+        );
+        assert_eq!(accept("[\"nonsense\"]").unwrap_err().key, "accept_routes");
         let e = client(&format!("{C}advertise_routes = [\"0.0.0.0/0\"]\n")).unwrap_err();
         assert!(e.message.contains("default route"), "{e}");
         let e = client(&format!("{C}advertise_routes = [\"10.0.0.0/16\"]\n")).unwrap_err();

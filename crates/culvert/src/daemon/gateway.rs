@@ -3,9 +3,19 @@
 //! through the server (`--full-tunnel`).
 //!
 //! Every system change outside the instance's own nftables table and TUN device —
-//! sysctls, policy routing rules, DNS — is written to a record in the state directory
-//! *before* it is made, undone at exit, and undone at the next start when a crash left the
-//! record behind. Routes into the TUN need no record: they go with the device.
+//! sysctls, policy routing rules, DNS — is written to a record *before* it is made, undone
+//! at exit, and undone at the next start when a crash left the record behind. Routes into
+//! the TUN need no record: they go with the device.
+//!
+//! **The record is root's when root starts the daemon.** It lives beside the control
+//! socket in `/run/culvert/<netns>/` (which root keeps for itself, see
+//! [`culvert_sys::dir`]), is written through a descriptor opened before root is dropped,
+//! and a start trusts only a regular file of its own user. What it undoes is also checked
+//! against what this instance could have recorded: sysctls by name (forwarding, `accept_ra`,
+//! `src_valid_mark`) with small values, rules and routes in the instance's own table, its
+//! own resolvconf entry. A record planted by the unprivileged daemon's user can make a
+//! root start do nothing that user could not do itself. `/run` empties at boot, as the
+//! kernel state the record describes does.
 //!
 //! **Fail closed after a crash**: the full tunnel's table also holds an `unreachable`
 //! default route of the lowest preference. While the TUN exists its route wins; when a
@@ -22,10 +32,11 @@
 //! of the main table except its default one win, so the LAN stays reachable directly.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use culvert_sys::dir::Dir;
 use culvert_sys::netlink::{Netlink, Route, Rule, Via};
 use culvert_sys::nft::{Masquerade, RuleSet};
 use culvert_sys::sysctl;
@@ -34,8 +45,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FullTunnel;
 
-/// The record's file name inside the state directory.
-const RECORD: &str = "gateway-changes.json";
+/// The longest record a start reads (a few hundred bytes in practice).
+const RECORD_MAX: u64 = 64 * 1024;
 /// Where resolvconf (Debian's, or openresolv) may be; never looked up in `PATH`.
 const RESOLVCONF: [&str; 3] = [
     "/usr/sbin/resolvconf",
@@ -114,35 +125,102 @@ impl From<RuleRecord> for Rule {
 
 /// The system changes a gateway made; dropping it undoes them.
 pub(crate) struct Gateway {
-    record: PathBuf,
+    record: Record,
     changes: Changes,
     /// What `culvert status` shows, one part per role (exit, subnet router, full tunnel).
     parts: Vec<String>,
 }
 
-impl Gateway {
-    /// Undoes what a run that crashed recorded; nothing if it left no record.
-    pub(crate) fn recover(state_dir: &Path) {
-        let record = state_dir.join(RECORD);
-        let Ok(text) = std::fs::read_to_string(&record) else {
-            return;
-        };
-        match serde_json::from_str::<Changes>(&text) {
-            Ok(changes) => {
-                tracing::info!(file = %record.display(), "undoing the gateway changes of a run that did not exit cleanly");
-                undo(&changes);
-            }
-            Err(e) => {
-                tracing::warn!(file = %record.display(), "unreadable record of gateway changes, ignored: {e}")
-            }
-        }
-        let _ = std::fs::remove_file(&record);
+/// Where the changes are written down before they are made.
+struct Record {
+    dir: Dir,
+    name: String,
+    /// Opened at the first change, while the daemon may still create files in `dir`.
+    file: Option<std::fs::File>,
+}
+
+impl Record {
+    fn name(instance: &str) -> String {
+        format!("{instance}.gateway.json")
     }
 
-    /// A gateway that has changed nothing yet.
-    pub(crate) fn new(state_dir: &Path) -> Self {
+    fn save(&mut self, changes: &Changes) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = serde_json::to_vec(changes)?;
+        let what = || {
+            format!(
+                "recording gateway changes in {}",
+                self.dir.path().join(&self.name).display()
+            )
+        };
+        if self.file.is_none() {
+            self.file = Some(self.dir.create(&self.name, 0o600).with_context(what)?);
+        }
+        let f = self.file.as_ref().expect("opened above");
+        f.set_len(0).with_context(what)?;
+        f.write_all_at(&text, 0).with_context(what)?;
+        f.sync_data().with_context(what)
+    }
+
+    /// Everything recorded was undone: an empty record (the file may no longer be ours
+    /// to remove once root is dropped).
+    fn clear(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = f.set_len(0);
+        }
+        let _ = self.dir.remove(&self.name);
+    }
+}
+
+impl Gateway {
+    /// Undoes what a run of `instance` that crashed recorded in `dir` (its control
+    /// directory); nothing if it left no record. Only what this instance could have
+    /// recorded is undone.
+    pub(crate) fn recover(dir: &Dir, instance: &str) {
+        let name = Record::name(instance);
+        let file = dir.path().join(&name);
+        match dir.open_regular(&name, culvert_sys::privilege::euid()) {
+            Ok(None) => return,
+            Ok(Some((f, meta))) if meta.size <= RECORD_MAX => {
+                let mut text = String::new();
+                let read = std::io::Read::read_to_string(&mut &f, &mut text);
+                match read.map_err(anyhow::Error::from).and_then(|_| {
+                    if text.is_empty() {
+                        return Ok(Changes::default());
+                    }
+                    Ok(serde_json::from_str::<Changes>(&text)?)
+                }) {
+                    Ok(changes) => {
+                        let (changes, refused) = changes.validated(instance);
+                        for r in refused {
+                            tracing::warn!(file = %file.display(), "record of gateway changes: {r}: not undone");
+                        }
+                        if !changes.is_empty() {
+                            tracing::info!(file = %file.display(), "undoing the gateway changes of a run that did not exit cleanly");
+                            undo(&changes);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), "unreadable record of gateway changes, ignored: {e}")
+                    }
+                }
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(file = %file.display(), "record of gateway changes larger than {RECORD_MAX} bytes, ignored")
+            }
+            Err(e) => tracing::warn!("record of gateway changes ignored: {e}"),
+        }
+        let _ = dir.remove(&name);
+    }
+
+    /// A gateway of `instance` that has changed nothing yet; its record goes to `dir`.
+    pub(crate) fn new(dir: Dir, instance: &str) -> Self {
         Self {
-            record: state_dir.join(RECORD),
+            record: Record {
+                dir,
+                name: Record::name(instance),
+                file: None,
+            },
             changes: Changes::default(),
             parts: Vec::new(),
         }
@@ -379,8 +457,11 @@ impl Gateway {
     fn route(&mut self, netlink: &mut Netlink, r: RouteRecord) -> Result<()> {
         self.changes.routes.push(r);
         self.save()?;
-        netlink.add_route(r.into())?;
-        Ok(())
+        match netlink.add_route(r.into()) {
+            // The same fail-closed route, left by a run whose record is gone.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     fn rule(&mut self, netlink: &mut Netlink, r: RuleRecord) -> Result<()> {
@@ -421,18 +502,116 @@ impl Gateway {
         )
     }
 
-    fn save(&self) -> Result<()> {
-        let text = serde_json::to_string(&self.changes)?;
-        std::fs::write(&self.record, text)
-            .with_context(|| format!("recording gateway changes in {}", self.record.display()))
+    fn save(&mut self) -> Result<()> {
+        self.record.save(&self.changes)
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         undo(&self.changes);
-        let _ = std::fs::remove_file(&self.record);
+        self.record.clear();
     }
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.sysctls.is_empty()
+            && self.rules.is_empty()
+            && self.routes.is_empty()
+            && self.resolvconf.is_none()
+    }
+
+    /// What of a record found at start this instance could have written itself: every
+    /// other entry is dropped, with why. A record is read by a start that may be root's
+    /// while the file came from anyone who could write there.
+    fn validated(self, instance: &str) -> (Self, Vec<String>) {
+        let mark = mark_for(instance);
+        let mut refused = Vec::new();
+        let mut keep = |ok: bool, what: String| {
+            if !ok {
+                refused.push(what);
+            }
+            ok
+        };
+        let sysctls = self
+            .sysctls
+            .into_iter()
+            .filter(|(parts, old)| {
+                keep(
+                    is_our_sysctl(parts) && matches!(old.as_str(), "0" | "1" | "2"),
+                    format!("sysctl {} = {old:?}", parts.join(".")),
+                )
+            })
+            .collect();
+        let rules = self
+            .rules
+            .into_iter()
+            .filter(|r| {
+                let ours = match r.priority {
+                    SUPPRESS_PRIORITY => {
+                        r.table == Route::MAIN
+                            && r.not_fwmark.is_none()
+                            && r.suppress_prefixlen == Some(0)
+                    }
+                    TUNNEL_PRIORITY => {
+                        r.table == mark
+                            && r.not_fwmark == Some(mark)
+                            && r.suppress_prefixlen.is_none()
+                    }
+                    _ => false,
+                };
+                keep(ours, format!("routing rule {r:?}"))
+            })
+            .collect();
+        let routes = self
+            .routes
+            .into_iter()
+            .filter(|r| {
+                keep(
+                    r.table == mark && r.metric == FAIL_CLOSED_METRIC,
+                    format!("route {r:?}"),
+                )
+            })
+            .collect();
+        let ours = format!("{instance}.culvert");
+        let resolvconf = self
+            .resolvconf
+            .filter(|n| keep(*n == ours, format!("resolvconf entry {n:?}")));
+        (
+            Self {
+                sysctls,
+                rules,
+                routes,
+                resolvconf,
+            },
+            refused,
+        )
+    }
+}
+
+/// Whether `parts` names a sysctl a gateway sets: IPv4 forwarding of one interface, IPv6
+/// forwarding, an interface's `accept_ra`, or `src_valid_mark`.
+fn is_our_sysctl(parts: &[String]) -> bool {
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match p.as_slice() {
+        ["net", "ipv4", "conf", iface, "forwarding"]
+        | ["net", "ipv6", "conf", iface, "accept_ra"] => is_interface_name(iface),
+        ["net", "ipv6", "conf", "all", "forwarding"]
+        | ["net", "ipv4", "conf", "all", "src_valid_mark"] => true,
+        _ => false,
+    }
+}
+
+/// A name the kernel accepts for an interface: 1 to 15 bytes, no `/`, whitespace or
+/// colon, not `.` or `..`.
+fn is_interface_name(name: &str) -> bool {
+    (1..16).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
 /// Undoes recorded changes, newest first; reports what fails and goes on.
@@ -553,6 +732,34 @@ fn run(bin: &str, args: &[&str], input: Option<&str>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_undoes_only_what_the_instance_could_have_changed() {
+        let mark = mark_for("culvert0");
+        let text = format!(
+            r#"{{"sysctls":[
+                [["net","ipv4","conf","eth0","forwarding"],"0"],
+                [["net","ipv6","conf","all","forwarding"],"1"],
+                [["net","ipv4","conf","all","src_valid_mark"],"0"],
+                [["kernel","core_pattern"],"|/tmp/x"],
+                [["net","ipv4","conf","..","..","..","..","etc","passwd"],"0"],
+                [["net","ipv4","conf","eth0","forwarding"],"root::0:0::/:/bin/sh"],
+                [["net","ipv4","conf","a/b","forwarding"],"1"]],
+             "rules":[
+                {{"v6":false,"priority":{TUNNEL_PRIORITY},"table":{mark},"not_fwmark":{mark},"suppress_prefixlen":null}},
+                {{"v6":false,"priority":100,"table":254,"not_fwmark":null,"suppress_prefixlen":null}}],
+             "routes":[
+                {{"v6":false,"metric":{FAIL_CLOSED_METRIC},"table":{mark}}},
+                {{"v6":false,"metric":{FAIL_CLOSED_METRIC},"table":254}}],
+             "resolvconf":"eth0.dhcp"}}"#
+        );
+        let c: Changes = serde_json::from_str(&text).unwrap();
+        let (kept, refused) = c.validated("culvert0");
+        assert_eq!(kept.sysctls.len(), 3);
+        assert_eq!((kept.rules.len(), kept.routes.len()), (1, 1));
+        assert_eq!(kept.resolvconf, None);
+        assert_eq!(refused.len(), 4 + 1 + 1 + 1, "{refused:?}");
+    }
 
     #[test]
     fn marks_are_stable_and_differ_per_instance() {

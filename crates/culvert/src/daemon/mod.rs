@@ -28,6 +28,7 @@ use culvert_core::{
     PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
 };
 use culvert_sys::control::ControlListener;
+use culvert_sys::dir::Dir;
 use culvert_sys::netlink::{Netlink, Route, Via};
 use culvert_sys::nft::{RuleSet, Table};
 use culvert_sys::poll::{Poller, Signals};
@@ -98,7 +99,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         tracing::info!(path = %p.display(), "generated this instance's identity key");
     }
     tracing::info!(public_key = %secret.public_key(), instance = %settings.tun_name, netns = %netns, "starting");
-    Gateway::recover(&state_dir);
+    Gateway::recover(control.dir(), &settings.tun_name);
     // A full-tunnel client marks every underlay socket: marked traffic bypasses the tunnel.
     let mark = match &settings.role {
         RoleSettings::Client {
@@ -125,6 +126,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             peers,
             nat: _,
             allow_routes,
+            allow_route_overlap,
         } => {
             let udp = (settings.transport != TransportArg::Faketcp)
                 .then(|| UdpSocket::bind(*listen))
@@ -145,6 +147,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 isolation: *isolation,
                 clients: peers.clone(),
                 allow_routes: allow_routes.clone(),
+                allow_route_overlap: *allow_route_overlap,
                 handshake_load_limit: 500,
             };
             (
@@ -209,7 +212,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 p2p: *p2p,
                 mesh_relay: *mesh_relay,
                 full_tunnel: full_tunnel.is_some(),
-                accept_routes: *accept_routes,
+                accept_routes: accept_routes.clone(),
             };
             (
                 Role::Client(cfg),
@@ -249,7 +252,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     tracing::info!(tun = tun.name(), mtu, addresses = %list(&settings.addresses), transports, "TUN device up");
     let (gateway, table) = system_rules(
         &settings,
-        &state_dir,
+        control.dir().try_clone()?,
         &mut netlink,
         tun.name(),
         ifindex,
@@ -326,6 +329,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         ifindex,
         addresses: settings.addresses.clone(),
         kernel_routes: Vec::new(),
+        routes_skipped: Vec::new(),
         info,
         server,
         tun_buf: vec![0u8; SLOT * BATCH],
@@ -378,6 +382,8 @@ struct Daemon {
     addresses: Vec<Prefix>,
     /// Routes into the TUN this daemon installed (other nodes' subnets).
     kernel_routes: Vec<Prefix>,
+    /// Other nodes' subnets it left out, and why.
+    routes_skipped: Vec<(Prefix, String)>,
     info: DaemonInfo,
     /// Client: the server as configured (re-resolved when rebinding).
     server: Option<String>,
@@ -757,6 +763,12 @@ impl Daemon {
 
     /// Makes the kernel's routes into the TUN (main table) match the subnets the core
     /// routes to other nodes. They go with the device: a crash leaves none behind.
+    ///
+    /// A route is never installed over what this host reaches without the overlay: a
+    /// prefix that overlaps one of its connected networks (its own LAN), covers the
+    /// underlay address of a peer (that peer's tunnel would run into itself), or that the
+    /// table already has (an operator's route, never replaced). Another node advertising
+    /// such a prefix cannot take this host's traffic; status lists what was left out.
     fn sync_routes(&mut self, wanted: Vec<Prefix>) {
         let ifindex = self.ifindex;
         let route = |dst| Route {
@@ -777,19 +789,39 @@ impl Daemon {
             .into_iter()
             .filter(|r| !self.kernel_routes.contains(r))
             .collect();
-        for new in &missing {
-            match self.netlink.add_route(route(*new)) {
-                Ok(()) => {
-                    tracing::info!(route = %new, "route installed into the overlay");
-                    self.kernel_routes.push(*new);
+        let tun = self.tun.name().to_owned();
+        let connected: Vec<(String, Prefix)> = culvert_sys::ifaddrs::interface_networks()
+            .into_iter()
+            .filter(|(dev, p)| *dev != tun && !p.addr().is_loopback())
+            .map(|(dev, p)| (dev, p.network()))
+            .collect();
+        let underlay = self.ep.underlay_addresses();
+        let mut skipped = Vec::new();
+        for new in missing {
+            let why = if let Some((dev, net)) = connected
+                .iter()
+                .find(|(_, n)| n.covers(&new) || new.covers(n))
+            {
+                format!("overlaps {net}, connected on {dev}: this host's own network")
+            } else if let Some(ip) = underlay.iter().find(|ip| new.contains(**ip)) {
+                format!("covers {ip}, a peer's underlay address")
+            } else {
+                match self.netlink.add_route(route(new)) {
+                    Ok(()) => {
+                        tracing::info!(route = %new, "route installed into the overlay");
+                        self.kernel_routes.push(new);
+                        continue;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        "this host has a route to it already".to_owned()
+                    }
+                    Err(e) => e.to_string(),
                 }
-                Err(e) => tracing::warn!(
-                    route = %new,
-                    "not installed in the kernel ({e}): a route to it exists here already \
-                     (a local network?); its traffic does not enter the overlay"
-                ),
-            }
+            };
+            tracing::warn!(route = %new, "a subnet route of the overlay is not installed here: {why}");
+            skipped.push((new, why));
         }
+        self.routes_skipped = skipped;
     }
 
     /// Client: a FakeTCP flow is about to carry the hub's traffic; one not heard from
@@ -893,6 +925,7 @@ impl Daemon {
                 &status,
                 &self.info,
                 self.kernel_routes.iter().map(Prefix::to_string).collect(),
+                &self.routes_skipped,
                 self.underlay
                     .ftcp
                     .as_ref()
@@ -924,8 +957,8 @@ fn handshake_psk(passphrase: &Option<Psk>, responder: PublicKey) -> Psk {
 
 /// After setup: becomes the configured user (by default `culvert`, when it exists) with
 /// only CAP_NET_ADMIN, and CAP_NET_RAW when FakeTCP runs, and sets no_new_privs. What the
-/// daemon still writes later — its state directory, its control socket — is handed over
-/// first.
+/// daemon still writes later — its state directory (the pinned server keys), its control
+/// socket — is handed over first.
 fn drop_privileges(
     user: Option<&str>,
     state_dir: &Path,
@@ -958,11 +991,10 @@ fn drop_privileges(
             }
         },
     };
-    privilege::chown(state_dir, &target)?;
-    privilege::chown(control.path(), &target)?;
-    if let Some(dir) = control.path().parent() {
-        privilege::chown(dir, &target)?;
-    }
+    // Through descriptors, never a path the user could have swapped for a link; the
+    // control directory stays root's (the gateway record lives there).
+    Dir::open(state_dir, 0o700)?.chown_self(&target)?;
+    control.give_to(&target)?;
     privilege::drop_to(&target, raw)?;
     tracing::info!(
         user = %target.name,
@@ -1000,7 +1032,7 @@ fn bind_client(server: SocketAddr, mark: Option<u32>) -> Result<UdpSocket> {
 /// MSS clamping).
 fn system_rules(
     settings: &Settings,
-    state_dir: &Path,
+    record_dir: Dir,
     netlink: &mut Netlink,
     tun: &str,
     ifindex: u32,
@@ -1011,7 +1043,7 @@ fn system_rules(
         faketcp: underlay.ftcp.as_ref().map(|f| f.flows),
         ..RuleSet::default()
     };
-    let mut g = Gateway::new(state_dir);
+    let mut g = Gateway::new(record_dir, &settings.tun_name);
     let nat = match &settings.role {
         RoleSettings::Server { nat, isolation, .. } => {
             if let Some(uplink) = nat {
