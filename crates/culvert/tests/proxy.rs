@@ -109,8 +109,13 @@ struct Answer {
 /// From host 1 (through the interception): sends `up` bytes to `dst`, half-closes,
 /// expects `down` bytes back.
 fn exchange(lab: &Lab, dst: &str, up: usize, down: usize) -> std::io::Result<Answer> {
+    exchange_from(&lab.ns(1), dst, up, down)
+}
+
+/// [`exchange`] from network namespace `ns`.
+fn exchange_from(ns: &str, dst: &str, up: usize, down: usize) -> std::io::Result<Answer> {
     let dst: SocketAddr = dst.parse().unwrap();
-    let mut c = in_ns(&lab.ns(1), || {
+    let mut c = in_ns(ns, || {
         TcpStream::connect_timeout(&dst, Duration::from_secs(5))
     })?;
     c.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -1312,4 +1317,68 @@ fn proxy_server_survives_stalled_handshakes_and_keeps_active_flows() {
     let again = exchange(&lab, "100.64.1.2:80", 1000, 1000).unwrap();
     assert!(again.hash_ok && again.back_ok);
     lab.router_nft("delete table inet test_stall").unwrap();
+}
+
+/// Hardening finding 6: a neighbour (the router) routes the intercepted prefix through
+/// the proxy client's host, which does not forward. Only the host's own programs are
+/// proxied, unless the operator names a LAN (--lan-source, --lan-interface); then that
+/// LAN is.
+#[test]
+fn the_proxy_client_is_no_relay_for_its_neighbours() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut lab, dir)) = topology("pxlan") else {
+        return;
+    };
+    let _server = spawn(
+        &mut lab,
+        0,
+        &role("server", &["--listen", ":8081"], &dir, "server"),
+    );
+    let _a = connector(
+        &mut lab,
+        2,
+        &dir,
+        "a",
+        "connector-a",
+        &["--map", "100.64.1.0/24=192.168.1.0/24"],
+    );
+    wait_for("a registered", &lab, Duration::from_secs(10), || {
+        registered(&lab) == ["a"]
+    });
+    let args = ["--server", SERVER, "--cidr", "100.64.0.0/10"];
+    let client = spawn(&mut lab, 1, &role("client", &args, &dir, "client"));
+    wait_for("interception", &lab, Duration::from_secs(10), || {
+        nft_state(&lab, 1).contains("redirect")
+    });
+    lab.sh(
+        None,
+        &format!(
+            "ip -n {} route add 100.64.1.0/24 via 198.18.2.2",
+            lab.router()
+        ),
+    )
+    .unwrap();
+    let from_router = |lab: &Lab| exchange_from(&lab.router(), "100.64.1.2:80", 1000, 1000);
+    let local = exchange(&lab, "100.64.1.2:80", 1000, 1000).unwrap();
+    assert!(local.hash_ok && local.back_ok, "{local:?}");
+    let relayed = from_router(&lab);
+    assert!(
+        relayed.is_err(),
+        "the neighbour's connection was proxied: {relayed:?}\n{}",
+        nft_state(&lab, 1)
+    );
+    // Named, the LAN (the router's side of the link) is served.
+    lab.stop(client, false);
+    let mut lan = args.to_vec();
+    lan.extend(["--lan-source", "198.18.2.0/24"]);
+    let _client = spawn(&mut lab, 1, &role("client", &lan, &dir, "client"));
+    wait_for(
+        "interception of the LAN",
+        &lab,
+        Duration::from_secs(10),
+        || nft_state(&lab, 1).contains("saddr"),
+    );
+    let named = from_router(&lab).unwrap_or_else(|e| panic!("the named LAN: {e}\n{}", lab.logs()));
+    assert!(named.hash_ok && named.back_ok, "{named:?}");
+    assert_eq!(named.peer, "192.168.1.1", "{named:?}");
 }

@@ -1,12 +1,12 @@
 //! The intercepting client: TCP connections to the chosen prefixes are redirected by
 //! nftables to a local listener; each becomes one flow to the server.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use culvert_sys::nft::{Intercept, RuleSet, Table};
+use culvert_sys::nft::{Intercept, LanScope, RuleSet, Table};
 use culvert_wire::addr::Prefix;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -24,6 +24,8 @@ pub struct Settings {
     pub server: String,
     /// Destinations whose TCP is intercepted.
     pub cidrs: Vec<Prefix>,
+    /// The LAN whose connections are intercepted too; `None`: local programs only.
+    pub lan: Option<LanScope>,
     /// The local listener's port.
     pub listen_port: u16,
     /// How long a flow may carry nothing.
@@ -43,13 +45,14 @@ pub async fn run(
         .await
         .with_context(|| format!("resolving the server {}", s.server))?
         .collect();
-    let listeners = listen(s.listen_port)?;
+    let listeners = listen(s.listen_port, s.lan.is_some())?;
     let instance = format!("proxy-{}", s.listen_port);
     let rules = RuleSet {
         intercept: Some(Intercept {
             prefixes: s.cidrs.clone(),
             port: s.listen_port,
             except,
+            lan: s.lan.clone(),
         }),
         ..RuleSet::default()
     };
@@ -89,8 +92,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The listener on IPv4 and IPv6 (v6-only, so both can hold the port).
-fn listen(port: u16) -> Result<[TcpListener; 2]> {
+/// The listener on IPv4 and IPv6 (v6-only, so both can hold the port): on loopback when
+/// only local programs are intercepted (a redirect in the output hook goes to 127.0.0.1 or
+/// ::1), on every address when a LAN is (it goes to the address it arrived at).
+fn listen(port: u16, lan: bool) -> Result<[TcpListener; 2]> {
     let bind = |addr: SocketAddr| -> Result<TcpListener> {
         let domain = socket2::Domain::for_address(addr);
         let sock =
@@ -106,9 +111,14 @@ fn listen(port: u16) -> Result<[TcpListener; 2]> {
         sock.listen(1024)?;
         Ok(TcpListener::from_std(sock.into())?)
     };
+    let (v4, v6) = if lan {
+        (Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED)
+    } else {
+        (Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST)
+    };
     Ok([
-        bind(SocketAddr::from(([0, 0, 0, 0], port)))?,
-        bind(SocketAddr::from(([0u16; 8], port)))?,
+        bind(SocketAddr::from((v4, port)))?,
+        bind(SocketAddr::from((v6, port)))?,
     ])
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use culvert_sys::nft::LanScope;
 use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
@@ -143,6 +144,14 @@ struct ClientArgs {
     /// The local listener's port (default 9999). [key: listen_port]
     #[arg(long, value_name = "PORT")]
     listen_port: Option<u16>,
+    /// Also intercept connections of a LAN routed through this host, arriving on this
+    /// interface (repeat). Without this or --lan-source only local programs are proxied.
+    /// [key: lan_interfaces]
+    #[arg(long = "lan-interface", value_name = "IFACE", value_delimiter = ',')]
+    lan_interfaces: Vec<String>,
+    /// Also intercept connections of LAN hosts from this prefix (repeat). [key: lan_sources]
+    #[arg(long = "lan-source", value_name = "PREFIX", value_delimiter = ',')]
+    lan_sources: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,6 +211,8 @@ struct File {
     #[serde(alias = "listen_addr")]
     listen: Option<String>,
     listen_port: Option<u16>,
+    lan_interfaces: Option<OneOrMany>,
+    lan_sources: Option<OneOrMany>,
     #[serde(alias = "target_cidr", alias = "managed_cidr", alias = "cidrs")]
     cidr: Option<OneOrMany>,
     #[serde(alias = "proxy_id")]
@@ -576,10 +587,28 @@ pub fn run(args: Args) -> Result<()> {
             };
             let cidrs = prefixes(cidrs, "client")?;
             let listen_port = a.listen_port.or(f.listen_port).unwrap_or(9999);
+            let or_file = |flag: Vec<String>, key: Option<OneOrMany>| {
+                if flag.is_empty() {
+                    key.map(OneOrMany::into_vec).unwrap_or_default()
+                } else {
+                    flag
+                }
+            };
+            let interfaces = or_file(a.lan_interfaces, f.lan_interfaces);
+            let sources = or_file(a.lan_sources, f.lan_sources)
+                .iter()
+                .map(|p| parse_prefix(p.trim()))
+                .collect::<Result<Vec<_>>>()
+                .context("lan_sources")?;
+            let lan = (!interfaces.is_empty() || !sources.is_empty()).then_some(LanScope {
+                interfaces,
+                sources,
+            });
             let endpoint = endpoint(&server, &r.tls)?;
             let s = client::Settings {
                 server,
                 cidrs,
+                lan,
                 listen_port,
                 idle: r.idle,
                 grace: Duration::from_secs(30),

@@ -1,7 +1,6 @@
 //! The connector: connects out to the server (never listens), registers what it serves,
 //! and dials targets on the server's orders, from its own address.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::proto::{
     RelayClient, ServerKind, ServerMsg, frame, reset,
 };
 use crate::pump::{self, DEPTH, Side};
-use crate::routes::{Route, best_route};
+use crate::routes::{Route, dial_target};
 use crate::{HEARTBEAT, HEARTBEAT_LOSS, drain, open_to_addr};
 
 /// How long dialling a target may take.
@@ -128,15 +127,12 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
     let (tx, rx) = mpsc::channel(DEPTH);
     let _ = tx.send(frame(Kind::Accept(Accept { flow: d.flow }))).await;
     let asked = d.target.as_ref().and_then(open_to_addr);
-    let real: Option<SocketAddr> = asked.and_then(|a| {
-        best_route(&s.routes, a.ip()).map(|r| SocketAddr::new(r.translate(a.ip()), a.port()))
-    });
-    let tcp = match real {
-        None => Err((
-            Reason::Forbidden,
-            "outside what this connector serves".to_string(),
-        )),
-        Some(to) => match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(to)).await {
+    let real = asked
+        .ok_or_else(|| "no destination".to_string())
+        .and_then(|a| dial_target(&s.routes, a));
+    let tcp = match &real {
+        Err(why) => Err((Reason::Forbidden, why.clone())),
+        Ok(to) => match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(*to)).await {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 Err((Reason::Refused, format!("{to} refused the connection")))
@@ -166,7 +162,7 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
             metrics.flow_closed("server", &end);
             tracing::info!(
                 flow = d.flow,
-                target = ?real,
+                target = ?real.as_ref().ok(),
                 asked = ?asked,
                 up = bytes.up.get(),
                 down = bytes.down.get(),

@@ -164,12 +164,19 @@ pub fn generate(
     for id in connectors {
         check_connector_id(id)?;
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(out)
+            .with_context(|| format!("creating {}", out.display()))?;
+    }
+    check_private_dir(out)?;
     let (ca_file, ca_key_file) = (out.join("ca.pem"), out.join("ca-key.pem"));
-    let reuse = ca_file.exists() && ca_key_file.exists();
+    let reuse = pair_exists(&ca_file, &ca_key_file)?;
     let ca_key = if reuse {
-        let pem = std::fs::read_to_string(&ca_key_file)
-            .with_context(|| format!("reading {}", ca_key_file.display()))?;
+        let pem = read_own_secret(&ca_key_file)?;
         KeyPair::from_pem(&pem).with_context(|| format!("{}", ca_key_file.display()))?
     } else {
         KeyPair::generate()?
@@ -198,7 +205,14 @@ pub fn generate(
                 out.join(format!("{file}.pem")),
                 out.join(format!("{file}-key.pem")),
             );
-            if reuse && cert_file.exists() && key_file.exists() {
+            if pair_exists(&cert_file, &key_file)? {
+                if !reuse {
+                    bail!(
+                        "{} and its key are there but the CA that signed them is not: move \
+                         them away, or put back ca.pem and ca-key.pem",
+                        cert_file.display()
+                    );
+                }
                 written.push(Written::Kept(cert_file));
                 return Ok(());
             }
@@ -235,16 +249,167 @@ pub fn generate(
     Ok(written)
 }
 
+/// Creates `path` (never through a link, never over a file already there: a key file
+/// someone else made keeps its owner and mode) and writes `text`.
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Whether both files of a certificate and its key are there; one without the other is
+/// an error (a half-planted pair is never completed).
+fn pair_exists(cert: &Path, key: &Path) -> Result<bool> {
+    match (
+        std::fs::symlink_metadata(cert).is_ok(),
+        std::fs::symlink_metadata(key).is_ok(),
+    ) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        (true, false) | (false, true) => bail!(
+            "only one of {} and {} is there: remove it, or bring back the other",
+            cert.display(),
+            key.display()
+        ),
+    }
+}
+
+/// Refuses an output directory another local user can write: whoever can put files
+/// there can plant a CA of their own, which every certificate made later would chain to.
+fn check_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    let me = culvert_sys::privilege::euid();
+    if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        bail!(
+            "{} can be written by another user (owner uid {}, mode {:o}): keys and the CA \
+             made or reused there could be theirs; use a directory of your own (chmod 700)",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Reads a private key that must be ours alone: a regular file (not a link) of this user
+/// with no permissions for group or others.
+fn read_own_secret(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {} (not through a link)", path.display()))?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.uid() != culvert_sys::privilege::euid() || meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is not a private key file of this user (owner uid {}, mode {:o}): refusing \
+             to sign with a key someone else may have planted or read",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("culvert-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        p
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Hardening finding 11: a local user who can write the output directory plants a
+    /// link where a key will be written, a key file of their own, or a CA pair whose key
+    /// they know. `certs` writes through no link, over no file, and signs with no key
+    /// that is not the caller's alone.
+    #[test]
+    fn certs_never_write_through_links_nor_sign_with_a_planted_ca() {
+        let dir = scratch("plant");
+        let out = dir.join("out");
+        // A directory others may write: refused outright.
+        std::fs::create_dir(&out).unwrap();
+        chmod(&out, 0o777);
+        assert!(
+            generate(&out, &[], &[], 30).is_err(),
+            "a world-writable directory"
+        );
+        chmod(&out, 0o700);
+        // A link where the server's key goes (to a file the attacker wants to read).
+        let stolen = dir.join("stolen");
+        std::fs::write(&stolen, "").unwrap();
+        chmod(&stolen, 0o644);
+        std::os::unix::fs::symlink(&stolen, out.join("server-key.pem")).unwrap();
+        assert!(
+            generate(&out, &[], &[], 30).is_err(),
+            "wrote through a link"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&stolen).unwrap(),
+            "",
+            "a key went into the link"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+        // A real run, then the CA key made readable (or another's): never reused.
+        let out = dir.join("out2");
+        generate(&out, &[], &[], 30).unwrap();
+        let key = out.join("ca-key.pem");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        chmod(&key, 0o644);
+        let e = generate(&out, &[], &["x".into()], 30).unwrap_err();
+        assert!(format!("{e:#}").contains("not a private key file"), "{e:#}");
+        chmod(&key, 0o600);
+        if culvert_sys::privilege::euid() == 0 {
+            std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+            assert!(
+                generate(&out, &[], &["x".into()], 30).is_err(),
+                "a key of nobody's"
+            );
+            std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+        }
+        // A CA key replaced by a link to one the attacker made: refused.
+        let planted = dir.join("planted-key.pem");
+        std::fs::copy(&key, &planted).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        std::os::unix::fs::symlink(&planted, &key).unwrap();
+        assert!(
+            generate(&out, &[], &["y".into()], 30).is_err(),
+            "read a CA key through a link"
+        );
+        std::fs::remove_file(&key).unwrap();
+        std::fs::rename(&planted, &key).unwrap();
+        // Half a pair is never completed.
+        std::fs::remove_file(out.join("client-key.pem")).unwrap();
+        assert!(
+            generate(&out, &[], &[], 30).is_err(),
+            "completed half a pair"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -113,6 +113,46 @@ pub fn best_route(routes: &[Route], ip: IpAddr) -> Option<&Route> {
         .max_by_key(|r| r.prefix.len())
 }
 
+/// Where a connector dials for a flow to `asked`: the best route's translation, refused
+/// when it lands on the connector host itself or a network no route should reach by
+/// accident — loopback, unspecified, link-local (cloud metadata), multicast, broadcast,
+/// also as IPv4-mapped IPv6 — unless that route's own network lies wholly inside such a
+/// range (the operator named it on purpose). A broad prefix (`0.0.0.0/0`) therefore
+/// never opens the connector's own services.
+pub fn dial_target(
+    routes: &[Route],
+    asked: std::net::SocketAddr,
+) -> std::result::Result<std::net::SocketAddr, String> {
+    let route = best_route(routes, asked.ip().to_canonical())
+        .ok_or_else(|| "outside what this connector serves".to_string())?;
+    let ip = route.translate(asked.ip().to_canonical()).to_canonical();
+    let network = route.real.unwrap_or(route.prefix);
+    if let Some((range, name)) = SPECIAL
+        .iter()
+        .map(|(r, name)| (parse_prefix(r).expect("valid constant"), *name))
+        .find(|(r, _)| r.contains(ip))
+        && !range.covers(&network)
+    {
+        return Err(format!(
+            "{ip} is a {name} address: a connector dials it only for a route inside {range}"
+        ));
+    }
+    Ok(std::net::SocketAddr::new(ip, asked.port()))
+}
+
+/// Ranges a connector does not dial through a broader route.
+const SPECIAL: [(&str, &str); 9] = [
+    ("127.0.0.0/8", "loopback"),
+    ("0.0.0.0/8", "\"this network\""),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::1/128", "loopback"),
+    ("::/128", "unspecified"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
 /// The candidate a destination goes to: the longest matching prefix wins; among equals
 /// the one with the fewest flows; `None` when nobody serves `ip`.
 pub fn choose<'a, K>(
@@ -177,5 +217,47 @@ mod tests {
             }),
             None
         );
+    }
+
+    /// Hardening finding 12: through a broad route, a client asks the connector for its
+    /// own loopback, the unspecified address, an IPv4-mapped loopback, link-local (cloud
+    /// metadata) and multicast; all are refused. A route that names such a network on
+    /// purpose still reaches it.
+    #[test]
+    fn a_connector_dials_its_own_host_only_through_a_route_that_names_it() {
+        let p = |s: &str| parse_prefix(s).unwrap();
+        let broad = [Route::direct(p("0.0.0.0/0")), Route::direct(p("::/0"))];
+        let at = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+        for refused in [
+            "127.0.0.1:22",
+            "0.0.0.0:22",
+            "[::1]:22",
+            "[::]:22",
+            "[::ffff:127.0.0.1]:22",
+            "169.254.169.254:80",
+            "[fe80::1]:22",
+            "224.0.0.1:9",
+            "255.255.255.255:9",
+        ] {
+            assert!(dial_target(&broad, at(refused)).is_err(), "{refused}");
+        }
+        assert_eq!(
+            dial_target(&broad, at("10.1.2.3:80")),
+            Ok(at("10.1.2.3:80"))
+        );
+        // A mapping that lands on loopback through a broad real network is refused too.
+        let mapped = [Route::mapping("100.64.0.0/8=127.0.0.0/8").unwrap()];
+        assert_eq!(
+            dial_target(&mapped, at("100.64.0.5:80")),
+            Ok(at("127.64.0.5:80")),
+            "named on purpose"
+        );
+        let wide = [Route::mapping("100.0.0.0/6=124.0.0.0/6").unwrap()];
+        assert!(
+            dial_target(&wide, at("103.0.0.1:80")).is_err(),
+            "127.0.0.1 by mapping"
+        );
+        let named = [Route::direct(p("127.0.0.0/8"))];
+        assert!(dial_target(&named, at("127.0.0.1:8080")).is_ok());
     }
 }

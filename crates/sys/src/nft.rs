@@ -21,7 +21,8 @@
 //!   chain intercept_out { type nat hook output priority dstnat;
 //!               ip daddr <proxy server> tcp dport <its port> return
 //!               ip[6] daddr { <prefixes> } meta l4proto tcp redirect to :<listener> }
-//!   chain intercept_pre { type nat hook prerouting priority dstnat; (the same) }
+//!   chain intercept_pre { type nat hook prerouting priority dstnat;   # a named LAN only
+//!               iifname <LAN> ip saddr <LAN sources> ... (the same) }
 //! }
 //! ```
 //!
@@ -45,8 +46,9 @@
 //!   large for the overlay.
 //!
 //! * `intercept_*` hand TCP connections to the chosen prefixes — from local programs
-//!   (output) and from a LAN routed through this host (prerouting) — to the proxy's local
-//!   listener, which reads the original destination with `SO_ORIGINAL_DST`. The proxy's own
+//!   (output) and, only when the operator names it, from a LAN routed through this host
+//!   (prerouting, limited to its interfaces and sources) — to the proxy's local listener,
+//!   which reads the original destination with `SO_ORIGINAL_DST`. The proxy's own
 //!   connections to its server are never redirected.
 //!
 //! The table is replaced in one transaction at start (so a table left by a crash is
@@ -97,6 +99,20 @@ pub struct Intercept {
     pub port: u16,
     /// Connections to these are never redirected (the proxy's server).
     pub except: Vec<SocketAddr>,
+    /// Which hosts of a LAN routed through this one are intercepted too; `None`: local
+    /// programs only. Without it, a neighbour that routes a prefix here would be proxied
+    /// with this host's certificate even with forwarding off.
+    pub lan: Option<LanScope>,
+}
+
+/// The part of a LAN whose connections are intercepted: arriving on one of `interfaces`
+/// and/or from one of `sources` (both given: both must hold).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LanScope {
+    /// Interfaces the LAN's connections arrive on.
+    pub interfaces: Vec<String>,
+    /// Source prefixes of the LAN's hosts.
+    pub sources: Vec<Prefix>,
 }
 
 /// What an instance's table holds.
@@ -191,34 +207,72 @@ impl RuleSet {
 
 impl Intercept {
     fn chains(&self) -> String {
+        let mut out = format!(
+            "\tchain intercept_out {{ type nat hook output priority -100; policy accept;\n{}\t}}\n",
+            self.rules("")
+        );
+        if let Some(lan) = &self.lan {
+            let mut scope = String::new();
+            if !lan.interfaces.is_empty() {
+                let names: Vec<String> = lan.interfaces.iter().map(|i| quote(i)).collect();
+                scope += &format!("iifname {{ {} }} ", names.join(", "));
+            }
+            let body: String = [("ip", true), ("ip6", false)]
+                .iter()
+                .filter_map(|(fam, v4)| {
+                    let sources: Vec<String> = lan
+                        .sources
+                        .iter()
+                        .filter(|p| p.addr().is_ipv4() == *v4)
+                        .map(|p| p.network().to_string())
+                        .collect();
+                    match (lan.sources.is_empty(), sources.is_empty()) {
+                        (true, _) => Some(self.rules_of(fam, *v4, &scope)),
+                        (false, true) => None,
+                        (false, false) => Some(self.rules_of(
+                            fam,
+                            *v4,
+                            &format!("{scope}{fam} saddr {{ {} }} ", sources.join(", ")),
+                        )),
+                    }
+                })
+                .collect();
+            out += &format!(
+                "\tchain intercept_pre {{ type nat hook prerouting priority -100; policy accept;\n{body}\t}}\n"
+            );
+        }
+        out
+    }
+
+    /// The exceptions and redirects of both families, each rule starting with `scope`.
+    fn rules(&self, scope: &str) -> String {
+        self.rules_of("ip", true, scope) + &self.rules_of("ip6", false, scope)
+    }
+
+    /// The exceptions and the redirect of one family.
+    fn rules_of(&self, fam: &str, v4: bool, scope: &str) -> String {
         let mut body = String::new();
-        for e in &self.except {
-            let fam = if e.is_ipv4() { "ip" } else { "ip6" };
+        for e in self.except.iter().filter(|e| e.is_ipv4() == v4) {
             body += &format!(
-                "\t\t{fam} daddr {} tcp dport {} return comment \"culvert proxy: its server\"\n",
+                "\t\t{scope}{fam} daddr {} tcp dport {} return comment \"culvert proxy: its server\"\n",
                 e.ip(),
                 e.port()
             );
         }
-        for (fam, v4) in [("ip", true), ("ip6", false)] {
-            let set: Vec<String> = self
-                .prefixes
-                .iter()
-                .filter(|p| p.addr().is_ipv4() == v4)
-                .map(|p| p.network().to_string())
-                .collect();
-            if !set.is_empty() {
-                body += &format!(
-                    "\t\t{fam} daddr {{ {} }} meta l4proto tcp counter redirect to :{} comment \"culvert proxy\"\n",
-                    set.join(", "),
-                    self.port
-                );
-            }
+        let set: Vec<String> = self
+            .prefixes
+            .iter()
+            .filter(|p| p.addr().is_ipv4() == v4)
+            .map(|p| p.network().to_string())
+            .collect();
+        if !set.is_empty() {
+            body += &format!(
+                "\t\t{scope}{fam} daddr {{ {} }} meta l4proto tcp counter redirect to :{} comment \"culvert proxy\"\n",
+                set.join(", "),
+                self.port
+            );
         }
-        format!(
-            "\tchain intercept_out {{ type nat hook output priority -100; policy accept;\n{body}\t}}\n\
-             \tchain intercept_pre {{ type nat hook prerouting priority -100; policy accept;\n{body}\t}}\n"
-        )
+        body
     }
 }
 
@@ -348,6 +402,7 @@ mod tests {
                 ],
                 port: 9999,
                 except: vec!["198.18.1.2:8081".parse().unwrap()],
+                lan: Some(LanScope::default()),
             }),
             ..RuleSet::default()
         };
@@ -376,5 +431,34 @@ mod tests {
         );
         // The server's exception comes before the redirects.
         assert!(text.find("return").unwrap() < text.find("redirect").unwrap());
+    }
+
+    /// Hardening finding 6: only local programs are intercepted unless a LAN is named,
+    /// and then only that LAN.
+    #[test]
+    fn interception_of_a_lan_only_where_named() {
+        let mut i = Intercept {
+            prefixes: vec!["100.64.0.0/10".parse().unwrap()],
+            port: 9999,
+            except: Vec::new(),
+            lan: None,
+        };
+        let text = i.chains();
+        assert!(
+            text.contains("hook output") && !text.contains("prerouting"),
+            "{text}"
+        );
+        i.lan = Some(LanScope {
+            interfaces: vec!["lan0".into()],
+            sources: vec!["192.168.1.0/24".parse().unwrap()],
+        });
+        let text = i.chains();
+        assert!(
+            text.contains(
+                "iifname { \"lan0\" } ip saddr { 192.168.1.0/24 } ip daddr { 100.64.0.0/10 } \
+                 meta l4proto tcp counter redirect to :9999"
+            ),
+            "{text}"
+        );
     }
 }
