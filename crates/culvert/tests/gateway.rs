@@ -776,3 +776,91 @@ fn an_advertised_route_never_takes_over_a_nodes_own_lan() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(route_a(&lab), before, "A's LAN route changed");
 }
+
+/// Hardening finding 5: (a) TunnelVision — once the full tunnel runs, the LAN (a rogue
+/// DHCP server's option 121, a LAN router) adds 0.0.0.0/1 + 128.0.0.0/1 and ::/1 +
+/// 8000::/1 to the main table, more specific than any default route; (b) the client was
+/// started with `net.ipv6.conf.default.disable_ipv6 = 1`, so its TUN came up without IPv6.
+/// Neither may take traffic out in the clear; the connected LAN stays reachable directly.
+#[test]
+fn a_full_tunnel_is_not_bypassed_by_lan_routes_or_a_tun_without_ipv6() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("gwtv", 3) else {
+        return;
+    };
+    lab.router_nft(ROUTER).unwrap();
+    underlay_v6(&lab);
+    let _lan = lab.add_lan_host(1, "192.168.50").unwrap();
+    lab.sh(Some(1), "sysctl -qw net.ipv6.conf.default.disable_ipv6=1")
+        .unwrap();
+    let _server = lab.spawn(0, &server_args(KEY, &["--nat"])).unwrap();
+    let _client = lab
+        .spawn(
+            1,
+            &[
+                "client",
+                "-r",
+                "198.18.1.2:9000",
+                "-t",
+                "10.0.0.2/24",
+                "-k",
+                KEY,
+                "--full-tunnel",
+            ],
+        )
+        .unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    lab.sh(
+        Some(1),
+        "ip route add 0.0.0.0/1 via 198.18.2.1 dev eth0; \
+         ip route add 128.0.0.0/1 via 198.18.2.1 dev eth0; \
+         ip -6 route add ::/1 via fd01:2::1 dev eth0; ip -6 route add 8000::/1 via fd01:2::1 dev eth0",
+    )
+    .unwrap();
+    let leaks = (
+        counter(&lab, "test_gw", "leaked"),
+        counter(&lab, "test_gw", "leaked6"),
+    );
+    // IPv4 to "the Internet" goes through the exit; IPv6 has no way out there (the exit
+    // has no IPv6 uplink) and must not find one around the tunnel.
+    assert!(
+        lab.ping_until(1, ip(INTERNET), Duration::from_secs(10))
+            .is_some(),
+        "no answer through the exit\n{}",
+        lab.logs()
+    );
+    for _ in 0..3 {
+        assert!(!ping6(&lab, 1, INTERNET6), "IPv6 went around the tunnel");
+    }
+    let _ = lab.sh(
+        Some(1),
+        "for p in 53 443; do timeout 1 bash -c \"echo x > /dev/tcp/198.18.3.2/$p\"; \
+         timeout 1 bash -c \"echo x > /dev/tcp/fd01:3::2/$p\"; done",
+    );
+    let routes = lab
+        .sh(
+            Some(1),
+            "ip rule; ip -6 rule; ip route show table all; ip -6 route show table all",
+        )
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            counter(&lab, "test_gw", "leaked"),
+            counter(&lab, "test_gw", "leaked6")
+        ),
+        leaks,
+        "packets left the client in the clear: {}\n{routes}",
+        lab.sh(
+            None,
+            "nft list set inet test_gw what; nft list set inet test_gw what6"
+        )
+        .unwrap_or_default()
+    );
+    // The connected LAN stays outside the tunnel.
+    let way = lab.sh(Some(1), "ip route get 192.168.50.2").unwrap();
+    assert!(way.contains("dev lan0"), "{way}\n{routes}");
+    assert!(
+        lab.ping_until(1, ip("192.168.50.2"), Duration::from_secs(5))
+            .is_some()
+    );
+}

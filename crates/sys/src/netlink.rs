@@ -174,9 +174,20 @@ impl Netlink {
         m.push(&ifindex.to_ne_bytes());
         m.attr(IFA_LOCAL, &bytes);
         m.attr(IFA_ADDRESS, &bytes);
-        self.request(m, || {
-            format!("adding address {addr} to interface {ifindex}")
-        })
+        let what = || format!("adding address {addr} to interface {ifindex}");
+        match self.request(m, what) {
+            // The kernel's answer when IPv6 is off on the interface, not a privilege.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && addr.addr().is_ipv6() => {
+                Err(Error::io(
+                    what(),
+                    io::Error::other(
+                        "IPv6 is disabled on this interface or host \
+                         (net.ipv6.conf.*.disable_ipv6 = 1, or ipv6.disable=1 at boot)",
+                    ),
+                ))
+            }
+            r => r,
+        }
     }
 
     /// Adds a route. One the table already has for the same destination and metric is

@@ -53,10 +53,27 @@ const RESOLVCONF: [&str; 3] = [
     "/sbin/resolvconf",
     "/usr/local/sbin/resolvconf",
 ];
-/// Priority of the rule that keeps the main table's specific routes (the LAN) outside.
+/// Priority of the rule that kept the main table's specific routes outside the tunnel
+/// (allow_lan before connected LANs got routes of their own). A rule of an older run at
+/// it is still removed; none is added.
 const SUPPRESS_PRIORITY: u32 = 32_760;
 /// Metric of the full tunnel's fail-closed route: below every other route's preference.
 const FAIL_CLOSED_METRIC: u32 = u32::MAX;
+/// Metric of a connected LAN's route in the full tunnel's table.
+const LAN_METRIC: u32 = 0;
+/// Where a LAN may lie to stay outside the full tunnel: private, shared (CGNAT) and IPv4
+/// link-local space. A "connected" network beyond them (a rogue DHCP server handing out
+/// a /1) would take public traffic out in the clear. (IPv6 link-local needs no route
+/// here: its lookups name their interface, which the tunnel's table has no route for, so
+/// they fall through to the main table.)
+const LAN_RANGES: [&str; 6] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fc00::/7",
+];
 /// Priority of the rule that sends unmarked traffic to the tunnel's table.
 const TUNNEL_PRIORITY: u32 = 32_761;
 
@@ -92,19 +109,47 @@ struct RuleRecord {
     suppress_prefixlen: Option<u32>,
 }
 
-/// An `unreachable` default route (the only kind recorded).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// A route in the full tunnel's table: its `unreachable` default route (fail closed), or
+/// a connected LAN through its interface (allow_lan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct RouteRecord {
     v6: bool,
     metric: u32,
     table: u32,
+    /// A LAN's network and interface; `None`: the unreachable default route.
+    #[serde(default)]
+    lan: Option<(Net, u32)>,
+}
+
+/// A prefix, as text in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+struct Net(Prefix);
+
+impl TryFrom<String> for Net {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+            .map(Self)
+            .map_err(|_| format!("not a prefix: {s:?}"))
+    }
+}
+
+impl From<Net> for String {
+    fn from(n: Net) -> Self {
+        n.0.to_string()
+    }
 }
 
 impl From<RouteRecord> for Route {
     fn from(r: RouteRecord) -> Self {
+        let (dst, via) = match r.lan {
+            Some((Net(net), ifindex)) => (net, Via::Interface(ifindex)),
+            None => (default_route(r.v6), Via::Unreachable),
+        };
         Self {
-            dst: default_route(r.v6),
-            via: Via::Unreachable,
+            dst,
+            via,
             metric: r.metric,
             table: r.table,
         }
@@ -129,6 +174,14 @@ pub(crate) struct Gateway {
     changes: Changes,
     /// What `culvert status` shows, one part per role (exit, subnet router, full tunnel).
     parts: Vec<String>,
+    /// A full tunnel that lets the connected LANs through.
+    lan: Option<Lan>,
+}
+
+/// Where a full tunnel's LAN routes go.
+struct Lan {
+    tun: String,
+    table: u32,
 }
 
 /// Where the changes are written down before they are made.
@@ -223,6 +276,7 @@ impl Gateway {
             },
             changes: Changes::default(),
             parts: Vec::new(),
+            lan: None,
         }
     }
 
@@ -373,14 +427,19 @@ impl Gateway {
                 table: mark,
             };
             if let Err(e) = netlink.add_route(route) {
-                if v6 {
-                    // No IPv6 on this host (or the TUN): nothing to leak either.
-                    tracing::warn!(
-                        "full tunnel: no IPv6 route into the tunnel ({e}); IPv6 is off here"
-                    );
+                if !v6 {
+                    return Err(e).context("full tunnel: routing everything into the TUN");
+                }
+                if !ipv6_present() {
+                    tracing::info!("full tunnel: this host has no IPv6, so none can leak");
                     continue;
                 }
-                return Err(e).context("full tunnel: routing everything into the TUN");
+                // Blocked rather than sent around the tunnel: the rules below lead IPv6
+                // to the fail-closed route.
+                tracing::warn!(
+                    "full tunnel: IPv6 cannot enter the tunnel ({e}); IPv6 is blocked while \
+                     the tunnel runs (fail closed)"
+                );
             }
             g.route(
                 netlink,
@@ -388,20 +447,9 @@ impl Gateway {
                     v6,
                     metric: FAIL_CLOSED_METRIC,
                     table: mark,
+                    lan: None,
                 },
             )?;
-            if ft.allow_lan {
-                g.rule(
-                    netlink,
-                    RuleRecord {
-                        v6,
-                        priority: SUPPRESS_PRIORITY,
-                        table: Route::MAIN,
-                        not_fwmark: None,
-                        suppress_prefixlen: Some(0),
-                    },
-                )?;
-            }
             g.rule(
                 netlink,
                 RuleRecord {
@@ -412,6 +460,13 @@ impl Gateway {
                     suppress_prefixlen: None,
                 },
             )?;
+        }
+        if ft.allow_lan {
+            g.lan = Some(Lan {
+                tun: tun.to_owned(),
+                table: mark,
+            });
+            g.refresh_lan(netlink);
         }
         if !ft.dns.is_empty() {
             g.dns(tun, &ft.dns)?;
@@ -452,6 +507,68 @@ impl Gateway {
         self.save()?;
         sysctl::write(parts, value)?;
         Ok(true)
+    }
+
+    /// Full tunnel with allow_lan: the tunnel's table routes each connected LAN (inside
+    /// [`LAN_RANGES`]) out of its own interface, and nothing else outside the tunnel. A
+    /// route someone adds to the main table — a rogue DHCP server's option 121, a LAN
+    /// router announcing 0.0.0.0/1 (TunnelVision) — is never consulted for unmarked
+    /// traffic. Run again when the host's addresses may have changed.
+    pub(crate) fn refresh_lan(&mut self, netlink: &mut Netlink) {
+        let Some(lan) = &self.lan else {
+            return;
+        };
+        let ranges: Vec<Prefix> = LAN_RANGES
+            .iter()
+            .map(|r| r.parse().expect("valid constant"))
+            .collect();
+        let mut wanted = Vec::new();
+        for (dev, p) in culvert_sys::ifaddrs::interface_networks() {
+            let net = p.network();
+            if dev == lan.tun || p.addr().is_loopback() {
+                continue;
+            }
+            if !ranges.iter().any(|r| r.covers(&net)) {
+                tracing::warn!(interface = %dev, network = %net, "full tunnel: this connected network is not private; it goes through the tunnel, not the LAN");
+                continue;
+            }
+            if let Ok(ifindex) = Netlink::link_index(&dev) {
+                wanted.push(RouteRecord {
+                    v6: net.addr().is_ipv6(),
+                    metric: LAN_METRIC,
+                    table: lan.table,
+                    lan: Some((Net(net), ifindex)),
+                });
+            }
+        }
+        wanted.sort_by_key(|r| r.lan.map(|(n, i)| (n.0.to_string(), i)));
+        wanted.dedup();
+        let stale: Vec<RouteRecord> = self
+            .changes
+            .routes
+            .iter()
+            .filter(|r| r.lan.is_some() && !wanted.contains(r))
+            .copied()
+            .collect();
+        for r in stale {
+            self.changes.routes.retain(|x| *x != r);
+            if let Err(e) = netlink.delete_route(r.into()) {
+                tracing::warn!("full tunnel: removing a LAN's route: {e}");
+            }
+        }
+        for r in wanted {
+            if !self.changes.routes.contains(&r)
+                && let Err(e) = self.route(netlink, r)
+            {
+                tracing::warn!(
+                    "full tunnel: the LAN {:?} stays in the tunnel: {e:#}",
+                    r.lan
+                );
+            }
+        }
+        if let Err(e) = self.save() {
+            tracing::warn!("{e:#}");
+        }
     }
 
     fn route(&mut self, netlink: &mut Netlink, r: RouteRecord) -> Result<()> {
@@ -568,10 +685,11 @@ impl Changes {
             .routes
             .into_iter()
             .filter(|r| {
-                keep(
-                    r.table == mark && r.metric == FAIL_CLOSED_METRIC,
-                    format!("route {r:?}"),
-                )
+                let ours = match r.lan {
+                    None => r.metric == FAIL_CLOSED_METRIC,
+                    Some((Net(net), _)) => r.metric == LAN_METRIC && net.addr().is_ipv6() == r.v6,
+                };
+                keep(r.table == mark && ours, format!("route {r:?}"))
             })
             .collect();
         let ours = format!("{instance}.culvert");
@@ -643,6 +761,13 @@ fn undo(c: &Changes) {
             tracing::warn!("restoring a sysctl: {e}");
         }
     }
+}
+
+/// Whether this host has IPv6 anywhere outside loopback (so IPv6 could leave it).
+fn ipv6_present() -> bool {
+    culvert_sys::ifaddrs::interface_addresses()
+        .iter()
+        .any(|(_, ip)| ip.is_ipv6() && !ip.is_loopback())
 }
 
 /// `0.0.0.0/0`, or `::/0` when `v6`.

@@ -240,6 +240,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     if let Some(f) = &mut underlay.ftcp {
         f.tun_ifindex = Some(ifindex);
     }
+    enable_ipv6(tun.name());
     netlink.set_link_up(ifindex, mtu)?;
     for a in &settings.addresses {
         netlink.add_address(ifindex, *a)?;
@@ -314,7 +315,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     drop_privileges(settings.user.as_deref(), &state_dir, &control, faketcp_on)?;
     let mut d = Daemon {
         ep,
-        _gateway: gateway,
+        gateway,
         _table: table,
         mark,
         tun,
@@ -363,7 +364,7 @@ pub(crate) struct DaemonInfo {
 struct Daemon {
     ep: Endpoint,
     /// Undone on drop: the gateway's system changes, the nftables table.
-    _gateway: Option<Gateway>,
+    gateway: Option<Gateway>,
     _table: Option<Table>,
     /// A full tunnel's firewall mark for underlay sockets.
     mark: Option<u32>,
@@ -473,6 +474,9 @@ impl Daemon {
     /// hand to peers as LAN candidates.
     fn refresh_candidates(&mut self, now: Instant) {
         self.next_candidates = now + CANDIDATES_EVERY;
+        if let Some(g) = &mut self.gateway {
+            g.refresh_lan(&mut self.netlink);
+        }
         if self.server.is_none() {
             return;
         }
@@ -1003,6 +1007,19 @@ fn drop_privileges(
         "dropped root"
     );
     Ok(())
+}
+
+/// Turns IPv6 on for our TUN device: one made while `default.disable_ipv6 = 1` has it
+/// off, so its IPv6 addresses and routes fail (with a misleading "permission denied") and
+/// a full tunnel could not carry IPv6. The setting goes with the device. Nothing to do on
+/// a kernel without IPv6.
+fn enable_ipv6(tun: &str) {
+    let parts = ["net", "ipv6", "conf", tun, "disable_ipv6"];
+    if culvert_sys::sysctl::read(&parts).is_ok_and(|v| v != "0")
+        && let Err(e) = culvert_sys::sysctl::write(&parts, "0")
+    {
+        tracing::warn!("turning IPv6 on for {tun}: {e}");
+    }
 }
 
 fn resolve(server: &str) -> Result<SocketAddr> {
