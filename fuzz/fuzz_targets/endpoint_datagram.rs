@@ -133,7 +133,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             } else {
                 eps[1].status(now).node.unwrap_or(1)
             };
-            eps[sender].fuzz_send_plain(now, peer, msg);
+            eps[sender].forge_plain(now, peer, msg);
             for t in std::iter::from_fn(|| eps[sender].poll_transmit()).collect::<Vec<_>>() {
                 let mut bytes = t.bytes;
                 let n = bytes.len();

@@ -129,6 +129,10 @@ pub(crate) struct PendingHandshake {
     pub(crate) sent: Instant,
 }
 
+/// Probe answers a second to addresses other than a peer's path: more than punching and
+/// port prediction ever need, too few to make a node a reflector.
+pub(crate) const PROBE_ANSWERS: u32 = 64;
+
 /// Most packets held for a peer while its session is being set up.
 pub(crate) const QUEUE_LIMIT: usize = 64;
 
@@ -176,6 +180,9 @@ pub(crate) struct Peer {
     pub(crate) fec_tx: Option<crate::fec::Encoder>,
     /// FEC and loss measurement for what we receive.
     pub(crate) fec_rx: crate::fec::Decoder,
+    /// Probe answers sent to addresses other than the peer's path (a member could name
+    /// any address as the source of its probes).
+    pub(crate) answers: crate::limit::RateWindow,
 }
 
 impl Peer {
@@ -214,6 +221,7 @@ impl Peer {
             drops: DropCounters::default(),
             fec_tx: None,
             fec_rx: crate::fec::Decoder::default(),
+            answers: crate::limit::RateWindow::new(PROBE_ANSWERS, Duration::from_secs(1)),
         }
     }
 

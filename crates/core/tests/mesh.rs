@@ -544,3 +544,97 @@ fn a_neighbour_that_no_longer_reaches_the_peer_is_never_used() {
     eprintln!("C forwarded {c_relayed} of A's probes before it noticed");
     assert!((1..=6).contains(&c_relayed), "C relayed {c_relayed}");
 }
+
+/// Hardening finding 8: the client relaying for A and B starts dropping every frame larger
+/// than 200 bytes while passing the small ones (its probes and keepalives). Judged by small
+/// probes it stayed selected while delivering nothing; the probes of a relay are as large as
+/// data now, so A leaves it within a few seconds and the hub carries the rest.
+#[test]
+fn a_relay_that_drops_data_but_passes_probes_is_left() {
+    let mut w = triangle(73, MeshRelay::default());
+    assert!(
+        a_talks_to_b_until(&mut w, 100, Some(3)).is_some(),
+        "A never went through C"
+    );
+    let c = w.nodes[C].addr;
+    let (a, b) = (w.nodes[A].addr, w.nodes[B].addr);
+    w.filter = Some(Box::new(move |d| {
+        let ab = (d.from == a && d.to == b) || (d.from == b && d.to == a);
+        let drops_data = d.from == c && d.bytes.len() > 200;
+        !(ab || drops_data)
+    }));
+    let started = w.now;
+    let big = |i: usize| {
+        let mut payload = format!("d{i} ").into_bytes();
+        payload.resize(1000, b'.');
+        ip_packet("10.0.0.2", "10.0.0.3", &payload)
+    };
+    let mut left = None;
+    for i in 0..100 {
+        let _ = w.tun(A, &big(i));
+        w.step(Duration::from_millis(100));
+        if left.is_none() && path(&w, A, 2).1 != Some(3) {
+            left = Some(w.now - started);
+        }
+    }
+    let left = left.unwrap_or_else(|| panic!("A still relays through C: {:?}", path(&w, A, 2)));
+    eprintln!(
+        "A left the dropping relay after {:.2} s",
+        left.as_secs_f64()
+    );
+    assert!(left <= 5 * SECOND, "{left:?}");
+    let before = w.nodes[B].delivered.len();
+    for i in 0..100 {
+        let _ = w.tun(A, &big(1000 + i));
+        w.step(Duration::from_millis(20));
+    }
+    w.run(SECOND);
+    let got = w.nodes[B].delivered.len() - before;
+    assert!(got >= 98, "B received {got} of 100 after A left C");
+}
+
+/// Hardening finding 13: a member alternates its neighbour report twice a second. Each
+/// change used to go to every other client at once; now the others hear of one client's
+/// changes at most every 5 s. Measured as what the hub sends the others, against the
+/// same time without the attack.
+#[test]
+fn a_member_flapping_its_neighbour_report_cannot_make_the_hub_write_to_everyone() {
+    let mut w = hub_and_three(74, [(MeshRelay::default(), true); 3]);
+    assert!(
+        w.run_until(10 * SECOND, |w| (1..=3).all(|i| w.joined(i))
+            && w.mesh_known()),
+        "clients did not join"
+    );
+    w.run(5 * SECOND);
+    let hub = w.nodes[0].addr;
+    let others = [w.nodes[B].addr, w.nodes[C].addr];
+    let to_others = |w: &World, from: std::time::Instant| {
+        w.log
+            .iter()
+            .filter(|d| d.at >= from && d.from == hub && others.contains(&d.to))
+            .count()
+    };
+    let window = 20 * SECOND;
+    let quiet_from = w.now;
+    w.run(window);
+    let quiet = to_others(&w, quiet_from);
+    let attack_from = w.now;
+    for i in 0..40u32 {
+        let nodes = if i % 2 == 0 { vec![3, 4] } else { vec![] };
+        let mut frame = Vec::new();
+        culvert_wire::frame::Frame::Neighbours { node: 0, nodes }.emit(&mut frame);
+        let now = w.now;
+        w.nodes[A].ep.forge_plain(now, 0, &frame);
+        w.drain(A);
+        w.run(Duration::from_millis(500));
+    }
+    let attacked = to_others(&w, attack_from);
+    eprintln!(
+        "hub -> the other two clients in 20 s: {quiet} datagrams quiet, {attacked} while A flaps"
+    );
+    // Every 5 s at most one report per other client, plus the first at once.
+    assert!(
+        attacked <= quiet + 2 * (20 / 5 + 1),
+        "the hub wrote {attacked} datagrams to the others, {quiet} without the attack"
+    );
+}

@@ -18,7 +18,7 @@
 //!     entry     | node id (4) | public key (32) | address list |
 //! DirRequest    | 05 | version the sender holds (8) |
 //! Goodbye       | 06 | reason (1) |
-//! Probe / ProbeAck | 07/08 | seq (4) |
+//! Probe / ProbeAck | 07/08 | seq (4) | [padding length (2) | padding ...] |
 //! LossReport    | 09 | received (4) | expected (4) |
 //! Candidates    | 0a | count (1) | endpoint ... |                 client -> hub
 //! PunchRequest  | 0b | node id (4) |                               client -> hub
@@ -136,14 +136,21 @@ pub enum Frame<'a> {
     },
     /// Tests another transport: the receiver answers with [`Frame::ProbeAck`] over the
     /// transport and address the probe came from, and does not move the peer's endpoint.
+    /// A probe of a relay is padded to the size of data, and so is its answer: a relay
+    /// that passes small frames and drops data must fail it (padding absent on the wire
+    /// when zero, as version-2 peers send it).
     Probe {
         /// Echoed in the answer.
         seq: u32,
+        /// Zero bytes of padding that follow; the answer carries as many.
+        pad: u16,
     },
     /// Answer to [`Frame::Probe`].
     ProbeAck {
         /// The probe's sequence number.
         seq: u32,
+        /// Zero bytes of padding that follow (the probe's).
+        pad: u16,
     },
     /// Path MTU discovery: a probe whose plaintext is `MTU_PROBE_MIN + pad` bytes, so its
     /// message is as large as a data message of that size. Answered by [`Frame::MtuAck`].
@@ -266,7 +273,8 @@ impl<'a> Frame<'a> {
     /// Parses a control frame; the whole plaintext must be consumed (except for relay).
     pub fn parse(buf: &'a [u8]) -> Result<Self> {
         let mut r = Reader::new(buf);
-        let frame = match r.u8()? {
+        let t = r.u8()?;
+        let frame = match t {
             kind::PING => Self::Ping {
                 seq: r.u32()?,
                 dir_version: r.u64()?,
@@ -321,8 +329,21 @@ impl<'a> Frame<'a> {
                     _ => return Err(Error::Malformed("goodbye reason")),
                 },
             },
-            kind::PROBE => Self::Probe { seq: r.u32()? },
-            kind::PROBE_ACK => Self::ProbeAck { seq: r.u32()? },
+            kind::PROBE | kind::PROBE_ACK => {
+                let seq = r.u32()?;
+                let pad = if r.is_empty() {
+                    0
+                } else {
+                    let pad = r.u16()?;
+                    r.take(usize::from(pad))?;
+                    pad
+                };
+                if t == kind::PROBE {
+                    Self::Probe { seq, pad }
+                } else {
+                    Self::ProbeAck { seq, pad }
+                }
+            }
             kind::MTU_PROBE => {
                 let seq = r.u32()?;
                 let pad = r.u16()?;
@@ -428,13 +449,17 @@ impl<'a> Frame<'a> {
                 out.push(kind::GOODBYE);
                 out.push(*reason as u8);
             }
-            Self::Probe { seq } => {
-                out.push(kind::PROBE);
+            Self::Probe { seq, pad } | Self::ProbeAck { seq, pad } => {
+                out.push(if matches!(self, Self::Probe { .. }) {
+                    kind::PROBE
+                } else {
+                    kind::PROBE_ACK
+                });
                 out.extend_from_slice(&seq.to_be_bytes());
-            }
-            Self::ProbeAck { seq } => {
-                out.push(kind::PROBE_ACK);
-                out.extend_from_slice(&seq.to_be_bytes());
+                if *pad > 0 {
+                    out.extend_from_slice(&pad.to_be_bytes());
+                    out.resize(out.len() + usize::from(*pad), 0);
+                }
             }
             Self::MtuProbe { seq, pad } => {
                 out.push(kind::MTU_PROBE);
@@ -540,12 +565,13 @@ pub fn emit_relay_header(out: &mut [u8; RELAY_HEADER_LEN], dest: u32, origin: u3
     out[9] = hops;
 }
 
-/// Takes one hop off a relay frame in place (a relay passing it on); `false` if none was
-/// left.
-pub fn take_relay_hop(frame: &mut [u8]) -> bool {
+/// Takes one hop off a relay frame in place (a relay passing it on), after lowering the
+/// limit it carries to `max` (the relay's own): a sender cannot buy a longer route, or a
+/// longer loop, than each relay allows. `false` if no hop was left.
+pub fn take_relay_hop(frame: &mut [u8], max: u8) -> bool {
     match frame.get_mut(9) {
-        Some(h) if *h > 0 => {
-            *h -= 1;
+        Some(h) if (*h).min(max) > 0 => {
+            *h = (*h).min(max) - 1;
             true
         }
         _ => false,
@@ -610,8 +636,8 @@ mod tests {
             }
         );
         assert!(Frame::parse(&buf[..RELAY_HEADER_LEN]).is_err());
-        assert!(take_relay_hop(&mut buf));
-        assert!(!take_relay_hop(&mut buf), "no hop left");
+        assert!(take_relay_hop(&mut buf, u8::MAX));
+        assert!(!take_relay_hop(&mut buf, u8::MAX), "no hop left");
         assert!(matches!(
             Frame::parse(&buf),
             Ok(Frame::Relay { hops: 0, .. })
@@ -658,8 +684,8 @@ mod tests {
             Just(Frame::Goodbye {
                 reason: GoodbyeReason::Shutdown
             }),
-            any::<u32>().prop_map(|seq| Frame::Probe { seq }),
-            any::<u32>().prop_map(|seq| Frame::ProbeAck { seq }),
+            (any::<u32>(), 0u16..2000).prop_map(|(seq, pad)| Frame::Probe { seq, pad }),
+            (any::<u32>(), 0u16..2000).prop_map(|(seq, pad)| Frame::ProbeAck { seq, pad }),
             (any::<u32>(), 0u16..2000).prop_map(|(seq, pad)| Frame::MtuProbe { seq, pad }),
             any::<u32>().prop_map(|seq| Frame::MtuAck { seq }),
             (any::<u32>(), any::<u32>())
@@ -706,9 +732,15 @@ mod tests {
         fn round_trip(frame in arb_frame()) {
             let mut out = Vec::new();
             frame.emit(&mut out);
-            prop_assert_eq!(Frame::parse(&out).unwrap(), frame);
+            prop_assert_eq!(Frame::parse(&out).unwrap(), frame.clone());
             for cut in 0..out.len() {
-                prop_assert!(Frame::parse(&out[..cut]).is_err());
+                // A probe's padding is optional: cut right before it, what is left is
+                // the same probe unpadded. Any other cut is an error.
+                let unpadded = cut == 5 && matches!(frame, Frame::Probe { .. } | Frame::ProbeAck { .. });
+                match Frame::parse(&out[..cut]) {
+                    Ok(Frame::Probe { pad: 0, .. } | Frame::ProbeAck { pad: 0, .. }) if unpadded => {}
+                    other => prop_assert!(other.is_err(), "cut at {}: {:?}", cut, other),
+                }
             }
         }
 
@@ -716,5 +748,24 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Content::parse(&bytes);
         }
+    }
+
+    /// Hardening finding 13: a sender that claims 255 hops gets no more than the relay's
+    /// own limit.
+    #[test]
+    fn a_relay_clamps_the_hop_limit_it_is_given() {
+        let mut buf = [0u8; RELAY_HEADER_LEN];
+        emit_relay_header(&mut buf, 1, 2, 255);
+        assert!(take_relay_hop(&mut buf, 3));
+        assert_eq!(buf[9], 2);
+        emit_relay_header(&mut buf, 1, 2, 1);
+        assert!(take_relay_hop(&mut buf, 3));
+        assert_eq!(buf[9], 0);
+        assert!(!take_relay_hop(&mut buf, 3));
+        emit_relay_header(&mut buf, 1, 2, 9);
+        assert!(
+            !take_relay_hop(&mut buf, 0),
+            "a relay allowing no hops passes nothing"
+        );
     }
 }

@@ -573,7 +573,7 @@ impl Endpoint {
             c.probe_out = Some((seq, now));
             c.next_probe = Some(now + PROBE_INTERVAL);
             let to = Path::Direct(Some(Remote::udp(c.server)));
-            self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq }, None);
+            self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq, pad: 0 }, None);
         }
     }
 

@@ -83,7 +83,7 @@ impl Endpoint {
                 d.next_probe = now + PROBE_INTERVAL;
                 let (seq, to) = (d.probe_seq, d.direct);
                 let to = Path::Direct(Some(to));
-                self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq }, None);
+                self.send_frame_on(now, PeerId::HUB, to, &Frame::Probe { seq, pad: 0 }, None);
             }
             _ => {}
         }

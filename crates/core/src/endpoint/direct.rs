@@ -199,7 +199,13 @@ impl Endpoint {
     fn apply_path(&mut self, now: Instant, id: PeerId, action: PathAction) {
         match action {
             PathAction::Probe { seq, to, ttl } => {
-                self.send_frame_on(now, id, Path::Direct(Some(to)), &Frame::Probe { seq }, ttl);
+                self.send_frame_on(
+                    now,
+                    id,
+                    Path::Direct(Some(to)),
+                    &Frame::Probe { seq, pad: 0 },
+                    ttl,
+                );
             }
             PathAction::UseDirect(to, why) => self.use_path(now, id, Path::Direct(Some(to)), why),
             PathAction::UseRelay(why) => self.use_path(now, id, Path::Relay(PeerId::HUB), why),

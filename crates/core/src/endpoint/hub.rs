@@ -45,8 +45,21 @@ pub(super) struct Hub {
     /// When each client last asked for a punch (rate limit).
     pub(super) punch_asked: BTreeMap<PeerId, Instant>,
     /// The clients each client reaches directly and relays for, by its last report.
-    /// (And when the last report was taken.)
-    pub(super) neighbours: BTreeMap<PeerId, (Vec<u32>, Instant)>,
+    pub(super) neighbours: BTreeMap<PeerId, NeighbourReport>,
+}
+
+/// A client's last report of its neighbours, and what the other clients were told.
+#[derive(Debug)]
+pub(super) struct NeighbourReport {
+    pub(super) list: Vec<u32>,
+    /// When the report was taken (reports are taken at most every half second).
+    pub(super) taken: Instant,
+    /// When the others were last told of it; a change since waits until
+    /// [`super::neighbours::FANOUT_GAP`] has passed, so that a client alternating its
+    /// report cannot make the hub write to everyone at its rate.
+    pub(super) told: Option<Instant>,
+    /// A change the others have not heard of yet.
+    pub(super) untold: bool,
 }
 
 impl Hub {
@@ -75,7 +88,17 @@ impl Hub {
             .min()
             .map(|rx| rx + t.node_timeout);
         let rotate = self.cookies.next_rotation();
-        expiry.map_or(rotate, |e| e.min(rotate))
+        let fanout = self
+            .neighbours
+            .values()
+            .filter(|r| r.untold)
+            .filter_map(|r| r.told)
+            .map(|t| t + super::neighbours::FANOUT_GAP)
+            .min();
+        [expiry, fanout]
+            .into_iter()
+            .flatten()
+            .fold(rotate, Instant::min)
     }
 
     fn binding(&self, key: &PublicKey) -> Option<&[Prefix]> {
@@ -502,6 +525,7 @@ impl Endpoint {
             return;
         };
         hub.cookies.rotate(&mut self.rng, now);
+        self.tell_neighbours(now);
         let expired: Vec<PeerId> = self
             .peers
             .values()

@@ -339,12 +339,12 @@ impl Endpoint {
         }
     }
 
-    /// Fuzzing only: sends `plaintext` to node `peer`, sealed in their session as if it were
-    /// a frame this node built, so that a fuzz target reaches the handlers of authenticated
+    /// Fuzzing and attack tests only: sends `plaintext` to node `peer`, sealed in their
+    /// session as if it were a frame this node built — what a member can send with its
+    /// own keys, and the only way a fuzz target reaches the handlers of authenticated
     /// frames, which no forged datagram can.
-    #[cfg(fuzzing)]
     #[doc(hidden)]
-    pub fn fuzz_send_plain(&mut self, now: Instant, peer: u32, plaintext: &[u8]) {
+    pub fn forge_plain(&mut self, now: Instant, peer: u32, plaintext: &[u8]) {
         let _ = self.send_plain(now, PeerId(peer), plaintext);
     }
 
@@ -806,6 +806,21 @@ impl Endpoint {
         DatagramOutcome::Deliver(plain.start..end)
     }
 
+    /// Whether to answer a probe of `id` that came from `src`: always on its path or
+    /// through a relay, within [`crate::peer::PROBE_ANSWERS`] a second to another address
+    /// (the answer is no larger than the probe, and it is authentic, but its source
+    /// address is whatever the sender wrote).
+    fn may_answer(&mut self, now: Instant, id: PeerId, src: Source) -> bool {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        match (src, p.path) {
+            (Source::Relay { .. }, _) => true,
+            (Source::Addr(a), Path::Direct(Some(on))) if a.addr == on.addr => true,
+            (Source::Addr(_), _) => p.answers.allow(now),
+        }
+    }
+
     fn handle_frame(
         &mut self,
         now: Instant,
@@ -845,8 +860,11 @@ impl Endpoint {
             Frame::Directory(part) => self.on_directory(now, id, part),
             Frame::DirRequest { .. } => self.on_dir_request(now, id),
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
-            Frame::Probe { seq } => {
-                self.send_frame_on(now, id, src.path(), &Frame::ProbeAck { seq }, None);
+            Frame::Probe { .. } | Frame::MtuProbe { .. } if !self.may_answer(now, id, src) => {
+                Err(DropReason::RateLimited)
+            }
+            Frame::Probe { seq, pad } => {
+                self.send_frame_on(now, id, src.path(), &Frame::ProbeAck { seq, pad }, None);
                 if let Source::Addr(from) = src
                     && id != PeerId::HUB
                     && self.is_client()
@@ -863,8 +881,8 @@ impl Endpoint {
                 self.on_mtu_ack(now, id, seq);
                 Ok(())
             }
-            Frame::ProbeAck { seq } if id == PeerId::HUB => self.on_probe_ack(now, seq),
-            Frame::ProbeAck { seq } => match src {
+            Frame::ProbeAck { seq, .. } if id == PeerId::HUB => self.on_probe_ack(now, seq),
+            Frame::ProbeAck { seq, .. } => match src {
                 Source::Addr(_) => self.on_path_ack(now, id, seq, src),
                 Source::Relay { via, .. } => {
                     self.on_via_ack(now, id, via, seq);

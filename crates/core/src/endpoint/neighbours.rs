@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use culvert_wire::frame::{Frame, MAX_NEIGHBOURS};
 
+use super::hub::NeighbourReport;
 use super::{Endpoint, RoleState};
 use crate::peer::{Path, PeerId};
 use crate::stats::DropReason;
@@ -23,11 +24,15 @@ use crate::via::ViaAction;
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// ... and repeats an unchanged report this often (a lost one is not lost for long).
 const REPORT_REFRESH: Duration = Duration::from_secs(30);
-/// The hub takes at most one report per client in this time: each changed one costs it a
-/// frame to every other client.
+/// The hub takes at most one report per client in this time.
 const REPORT_MIN_GAP: Duration = Duration::from_millis(500);
+/// The hub passes a client's changed report on to the others at most this often: each
+/// costs it a frame to every other client (hardening finding 13).
+pub(super) const FANOUT_GAP: Duration = Duration::from_secs(5);
 /// Most reports a client keeps (one per other client; a bound whatever the hub sends).
 const MAX_REACH: usize = 4096;
+/// A padded probe's plaintext before its padding: type, sequence number, padding length.
+const VIA_PROBE_HEADER: u16 = 1 + 4 + 2;
 
 impl Endpoint {
     /// Client timer: tells the hub which clients we reach directly, when that changed.
@@ -95,7 +100,8 @@ impl Endpoint {
         }
     }
 
-    /// Hub: client `id` reports its neighbours; the others hear of it when it changed.
+    /// Hub: client `id` reports its neighbours; the others hear of it when it changed, at
+    /// once or, within [`FANOUT_GAP`] of the last time they heard, when that has passed.
     fn hub_on_neighbours(
         &mut self,
         now: Instant,
@@ -112,28 +118,66 @@ impl Endpoint {
             return Ok(());
         };
         let previous = hub.neighbours.get(&id);
-        if previous.is_some_and(|(_, at)| now.saturating_duration_since(*at) < REPORT_MIN_GAP) {
+        if previous.is_some_and(|r| now.saturating_duration_since(r.taken) < REPORT_MIN_GAP) {
             return Err(DropReason::RateLimited);
         }
-        let changed = previous.is_none_or(|(l, _)| *l != list);
-        hub.neighbours.insert(id, (list.clone(), now));
-        if !changed || hub.cfg.isolation {
-            return Ok(());
-        }
-        let frame = Frame::Neighbours {
-            node: id.0,
-            nodes: list,
-        };
-        let others: Vec<PeerId> = self
-            .peers
-            .keys()
-            .copied()
-            .filter(|p| *p != id && self.ready(now, *p))
-            .collect();
-        for p in others {
-            self.send_frame(now, p, &frame);
+        let changed = previous.is_none_or(|r| r.list != list);
+        let told = previous.and_then(|r| r.told);
+        let untold = previous.is_some_and(|r| r.untold) || changed;
+        hub.neighbours.insert(
+            id,
+            NeighbourReport {
+                list,
+                taken: now,
+                told,
+                untold,
+            },
+        );
+        if untold {
+            self.tell_neighbours(now);
         }
         Ok(())
+    }
+
+    /// Hub: passes on the changed reports whose [`FANOUT_GAP`] has passed.
+    pub(super) fn tell_neighbours(&mut self, now: Instant) {
+        let RoleState::Hub(hub) = &mut self.role else {
+            return;
+        };
+        let isolation = hub.cfg.isolation;
+        let due: Vec<(PeerId, Vec<u32>)> = hub
+            .neighbours
+            .iter_mut()
+            .filter(|(_, r)| {
+                r.untold
+                    && r.told
+                        .is_none_or(|t| now.saturating_duration_since(t) >= FANOUT_GAP)
+            })
+            .map(|(id, r)| {
+                r.untold = false;
+                r.told = Some(now);
+                (*id, r.list.clone())
+            })
+            .collect();
+        if isolation {
+            return;
+        }
+        for (id, list) in due {
+            self.deadline_dirty = true;
+            let frame = Frame::Neighbours {
+                node: id.0,
+                nodes: list,
+            };
+            let others: Vec<PeerId> = self
+                .peers
+                .keys()
+                .copied()
+                .filter(|p| *p != id && self.ready(now, *p))
+                .collect();
+            for p in others {
+                self.send_frame(now, p, &frame);
+            }
+        }
     }
 
     /// Hub: a client just connected; it hears every report so far.
@@ -147,10 +191,10 @@ impl Endpoint {
         let frames: Vec<Frame<'static>> = hub
             .neighbours
             .iter()
-            .filter(|(id, (list, _))| **id != to && !list.is_empty())
-            .map(|(id, (list, _))| Frame::Neighbours {
+            .filter(|(id, r)| **id != to && !r.list.is_empty())
+            .map(|(id, r)| Frame::Neighbours {
                 node: id.0,
-                nodes: list.clone(),
+                nodes: r.list.clone(),
             })
             .collect();
         for f in frames {
@@ -227,7 +271,12 @@ impl Endpoint {
     fn apply_via(&mut self, now: Instant, id: PeerId, action: ViaAction) {
         match action {
             ViaAction::Probe { via, seq } => {
-                self.send_frame_on(now, id, Path::Relay(via), &Frame::Probe { seq }, None);
+                // As large as the peer's data: a relay that passes small frames and drops
+                // data fails the probe instead of staying in use (hardening finding 8).
+                let size = self.packet_limit(id).or(self.cfg.mtu).unwrap_or(1280);
+                let pad = size.saturating_sub(VIA_PROBE_HEADER);
+                let probe = Frame::Probe { seq, pad };
+                self.send_frame_on(now, id, Path::Relay(via), &probe, None);
             }
             ViaAction::Use(via) => self.use_path(
                 now,

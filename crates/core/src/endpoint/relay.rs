@@ -187,7 +187,8 @@ impl Endpoint {
         let next = next
             .filter(|n| *n != from && self.ready(now, *n))
             .ok_or(DropReason::RelayNoPeer)?;
-        if !frame::take_relay_hop(&mut buf[plain.clone()]) {
+        let max = self.max_hops();
+        if !frame::take_relay_hop(&mut buf[plain.clone()], max) {
             return Err(DropReason::RelayHopLimit);
         }
         if let RoleState::Client(c) = &mut self.role
