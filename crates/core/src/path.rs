@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use culvert_wire::frame::{Candidate, CandidateKind};
 
+use crate::limit::RateWindow;
 use crate::peer::{PeerId, Remote, SPRAY_SOCKETS};
 use crate::rng::Rng;
 
@@ -54,6 +55,9 @@ pub enum Path {
     Relay(PeerId),
 }
 
+/// Probes a peer's paths may send a second: every candidate and a port prediction's
+/// round (25) at [`PUNCH_INTERVAL`], never more whatever a peer publishes.
+pub const PROBE_BUDGET: u32 = 400;
 /// Probes go out this often while punching.
 pub const PUNCH_INTERVAL: Duration = Duration::from_millis(100);
 /// A punch gives up after this long without an answer.
@@ -262,6 +266,9 @@ pub struct PathSet {
     /// Probes in flight: sequence number, target, sent at.
     probes: BTreeMap<u32, (Remote, Instant)>,
     next_seq: u32,
+    /// Probes sent a second, whatever the candidates and punches: a member that names
+    /// addresses of its choosing cannot make this node a prober of third parties.
+    budget: RateWindow,
 }
 
 impl Default for PathSet {
@@ -275,6 +282,7 @@ impl Default for PathSet {
             reason: RelayReason::NotTried,
             probes: BTreeMap::new(),
             next_seq: 1,
+            budget: RateWindow::new(PROBE_BUDGET, Duration::from_secs(1)),
         }
     }
 }
@@ -324,6 +332,12 @@ impl PathSet {
             d.kind = d.kind.min(kind_among(&candidates, d.remote.addr));
             return;
         }
+        // Our own backoff holds for punches the hub orders on the peer's request too: a
+        // member asking for a punch every second, with candidates of its choosing, gets
+        // our probes no more often than our failures allow (hardening finding 10).
+        if self.retry_at.is_some_and(|t| t > now) {
+            return;
+        }
         // The peer's NAT changes ports if the hub sees it at a port none of its own
         // interface endpoints has (its LAN candidates carry its socket's port).
         let local_ports: Vec<u16> = candidates
@@ -346,8 +360,6 @@ impl PathSet {
                 .iter()
                 .any(|c| c.kind == CandidateKind::Local && c.addr == *p)
         });
-        // The 256 probes of a prediction only when our own backoff allows a punch: the peer
-        // (through the hub) cannot make us spray more often than we would.
         let prediction = Prediction::choose(
             ports_changed,
             theirs,
@@ -355,8 +367,7 @@ impl PathSet {
             public.first().copied(),
             peer_behind_nat,
             rng,
-        )
-        .filter(|_| self.retry_at.is_none_or(|t| t <= now));
+        );
         candidates.retain(|c| c.kind == CandidateKind::Reflexive || !public.contains(&c.addr));
         candidates.sort_by_key(|c| c.kind);
         candidates.dedup_by_key(|c| c.addr);
@@ -421,6 +432,9 @@ impl PathSet {
                     targets.extend(pred.round(p.round));
                 }
                 for (to, ttl) in targets {
+                    if !self.budget.allow(now) {
+                        break;
+                    }
                     let seq = self.probe(now, to);
                     out.push(PathAction::Probe { seq, to, ttl });
                 }
@@ -630,6 +644,15 @@ pub fn usable_local(addr: SocketAddr) -> bool {
         || ip.is_multicast()
         || matches!(ip, IpAddr::V4(a) if a.is_link_local())
         || matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80))
+}
+
+/// Whether `ip` lies in private (RFC 1918), shared (RFC 6598) or unique-local IPv6 space:
+/// where a LAN endpoint may be.
+pub fn private(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => a.is_private() || (a.octets()[0] == 100 && a.octets()[1] & 0xc0 == 64),
+        IpAddr::V6(a) => a.segments()[0] & 0xfe00 == 0xfc00,
+    }
 }
 
 /// What `candidates` say `addr` is: one of the peer's LAN endpoints only if it is not also
@@ -963,7 +986,7 @@ mod tests {
         assert!(extra(false, false, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
         // Both change ports: the birthday odds are hopeless; no prediction.
         assert!(extra(true, true, ["192.168.2.12:4000", "198.51.100.1:31337"]) < 256);
-        // A Punch the peer asked for during our backoff gets no prediction from us.
+        // A Punch the peer asked for during our backoff gets no probe at all from us.
         let mut p = behind_nat_facing(t, true, ["192.168.1.12:4000", "203.0.113.1:4000"]);
         let _ = rounds(&mut p, t);
         let _ = p.poll(t + PUNCH_FOR);
@@ -974,12 +997,7 @@ mod tests {
             cand(CandidateKind::Reflexive, "203.0.113.1:4000"),
         ];
         p.start(later, candidates, true, true, &mut rng());
-        assert!(
-            rounds(&mut p, later)
-                .concat()
-                .iter()
-                .all(|(to, _)| to.socket == 0)
-        );
+        assert!(rounds(&mut p, later).concat().is_empty());
         // A probe from the peer gives a path only while there is none.
         let mut p = PathSet::default();
         let a = Remote::udp("198.51.100.1:4000".parse().unwrap());

@@ -306,3 +306,61 @@ fn p2p_off_stays_relayed_and_says_so() {
     assert_eq!(path, "relay");
     assert_eq!(why.as_deref(), Some("p2p disabled by config"));
 }
+
+/// Hardening finding 10: a member publishes LAN candidates of its choosing — hosts on the
+/// victim's own LAN and public addresses of a third party — and asks the hub for a punch
+/// towards the victim every second for two minutes. The victim probes them no more often
+/// than its own backoff allows, public "LAN" addresses not at all, and never beyond its
+/// probe budget.
+#[test]
+fn a_member_cannot_make_others_probe_addresses_of_its_choosing() {
+    let mut w = World::hub_and_clients(80, 2);
+    let (victim, member) = (1, 2);
+    assert!(w.run_until(10 * SECOND, |w| w.joined(1)
+        && w.joined(2)
+        && w.mesh_known()));
+    let victim_node = w.nodes[victim].ep.status(w.now).node.unwrap();
+    // The member has a session with the victim (relayed: no direct path between them).
+    let (va, ma) = (w.nodes[victim].addr, w.nodes[member].addr);
+    w.filter = Some(Box::new(move |d| {
+        !((d.from == va && d.to == ma) || (d.from == ma && d.to == va))
+    }));
+    let _ = w.tun(member, &ip_packet("10.0.0.3", "10.0.0.2", b"hello"));
+    w.run(5 * SECOND);
+    let targets: Vec<std::net::SocketAddr> = (1..=8)
+        .map(|i| format!("192.168.77.{i}:80").parse().unwrap())
+        .chain((1..=8).map(|i| format!("203.0.113.{i}:53").parse().unwrap()))
+        .collect();
+    let mut candidates = Vec::new();
+    culvert_wire::frame::Frame::Candidates(targets.clone()).emit(&mut candidates);
+    let mut punch = Vec::new();
+    culvert_wire::frame::Frame::PunchRequest { node: victim_node }.emit(&mut punch);
+    let from = w.now;
+    for _ in 0..120 {
+        let now = w.now;
+        w.nodes[member].ep.forge_plain(now, 0, &candidates);
+        w.nodes[member].ep.forge_plain(now, 0, &punch);
+        w.drain(member);
+        w.run(SECOND);
+    }
+    let victim_addr = w.nodes[victim].addr;
+    let probes = |private: bool| {
+        w.log
+            .iter()
+            .filter(|d| d.at >= from && d.from.ip() == victim_addr.ip())
+            .filter(|d| {
+                targets
+                    .iter()
+                    .any(|t| *t == d.to && (t.ip().to_string().starts_with("192.") == private))
+            })
+            .count()
+    };
+    let (lan, public) = (probes(true), probes(false));
+    eprintln!(
+        "in 120 s the victim probed the member's LAN candidates {lan} times, public ones {public}"
+    );
+    assert_eq!(public, 0, "public addresses passed as LAN candidates");
+    // A punch lasts 3 s (30 rounds of 8 candidates); after each failure the victim waits
+    // 2, 4, 8, 16, 32, 64 s: at most 6 punches in 120 s.
+    assert!(lan <= 6 * 30 * 8, "{lan} probes");
+}

@@ -27,6 +27,8 @@ use crate::path::{self, Path, PathAction, PathSet, RelayReason};
 use crate::peer::{PeerId, Remote, Source, Transport};
 use crate::stats::DropReason;
 
+/// LAN candidates the hub passes on per client.
+const MAX_LAN_CANDIDATES: usize = 8;
 /// A client may ask the hub for a punch at most this often.
 const PUNCH_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -237,11 +239,14 @@ impl Endpoint {
         let RoleState::Hub(hub) = &mut self.role else {
             return Err(DropReason::BadFrame);
         };
+        // Only what can be a LAN endpoint: private, shared or unique-local space. A member
+        // listing public addresses (a third party's) would have every other client probe
+        // them; its public endpoint is the one the hub observes.
         let mut list: Vec<SocketAddr> = list
             .into_iter()
-            .filter(|a| path::usable_local(*a))
+            .filter(|a| path::usable_local(*a) && path::private(a.ip()))
             .collect();
-        list.truncate(MAX_CANDIDATES);
+        list.truncate(MAX_LAN_CANDIDATES);
         hub.locals.insert(id, list);
         Ok(())
     }
