@@ -690,3 +690,71 @@ fn forged_peer_handshakes_never_block_a_session_between_clients() {
         "A's session with C is down"
     );
 }
+
+/// Hardening finding 9: one member of 40 rejoins 20 times in 10 s, each time with another
+/// overlay address, so its directory entry changes at every rejoin. Each change used to
+/// send the whole directory to every client (N² bytes). Now the others get a delta of one
+/// entry, and one member's changes go out at most every 5 s: the hub writes the others
+/// about as much as the member itself sends.
+#[test]
+fn a_member_rejoining_with_new_addresses_cannot_make_the_hub_flood_the_others() {
+    let n = 40;
+    let mut w = World::hub_and_clients(43, n);
+    join_all(&mut w);
+    w.run(5 * SECOND);
+    let (hub, member) = (hub_addr(), n);
+    let member_addr = w.nodes[member].addr;
+    let secret = culvert_core::StaticSecret::from_bytes(w.rng.array());
+    // The member with a key of its own, joined once normally.
+    let cfg = |k: u64| {
+        let addr = format!("10.0.0.{}/24", 100 + k);
+        client_config(secret.clone(), Some(passphrase()), &addr)
+    };
+    let restart = |w: &mut World, k: u64| {
+        let unix = Duration::from_secs(1_800_000_000 + k * 10);
+        let seed = [u8::try_from(k + 1).unwrap(); 32];
+        w.nodes[member].ep = culvert_core::Endpoint::new(cfg(k), seed, w.now, unix);
+        w.drain(member);
+    };
+    restart(&mut w, 0);
+    assert!(w.run_until(10 * SECOND, |w| w.joined(member)));
+    w.run(10 * SECOND);
+    let sent = |w: &World, from_t: std::time::Instant, from: SocketAddr, skip: SocketAddr| {
+        w.log
+            .iter()
+            .filter(|d| d.at >= from_t && d.from == from && d.to != skip)
+            .map(|d| d.bytes.len())
+            .sum::<usize>()
+    };
+    let quiet_from = w.now;
+    w.run(10 * SECOND);
+    let quiet = sent(&w, quiet_from, hub, member_addr);
+    let attack_from = w.now;
+    for k in 1..=20 {
+        restart(&mut w, k);
+        w.run(Duration::from_millis(500));
+    }
+    let to_others = sent(&w, attack_from, hub, member_addr) - quiet;
+    let by_member = sent(&w, attack_from, member_addr, member_addr);
+    eprintln!(
+        "20 rejoins in 10 s with new addresses: the member sent {by_member} bytes, the hub sent \
+         the other {} clients {to_others} bytes more than in 10 quiet seconds ({quiet})",
+        n - 1
+    );
+    assert!(
+        to_others <= 2 * by_member,
+        "the hub wrote the others {to_others} bytes for the member's {by_member}"
+    );
+    // The others still learn the member's final address.
+    w.run(10 * SECOND);
+    let seen = w.nodes[1].ep.status(w.now);
+    let entry = seen
+        .peers
+        .iter()
+        .find(|p| p.public_key == secret.public_key().to_string());
+    assert_eq!(
+        entry.map(|p| p.addresses.clone()),
+        Some(vec!["10.0.0.120/24".to_owned()]),
+        "the others do not know the member's last address"
+    );
+}

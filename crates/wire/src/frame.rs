@@ -28,6 +28,7 @@
 //! Neighbours    | 0e | node id (4) | count (1) | node id (4) ... |  client -> hub -> clients
 //! MtuProbe      | 0f | seq (4) | padding length (2) | padding ... |
 //! MtuAck        | 10 | seq (4) |
+//! DirDelta      | 11 | from version (8) | version (8) | count (1) | entries | removed (1) | node id (4) ... |
 //!     endpoint  | 4 | a b c d | port (2) |  or  | 6 | 16 bytes | port (2) |
 //! ```
 
@@ -55,6 +56,7 @@ mod kind {
     pub(super) const NEIGHBOURS: u8 = 0x0e;
     pub(super) const MTU_PROBE: u8 = 0x0f;
     pub(super) const MTU_ACK: u8 = 0x10;
+    pub(super) const DIR_DELTA: u8 = 0x11;
 }
 
 /// An [`Frame::MtuProbe`] without padding: its smallest plaintext.
@@ -124,6 +126,8 @@ pub enum Frame<'a> {
     },
     /// One part of a directory snapshot.
     Directory(Directory),
+    /// What changed in the directory from one version to the next.
+    DirDelta(DirDelta),
     /// A client asks for the directory snapshot; it holds `version`.
     DirRequest {
         /// The version the client holds (0 for none).
@@ -235,6 +239,33 @@ pub struct Directory {
     pub entries: Vec<DirEntry>,
 }
 
+/// The changes that make directory version `from` into `version`: the hub sends this
+/// instead of the whole directory when a few nodes changed, so that one node's changes
+/// cost the hub a frame the size of that node's entry per client, not the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirDelta {
+    /// The version this applies to; a client holding another asks for the snapshot.
+    pub from: u64,
+    /// The version it makes.
+    pub version: u64,
+    /// Nodes added or changed, whole.
+    pub entries: Vec<DirEntry>,
+    /// Nodes gone.
+    pub removed: Vec<u32>,
+}
+
+impl DirDelta {
+    /// Encoded length, type byte included.
+    pub fn buffer_len(&self) -> usize {
+        1 + 8
+            + 8
+            + 1
+            + self.entries.iter().map(DirEntry::buffer_len).sum::<usize>()
+            + 1
+            + 4 * self.removed.len()
+    }
+}
+
 /// One node in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -303,17 +334,7 @@ impl<'a> Frame<'a> {
                 if parts == 0 || part >= parts {
                     return Err(Error::Malformed("directory part"));
                 }
-                let count = r.u8()?;
-                let entries = (0..count)
-                    .map(|_| {
-                        Ok(DirEntry {
-                            node: r.u32()?,
-                            public_key: r.array()?,
-                            addresses: addr::parse_list(&mut r)?,
-                            routes: addr::parse_list(&mut r)?,
-                        })
-                    })
-                    .collect::<Result<_>>()?;
+                let entries = parse_entries(&mut r)?;
                 Self::Directory(Directory {
                     version,
                     part,
@@ -322,6 +343,17 @@ impl<'a> Frame<'a> {
                 })
             }
             kind::DIR_REQUEST => Self::DirRequest { version: r.u64()? },
+            kind::DIR_DELTA => {
+                let (from, version) = (r.u64()?, r.u64()?);
+                let entries = parse_entries(&mut r)?;
+                let removed = (0..r.u8()?).map(|_| r.u32()).collect::<Result<_>>()?;
+                Self::DirDelta(DirDelta {
+                    from,
+                    version,
+                    entries,
+                    removed,
+                })
+            }
             kind::GOODBYE => Self::Goodbye {
                 reason: match r.u8()? {
                     1 => GoodbyeReason::Shutdown,
@@ -431,14 +463,16 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&d.version.to_be_bytes());
                 out.extend_from_slice(&d.part.to_be_bytes());
                 out.extend_from_slice(&d.parts.to_be_bytes());
-                out.push(
-                    u8::try_from(d.entries.len()).expect("directory parts hold <= 255 entries"),
-                );
-                for e in &d.entries {
-                    out.extend_from_slice(&e.node.to_be_bytes());
-                    out.extend_from_slice(&e.public_key);
-                    addr::emit_list(&e.addresses, out);
-                    addr::emit_list(&e.routes, out);
+                emit_entries(&d.entries, out);
+            }
+            Self::DirDelta(d) => {
+                out.push(kind::DIR_DELTA);
+                out.extend_from_slice(&d.from.to_be_bytes());
+                out.extend_from_slice(&d.version.to_be_bytes());
+                emit_entries(&d.entries, out);
+                out.push(u8::try_from(d.removed.len()).expect("a delta removes <= 255 nodes"));
+                for n in &d.removed {
+                    out.extend_from_slice(&n.to_be_bytes());
                 }
             }
             Self::DirRequest { version } => {
@@ -565,6 +599,34 @@ pub fn emit_relay_header(out: &mut [u8; RELAY_HEADER_LEN], dest: u32, origin: u3
     out[9] = hops;
 }
 
+/// A count byte and that many directory entries.
+fn parse_entries(r: &mut Reader<'_>) -> Result<Vec<DirEntry>> {
+    (0..r.u8()?)
+        .map(|_| {
+            Ok(DirEntry {
+                node: r.u32()?,
+                public_key: r.array()?,
+                addresses: addr::parse_list(r)?,
+                routes: addr::parse_list(r)?,
+            })
+        })
+        .collect()
+}
+
+/// Writes a count byte and the entries.
+///
+/// # Panics
+/// With more than 255 entries.
+fn emit_entries(entries: &[DirEntry], out: &mut Vec<u8>) {
+    out.push(u8::try_from(entries.len()).expect("at most 255 directory entries a frame"));
+    for e in entries {
+        out.extend_from_slice(&e.node.to_be_bytes());
+        out.extend_from_slice(&e.public_key);
+        addr::emit_list(&e.addresses, out);
+        addr::emit_list(&e.routes, out);
+    }
+}
+
 /// Takes one hop off a relay frame in place (a relay passing it on), after lowering the
 /// limit it carries to `max` (the relay's own): a sender cannot buy a longer route, or a
 /// longer loop, than each relay allows. `false` if no hop was left.
@@ -651,8 +713,8 @@ mod tests {
         ]
     }
 
-    fn arb_frame() -> impl Strategy<Value = Frame<'static>> {
-        let entry = (
+    fn arb_entry() -> impl Strategy<Value = DirEntry> {
+        (
             any::<u32>(),
             any::<[u8; 32]>(),
             proptest::collection::vec(arb_prefix(), 0..4),
@@ -663,7 +725,10 @@ mod tests {
                 public_key,
                 addresses,
                 routes,
-            });
+            })
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame<'static>> {
         prop_oneof![
             (any::<u32>(), any::<u64>())
                 .prop_map(|(seq, dir_version)| Frame::Ping { seq, dir_version }),
@@ -672,7 +737,7 @@ mod tests {
             (
                 any::<u64>(),
                 1u16..4,
-                proptest::collection::vec(entry, 0..5)
+                proptest::collection::vec(arb_entry(), 0..5)
             )
                 .prop_map(|(version, parts, entries)| Frame::Directory(Directory {
                     version,
@@ -680,6 +745,21 @@ mod tests {
                     parts,
                     entries
                 })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_entry(), 0..4),
+                proptest::collection::vec(any::<u32>(), 0..5)
+            )
+                .prop_map(|(from, version, entries, removed)| {
+                    let d = DirDelta {
+                        from,
+                        version,
+                        entries,
+                        removed,
+                    };
+                    Frame::DirDelta(d)
+                }),
             any::<u64>().prop_map(|version| Frame::DirRequest { version }),
             Just(Frame::Goodbye {
                 reason: GoodbyeReason::Shutdown

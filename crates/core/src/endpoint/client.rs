@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
-use culvert_wire::frame::{DirEntry, Directory, Frame};
+use culvert_wire::frame::{DirDelta, DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
 
 use super::detour::Detour;
@@ -317,42 +317,41 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The hub's delta from the version we hold to the next: applied when we hold its
+    /// base; otherwise we ask for the whole directory (the hub answers once a second).
+    pub(super) fn on_dir_delta(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        delta: DirDelta,
+    ) -> Result<(), DropReason> {
+        if id != PeerId::HUB || !self.is_client() {
+            return Err(DropReason::BadFrame);
+        }
+        let held = self.client().dir.held;
+        if delta.from != held {
+            self.send_frame(now, PeerId::HUB, &Frame::DirRequest { version: held });
+            return Ok(());
+        }
+        for e in delta.entries {
+            self.apply_entry(now, e);
+        }
+        let own = self.client().node;
+        for node in delta.removed {
+            if node != PeerId::HUB.0 && Some(node) != own {
+                self.remove_peer(now, PeerId(node));
+            }
+        }
+        self.client().dir.held = delta.version;
+        Ok(())
+    }
+
     /// Makes the peer table match a complete directory snapshot.
     fn apply_directory(&mut self, now: Instant, entries: Vec<DirEntry>) {
-        let own = self.client().node;
-        let mut keep = BTreeSet::new();
-        for e in entries {
-            if e.node == PeerId::HUB.0 {
-                let routes = self.usable_routes(PeerId::HUB, e.routes);
-                if let Some(hub) = self.peers.get_mut(&PeerId::HUB)
-                    && hub.routes != routes
-                {
-                    hub.routes = routes;
-                    self.install_routes(PeerId::HUB);
-                }
-                continue;
-            }
-            if Some(e.node) == own || e.public_key == self.public.0 {
-                self.note_accepted_routes(e.routes);
-                continue;
-            }
-            let id = PeerId(e.node);
-            keep.insert(id);
-            let key = PublicKey(e.public_key);
-            let addresses = self.inside_networks("directory addresses", e.addresses);
-            if self.peers.get(&id).is_some_and(|p| p.key != key) {
-                self.remove_peer(now, id);
-            }
-            let peer = self
-                .peers
-                .entry(id)
-                .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay(PeerId::HUB)));
-            peer.addresses = addresses;
-            let routes = self.usable_routes(id, e.routes);
-            let peer = self.peers.get_mut(&id).expect("inserted above");
-            peer.routes = routes;
-            self.install_routes(id);
-        }
+        let keep: BTreeSet<PeerId> = entries
+            .into_iter()
+            .filter_map(|e| self.apply_entry(now, e))
+            .collect();
         let gone: Vec<PeerId> = self
             .peers
             .keys()
@@ -367,6 +366,42 @@ impl Endpoint {
             version = self.client().dir.held,
             "directory applied"
         );
+    }
+
+    /// One node's directory entry: the hub's routes, ours (what the hub accepted), or
+    /// another client, added or updated. Returns the client it made or kept.
+    fn apply_entry(&mut self, now: Instant, e: DirEntry) -> Option<PeerId> {
+        let own = self.client().node;
+        if e.node == PeerId::HUB.0 {
+            let routes = self.usable_routes(PeerId::HUB, e.routes);
+            if let Some(hub) = self.peers.get_mut(&PeerId::HUB)
+                && hub.routes != routes
+            {
+                hub.routes = routes;
+                self.install_routes(PeerId::HUB);
+            }
+            return None;
+        }
+        if Some(e.node) == own || e.public_key == self.public.0 {
+            self.note_accepted_routes(e.routes);
+            return None;
+        }
+        let id = PeerId(e.node);
+        let key = PublicKey(e.public_key);
+        let addresses = self.inside_networks("directory addresses", e.addresses);
+        if self.peers.get(&id).is_some_and(|p| p.key != key) {
+            self.remove_peer(now, id);
+        }
+        let peer = self
+            .peers
+            .entry(id)
+            .or_insert_with(|| Peer::new(id, key, Vec::new(), Path::Relay(PeerId::HUB)));
+        peer.addresses = addresses;
+        let routes = self.usable_routes(id, e.routes);
+        let peer = self.peers.get_mut(&id).expect("inserted above");
+        peer.routes = routes;
+        self.install_routes(id);
+        Some(id)
     }
 
     /// Our own directory entry: the routes the hub accepted from us. Logs a change, and

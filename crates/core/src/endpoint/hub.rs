@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
-use culvert_wire::frame::{DIRECTORY_HEADER_LEN, DirEntry, Directory, Frame};
 use culvert_wire::hello::{FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
 
+use super::directory::Published;
 use super::handshake::Request;
-use super::{Endpoint, MAX_FRAME, RoleState};
+use super::{Endpoint, RoleState};
 use crate::budget::SourceBudget;
 use crate::config::{HubConfig, Timing};
 use crate::cookie::CookieJar;
@@ -23,8 +23,6 @@ use crate::stats::DropReason;
 
 /// Handshake answers (each costs Diffie-Hellman) per second to one source address.
 const HANDSHAKES_PER_SOURCE: u32 = 30;
-/// A client is sent the directory on its request at most this often.
-const DIRECTORY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a join is refused: the code and the text both sides log.
 pub(super) type Refusal = (RefusalCode, String);
@@ -36,8 +34,8 @@ pub(super) struct Hub {
     pub(super) cookies: CookieJar,
     /// Handshake answers per source address (on top of the cookies' global limit).
     pub(super) handshake_budget: SourceBudget,
-    pub(super) dir_version: u64,
-    dir_dirty: bool,
+    /// The directory as the clients know it.
+    pub(super) published: Published,
     next_node: u32,
     pub(super) refusal_log: RateWindow,
     /// Clients' LAN candidates, as they reported them.
@@ -71,8 +69,7 @@ impl Hub {
             cfg,
             cookies,
             handshake_budget,
-            dir_version: 1,
-            dir_dirty: false,
+            published: Published::default(),
             next_node: 1,
             refusal_log: RateWindow::new(10, Duration::from_secs(10)),
             locals: BTreeMap::new(),
@@ -88,6 +85,7 @@ impl Hub {
             .min()
             .map(|rx| rx + t.node_timeout);
         let rotate = self.cookies.next_rotation();
+        let directory = self.published.due();
         let fanout = self
             .neighbours
             .values()
@@ -95,7 +93,7 @@ impl Hub {
             .filter_map(|r| r.told)
             .map(|t| t + super::neighbours::FANOUT_GAP)
             .min();
-        [expiry, fanout]
+        [expiry, fanout, directory]
             .into_iter()
             .flatten()
             .fold(rotate, Instant::min)
@@ -271,8 +269,8 @@ impl Endpoint {
         if changed {
             self.install_routes(id);
             if existing.is_some() {
-                self.hub().dir_dirty = true;
-                self.schedule_now(now);
+                self.hub().published.touch(now);
+                self.deadline_dirty = true;
             }
         }
         let hub = self.hub();
@@ -405,8 +403,8 @@ impl Endpoint {
             return;
         };
         if first {
-            hub.dir_dirty = true;
-            self.schedule_now(now);
+            hub.published.welcome(now, id);
+            self.deadline_dirty = true;
             self.send_all_neighbours(now, id);
             let p = &self.peers[&id];
             tracing::info!(
@@ -425,97 +423,9 @@ impl Endpoint {
             hub.locals.remove(&id);
             hub.punch_asked.remove(&id);
             hub.neighbours.remove(&id);
-            hub.dir_dirty = true;
-            self.schedule_now(now);
+            hub.published.touch(now);
+            self.deadline_dirty = true;
             tracing::info!(node = id.0, "client disconnected");
-        }
-    }
-
-    pub(super) fn on_ping(
-        &mut self,
-        now: Instant,
-        id: PeerId,
-        held: u64,
-    ) -> Result<(), DropReason> {
-        if let RoleState::Hub(hub) = &self.role
-            && held != hub.dir_version
-        {
-            // A ping too soon after the last answer is still answered; the next one gets
-            // the directory.
-            let _ = self.send_requested_directory(now, id);
-        }
-        Ok(())
-    }
-
-    pub(super) fn on_dir_request(&mut self, now: Instant, id: PeerId) -> Result<(), DropReason> {
-        match &self.role {
-            RoleState::Hub(_) => self.send_requested_directory(now, id),
-            _ => Err(DropReason::BadFrame),
-        }
-    }
-
-    /// The directory on a client's request, at most once per [`DIRECTORY_INTERVAL`]: a
-    /// client cannot make the hub send it more than a bounded rate.
-    fn send_requested_directory(&mut self, now: Instant, id: PeerId) -> Result<(), DropReason> {
-        let p = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
-        if p.directory_sent
-            .is_some_and(|t| now.saturating_duration_since(t) < DIRECTORY_INTERVAL)
-        {
-            return Err(DropReason::RateLimited);
-        }
-        p.directory_sent = Some(now);
-        self.send_directory(now, id);
-        Ok(())
-    }
-
-    /// Sends the current directory snapshot to one client, in as many parts as needed.
-    ///
-    /// The hub's own entry (node 0) comes first: its routes. Under isolation a client's
-    /// directory holds only the hub and the client itself (which learns the routes the hub
-    /// accepted from it).
-    fn send_directory(&mut self, now: Instant, to: PeerId) {
-        let hub = self.hub();
-        let (version, isolation) = (hub.dir_version, hub.cfg.isolation);
-        let own = DirEntry {
-            node: PeerId::HUB.0,
-            public_key: self.public.0,
-            addresses: self.cfg.addresses.clone(),
-            routes: self.cfg.routes.clone(),
-        };
-        let entries: Vec<DirEntry> = core::iter::once(own)
-            .chain(
-                self.peers
-                    .values()
-                    .filter(|p| p.sessions.current.is_some() && (!isolation || p.id == to))
-                    .map(|p| DirEntry {
-                        node: p.id.0,
-                        public_key: p.key.0,
-                        addresses: p.addresses.clone(),
-                        routes: p.routes.clone(),
-                    }),
-            )
-            .collect();
-        let mut parts: Vec<Vec<DirEntry>> = vec![Vec::new()];
-        let mut size = DIRECTORY_HEADER_LEN;
-        for e in entries {
-            let last = parts.last_mut().expect("never empty");
-            if size + e.buffer_len() > MAX_FRAME || last.len() == usize::from(u8::MAX) {
-                parts.push(Vec::new());
-                size = DIRECTORY_HEADER_LEN;
-            }
-            size += e.buffer_len();
-            parts.last_mut().expect("never empty").push(e);
-        }
-        let count = u16::try_from(parts.len()).unwrap_or(u16::MAX);
-        for (i, entries) in parts.into_iter().enumerate().take(usize::from(count)) {
-            let part = u16::try_from(i).unwrap_or(u16::MAX);
-            let frame = Frame::Directory(Directory {
-                version,
-                part,
-                parts: count,
-                entries,
-            });
-            self.send_frame(now, to, &frame);
         }
     }
 
@@ -539,20 +449,7 @@ impl Endpoint {
             tracing::info!(node = id.0, "client timed out");
             self.remove_peer(now, id);
         }
-        let hub = self.hub();
-        if hub.dir_dirty {
-            hub.dir_dirty = false;
-            hub.dir_version += 1;
-            let ids: Vec<PeerId> = self
-                .peers
-                .values()
-                .filter(|p| p.sessions.current.is_some())
-                .map(|p| p.id)
-                .collect();
-            for id in ids {
-                self.send_directory(now, id);
-            }
-        }
+        self.push_directory(now);
         // A client that expired above asked for this very push: nothing urgent is left,
         // and a deadline left at `now` would be due forever.
         self.urgent = None;

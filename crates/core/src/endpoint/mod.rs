@@ -25,6 +25,7 @@
 mod client;
 mod detour;
 mod direct;
+mod directory;
 mod handshake;
 mod hub;
 mod mtu;
@@ -487,7 +488,7 @@ impl Endpoint {
             })
             .collect();
         let (role, node, directory_version, isolation) = match &self.role {
-            RoleState::Hub(h) => ("server", Some(0), h.dir_version, h.cfg.isolation),
+            RoleState::Hub(h) => ("server", Some(0), h.published.version, h.cfg.isolation),
             RoleState::Client(c) => ("client", c.node, c.dir.held, c.isolation),
         };
         Status {
@@ -858,6 +859,7 @@ impl Endpoint {
             }
             Frame::Pong { seq, dir_version } => self.on_pong(now, id, seq, dir_version),
             Frame::Directory(part) => self.on_directory(now, id, part),
+            Frame::DirDelta(delta) => self.on_dir_delta(now, id, delta),
             Frame::DirRequest { .. } => self.on_dir_request(now, id),
             Frame::Goodbye { reason } => self.on_goodbye(now, id, reason),
             Frame::Probe { .. } | Frame::MtuProbe { .. } if !self.may_answer(now, id, src) => {
@@ -1236,7 +1238,7 @@ impl Endpoint {
 
     fn dir_version(&self) -> u64 {
         match &self.role {
-            RoleState::Hub(h) => h.dir_version,
+            RoleState::Hub(h) => h.published.version,
             RoleState::Client(c) => c.dir.held,
         }
     }
