@@ -758,3 +758,47 @@ fn a_member_rejoining_with_new_addresses_cannot_make_the_hub_flood_the_others() 
         "the others do not know the member's last address"
     );
 }
+
+/// Hardening finding 13: a member sends authentic probes on its direct path to a client,
+/// but with a third party's address as their source (a member can write any). Each is
+/// answered at that address; at most 64 a second are.
+#[test]
+fn probe_answers_to_other_addresses_are_rate_limited() {
+    let mut w = World::hub_and_clients(44, 2);
+    join_all(&mut w);
+    let (c, m) = (1, 2);
+    assert_eq!(transfer(&mut w, m, c, 10), 10);
+    w.run(5 * SECOND);
+    let (c_addr, m_addr) = (w.nodes[c].addr, w.nodes[m].addr);
+    let node_c = w.nodes[c].ep.status(w.now).node.unwrap();
+    let third: SocketAddr = "192.0.2.99:53".parse().unwrap();
+    let from = w.now;
+    let mut probe = Vec::new();
+    culvert_wire::frame::Frame::Probe { seq: 7, pad: 0 }.emit(&mut probe);
+    for _ in 0..200 {
+        let before = w.log.len();
+        let now = w.now;
+        w.nodes[m].ep.forge_plain(now, node_c, &probe);
+        w.drain(m);
+        let sealed: Vec<Vec<u8>> = w.log[before..]
+            .iter()
+            .filter(|d| d.from == m_addr && d.to == c_addr)
+            .map(|d| d.bytes.clone())
+            .collect();
+        w.queue.retain(|d| !(d.from == m_addr && d.to == c_addr));
+        for bytes in sealed {
+            w.inject(third, c_addr, bytes);
+        }
+        w.step(Duration::from_millis(5));
+    }
+    let answers = w
+        .log
+        .iter()
+        .filter(|d| d.at >= from && d.to == third)
+        .count();
+    eprintln!("200 probes in 1 s from a spoofed source: {answers} answers went there");
+    assert!(
+        (1..=64).contains(&answers),
+        "{answers} answers to the third party"
+    );
+}
