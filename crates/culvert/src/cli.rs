@@ -20,8 +20,9 @@ pub(crate) enum Command {
     Client(ClientArgs),
     /// Show the running daemon(s) of this network namespace.
     Status(StatusArgs),
-    /// Print a new private key (base64).
-    Genkey,
+    /// Print a new private key (base64), or write it to a new file readable by its owner
+    /// only.
+    Genkey(GenkeyArgs),
     /// Read a private key on stdin and print its public key.
     Pubkey,
     /// Print (or write) a commented example configuration.
@@ -224,6 +225,13 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct GenkeyArgs {
+    /// Write the key to this new file (mode 0600) instead of printing it.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct InitArgs {
     /// Which example.
     pub(crate) role: InitRole,
@@ -231,8 +239,12 @@ pub(crate) struct InitArgs {
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     /// Client: the server's public key, written as `server_public_key` (key mode).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "passphrase_file")]
     pub(crate) server_key: Option<String>,
+    /// The network's passphrase: read from this file when it exists (a client takes the
+    /// server's), else made and written there (mode 0600), so every node gets the same.
+    #[arg(long, visible_alias = "key-file", value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -28,8 +28,20 @@ pub(crate) fn generate() -> StaticSecret {
     StaticSecret::from_bytes(os_random())
 }
 
-/// Reads a base64 private key file.
+/// Reads a base64 private key file; refuses one that others may read, as ssh does.
 pub(crate) fn load(path: &Path) -> Result<StaticSecret> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path)
+        .with_context(|| format!("reading private key file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "private key file {p} can be read by others (mode {mode:o}): `chmod 600 {p}` (and \
+             make a new key if others may have read it; `culvert genkey --out FILE` writes one \
+             with mode 0600)",
+            p = path.display()
+        );
+    }
     let text = fs::read_to_string(path)
         .with_context(|| format!("reading private key file {}", path.display()))?;
     let bytes =
@@ -53,6 +65,39 @@ fn create_private(path: &Path) -> Result<fs::File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Where `culvert init --passphrase-file` got its passphrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PassphraseSource {
+    /// The file held one (another node's).
+    Read,
+    /// It did not exist: a new one was made and written there.
+    Made,
+}
+
+/// A new random passphrase (24 random bytes, base64: 192 bits).
+pub(crate) fn new_passphrase() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(os_random::<24>())
+}
+
+/// The network's passphrase in `file`, or a new one written there (0600) when it does not
+/// exist.
+pub(crate) fn shared_passphrase(file: &Path) -> Result<(String, Option<PassphraseSource>)> {
+    match fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => {
+            Ok((text.trim().to_owned(), Some(PassphraseSource::Read)))
+        }
+        Ok(_) => bail!("{} is empty: it should hold the passphrase", file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let passphrase = new_passphrase();
+            let mut f = create_private(file)?;
+            writeln!(f, "{passphrase}").with_context(|| format!("writing {}", file.display()))?;
+            Ok((passphrase, Some(PassphraseSource::Made)))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
 }
 
 /// Writes a private key readable by its owner only (0600), refusing to overwrite.
@@ -264,6 +309,46 @@ mod tests {
         assert_eq!(known_server(&dir, "vpn:9000").unwrap(), None);
         assert_eq!(forget_server(&dir, None).unwrap(), 1);
         assert_eq!(known_server(&dir, "other:9000").unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// First contact, item 11: a key written by `genkey --out` is 0600, and a key file
+    /// others can read is refused, as ssh refuses one.
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("culvert-keymode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("server.key");
+        store(&path, &generate()).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(load(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// First contact, item 9: `init server --passphrase-file F` makes the passphrase and
+    /// writes it (0600); `init client --passphrase-file F` takes the same.
+    #[test]
+    fn init_shares_one_passphrase_through_a_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("culvert-shared-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let file = dir.join("key");
+        let (made, how) = shared_passphrase(&file).unwrap();
+        assert_eq!(how, Some(PassphraseSource::Made));
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (read, how) = shared_passphrase(&file).unwrap();
+        assert_eq!((read, how), (made.clone(), Some(PassphraseSource::Read)));
+        assert!(made.len() >= 32);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

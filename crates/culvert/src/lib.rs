@@ -30,16 +30,9 @@ pub fn main() -> ExitCode {
         Command::Server(args) => daemon_command(Settings::server(&args)),
         Command::Client(args) => daemon_command(Settings::client(&args)),
         Command::Status(args) => status::command(&args),
-        Command::Genkey => {
-            println!("{}", identity::generate().to_base64().as_str());
-            Ok(())
-        }
+        Command::Genkey(args) => genkey(args.out.as_deref()),
         Command::Pubkey => pubkey(),
-        Command::Init(args) => init(
-            args.role,
-            args.output.as_deref(),
-            args.server_key.as_deref(),
-        ),
+        Command::Init(args) => init(&args),
         Command::ForgetServer(args) => forget_server(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Proxy(args) => culvert_proxy::run(args),
@@ -105,26 +98,43 @@ fn forget_server(args: &cli::ForgetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `culvert init`: the example with a freshly generated passphrase, printed or written 0600.
-/// With `server_key` (a client in key mode) the server's key is written and the passphrase
-/// left out.
-fn init(
-    role: InitRole,
-    output: Option<&std::path::Path>,
-    server_key: Option<&str>,
-) -> anyhow::Result<()> {
-    use base64::Engine;
-    let example = match role {
+/// `culvert genkey`: a new private key, printed, or written to a new 0600 file.
+fn genkey(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let secret = identity::generate();
+    match out {
+        None => println!("{}", secret.to_base64().as_str()),
+        Some(path) => {
+            identity::store(path, &secret)?;
+            eprintln!(
+                "wrote a private key to {} (mode 0600); its public key: {}",
+                path.display(),
+                secret.public_key()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `culvert init`: the example, printed or written 0600. Its passphrase is the one in
+/// `--passphrase-file` (made there when the file does not exist yet), else a new random
+/// one. With `--server-key` (a client in key mode) the server's key is written and no
+/// passphrase.
+fn init(args: &cli::InitArgs) -> anyhow::Result<()> {
+    let example = match args.role {
         InitRole::Server => config::EXAMPLE_SERVER,
         InitRole::Client => config::EXAMPLE_CLIENT,
     };
-    let passphrase = base64::engine::general_purpose::STANDARD.encode(identity::os_random::<24>());
+    let (passphrase, origin) = match &args.passphrase_file {
+        _ if args.server_key.is_some() => (String::new(), None),
+        Some(file) => identity::shared_passphrase(file)?,
+        None => (identity::new_passphrase(), None),
+    };
     let mut text = example.replace(config::PLACEHOLDER, &passphrase);
-    if let Some(key) = server_key {
+    if let Some(key) = &args.server_key {
         let key: culvert_core::PublicKey = key
             .parse()
             .map_err(|e| anyhow::anyhow!("--server-key: {e}"))?;
-        if !matches!(role, InitRole::Client) {
+        if !matches!(args.role, InitRole::Client) {
             anyhow::bail!("--server-key is for `culvert init client`");
         }
         text = text
@@ -141,23 +151,36 @@ fn init(
                 "# address = [\"10.0.0.2/24\"]",
             );
     }
-    match output {
-        None => print!("{text}"),
-        Some(path) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            eprintln!(
-                "wrote {} with a new random passphrase; copy the same passphrase to every node",
-                path.display()
-            );
-        }
+    let Some(path) = &args.output else {
+        print!("{text}");
+        return Ok(());
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        f.write_all(text.as_bytes())?;
     }
+    let what = match (&args.server_key, &args.passphrase_file, origin) {
+        (Some(_), _, _) => "for key mode (the server's key, no passphrase)".to_owned(),
+        (None, Some(file), Some(identity::PassphraseSource::Read)) => {
+            format!("with the passphrase of {}", file.display())
+        }
+        (None, Some(file), _) => format!(
+            "with a new passphrase, also written to {f}: give each client the same with \
+             `culvert init client -o client.toml --passphrase-file {f}` (copy {f} over first)",
+            f = file.display()
+        ),
+        (None, None, _) => "with a new random passphrase: every node needs the same one \
+                            (--passphrase-file FILE writes it where the others can take it)"
+            .to_owned(),
+    };
+    eprintln!("wrote {} {what}", path.display());
     Ok(())
 }

@@ -2,14 +2,17 @@
 
 use std::os::unix::fs::MetadataExt;
 
-/// A stable name for the current network namespace: `host` for the one PID 1 is in, the
+/// The name of the network namespace PID 1 is in.
+pub const HOST: &str = "host";
+
+/// A stable name for the current network namespace: [`HOST`] for the one PID 1 is in, the
 /// `ip netns` name when there is one, `ns-<inode>` otherwise.
 pub fn current_name() -> String {
     let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else {
-        return "host".to_owned();
+        return HOST.to_owned();
     };
     if std::fs::metadata("/proc/1/ns/net").is_ok_and(|m| m.ino() == me) {
-        return "host".to_owned();
+        return HOST.to_owned();
     }
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for entry in dir.flatten() {

@@ -61,6 +61,8 @@ pub(super) struct Client {
     attempts_here: u32,
     /// When the hub last refused a join (it answers, so "no answer" would mislead).
     pub(super) refused_at: Option<Instant>,
+    /// The likely causes of the hub's silence were logged (once per silence).
+    explained: bool,
     probe_seq: u32,
     probe_out: Option<(u32, Instant)>,
     probes_answered: u32,
@@ -133,6 +135,18 @@ impl DirectoryAssembly {
 }
 
 impl Client {
+    /// Whether the hub's silence after `attempts` handshakes should be explained now: once,
+    /// when every transport this client may use has been tried.
+    pub(super) fn explain_silence(&mut self, attempts: u32) -> bool {
+        let tried_all = match self.mode {
+            TransportMode::Auto => attempts >= 2 * ATTEMPTS_PER_TRANSPORT,
+            TransportMode::Udp | TransportMode::FakeTcp => true,
+        };
+        let explain = tried_all && !self.explained;
+        self.explained |= explain;
+        explain
+    }
+
     pub(super) fn new(cfg: ClientConfig, rng: &mut Rng) -> Self {
         Self {
             handshake_budget: SourceBudget::new(
@@ -147,6 +161,7 @@ impl Client {
             switched: None,
             attempts_here: 0,
             refused_at: None,
+            explained: false,
             probe_seq: 0,
             probe_out: None,
             probes_answered: 0,
@@ -226,6 +241,8 @@ impl Endpoint {
 
     /// The hub accepted our join (first time, reconnect, or rekey).
     pub(super) fn on_joined(&mut self, now: Instant, mut w: Welcome) {
+        // A new silence gets its own explanation.
+        self.client().explained = false;
         w.responder_addresses = self.inside_networks(
             "server addresses",
             core::mem::take(&mut w.responder_addresses),

@@ -159,15 +159,33 @@ impl Endpoint {
                 && attempts.is_power_of_two()
                 && !refused
             {
-                tracing::warn!(
-                    server = %addr.addr,
-                    transport = addr.transport.as_str(),
-                    attempts,
-                    waited_s = now.saturating_duration_since(h.sent).as_secs(),
-                    "no answer from the server: check its address, that its port is reachable \
-                     (UDP not blocked), and that the passphrase or keys match (a server answers \
-                     nothing to a wrong one)"
-                );
+                let waited_s = now.saturating_duration_since(h.sent).as_secs();
+                let explain = match &mut self.role {
+                    RoleState::Client(c) => c.explain_silence(attempts),
+                    RoleState::Hub(_) => false,
+                };
+                if explain {
+                    tracing::warn!(
+                        server = %addr.addr,
+                        attempts,
+                        "no answer from the server over any transport. The likely causes, in \
+                         order: (1) the passphrase, or in key mode this client's key or the \
+                         server key it was given, does not match the server's: a server answers \
+                         nothing to a wrong one, and its log says 'handshake failed \
+                         authentication' or 'do not decode under this network's key'; (2) the \
+                         server's port is closed to UDP and to TCP (FakeTCP needs the TCP port \
+                         open too); (3) a wrong server address. (A server that answers with \
+                         another key than the one pinned is reported as such.)"
+                    );
+                } else {
+                    tracing::warn!(
+                        server = %addr.addr,
+                        transport = addr.transport.as_str(),
+                        attempts,
+                        waited_s,
+                        "no answer from the server yet"
+                    );
+                }
             }
             if attempts > 0 && attempts % 3 == 0 {
                 self.events.push_back(crate::Event::Rebind);
@@ -509,6 +527,18 @@ impl Endpoint {
             let suppressed = limiter.take_suppressed();
             tracing::warn!(peer = %from, suppressed, "{what}");
         }
+    }
+
+    /// Shell: a FakeTCP flow's first record from `from` did not decode under this
+    /// network's key — what a client with a wrong passphrase or server key sends once it
+    /// has moved to FakeTCP. Logged like a failed handshake (rate-limited, never answered).
+    pub fn log_undecodable(&mut self, now: Instant, from: std::net::SocketAddr) {
+        self.log_refusal(
+            now,
+            from,
+            "FakeTCP records that do not decode under this network's key: wrong passphrase or \
+             server key? (not answered)",
+        );
     }
 
     /// Forgets our own unanswered handshake with `id`.

@@ -610,6 +610,9 @@ impl Daemon {
                 }) {
                     let Ok(r) = record else {
                         self.ep.count_shell_drop(DropReason::Malformed);
+                        if first {
+                            self.ep.log_undecodable(now, seg.from);
+                        }
                         break;
                     };
                     next = r.end;
@@ -756,13 +759,23 @@ impl Daemon {
                         %offered,
                         "the responder at the server's address proved another key than the pinned \
                          one; nothing was accepted from it. If the server's identity really \
-                         changed, run `culvert forget-server --tun-name {}` and restart; \
-                         otherwise someone else answers at its address",
-                        self.info.instance
+                         changed, run `{}` and restart; otherwise someone else answers at its \
+                         address",
+                        self.forget_server_command()
                     );
                 }
             }
         }
+    }
+
+    /// The exact `culvert forget-server` command for this instance's pin.
+    fn forget_server_command(&self) -> String {
+        forget_server_command(
+            &self.info.netns,
+            &self.info.instance,
+            &self.state_dir,
+            self.server.as_deref(),
+        )
     }
 
     /// Makes the kernel's routes into the TUN (main table) match the subnets the core
@@ -1022,6 +1035,29 @@ fn enable_ipv6(tun: &str) {
     }
 }
 
+/// The `culvert forget-server` command that lifts the pin of `instance` in network
+/// namespace `netns` with state in `state_dir` for `server` (as configured): an operator
+/// copies it as it is, whatever was non-default.
+fn forget_server_command(
+    netns: &str,
+    instance: &str,
+    state_dir: &Path,
+    server: Option<&str>,
+) -> String {
+    let mut cmd = String::new();
+    if netns != culvert_sys::netns::HOST && !netns.starts_with("ns-") {
+        cmd += &format!("ip netns exec {netns} ");
+    }
+    cmd += &format!("culvert forget-server --tun-name {instance}");
+    if state_dir != identity::default_state_dir(netns, instance) {
+        cmd += &format!(" --state-dir {}", state_dir.display());
+    }
+    if let Some(server) = server {
+        cmd += &format!(" -r {server}");
+    }
+    cmd
+}
+
 fn resolve(server: &str) -> Result<SocketAddr> {
     server
         .to_socket_addrs()
@@ -1189,7 +1225,24 @@ fn list(p: &[Prefix]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::default_mtu;
+    use super::{default_mtu, forget_server_command};
+
+    /// First contact, item 10: the hint names the instance's own pin file, whatever was
+    /// not the default.
+    #[test]
+    fn the_pin_hint_is_the_exact_command() {
+        let default = crate::identity::default_state_dir("host", "culvert0");
+        assert_eq!(
+            forget_server_command("host", "culvert0", &default, None),
+            "culvert forget-server --tun-name culvert0"
+        );
+        let other = std::path::Path::new("/srv/vpn/state");
+        assert_eq!(
+            forget_server_command("blue", "wg1", other, Some("vpn.example.net:9000")),
+            "ip netns exec blue culvert forget-server --tun-name wg1 --state-dir /srv/vpn/state \
+             -r vpn.example.net:9000"
+        );
+    }
 
     /// The figures README.md and PROTOCOL.md quote, and what they add up to: the largest
     /// outer packet — a parity message carried by FakeTCP, relayed — is exactly 1500 bytes.

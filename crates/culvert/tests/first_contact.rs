@@ -1,0 +1,62 @@
+//! What a new operator meets in the first hour, followed as the README says: key files,
+//! `init`, wrong credentials, key mode, a full tunnel to a server that is no exit.
+//!
+//! ```text
+//!   host 0: server 10.0.0.1  198.18.1.2 --+
+//!   host 1: client           198.18.2.2 --+-- router
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits until `pred` holds for the log of daemon `id`, for at most `secs` seconds.
+fn wait_log(lab: &Lab, id: usize, secs: u64, pred: impl Fn(&str) -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if pred(&lab.log(id)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pred(&lab.log(id))
+}
+
+/// First contact, item 7: a client with a wrong passphrase hears nothing (silence towards
+/// strangers stays). Once it has tried UDP and FakeTCP it says, once, what the likely causes
+/// are; the server logs the failures on both transports, not only the first three.
+#[test]
+fn a_wrong_passphrase_is_explained_on_both_sides() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("wrongkey", 2) else {
+        return;
+    };
+    let server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
+    let client = start_client(&mut lab, 1, "10.0.0.2/24", "another-long-passphrase-x9");
+    assert!(
+        wait_log(&lab, client, 30, |l| l.contains("likely causes")),
+        "the client never explained the silence\n{}",
+        lab.logs()
+    );
+    assert!(
+        wait_log(&lab, server, 10, |l| l
+            .contains("do not decode under this network's key")),
+        "the server did not log the FakeTCP attempts\n{}",
+        lab.log(server)
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let log = lab.log(client);
+    assert_eq!(log.matches("likely causes").count(), 1, "{log}");
+    assert!(log.contains("passphrase"), "{log}");
+    let server_log = lab.log(server);
+    let failures = server_log
+        .matches("handshake failed authentication")
+        .count()
+        + server_log.matches("do not decode").count();
+    assert!(
+        failures >= 4,
+        "the server logged {failures} failures\n{server_log}"
+    );
+}
