@@ -28,6 +28,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
             "the demo needs root (it creates network namespaces and TUN devices): run it with sudo"
         );
     }
+    if let Some(missing) = testbed::missing_tools() {
+        bail!("the demo needs {missing}");
+    }
     let signals = culvert_sys::poll::Signals::new()?;
     let megabytes = args.megabytes;
     let worker = std::thread::spawn(move || steps(megabytes));

@@ -94,6 +94,26 @@ impl Stream {
     }
 }
 
+/// What a lab needs that the host lacks, with what to install: `ip` (iproute2) for the
+/// namespaces, `nft` (nftables) for the NAT routers and filters. `None`: nothing.
+pub fn missing_tools() -> Option<String> {
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    match (ip, culvert_sys::nft::available()) {
+        (true, true) => None,
+        (false, _) => Some(
+            "the ip command: install iproute2 (Debian, Ubuntu: apt install iproute2; Fedora: \
+             dnf install iproute)"
+                .to_owned(),
+        ),
+        (true, false) => Some(format!(
+            "the nft command for its NAT routers: {}",
+            culvert_sys::nft::INSTALL_HINT
+        )),
+    }
+}
+
 impl Lab {
     /// Builds the star topology with `hosts` hosts; names start with `prefix`.
     pub fn new(prefix: &str, hosts: usize, bin: &Path) -> io::Result<Self> {

@@ -60,3 +60,58 @@ fn a_wrong_passphrase_is_explained_on_both_sides() {
         "the server logged {failures} failures\n{server_log}"
     );
 }
+
+/// Hides the nft command in the mount namespace a daemon is spawned in.
+const NO_NFT: &str = "mount --bind /dev/null /usr/sbin/nft";
+
+/// First contact, item 1: on a host without nftables the daemon works over UDP (`auto`
+/// turns FakeTCP off and says what to install), `--transport faketcp` refuses with the
+/// package to install, and the demo says what it needs before it builds anything.
+#[test]
+fn without_nftables_the_daemon_runs_over_udp_and_says_what_to_install() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("nonft", 2) else {
+        return;
+    };
+    let server = lab
+        .spawn_after(0, Some(NO_NFT), &server_args(KEY, &[]))
+        .unwrap();
+    let client_args = [
+        "client",
+        "-r",
+        "198.18.1.2:9000",
+        "-t",
+        "10.0.0.2/24",
+        "-k",
+        KEY,
+    ];
+    let client = lab.spawn_after(1, Some(NO_NFT), &client_args).unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    for id in [server, client] {
+        let log = lab.log(id);
+        assert!(
+            log.contains("FakeTCP is off") && log.contains("apt install nftables"),
+            "{log}"
+        );
+    }
+    let mut forced = client_args.to_vec();
+    forced.extend(["--transport", "faketcp", "--tun-name", "culvert1"]);
+    let faketcp = lab.spawn_after(1, Some(NO_NFT), &forced).unwrap();
+    assert!(
+        wait_log(&lab, faketcp, 10, |l| l
+            .contains("--transport faketcp needs the nft command")
+            && l.contains("apt install nftables")),
+        "{}",
+        lab.log(faketcp)
+    );
+    assert!(!lab.running(faketcp), "it went on without FakeTCP");
+    let demo = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &format!("{NO_NFT}; exec {BIN} demo")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&demo.stderr);
+    assert!(
+        !demo.status.success() && err.contains("the demo needs the nft command"),
+        "{err}"
+    );
+}

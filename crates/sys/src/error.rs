@@ -11,14 +11,14 @@ pub enum Error {
         /// What was attempted, e.g. "opening /dev/net/tun".
         what: String,
     },
-    /// Any other failure, with the operation it belongs to.
-    #[error("{what}: {source}")]
+    /// Any other failure, with the operation it belongs to. The OS error is part of the
+    /// message, not a separate cause, so that an error chain prints it once.
+    #[error("{what}: {cause}")]
     Io {
         /// What was attempted.
         what: String,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -32,7 +32,7 @@ impl Error {
             io::ErrorKind::PermissionDenied => Self::Permission { what: what.into() },
             _ => Self::Io {
                 what: what.into(),
-                source,
+                cause: source,
             },
         }
     }
@@ -46,7 +46,7 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Self::Permission { .. } => Some(libc::EPERM),
-            Self::Io { source, .. } => source.raw_os_error(),
+            Self::Io { cause, .. } => cause.raw_os_error(),
         }
     }
 }

@@ -358,12 +358,29 @@ fn rules(flows: FlowMatch) -> (String, String) {
 /// could point at a program of their own).
 const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
 
+/// What to do when the nft command is missing.
+pub const INSTALL_HINT: &str = "install nftables (Debian, Ubuntu: apt install nftables; \
+                                Fedora, RHEL: dnf install nftables; Alpine: apk add nftables)";
+
+/// The nft command: an executable regular file at one of the usual places (never looked
+/// up in `PATH`).
+fn nft_path() -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    NFT_PATHS.iter().copied().find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Whether the nft command is installed (FakeTCP, gateways and the L4 proxy need it).
+pub fn available() -> bool {
+    nft_path().is_some()
+}
+
 fn nft(script: &str) -> std::io::Result<()> {
-    let Some(bin) = NFT_PATHS.iter().find(|p| std::path::Path::new(p).exists()) else {
+    let Some(bin) = nft_path() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            "the nft command is missing: install nftables (FakeTCP and gateways need it), or \
-             use --transport udp without --nat",
+            format!("the nft command is missing: {INSTALL_HINT}"),
         ));
     };
     let mut child = Command::new(bin)

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use culvert_core::{
     ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig, Psk,
     PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
@@ -117,6 +117,21 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("AEAD self-test failed, refusing to run: {e}"))?;
     let now = Instant::now();
     let instance = settings.tun_name.clone();
+    let transport_arg = match (settings.transport, culvert_sys::nft::available()) {
+        (TransportArg::Auto, false) => {
+            tracing::warn!(
+                "FakeTCP is off: it needs the nft command, which is not installed here ({}); \
+                 UDP only",
+                culvert_sys::nft::INSTALL_HINT
+            );
+            TransportArg::Udp
+        }
+        (TransportArg::Faketcp, false) => bail!(
+            "--transport faketcp needs the nft command: {}",
+            culvert_sys::nft::INSTALL_HINT
+        ),
+        (t, _) => t,
+    };
 
     let (role, underlay, v6, server) = match &settings.role {
         RoleSettings::Server {
@@ -128,12 +143,12 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             allow_routes,
             allow_route_overlap,
         } => {
-            let udp = (settings.transport != TransportArg::Faketcp)
+            let udp = (transport_arg != TransportArg::Faketcp)
                 .then(|| UdpSocket::bind(*listen))
                 .transpose()?;
             let mss = mss_for(mtu_guess(&settings, listen.is_ipv6()));
             let mask = faketcp::mask_key(&handshake_psk(&psk, secret.public_key()));
-            let ftcp = match (settings.transport, FakeTcp::server(*listen, mss, mask, now)) {
+            let ftcp = match (transport_arg, FakeTcp::server(*listen, mss, mask, now)) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
                 (TransportArg::Faketcp, Err(e)) => return Err(e.context("starting FakeTCP")),
@@ -172,7 +187,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             nat: _,
         } => {
             let addr = resolve(server)?;
-            let udp = (settings.transport != TransportArg::Faketcp)
+            let udp = (transport_arg != TransportArg::Faketcp)
                 .then(|| bind_client(addr, mark))
                 .transpose()?;
             // The configured key, else the one pinned at the first contact (passphrase mode).
@@ -188,7 +203,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             let responder = pinned.unwrap_or(PublicKey([0; 32]));
             let mask = faketcp::mask_key(&handshake_psk(&psk, responder));
             let ftcp = match (
-                settings.transport,
+                transport_arg,
                 FakeTcp::client(addr, mss, settings.faketcp_isn, mask, mark, now),
             ) {
                 (TransportArg::Udp, _) => None,
@@ -199,7 +214,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                     None
                 }
             };
-            let transport = match (settings.transport, ftcp.is_some()) {
+            let transport = match (transport_arg, ftcp.is_some()) {
                 (TransportArg::Udp, _) | (TransportArg::Auto, false) => TransportMode::Udp,
                 (TransportArg::Faketcp, _) => TransportMode::FakeTcp,
                 (TransportArg::Auto, true) => TransportMode::Auto,

@@ -36,6 +36,14 @@ pub fn lab_with(name: &str, sites: &[Site]) -> Option<Lab> {
         eprintln!("SKIPPED {name}: end-to-end tests need root (network namespaces, TUN devices)");
         return None;
     }
+    if let Some(missing) = culvert::testbed::missing_tools() {
+        assert!(
+            std::env::var("CULVERT_REQUIRE_E2E").as_deref() != Ok("1"),
+            "CULVERT_REQUIRE_E2E=1 but the end-to-end tests need {missing}"
+        );
+        eprintln!("SKIPPED {name}: end-to-end tests need {missing}");
+        return None;
+    }
     let prefix = format!(
         "cvt{}{}",
         std::process::id() % 10_000,
