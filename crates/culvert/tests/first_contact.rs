@@ -115,3 +115,64 @@ fn without_nftables_the_daemon_runs_over_udp_and_says_what_to_install() {
         "{err}"
     );
 }
+
+/// `culvert genkey --out FILE`; returns the public key.
+fn genkey(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["genkey", "--out"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.rsplit(' ').next().unwrap().trim().to_owned()
+}
+
+/// First contact, item 2: key mode as the README shows it — the server binds the laptop's
+/// key to 10.0.0.2/32, the client runs without `-t`. The granted /32 comes with a route to
+/// the overlay: `ping 10.0.0.1` goes into the tunnel, not out of eth0, and status shows
+/// the granted address.
+#[test]
+fn key_mode_without_an_address_routes_the_overlay_into_the_tunnel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("keymode", 2) else {
+        return;
+    };
+    let dir = lab.dir().to_owned();
+    let server_pub = genkey(&dir.join("server.key"));
+    let laptop_pub = genkey(&dir.join("laptop.key"));
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:9000\"\naddress = [\"10.0.0.1/24\"]\n\
+             private_key_file = \"{}\"\n\n[[peer]]\nname = \"laptop\"\n\
+             public_key = \"{laptop_pub}\"\naddress = [\"10.0.0.2/32\"]\n",
+            dir.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let _server = lab
+        .spawn(0, &["server", "-c", config.to_str().unwrap()])
+        .unwrap();
+    let laptop_key = dir.join("laptop.key");
+    let _client = lab
+        .spawn(
+            1,
+            &[
+                "client",
+                "-r",
+                "198.18.1.2:9000",
+                "--private-key-file",
+                laptop_key.to_str().unwrap(),
+                "--server-key",
+                &server_pub,
+            ],
+        )
+        .unwrap();
+    wait_ping(&lab, 1, overlay(0));
+    let way = lab.sh(Some(1), "ip route get 10.0.0.1").unwrap();
+    assert!(way.contains("dev culvert0"), "{way}");
+    let st = lab.status(1).unwrap();
+    assert_eq!(st["addresses"], serde_json::json!(["10.0.0.2/32"]), "{st}");
+}

@@ -135,6 +135,11 @@ impl DirectoryAssembly {
 }
 
 impl Client {
+    /// The addresses the hub granted at the last join.
+    pub(super) fn granted(&self) -> &[Prefix] {
+        &self.granted
+    }
+
     /// Whether the hub's silence after `attempts` handshakes should be explained now: once,
     /// when every transport this client may use has been tried.
     pub(super) fn explain_silence(&mut self, attempts: u32) -> bool {

@@ -495,7 +495,15 @@ impl Endpoint {
             role,
             public_key: self.public.to_string(),
             node,
-            addresses: self.cfg.addresses.iter().map(Prefix::to_string).collect(),
+            // A client's are what the hub granted once it joined (in key mode without
+            // `-t`, the only ones it has).
+            addresses: match &self.role {
+                RoleState::Client(c) if !c.granted().is_empty() => c.granted(),
+                _ => &self.cfg.addresses,
+            }
+            .iter()
+            .map(Prefix::to_string)
+            .collect(),
             advertised_routes: self.cfg.routes.iter().map(Prefix::to_string).collect(),
             accepted_routes: match &self.role {
                 RoleState::Client(c) => c

@@ -346,6 +346,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         addresses: settings.addresses.clone(),
         kernel_routes: Vec::new(),
         routes_skipped: Vec::new(),
+        overlay_routes: Vec::new(),
         info,
         server,
         tun_buf: vec![0u8; SLOT * BATCH],
@@ -400,6 +401,8 @@ struct Daemon {
     kernel_routes: Vec<Prefix>,
     /// Other nodes' subnets it left out, and why.
     routes_skipped: Vec<(Prefix, String)>,
+    /// Routes to the hub's overlay networks that no address of ours brings (key mode).
+    overlay_routes: Vec<Prefix>,
     info: DaemonInfo,
     /// Client: the server as configured (re-resolved when rebinding).
     server: Option<String>,
@@ -749,16 +752,11 @@ impl Daemon {
     fn on_events(&mut self) {
         while let Some(ev) = self.ep.poll_event() {
             match ev {
-                Event::Joined { granted, .. } => {
-                    for a in granted {
-                        if !self.addresses.contains(&a) {
-                            match self.netlink.add_address(self.ifindex, a) {
-                                Ok(()) => self.addresses.push(a),
-                                Err(e) => tracing::error!("{e}"),
-                            }
-                        }
-                    }
-                }
+                Event::Joined {
+                    granted,
+                    hub_addresses,
+                    ..
+                } => self.take_addresses(&granted, &hub_addresses),
                 Event::RoutesChanged { routes } => self.sync_routes(routes),
                 Event::Rebind => self.rebind(),
                 Event::TransportChanged {
@@ -779,6 +777,44 @@ impl Daemon {
                         self.forget_server_command()
                     );
                 }
+            }
+        }
+    }
+
+    /// Client: the addresses the hub granted go on the TUN, and a route to the overlay
+    /// with them: the networks of the hub's addresses, where a granted /32 (key mode)
+    /// brings none of its own. Without it, traffic to the hub's overlay address would
+    /// leave by the default route, outside the tunnel. Routes go with the device.
+    fn take_addresses(&mut self, granted: &[Prefix], hub_addresses: &[Prefix]) {
+        for a in granted {
+            if !self.addresses.contains(a) {
+                match self.netlink.add_address(self.ifindex, *a) {
+                    Ok(()) => self.addresses.push(*a),
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+        }
+        for net in hub_addresses.iter().map(Prefix::network) {
+            let covered = self
+                .addresses
+                .iter()
+                .any(|a| a.network().covers(&net))
+                || self.overlay_routes.contains(&net);
+            if covered || granted.iter().all(|g| g.addr().is_ipv4() != net.addr().is_ipv4()) {
+                continue;
+            }
+            let route = Route {
+                dst: net,
+                via: Via::Interface(self.ifindex),
+                metric: 0,
+                table: Route::MAIN,
+            };
+            match self.netlink.add_route(route) {
+                Ok(()) => {
+                    tracing::info!(route = %net, "the overlay network is routed into the tunnel");
+                    self.overlay_routes.push(net);
+                }
+                Err(e) => tracing::warn!(route = %net, "routing the overlay network into the tunnel: {e}"),
             }
         }
     }
