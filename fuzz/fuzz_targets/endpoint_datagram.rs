@@ -44,6 +44,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let hub = Role::Hub(HubConfig {
         max_clients: 4,
         isolation: false,
+        exit: false,
         clients: Vec::new(),
         allow_routes: vec!["192.168.0.0/16".parse().unwrap()],
         allow_route_overlap: false,

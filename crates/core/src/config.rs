@@ -54,6 +54,9 @@ pub struct HubConfig {
     pub max_clients: usize,
     /// Clients reach the hub but not each other.
     pub isolation: bool,
+    /// The hub is its clients' exit to the Internet (`--nat`): a client's full tunnel
+    /// works only through one, and is told in the Welcome.
+    pub exit: bool,
     /// Key mode: the client keys accepted and the addresses bound to each. In passphrase
     /// mode an entry still binds addresses to a key (optional).
     pub clients: Vec<ClientBinding>,

@@ -15,6 +15,8 @@ pub enum Event {
         hub_addresses: Vec<Prefix>,
         /// Whether the hub isolates clients from each other.
         isolation: bool,
+        /// Whether the hub is its clients' exit (a full tunnel needs one).
+        exit: bool,
     },
     /// The client lost the hub; the shell should open a new UDP socket and a new FakeTCP
     /// flow (new source ports) before the next handshake, in case a middlebox dropped the

@@ -123,7 +123,11 @@ fn genkey(path: &std::path::Path) -> String {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     err.rsplit(' ').next().unwrap().trim().to_owned()
 }
@@ -175,4 +179,36 @@ fn key_mode_without_an_address_routes_the_overlay_into_the_tunnel() {
     assert!(way.contains("dev culvert0"), "{way}");
     let st = lab.status(1).unwrap();
     assert_eq!(st["addresses"], serde_json::json!(["10.0.0.2/32"]), "{st}");
+}
+
+/// First contact, item 4: a full-tunnel client of a server started without `--nat`. The
+/// server says in its Welcome that it is no exit; the client takes its full tunnel down
+/// (traffic to the Internet keeps the host's own routes instead of vanishing into the
+/// tunnel), says so in its log and in status, and the overlay still works.
+#[test]
+fn a_full_tunnel_through_a_server_that_is_no_exit_is_refused_not_a_black_hole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("noexit", 2) else {
+        return;
+    };
+    let _server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
+    let client = start_client_with(&mut lab, 1, "10.0.0.2/24", KEY, &["--full-tunnel"]);
+    wait_ping(&lab, 1, overlay(0));
+    assert!(
+        wait_log(&lab, client, 10, |l| l.contains("full tunnel refused")),
+        "{}",
+        lab.log(client)
+    );
+    let way = lab.sh(Some(1), "ip route get 192.0.2.1").unwrap();
+    assert!(
+        way.contains("dev eth0"),
+        "the Internet still goes into the tunnel: {way}"
+    );
+    let st = lab.status(1).unwrap();
+    assert!(
+        st["gateway"]
+            .as_str()
+            .is_some_and(|g| g.contains("not an exit")),
+        "{st}"
+    );
 }

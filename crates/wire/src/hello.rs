@@ -178,6 +178,9 @@ pub struct Welcome {
 
 /// Flag bit in [`Welcome::flags`]: clients cannot reach each other.
 pub const FLAG_ISOLATION: u8 = 0x01;
+/// Flag bit in [`Welcome::flags`]: the hub is its clients' exit (it forwards and
+/// masquerades their traffic to the Internet); a full tunnel needs one.
+pub const FLAG_EXIT: u8 = 0x02;
 
 /// Longest refusal text carried; longer texts are cut at a character boundary.
 pub const MAX_REFUSAL_TEXT: usize = 200;

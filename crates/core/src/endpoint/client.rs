@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{DirDelta, DirEntry, Directory, Frame};
-use culvert_wire::hello::{FLAG_ISOLATION, Hello, Reply, Welcome};
+use culvert_wire::hello::{FLAG_EXIT, FLAG_ISOLATION, Hello, Reply, Welcome};
 
 use super::detour::Detour;
 use super::handshake::Request;
@@ -63,6 +63,8 @@ pub(super) struct Client {
     pub(super) refused_at: Option<Instant>,
     /// The likely causes of the hub's silence were logged (once per silence).
     explained: bool,
+    /// Whether the hub said it is an exit, once joined.
+    exit: Option<bool>,
     probe_seq: u32,
     probe_out: Option<(u32, Instant)>,
     probes_answered: u32,
@@ -167,6 +169,7 @@ impl Client {
             attempts_here: 0,
             refused_at: None,
             explained: false,
+            exit: None,
             probe_seq: 0,
             probe_out: None,
             probes_answered: 0,
@@ -259,7 +262,9 @@ impl Endpoint {
         self.install_routes(PeerId::HUB);
         let keepalive = self.cfg.timing.keepalive;
         let c = self.client();
-        let fresh = c.node != Some(w.node) || c.granted != w.granted;
+        let exit = w.flags & FLAG_EXIT != 0;
+        let fresh = c.node != Some(w.node) || c.granted != w.granted || c.exit != Some(exit);
+        c.exit = Some(exit);
         c.node = Some(w.node);
         c.isolation = w.flags & FLAG_ISOLATION != 0;
         // A hub that (re)admitted us has no report of ours yet.
@@ -279,6 +284,7 @@ impl Endpoint {
                 granted: w.granted,
                 hub_addresses: w.responder_addresses,
                 isolation,
+                exit,
             });
         } else {
             tracing::debug!("session with the server renewed");

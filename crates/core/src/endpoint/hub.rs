@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use culvert_wire::addr::Prefix;
-use culvert_wire::hello::{FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
+use culvert_wire::hello::{FLAG_EXIT, FLAG_ISOLATION, Hello, RefusalCode, Reply, Welcome};
 
 use super::directory::Published;
 use super::handshake::Request;
@@ -201,7 +201,8 @@ impl Endpoint {
         let welcome = Reply::Welcome(Welcome {
             cipher,
             node: node.0,
-            flags: if hub.cfg.isolation { FLAG_ISOLATION } else { 0 },
+            flags: if hub.cfg.isolation { FLAG_ISOLATION } else { 0 }
+                | if hub.cfg.exit { FLAG_EXIT } else { 0 },
             keepalive_secs: u16::try_from(self.cfg.timing.keepalive.as_secs()).unwrap_or(u16::MAX),
             responder_addresses: self.cfg.addresses.clone(),
             granted: granted.clone(),

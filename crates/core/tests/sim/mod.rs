@@ -181,6 +181,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         role: Role::Hub(HubConfig {
             max_clients: 100,
             isolation: false,
+            exit: false,
             clients: Vec::new(),
             allow_routes: Vec::new(),
             allow_route_overlap: false,

@@ -571,6 +571,37 @@ impl Gateway {
         }
     }
 
+    /// Client: takes the full tunnel down (its rules, its table's routes, its DNS and the
+    /// sysctl it set), leaving any other role as it is; returns whether there was one.
+    pub(crate) fn leave_full_tunnel(&mut self) -> bool {
+        if !self.parts.iter().any(|p| p.starts_with("full tunnel (")) {
+            return false;
+        }
+        let src_valid_mark = |(parts, _): &(Vec<String>, String)| {
+            parts.last().is_some_and(|p| p == "src_valid_mark")
+        };
+        let (tunnel_sysctls, others): (Vec<_>, Vec<_>) =
+            self.changes.sysctls.drain(..).partition(src_valid_mark);
+        self.changes.sysctls = others;
+        let tunnel = Changes {
+            sysctls: tunnel_sysctls,
+            rules: std::mem::take(&mut self.changes.rules),
+            routes: std::mem::take(&mut self.changes.routes),
+            resolvconf: self.changes.resolvconf.take(),
+        };
+        undo(&tunnel);
+        self.lan = None;
+        if let Err(e) = self.save() {
+            tracing::warn!("{e:#}");
+        }
+        for p in &mut self.parts {
+            if p.starts_with("full tunnel (") {
+                *p = "full tunnel refused: the server is not an exit".to_owned();
+            }
+        }
+        true
+    }
+
     fn route(&mut self, netlink: &mut Netlink, r: RouteRecord) -> Result<()> {
         self.changes.routes.push(r);
         self.save()?;

@@ -139,7 +139,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             max_clients,
             isolation,
             peers,
-            nat: _,
+            nat,
             allow_routes,
             allow_route_overlap,
         } => {
@@ -160,6 +160,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             let hub = HubConfig {
                 max_clients: *max_clients,
                 isolation: *isolation,
+                exit: nat.is_some(),
                 clients: peers.clone(),
                 allow_routes: allow_routes.clone(),
                 allow_route_overlap: *allow_route_overlap,
@@ -755,8 +756,14 @@ impl Daemon {
                 Event::Joined {
                     granted,
                     hub_addresses,
+                    exit,
                     ..
-                } => self.take_addresses(&granted, &hub_addresses),
+                } => {
+                    self.take_addresses(&granted, &hub_addresses);
+                    if !exit {
+                        self.no_exit();
+                    }
+                }
                 Event::RoutesChanged { routes } => self.sync_routes(routes),
                 Event::Rebind => self.rebind(),
                 Event::TransportChanged {
@@ -795,12 +802,13 @@ impl Daemon {
             }
         }
         for net in hub_addresses.iter().map(Prefix::network) {
-            let covered = self
-                .addresses
-                .iter()
-                .any(|a| a.network().covers(&net))
+            let covered = self.addresses.iter().any(|a| a.network().covers(&net))
                 || self.overlay_routes.contains(&net);
-            if covered || granted.iter().all(|g| g.addr().is_ipv4() != net.addr().is_ipv4()) {
+            if covered
+                || granted
+                    .iter()
+                    .all(|g| g.addr().is_ipv4() != net.addr().is_ipv4())
+            {
                 continue;
             }
             let route = Route {
@@ -814,8 +822,27 @@ impl Daemon {
                     tracing::info!(route = %net, "the overlay network is routed into the tunnel");
                     self.overlay_routes.push(net);
                 }
-                Err(e) => tracing::warn!(route = %net, "routing the overlay network into the tunnel: {e}"),
+                Err(e) => {
+                    tracing::warn!(route = %net, "routing the overlay network into the tunnel: {e}")
+                }
             }
+        }
+    }
+
+    /// Client: the hub said it is no exit. A full tunnel through it would black-hole all
+    /// traffic to the Internet, so it is taken down (the host's own routes carry that
+    /// traffic again) and the operator is told, loudly and in status.
+    fn no_exit(&mut self) {
+        let Some(g) = &mut self.gateway else {
+            return;
+        };
+        if g.leave_full_tunnel() {
+            tracing::error!(
+                "full tunnel refused: the server is not an exit (start it with --nat to be one); \
+                 traffic to the Internet keeps using this host's own routes, only the overlay \
+                 goes through the tunnel"
+            );
+            self.info.gateway = g.summary();
         }
     }
 
