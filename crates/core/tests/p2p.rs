@@ -364,3 +364,74 @@ fn a_member_cannot_make_others_probe_addresses_of_its_choosing() {
     // 2, 4, 8, 16, 32, 64 s: at most 6 punches in 120 s.
     assert!(lan <= 6 * 30 * 8, "{lan} probes");
 }
+
+/// First contact, item 5: with subnet routes, a peer's probe can arrive through the tunnel
+/// itself (its source an overlay address, or inside a routed subnet), and a candidate
+/// inside a routed subnet is reached only through the tunnel. Neither is ever a path.
+#[test]
+fn a_path_through_the_tunnel_itself_is_never_taken() {
+    let mut w = World::new(81);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    if let Role::Hub(h) = &mut hub.role {
+        h.allow_routes = vec![sim::prefix("192.168.0.0/16")];
+    }
+    w.add(hub, sim::HUB_ADDR);
+    let sa = w.secret();
+    let mut a = client_config(sa, Some(passphrase()), "10.0.0.2/24");
+    a.routes = vec![sim::prefix("192.168.50.0/24")];
+    let a_i = w.add(a, "198.18.1.2:4000");
+    let sb = w.secret();
+    let b_i = w.add(
+        client_config(sb, Some(passphrase()), "10.0.0.3/24"),
+        "198.18.2.2:4000",
+    );
+    let (a_addr, b_addr) = (w.nodes[a_i].addr, w.nodes[b_i].addr);
+    // A's LAN behind it is one of its candidates; no direct path between them.
+    let now = w.now;
+    w.nodes[a_i]
+        .ep
+        .set_local_addresses(now, vec![a_addr, "192.168.50.1:4000".parse().unwrap()]);
+    w.filter = Some(Box::new(move |d| {
+        !((d.from == a_addr && d.to == b_addr) || (d.from == b_addr && d.to == a_addr))
+    }));
+    assert!(w.run_until(10 * SECOND, |w| w.joined(a_i)
+        && w.joined(b_i)
+        && w.mesh_known()));
+    for i in 0..30 {
+        let _ = w.tun(
+            a_i,
+            &ip_packet("10.0.0.2", "10.0.0.3", format!("p{i}").as_bytes()),
+        );
+        let _ = w.tun(
+            b_i,
+            &ip_packet("10.0.0.3", "10.0.0.2", format!("q{i}").as_bytes()),
+        );
+        w.step(Duration::from_millis(100));
+    }
+    let lan: std::net::SocketAddr = "192.168.50.1:4000".parse().unwrap();
+    assert!(
+        !w.log
+            .iter()
+            .any(|d| d.from.ip() == b_addr.ip() && d.to == lan),
+        "B probed A's LAN candidate, inside the subnet routed to A"
+    );
+    // A probe of A's, arriving as if through the tunnel (from A's overlay address).
+    let probe = w
+        .log
+        .iter()
+        .rev()
+        .find(|d| d.from == a_addr && d.to == b_addr)
+        .expect("A probed B")
+        .bytes
+        .clone();
+    w.inject("10.0.0.2:59086".parse().unwrap(), b_addr, probe);
+    w.run(SECOND);
+    let st = w.nodes[b_i].ep.status(w.now);
+    let a_seen = st
+        .peers
+        .iter()
+        .find(|p| p.addresses.contains(&"10.0.0.2/24".to_owned()))
+        .unwrap();
+    assert_eq!(a_seen.path, "relay", "{:?}", a_seen.endpoint);
+}

@@ -20,6 +20,7 @@
 use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use culvert_wire::addr::Prefix;
 use culvert_wire::frame::{Candidate, CandidateKind, Frame, MAX_CANDIDATES};
 
 use super::{Endpoint, RoleState};
@@ -131,6 +132,12 @@ impl Endpoint {
             .reflexive
             .zip(c.locals.first())
             .is_some_and(|(r, l)| r.port() != l.port());
+        // A candidate inside the overlay or a subnet routed into it is reached through the
+        // tunnel: never a path of its own.
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| !self.inside_overlay(c.addr.ip()))
+            .collect();
         tracing::debug!(peer = node, candidates = %path::describe(&candidates), behind_nat, "punching");
         let peer = self.peers.get_mut(&id).ok_or(DropReason::RelayNoPeer)?;
         let rng = &mut self.rng;
@@ -139,6 +146,25 @@ impl Endpoint {
         self.path_timers(now, id);
         self.deadline_dirty = true;
         Ok(())
+    }
+
+    /// Client: whether `ip` is reached through the overlay: inside our own overlay networks,
+    /// a peer's addresses, or a subnet routed to a peer — unless that subnet is one of our
+    /// own networks (a LAN we share with the peer stays direct: no node routes its own LAN
+    /// into the tunnel). A full tunnel's default route does not count.
+    fn inside_overlay(&self, ip: core::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let RoleState::Client(c) = &self.role else {
+            return false;
+        };
+        let ours = |r: &Prefix| c.locals.iter().any(|l| r.contains(l.ip().to_canonical()));
+        self.cfg.addresses.iter().any(|a| a.network().contains(ip))
+            || self.peers.values().any(|p| {
+                p.addresses.iter().any(|a| a.network().contains(ip))
+                    || p.routes
+                        .iter()
+                        .any(|r| !r.is_empty() && r.contains(ip) && !ours(r))
+            })
     }
 
     /// Client: the timers of `id`'s direct paths (probes, punch timeout, dead path).
@@ -182,7 +208,9 @@ impl Endpoint {
         let RoleState::Client(c) = &self.role else {
             return;
         };
-        if !c.p2p || from.transport != Transport::Udp {
+        if !c.p2p || from.transport != Transport::Udp || self.inside_overlay(from.addr.ip()) {
+            // (From an overlay address or a subnet routed into the overlay: it came
+            // through the tunnel itself, and a path there would carry the tunnel in itself.)
             return;
         }
         let Some(peer) = self.peers.get_mut(&id) else {
