@@ -902,6 +902,22 @@ fn proxy_refuses_foreign_certificates_and_a_client_posing_as_a_connector() {
         exchange(&lab, "100.64.1.2:80", 10, 10).is_err(),
         "a foreign client's flow went through"
     );
+    // First contact, item 15: both sides say why (the certificate), not only that.
+    std::thread::sleep(Duration::from_millis(500));
+    let (client_log, server_log) = (lab.log(c), lab.log(_server));
+    eprintln!("client: {client_log}\nserver: {server_log}");
+    let names_the_certificate = |l: &str| {
+        let l = l.to_ascii_lowercase();
+        l.contains("certificate") || l.contains("unknownca") || l.contains("unknown ca")
+    };
+    assert!(
+        client_log.contains("did not take the flow") && names_the_certificate(&client_log),
+        "the client's log does not say why: {client_log}"
+    );
+    assert!(
+        server_log.contains("connection refused") && names_the_certificate(&server_log),
+        "the server's log does not say why: {server_log}"
+    );
     lab.stop(c, false);
 }
 

@@ -176,7 +176,7 @@ pub async fn splice(
         let inbound = match inbound.await {
             Ok(s) => stream.insert(s),
             Err(st) => {
-                let m = format!("the server did not take the flow: {}", st.message());
+                let m = format!("the server did not take the flow: {}", with_causes(&st));
                 return Err(End::Reset(Reason::Unreachable, m));
             }
         };
@@ -228,6 +228,22 @@ pub async fn splice(
         }
     }
     end
+}
+
+/// A status with every cause under it: tonic says only "transport error" where TLS says
+/// why (a certificate from another CA, an expired one, a name that does not match).
+pub fn with_causes(st: &tonic::Status) -> String {
+    let mut out = st.message().to_owned();
+    let mut cause = std::error::Error::source(st);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out += ": ";
+            out += &text;
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Ends our side of a stream gracefully: what is queued on `out` still goes, then the
