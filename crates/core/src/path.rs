@@ -55,6 +55,17 @@ pub enum Path {
     Relay(PeerId),
 }
 
+impl core::fmt::Display for Path {
+    /// `udp 198.51.100.7:41641`, `relay via node 3`, `none`: for logs.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Direct(Some(r)) => write!(f, "{} {}", r.transport.as_str(), r.addr),
+            Self::Direct(None) => f.write_str("none"),
+            Self::Relay(via) => write!(f, "relay via node {}", via.0),
+        }
+    }
+}
+
 /// Probes a peer's paths may send a second: every candidate and a port prediction's
 /// round (25) at [`PUNCH_INTERVAL`], never more whatever a peer publishes.
 pub const PROBE_BUDGET: u32 = 400;
@@ -120,7 +131,7 @@ impl RelayReason {
     /// For status and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::NotTried => "not tried yet",
+            Self::NotTried => "not tried yet (no traffic to this peer)",
             Self::Disabled => "p2p disabled by config",
             Self::Isolation => "the hub isolates clients",
             Self::Requested => "punch requested",

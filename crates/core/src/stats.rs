@@ -66,6 +66,9 @@ drop_reasons! {
     BadTunPacket => "bad_tun_packet",
     /// A TUN packet for an overlay address no peer holds.
     NoRoute => "no_route",
+    /// A multicast or broadcast TUN packet: the overlay carries unicast only (the host's
+    /// own chatter, e.g. IPv6 router solicitations on the TUN).
+    NotUnicast => "not_unicast",
     /// A packet dropped because the queue for a peer without a session was full.
     QueueFull => "queue_full",
     /// A decrypted packet whose inner source address is not the peer's.

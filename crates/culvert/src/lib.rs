@@ -55,14 +55,26 @@ fn daemon_command(settings: Result<Settings, config::ConfigError>) -> anyhow::Re
         }
     };
     init_logging(settings.log_format);
-    daemon::run(settings)
+    let json = settings.log_format == LogFormat::Json;
+    daemon::run(settings).or_else(|e| {
+        if !json {
+            return Err(e);
+        }
+        // A log collector reading JSON lines gets the fatal error as one too.
+        tracing::error!(fatal = true, "{e:#}");
+        std::process::exit(1)
+    })
 }
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CULVERT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never into a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

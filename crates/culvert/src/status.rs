@@ -187,6 +187,9 @@ pub(crate) fn human(v: &Value) -> String {
         n(&t, "tx_packets")
     );
     let _ = writeln!(out, "  drops    {}", drops(v.get("drops")));
+    for note in drop_notes(v.get("drops")) {
+        let _ = writeln!(out, "           {note}");
+    }
     let _ = writeln!(
         out,
         "\n  {:<5} {:<22} {:<22} {:<14} {:<10} {:<10} {:<8} {:<18} {:<18} DROPS",
@@ -403,6 +406,30 @@ fn or_none(list: Vec<String>) -> String {
     }
 }
 
+/// What the drops a healthy network shows mean, for the ones present.
+fn drop_notes(v: Option<&Value>) -> Vec<&'static str> {
+    let present = |k: &str| {
+        v.and_then(|m| m.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            > 0
+    };
+    [
+        (
+            "no_route",
+            "no_route: packets to overlay addresses no node holds (a node that left, a typo)",
+        ),
+        (
+            "not_unicast",
+            "not_unicast: this host's own multicast and broadcast into the TUN (harmless)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(k, _)| present(k))
+    .map(|(_, note)| note)
+    .collect()
+}
+
 fn drops(v: Option<&Value>) -> String {
     match v.and_then(Value::as_object) {
         Some(m) if !m.is_empty() => m
@@ -441,6 +468,16 @@ mod tests {
         assert!(t.contains("drops    replay=3"), "{t}");
         assert!(t.contains("198.18.1.2:40000"), "{t}");
         assert!(t.contains("2.0 MB (10 pkts)"), "{t}");
+        assert!(!t.contains("no_route:"), "{t}");
+        // The drops an idle, healthy network shows are explained (first contact, item 14).
+        let mut v = v;
+        v["drops"] = serde_json::json!({"no_route": 2, "not_unicast": 7});
+        let t = human(&v);
+        assert!(
+            t.contains("no_route: packets to overlay addresses no node holds"),
+            "{t}"
+        );
+        assert!(t.contains("not_unicast: this host's own multicast"), "{t}");
     }
 
     #[test]

@@ -212,3 +212,59 @@ fn a_full_tunnel_through_a_server_that_is_no_exit_is_refused_not_a_black_hole() 
         "{st}"
     );
 }
+
+/// First contact, item 14: logs written to a file carry no colour codes and no Rust debug
+/// formatting; under `--log-format json` even the fatal error is a JSON line; status
+/// says a peer nothing was sent to yet is idle, not down.
+#[test]
+fn logs_are_plain_or_json_and_status_explains_an_idle_network() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("logfmt", 3) else {
+        return;
+    };
+    let server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
+    start_client(&mut lab, 1, "10.0.0.2/24", KEY);
+    start_client(&mut lab, 2, "10.0.0.3/24", KEY);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    let log = lab.log(server);
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
+    let connected = log
+        .lines()
+        .find(|l| l.contains("client connected"))
+        .expect("a client connected");
+    assert!(
+        connected.contains("endpoint=udp 198.18.") && !connected.contains("Some("),
+        "{connected}"
+    );
+    let st = lab.status(1).unwrap();
+    let other = st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] != 0)
+        .expect("client 2 in the directory");
+    assert_eq!(other["state"], "idle", "{other}");
+    // A second server on the same port, logging JSON: its fatal error is JSON too.
+    let busy = lab
+        .spawn(
+            0,
+            &server_args(KEY, &["--log-format", "json", "--tun-name", "culvert9"]),
+        )
+        .unwrap();
+    assert!(
+        wait_log(&lab, busy, 10, |l| l.contains("fatal")),
+        "{}",
+        lab.log(busy)
+    );
+    let out = lab.log(busy);
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["fatal"] == true {
+            let msg = v["fields"]["message"].as_str().unwrap();
+            assert!(msg.contains("in use"), "{msg}");
+            assert_eq!(msg.matches("os error 98").count(), 1, "repeated: {msg}");
+        }
+    }
+}

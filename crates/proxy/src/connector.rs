@@ -17,7 +17,7 @@ use crate::proto::{
 };
 use crate::pump::{self, DEPTH, Side};
 use crate::routes::{Route, dial_target};
-use crate::{HEARTBEAT, HEARTBEAT_LOSS, drain, open_to_addr};
+use crate::{HEARTBEAT, HEARTBEAT_LOSS, drain, open_to_addr, shown};
 
 /// How long dialling a target may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,8 +162,8 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
             metrics.flow_closed("server", &end);
             tracing::info!(
                 flow = d.flow,
-                target = ?real.as_ref().ok(),
-                asked = ?asked,
+                target = %real.as_ref().map(ToString::to_string).unwrap_or_default(),
+                asked = %shown(asked),
                 up = bytes.up.get(),
                 down = bytes.down.get(),
                 secs = format!("{:.3}", started.elapsed().as_secs_f64()),
@@ -177,7 +177,7 @@ async fn dial(mut relay: RelayClient, d: Dial, s: Arc<Settings>, metrics: Arc<Me
                 pump::finish(tx, &mut inbound).await;
             }
             metrics.refused(r);
-            tracing::info!(flow = d.flow, asked = ?asked, reason = r.label(), "dial failed: {m}");
+            tracing::info!(flow = d.flow, asked = %shown(asked), reason = r.label(), "dial failed: {m}");
         }
     }
 }

@@ -47,6 +47,13 @@ pub fn addr_to_open(a: SocketAddr) -> Open {
     }
 }
 
+/// An address for a log field: as it is (an IPv4-mapped one as IPv4), empty when unknown
+/// — never Rust's `Some(...)`.
+pub(crate) fn shown(a: Option<SocketAddr>) -> String {
+    a.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()).to_string())
+        .unwrap_or_default()
+}
+
 /// The destination in an [`Open`]; `None` when malformed.
 pub fn open_to_addr(o: &Open) -> Option<SocketAddr> {
     let port = u16::try_from(o.port).ok().filter(|p| *p != 0)?;

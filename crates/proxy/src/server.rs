@@ -23,7 +23,7 @@ use crate::proto::{
 };
 use crate::pump::{self, DEPTH, End};
 use crate::routes::{self, Route};
-use crate::{HEARTBEAT, HEARTBEAT_LOSS, open_to_addr};
+use crate::{HEARTBEAT, HEARTBEAT_LOSS, open_to_addr, shown};
 use culvert_wire::addr::Prefix;
 
 /// How long a client's first frame, and a connector's answer to a dial order, may take.
@@ -222,7 +222,7 @@ impl Hub {
             return;
         };
         let Some(connector) = self.choose(dst.ip()) else {
-            tracing::info!(client = ?peer, %dst, "flow refused: no connector serves the destination");
+            tracing::info!(client = %shown(peer), %dst, "flow refused: no connector serves the destination");
             let _ = to_client
                 .send(reset(Reason::NoRoute, format!("no connector serves {dst}")))
                 .await;
@@ -286,7 +286,7 @@ impl Hub {
         self.metrics.flow_closed(&connector.id, &end);
         tracing::info!(
             flow,
-            client = ?peer,
+            client = %shown(peer),
             %dst,
             connector = %connector.id,
             up = bytes.up.get(),
@@ -338,7 +338,7 @@ impl Relay for Arc<Hub> {
         if pki::check_connector_id(&hello.id).is_err()
             || !pki::peer_holds(certs.as_ref(), &pki::connector_name(&hello.id))
         {
-            tracing::warn!(id = %hello.id, ?peer, "registration refused: the certificate is not this connector's");
+            tracing::warn!(id = %hello.id, peer = %shown(peer), "registration refused: the certificate is not this connector's");
             return Err(Status::permission_denied(format!(
                 "this certificate is not connector {:?}'s",
                 hello.id
@@ -351,7 +351,7 @@ impl Relay for Arc<Hub> {
             ));
         }
         if let Some(why) = self.out_of_scope(&hello.id, &routes) {
-            tracing::warn!(id = %hello.id, ?peer, "registration refused: {why}");
+            tracing::warn!(id = %hello.id, peer = %shown(peer), "registration refused: {why}");
             return Err(Status::permission_denied(why));
         }
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -365,7 +365,7 @@ impl Relay for Arc<Hub> {
         });
         tracing::info!(
             connector = %hello.id,
-            ?peer,
+            peer = %shown(peer),
             routes = %connector.routes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
             "connector registered"
         );

@@ -297,6 +297,16 @@ pub enum GoodbyeReason {
     Removed = 2,
 }
 
+impl GoodbyeReason {
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Removed => "removed",
+        }
+    }
+}
+
 /// Bytes a directory frame spends before its entries.
 pub const DIRECTORY_HEADER_LEN: usize = 1 + 8 + 2 + 2 + 1;
 

@@ -145,6 +145,25 @@ pub enum RefusalCode {
     RouteConflict = 11,
 }
 
+impl RefusalCode {
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AddressInUse => "address_in_use",
+            Self::AddressNotAllowed => "address_not_allowed",
+            Self::ServerFull => "server_full",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::NoAddress => "no_address",
+            Self::BadHello => "bad_hello",
+            Self::NoCommonCipher => "no_common_cipher",
+            Self::PeerNotAllowed => "peer_not_allowed",
+            Self::UnknownKey => "unknown_key",
+            Self::OutsideNetwork => "outside_network",
+            Self::RouteConflict => "route_conflict",
+        }
+    }
+}
+
 /// Payload of handshake message 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {

@@ -460,7 +460,10 @@ impl Endpoint {
                         }
                         _ => "",
                     };
-                    tracing::error!(code = ?code, "the server refused to let us join: {text}{hint}");
+                    tracing::error!(
+                        code = code.as_str(),
+                        "the server refused to let us join: {text}{hint}"
+                    );
                     self.join_answered(now);
                     // The pinned hub said so, authenticated: a session we still hold is one
                     // it no longer honours (a join refused after it was welcomed). Retries
@@ -471,7 +474,11 @@ impl Endpoint {
                         p.retry_at = retry;
                     }
                 } else {
-                    tracing::debug!(peer = id.0, code = ?code, "peer refused a session: {text}");
+                    tracing::debug!(
+                        peer = id.0,
+                        code = code.as_str(),
+                        "peer refused a session: {text}"
+                    );
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.queue.clear();
                     }

@@ -412,7 +412,7 @@ impl Endpoint {
                 node = id.0,
                 key = %p.key,
                 addresses = %list(&p.addresses),
-                endpoint = ?p.path,
+                endpoint = %p.path,
                 "client connected"
             );
         }

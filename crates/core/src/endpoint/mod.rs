@@ -274,7 +274,14 @@ impl Endpoint {
             Err(_) => return TunOutcome::Dropped(self.count_drop(DropReason::BadTunPacket, None)),
         };
         let Some(id) = self.routes.lookup(dst) else {
-            return TunOutcome::Dropped(self.count_drop(DropReason::NoRoute, None));
+            // The host's own multicast and broadcast chatter (IPv6 router solicitations,
+            // mDNS) is told apart from packets to addresses nobody holds.
+            let reason = if unicast(dst) {
+                DropReason::NoRoute
+            } else {
+                DropReason::NotUnicast
+            };
+            return TunOutcome::Dropped(self.count_drop(reason, None));
         };
         if let Some(limit) = self.packet_limit(id)
             && len > usize::from(limit)
@@ -469,6 +476,9 @@ impl Endpoint {
                     "up"
                 } else if p.sessions.handshake.is_some() {
                     "connecting"
+                } else if p.last_handshake.is_none() {
+                    // No traffic for it yet: a session starts with the first packet.
+                    "idle"
                 } else {
                     "down"
                 },
@@ -924,7 +934,7 @@ impl Endpoint {
         id: PeerId,
         reason: GoodbyeReason,
     ) -> Result<(), DropReason> {
-        tracing::info!(peer = id.0, ?reason, "peer said goodbye");
+        tracing::info!(peer = id.0, reason = reason.as_str(), "peer said goodbye");
         match &self.role {
             RoleState::Hub(_) => self.remove_peer(now, id),
             RoleState::Client(_) if id == PeerId::HUB => self.lose_hub(now, false),
@@ -1453,6 +1463,14 @@ impl Endpoint {
             RoleState::Client(c) => consider(c.next_deadline()),
         }
         d
+    }
+}
+
+/// Whether `ip` is a unicast address (the overlay carries nothing else).
+fn unicast(ip: core::net::IpAddr) -> bool {
+    match ip {
+        core::net::IpAddr::V4(a) => !a.is_multicast() && !a.is_broadcast(),
+        core::net::IpAddr::V6(a) => !a.is_multicast(),
     }
 }
 

@@ -963,7 +963,7 @@ impl Daemon {
                         tracing::error!("{e}");
                         return;
                     }
-                    tracing::info!(server = %addr, local = ?udp.local_addr().ok(), "rebound the UDP socket");
+                    tracing::info!(server = %addr, local = %udp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "rebound the UDP socket");
                     self.underlay.udp = Some(udp);
                     self.refresh_candidates(Instant::now());
                 }
