@@ -56,6 +56,11 @@ pub(crate) struct CommonArgs {
     /// Accept a passphrase shorter than 12 characters or of low entropy. [key: allow_weak_passphrase]
     #[arg(long)]
     pub(crate) allow_weak_key: bool,
+    /// How the passphrase becomes the key, the same on every node: v2 (Argon2id, 19 MiB,
+    /// 2 passes; default) or v1 (64 MiB, 3 passes: nodes older than v2).
+    /// [key: passphrase_kdf]
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub(crate) passphrase_kdf: Option<crate::identity::Kdf>,
     /// Run as this user after setup, keeping only CAP_NET_ADMIN and CAP_NET_RAW; default
     /// `culvert` when that user exists ("root" keeps root). [key: user]
     #[arg(long, value_name = "USER")]

@@ -9,11 +9,30 @@ use anyhow::{Context, Result, bail};
 use culvert_core::keys::decode_key;
 use culvert_core::{Psk, PublicKey, StaticSecret};
 
-/// Argon2id parameters for the passphrase: 64 MiB, 3 passes (RFC 9106's second choice).
-const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
-const ARGON2_PASSES: u32 = 3;
-/// A fixed salt: every node must derive the same key from the same passphrase.
-const ARGON2_SALT: &[u8] = b"culvert passphrase v1";
+/// How a passphrase becomes the handshake PSK (Argon2id, one lane, a salt per version:
+/// every node must derive the same key from the same passphrase). The parameters are part
+/// of the protocol: both ends use the same version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Kdf {
+    /// 19 MiB, 2 passes (OWASP's recommendation): a daemon starts in under 32 MB, on a
+    /// 64 MB router too.
+    #[default]
+    V2,
+    /// 64 MiB, 3 passes (RFC 9106's second choice): what culvert used until v2, for
+    /// networks whose nodes are not all updated yet.
+    V1,
+}
+
+impl Kdf {
+    /// Memory (KiB), passes, salt.
+    fn params(self) -> (u32, u32, &'static [u8]) {
+        match self {
+            Self::V2 => (19 * 1024, 2, b"culvert passphrase v2"),
+            Self::V1 => (64 * 1024, 3, b"culvert passphrase v1"),
+        }
+    }
+}
 
 /// Bytes from the OS random source.
 pub(crate) fn os_random<const N: usize>() -> [u8; N] {
@@ -232,14 +251,15 @@ pub(crate) fn default_state_dir(netns: &str, tun: &str) -> PathBuf {
     PathBuf::from("/var/lib/culvert").join(netns).join(tun)
 }
 
-/// Stretches a passphrase into the handshake PSK with Argon2id.
-pub(crate) fn stretch(passphrase: &str) -> Result<Psk> {
+/// Stretches a passphrase into the handshake PSK with Argon2id, as `kdf` says.
+pub(crate) fn stretch(passphrase: &str, kdf: Kdf) -> Result<Psk> {
     use argon2::{Algorithm, Argon2, Params, Version};
-    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, Some(32))
+    let (memory_kib, passes, salt) = kdf.params();
+    let params = Params::new(memory_kib, passes, 1, Some(32))
         .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
     let mut out = [0u8; 32];
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(passphrase.as_bytes(), ARGON2_SALT, &mut out)
+        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
         .map_err(|e| anyhow::anyhow!("stretching the passphrase: {e}"))?;
     Ok(Psk::from_bytes(out))
 }
@@ -260,9 +280,14 @@ mod tests {
 
     #[test]
     fn stretch_is_deterministic_and_keyed() {
-        let a = stretch("correct horse").unwrap();
-        assert_eq!(a, stretch("correct horse").unwrap());
-        assert_ne!(a, stretch("correct horsf").unwrap());
+        let a = stretch("correct horse", Kdf::V2).unwrap();
+        assert_eq!(a, stretch("correct horse", Kdf::V2).unwrap());
+        assert_ne!(a, stretch("correct horsf", Kdf::V2).unwrap());
+        assert_ne!(
+            a,
+            stretch("correct horse", Kdf::V1).unwrap(),
+            "versions differ"
+        );
     }
 
     #[test]

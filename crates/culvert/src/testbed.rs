@@ -734,7 +734,8 @@ pub fn server_args<'a>(key: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// The PSK every node derives from `passphrase` (Argon2id: slow, derive it once).
 pub fn passphrase_psk(passphrase: &str) -> culvert_core::Psk {
-    crate::identity::stretch(passphrase).expect("stretching the passphrase")
+    crate::identity::stretch(passphrase, crate::identity::Kdf::default())
+        .expect("stretching the passphrase")
 }
 
 /// 32 random bytes from the OS, to seed test generators.

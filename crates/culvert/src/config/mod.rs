@@ -14,6 +14,7 @@ use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
 use crate::cli::{ClientArgs, CommonArgs, LogFormat, ServerArgs, TransportArg};
+use crate::identity::Kdf;
 
 /// The commented example `culvert init server` prints.
 pub(crate) const EXAMPLE_SERVER: &str = include_str!("example-server.toml");
@@ -63,6 +64,8 @@ pub(crate) struct RawConfig {
     #[serde(alias = "key_file")]
     passphrase_file: Option<PathBuf>,
     allow_weak_passphrase: Option<bool>,
+    /// How the passphrase becomes the key: `v2` (default) or `v1` (older nodes).
+    passphrase_kdf: Option<Kdf>,
     user: Option<String>,
     // lightweight-tunnel's names are accepted too, with the same meaning.
     #[serde(alias = "p2p_enabled")]
@@ -222,6 +225,7 @@ impl RawConfig {
         merge(&mut self.metrics, &a.metrics);
         merge(&mut self.log_format, &a.log_format);
         merge(&mut self.state_dir, &a.state_dir);
+        merge(&mut self.passphrase_kdf, &a.passphrase_kdf);
         merge(&mut self.keepalive, &a.keepalive);
         merge(&mut self.transport, &a.transport);
         merge(&mut self.fec, &a.fec);
@@ -250,6 +254,8 @@ pub(crate) struct Settings {
     pub(crate) passphrase: Option<zeroize::Zeroizing<String>>,
     /// Set when `-k` gave the passphrase on the command line (the daemon warns).
     pub(crate) passphrase_origin: Option<PassphraseOrigin>,
+    /// How the passphrase becomes the handshake key (the same on every node).
+    pub(crate) kdf: Kdf,
     /// The user to run as after setup: `None` means `culvert` when that user exists.
     pub(crate) user: Option<String>,
     pub(crate) private_key_file: Option<PathBuf>,
@@ -685,6 +691,7 @@ impl Settings {
             routes,
             passphrase,
             passphrase_origin: raw.passphrase_origin,
+            kdf: raw.passphrase_kdf.unwrap_or_default(),
             user: raw.user,
             private_key_file: raw.private_key_file,
             tun_name,

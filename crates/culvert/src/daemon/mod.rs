@@ -111,7 +111,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
     let psk = settings
         .passphrase
         .as_deref()
-        .map(|p| identity::stretch(p))
+        .map(|p| identity::stretch(p, settings.kdf))
         .transpose()?;
     culvert_core::aead::check_known_answers(crate::aead::ring)
         .map_err(|e| anyhow::anyhow!("AEAD self-test failed, refusing to run: {e}"))?;
