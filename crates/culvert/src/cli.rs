@@ -250,6 +250,12 @@ pub(crate) struct InitArgs {
     /// server's), else made and written there (mode 0600), so every node gets the same.
     #[arg(long, visible_alias = "key-file", value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
+    /// Client: the server, HOST:PORT, written as `server`.
+    #[arg(short = 'r', long, value_name = "HOST:PORT")]
+    pub(crate) server: Option<String>,
+    /// This node's overlay address, written as `address` (each client needs its own).
+    #[arg(short = 't', long, value_name = "ADDR/PREFIX")]
+    pub(crate) address: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -163,6 +163,25 @@ fn init(args: &cli::InitArgs) -> anyhow::Result<()> {
                 "# address = [\"10.0.0.2/24\"]",
             );
     }
+    if let Some(server) = &args.server {
+        if !matches!(args.role, InitRole::Client) {
+            anyhow::bail!("--server is for `culvert init client`");
+        }
+        text = text.replace(
+            "server = \"vpn.example.com:9000\"",
+            &format!("server = \"{server}\""),
+        );
+    }
+    if let Some(address) = &args.address {
+        let prefix: culvert_wire::addr::Prefix = address
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--address {address:?}: expected ADDRESS/PREFIX"))?;
+        let example = match args.role {
+            InitRole::Server => "address = [\"10.0.0.1/24\"]",
+            InitRole::Client => "address = [\"10.0.0.2/24\"]",
+        };
+        text = text.replace(example, &format!("address = [\"{prefix}\"]"));
+    }
     let Some(path) = &args.output else {
         print!("{text}");
         return Ok(());

@@ -309,3 +309,106 @@ fn a_passphrase_daemon_starts_in_under_32_mb() {
         lab.log(old)
     );
 }
+
+/// Runs a shell command line in network namespace `ns` (or the host's), failing on error.
+fn run(ns: Option<&str>, cmd: &str) -> String {
+    let mut c = std::process::Command::new("sh");
+    if let Some(ns) = ns {
+        c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns, "sh"]);
+    }
+    let out = c.args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// First contact, items 9 and 13: the README's quick start with files, command by
+/// command (with the lab's directory for /etc/culvert and its server address): one
+/// passphrase made on the server, taken by the client, and they meet.
+#[test]
+fn the_quick_start_with_files_works_as_written() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("quick", 2) else {
+        return;
+    };
+    let etc = lab.dir().join("etc-culvert");
+    let etc = etc.display();
+    run(None, &format!("mkdir -p -m 700 {etc}"));
+    run(
+        None,
+        &format!("(umask 077; head -c 24 /dev/urandom | base64 > {etc}/passphrase)"),
+    );
+    let made = run(
+        None,
+        &format!("{BIN} init server -o {etc}/server.toml --passphrase-file {etc}/passphrase"),
+    );
+    assert!(made.contains("with the passphrase of"), "{made}");
+    let taken = run(
+        None,
+        &format!(
+            "{BIN} init client -o {etc}/client.toml --passphrase-file {etc}/passphrase \
+             -r 198.18.1.2:9000 -t 10.0.0.2/24"
+        ),
+    );
+    assert!(taken.contains("with the passphrase of"), "{taken}");
+    let mode = |f: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(format!("{etc}/{f}"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        (
+            mode(""),
+            mode("passphrase"),
+            mode("server.toml"),
+            mode("client.toml")
+        ),
+        (0o700, 0o600, 0o600, 0o600)
+    );
+    let server_cfg = format!("{etc}/server.toml");
+    let client_cfg = format!("{etc}/client.toml");
+    let _server = lab.spawn(0, &["server", "-c", &server_cfg]).unwrap();
+    let _client = lab.spawn(1, &["client", "-c", &client_cfg]).unwrap();
+    wait_ping(&lab, 1, overlay(0));
+}
+
+/// First contact, item 12: `--dns` on a host with neither systemd-resolved nor
+/// resolvconf stops the daemon with a message that names both.
+#[test]
+fn dns_without_a_resolver_manager_says_what_is_missing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("nodns", 2) else {
+        return;
+    };
+    let hide = "for f in /usr/bin/resolvectl /bin/resolvectl /usr/sbin/resolvconf /sbin/resolvconf \
+                /usr/local/sbin/resolvconf; do [ -e $f ] && mount --bind /dev/null $f; done; true";
+    let _server = lab.spawn(0, &server_args(KEY, &["--nat"])).unwrap();
+    let args = [
+        "client",
+        "-r",
+        "198.18.1.2:9000",
+        "-t",
+        "10.0.0.2/24",
+        "-k",
+        KEY,
+        "--full-tunnel",
+        "--dns",
+        "1.1.1.1",
+    ];
+    let client = lab.spawn_after(1, Some(hide), &args).unwrap();
+    assert!(
+        wait_log(&lab, client, 10, |l| l.contains("systemd-resolved")
+            && l.contains("resolvconf")),
+        "{}",
+        lab.log(client)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!lab.running(client));
+}
