@@ -327,6 +327,18 @@ impl Lab {
         setup: Option<&str>,
         args: &[&str],
     ) -> io::Result<usize> {
+        self.spawn_wrapped(host, setup, &[], args)
+    }
+
+    /// [`Lab::spawn_after`], with `wrapper` (a command and its arguments, `setpriv …`
+    /// say) run in the namespace with the daemon's command line as its own.
+    pub fn spawn_wrapped(
+        &mut self,
+        host: usize,
+        setup: Option<&str>,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> io::Result<usize> {
         let id = self.daemons.len();
         let log = self.dir.join(format!("daemon-{id}-host{host}.log"));
         let out = std::fs::File::create(&log)?;
@@ -345,6 +357,7 @@ impl Lab {
             }
         };
         cmd.args(["netns", "exec", &self.ns(host)])
+            .args(wrapper)
             .arg(&self.bin)
             .args(args);
         // The overlay daemons keep state; `culvert proxy` has none.

@@ -412,3 +412,106 @@ fn dns_without_a_resolver_manager_says_what_is_missing() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!lab.running(client));
 }
+
+/// A unit file's `Key=value` lines (the last of each key).
+fn unit_keys(path: &str) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Removes the system user it made, also when the test fails.
+struct TempUser(Option<&'static str>);
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        if let Some(u) = self.0 {
+            let _ = std::process::Command::new("userdel").arg(u).status();
+        }
+    }
+}
+
+/// First contact, item 3: the shipped units run what the README makes. Each unit's own
+/// ExecStart runs in the environment it declares — its user (none: root), its capability
+/// bounding set, no_new_privs — with the README's files: root-owned, 0600, in a 0700
+/// directory. Both start, read them, meet, and end as the user `culvert` with
+/// CAP_NET_ADMIN and CAP_NET_RAW only.
+#[test]
+fn the_shipped_units_run_what_the_readme_makes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("units", 2) else {
+        return;
+    };
+    let made_user = match culvert_sys::privilege::lookup("culvert").unwrap() {
+        Some(_) => None,
+        None => {
+            run(
+                None,
+                "useradd --system --no-create-home --shell /usr/sbin/nologin culvert",
+            );
+            Some("culvert")
+        }
+    };
+    let _user = TempUser(made_user);
+    let culvert = culvert_sys::privilege::lookup("culvert").unwrap().unwrap();
+    let etc = lab.dir().join("etc-culvert");
+    let etc = etc.display().to_string();
+    run(None, &format!("mkdir -p -m 700 {etc}"));
+    run(
+        None,
+        &format!(
+            "{BIN} init server -o {etc}/server.toml --passphrase-file {etc}/passphrase && \
+             {BIN} init client -o {etc}/home.toml --passphrase-file {etc}/passphrase \
+             -r 198.18.1.2:9000 -t 10.0.0.2/24"
+        ),
+    );
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist");
+    let mut ids = Vec::new();
+    for (host, unit) in [
+        (0, "culvert-server.service"),
+        (1, "culvert-client@.service"),
+    ] {
+        let keys = unit_keys(&format!("{dist}/{unit}"));
+        assert!(
+            !keys.contains_key("User"),
+            "{unit} starts as a user: {keys:?}"
+        );
+        let exec = keys["ExecStart"]
+            .replace("/etc/culvert/", &format!("{etc}/"))
+            .replace("%i", "home");
+        let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+        let caps: Vec<String> = keys["CapabilityBoundingSet"]
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let bounding = format!("-all,{}", caps.join(","));
+        let mut wrapper = vec!["setpriv", "--bounding-set", &bounding];
+        if keys.get("NoNewPrivileges").map(String::as_str) == Some("yes") {
+            wrapper.push("--no-new-privs");
+        }
+        // StateDirectory= makes a root-owned 0700 directory for it.
+        let state = lab.dir().join(format!("var-lib-culvert-{host}"));
+        run(None, &format!("mkdir -m 700 {}", state.display()));
+        let mut args = args.clone();
+        let state_arg = state.display().to_string();
+        args.extend(["--state-dir", &state_arg]);
+        ids.push(lab.spawn_wrapped(host, None, &wrapper, &args).unwrap());
+    }
+    wait_ping(&lab, 1, overlay(0));
+    for id in ids {
+        let pid = lab.pid(id).unwrap();
+        let uid = culvert::testbed::proc_field(pid, "Uid").unwrap();
+        assert!(
+            uid.split_whitespace().all(|u| u == culvert.uid.to_string()),
+            "uid {uid}\n{}",
+            lab.log(id)
+        );
+        let caps =
+            u64::from_str_radix(&culvert::testbed::proc_field(pid, "CapEff").unwrap(), 16).unwrap();
+        assert_eq!(caps, (1 << 12) | (1 << 13), "{caps:#x}");
+    }
+    assert_eq!(lab.status(0).unwrap()["role"], "server");
+}
