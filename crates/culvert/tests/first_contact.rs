@@ -442,10 +442,12 @@ impl Drop for TempUser {
 #[test]
 fn the_shipped_units_run_what_the_readme_makes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Dropped after the lab (declared before it): its daemons are gone by then.
+    let mut user = TempUser(None);
     let Some(mut lab) = lab("units", 2) else {
         return;
     };
-    let made_user = match culvert_sys::privilege::lookup("culvert").unwrap() {
+    user.0 = match culvert_sys::privilege::lookup("culvert").unwrap() {
         Some(_) => None,
         None => {
             run(
@@ -455,7 +457,6 @@ fn the_shipped_units_run_what_the_readme_makes() {
             Some("culvert")
         }
     };
-    let _user = TempUser(made_user);
     let culvert = culvert_sys::privilege::lookup("culvert").unwrap().unwrap();
     let etc = lab.dir().join("etc-culvert");
     let etc = etc.display().to_string();
