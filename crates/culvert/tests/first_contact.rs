@@ -516,3 +516,34 @@ fn the_shipped_units_run_what_the_readme_makes() {
     }
     assert_eq!(lab.status(0).unwrap()["role"], "server");
 }
+
+/// First contact, item 8: a cold start behind a firewall that drops UDP joins over
+/// FakeTCP within about 2 s, as the README says (it took 17 s: four handshakes went
+/// unanswered over FakeTCP before one rode an established flow).
+#[test]
+fn a_cold_start_behind_a_udp_blocking_firewall_joins_within_2_s() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut lab) = lab("coldstart", 2) else {
+        return;
+    };
+    lab.router_nft(
+        "table inet test_noudp { chain f { type filter hook forward priority 0;\n \
+         meta l4proto udp drop\n }\n}",
+    )
+    .unwrap();
+    let _server = lab.spawn(0, &server_args(KEY, &[])).unwrap();
+    let started = Instant::now();
+    let client = start_client(&mut lab, 1, "10.0.0.2/24", KEY);
+    assert!(
+        wait_log(&lab, client, 30, |l| l.contains("joined the server")),
+        "{}",
+        lab.log(client)
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "joined over FakeTCP {:.2} s after the start",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    wait_ping(&lab, 1, overlay(0));
+}

@@ -65,6 +65,8 @@ pub(super) struct Client {
     explained: bool,
     /// Whether the hub said it is an exit, once joined.
     exit: Option<bool>,
+    /// The shell's FakeTCP flow to the hub came up at least once (its TCP port answers).
+    faketcp_up: bool,
     probe_seq: u32,
     probe_out: Option<(u32, Instant)>,
     probes_answered: u32,
@@ -142,6 +144,15 @@ impl Client {
         &self.granted
     }
 
+    /// The transports this client tries the hub over, for messages.
+    pub(super) fn transports(&self) -> &'static str {
+        match self.mode {
+            TransportMode::Udp => "UDP",
+            TransportMode::FakeTcp => "FakeTCP",
+            TransportMode::Auto => "UDP or FakeTCP",
+        }
+    }
+
     /// Whether the hub's silence after `attempts` handshakes should be explained now: once,
     /// when every transport this client may use has been tried.
     pub(super) fn explain_silence(&mut self, attempts: u32) -> bool {
@@ -170,6 +181,7 @@ impl Client {
             refused_at: None,
             explained: false,
             exit: None,
+            faketcp_up: false,
             probe_seq: 0,
             probe_out: None,
             probes_answered: 0,
@@ -663,6 +675,9 @@ impl Endpoint {
     /// FakeTCP before that found no flow to carry it, so it goes again now rather than at its
     /// next retry, a second or more later.
     pub fn faketcp_ready(&mut self) {
+        if let RoleState::Client(c) = &mut self.role {
+            c.faketcp_up = true;
+        }
         if self.active_transport() != Transport::FakeTcp {
             return;
         }
@@ -727,7 +742,15 @@ impl Endpoint {
             return;
         }
         c.attempts_here += 1;
-        if c.mode != TransportMode::Auto || c.attempts_here <= ATTEMPTS_PER_TRANSPORT {
+        // Before the first join, with the server's TCP port known to answer (the standby
+        // FakeTCP flow is up) and UDP silent, FakeTCP is tried after one unanswered
+        // handshake: a cold start behind a UDP-blocking firewall joins within about 2 s.
+        let patience = if c.node.is_none() && c.faketcp_up {
+            0
+        } else {
+            ATTEMPTS_PER_TRANSPORT
+        };
+        if c.mode != TransportMode::Auto || c.attempts_here <= patience {
             return;
         }
         match self.active_transport() {

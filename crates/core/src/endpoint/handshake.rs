@@ -161,21 +161,22 @@ impl Endpoint {
             {
                 let waited_s = now.saturating_duration_since(h.sent).as_secs();
                 let explain = match &mut self.role {
-                    RoleState::Client(c) => c.explain_silence(attempts),
-                    RoleState::Hub(_) => false,
+                    RoleState::Client(c) => c.explain_silence(attempts).then(|| c.transports()),
+                    RoleState::Hub(_) => None,
                 };
-                if explain {
+                if let Some(transports) = explain {
                     tracing::warn!(
                         server = %addr.addr,
                         attempts,
-                        "no answer from the server over any transport. The likely causes, in \
+                        "no answer from the server over {transports}. The likely causes, in \
                          order: (1) the passphrase, or in key mode this client's key or the \
                          server key it was given, does not match the server's: a server answers \
                          nothing to a wrong one, and its log says 'handshake failed \
                          authentication' or 'do not decode under this network's key'; (2) the \
-                         server's port is closed to UDP and to TCP (FakeTCP needs the TCP port \
-                         open too); (3) a wrong server address. (A server that answers with \
-                         another key than the one pinned is reported as such.)"
+                         server's port is not reachable (UDP not blocked? FakeTCP needs TCP to \
+                         the same port; --transport auto falls back to it); (3) a wrong server \
+                         address. (A server that answers with another key than the one pinned \
+                         is reported as such.)"
                     );
                 } else {
                     tracing::warn!(

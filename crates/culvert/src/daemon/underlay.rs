@@ -16,6 +16,9 @@ use culvert_sys::udp::{BATCH, UdpSocket};
 
 use super::spray::SpraySockets;
 
+/// A FakeTCP flow being set up is given this long before it is dialled again.
+const DIAL_WAIT: Duration = Duration::from_secs(1);
+
 /// FakeTCP's parts.
 pub(crate) struct FakeTcp {
     pub(crate) stack: Stack,
@@ -31,6 +34,10 @@ pub(crate) struct FakeTcp {
     pub(crate) tun_ifindex: Option<u32>,
     /// Server: which destinations are this host's own.
     local: Option<LocalAddresses>,
+    /// Client: when the current flow was dialled. A flow that is being set up is not
+    /// dialled again (a rebind and a transport switch both ask for one at once: the second
+    /// dial made the first flow's answers land on a 4-tuple no longer known).
+    dialed: Option<Instant>,
 }
 
 impl FakeTcp {
@@ -72,6 +79,7 @@ impl FakeTcp {
             server: None,
             tun_ifindex: None,
             local: Some(LocalAddresses::new(listen.ip())),
+            dialed: None,
         })
     }
 
@@ -109,6 +117,7 @@ impl FakeTcp {
             server: Some(server),
             tun_ifindex: None,
             local: None,
+            dialed: None,
         };
         ft.connect(now, server)?;
         Ok(ft)
@@ -117,6 +126,15 @@ impl FakeTcp {
     /// Client: (re)connects to `server` from the address the routing table picks, with a
     /// new port and ISN.
     pub(crate) fn connect(&mut self, now: Instant, server: SocketAddr) -> Result<()> {
+        let setting_up = self
+            .dialed
+            .is_some_and(|t| now.saturating_duration_since(t) < DIAL_WAIT)
+            && self.server == Some(server)
+            && !self.stack.heard_within(server, now, DIAL_WAIT);
+        if setting_up {
+            return Ok(());
+        }
+        self.dialed = Some(now);
         let local = source_address(server, self.mark)?;
         self.server = Some(server);
         self.stack.connect(now, SocketAddr::new(local, 0), server);
