@@ -517,6 +517,15 @@ impl Decoder {
         self.watch_onset(now);
     }
 
+    /// An original of the metered session that arrived another way (through a relay, while
+    /// the path switched): not missing, though not an arrival on the path either.
+    pub fn arrived_elsewhere(&mut self, index: u32, counter: u64) {
+        if index == self.meter_index && self.base.is_some_and(|b| counter >= b) {
+            self.received = self.received.saturating_add(1);
+            self.highest = self.highest.map(|h| h.max(counter));
+        }
+    }
+
     /// Loss well above the last report's (an onset) asks for fast reports, until parity
     /// answers them or [`FAST_REPORTS`] went out.
     fn watch_onset(&mut self, now: Instant) {
@@ -554,7 +563,10 @@ impl Decoder {
         let (base, high) = (self.base?, self.highest?);
         let expected = u32::try_from(high.saturating_sub(base) + 1).unwrap_or(u32::MAX);
         let received = self.received.min(expected);
-        self.stats.local_loss = 1.0 - f64::from(received) / f64::from(expected.max(1));
+        // (A handful of messages says nothing: one probe gone on a quiet link is not 25%.)
+        if expected >= MIN_REPORT {
+            self.stats.local_loss = 1.0 - f64::from(received) / f64::from(expected);
+        }
         self.base = Some(high + 1);
         self.received = 0;
         self.next_report = None;

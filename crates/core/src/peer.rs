@@ -183,6 +183,10 @@ pub(crate) struct Peer {
     /// Probe answers sent to addresses other than the peer's path (a member could name
     /// any address as the source of its probes).
     pub(crate) answers: crate::limit::RateWindow,
+    /// Messages sealed in the current session since the peer's last loss report that it
+    /// does not count as arrivals on the path (relayed, to other candidates, MTU probes):
+    /// the gaps they leave in its count are not loss.
+    pub(crate) unmetered: u32,
 }
 
 impl Peer {
@@ -222,6 +226,7 @@ impl Peer {
             fec_tx: None,
             fec_rx: crate::fec::Decoder::default(),
             answers: crate::limit::RateWindow::new(PROBE_ANSWERS, Duration::from_secs(1)),
+            unmetered: 0,
         }
     }
 

@@ -547,3 +547,50 @@ fn a_cold_start_behind_a_udp_blocking_firewall_joins_within_2_s() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
     wait_ping(&lab, 1, overlay(0));
 }
+
+/// First contact, item 6: the README walkthrough — a server and two clients behind their
+/// own NATs, client to client — on a lossless network. Pings, then a transfer. Nothing
+/// is lost, so no loss may be reported either way and no parity sent: messages sent
+/// elsewhere (through the relay, to candidates that do not answer, path MTU probes) are
+/// gaps in the receiver's count, not loss.
+#[test]
+fn a_lossless_walkthrough_reports_no_loss_and_sends_no_parity() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nat = |nat| Site::Nat {
+        nat,
+        symmetric: false,
+    };
+    let Some(mut lab) = lab_with("walkfec", &[Site::Public, nat(1), nat(2)]) else {
+        return;
+    };
+    start_network(&mut lab, 2, &[]);
+    wait_ping(&lab, 1, overlay(0));
+    wait_ping(&lab, 2, overlay(0));
+    for _ in 0..5 {
+        assert!(
+            lab.ping_until(1, overlay(2), Duration::from_secs(5))
+                .is_some()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = lab.transfer(1, 2, overlay(2), 30 * MB, || ()).unwrap();
+    assert_eq!(t.sent, t.received);
+    std::thread::sleep(Duration::from_secs(2));
+    for (host, other) in [(1, 2), (2, 1)] {
+        let st = lab.status(host).unwrap();
+        let peer = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["addresses"][0] == format!("10.0.0.{}/24", other + 1))
+            .unwrap()
+            .clone();
+        let f = &peer["fec"];
+        eprintln!("host {host} -> {other}: {f}");
+        assert_eq!(f["parity_shards"], 0, "host {host} sent parity: {f}");
+        assert!(
+            f["peer_loss"].as_f64().unwrap() < 0.005,
+            "host {host}: loss reported by its peer on a lossless network: {f}"
+        );
+    }
+}

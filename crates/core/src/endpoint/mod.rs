@@ -624,7 +624,10 @@ impl Endpoint {
             .ok_or((DropReason::UnknownSession, Some(id)))?;
         // FEC and the loss meter see what arrives on a direct path from this peer, in the
         // session it sends in; a recovered message is not an arrival.
-        let metered = matches!(src, Source::Addr(_)) && slot == Slot::Current;
+        // (Either session the peer may send in: after both ends initiated at once, each
+        // sends in the one it installed last, which the other may hold as its previous.)
+        let metered =
+            matches!(src, Source::Addr(_)) && matches!(slot, Slot::Current | Slot::Previous);
         let kept = match arrival {
             Arrival::Wire if metered => peer.fec_rx.keep(now, index, counter, &buf[range.clone()]),
             _ => None,
@@ -639,6 +642,9 @@ impl Endpoint {
         let plain = session
             .open(&mut buf[range.clone()])
             .map_err(|r| (r, Some(id)))?;
+        if arrival == Arrival::Wire && !metered && slot != Slot::Handshake {
+            peer.fec_rx.arrived_elsewhere(index, counter);
+        }
         if arrival == Arrival::Wire && metered {
             peer.fec_rx.count(now, index, counter);
             if let Some(k) = kept {
@@ -916,8 +922,15 @@ impl Endpoint {
             Frame::Neighbours { node, nodes } => self.on_neighbours(now, id, node, nodes),
             Frame::LossReport { received, expected } => {
                 let fec = self.cfg.fec;
-                if let Some(e) = self.peers.get_mut(&id).and_then(|p| p.encoder(fec)) {
-                    e.on_report(received, expected);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    // Messages we sent where the peer does not count them (through a relay,
+                    // to another candidate, a path MTU probe larger than the path) are gaps
+                    // in its count, not loss on the path.
+                    let missing = expected.saturating_sub(received);
+                    let forgiven = missing.min(core::mem::take(&mut p.unmetered));
+                    if let Some(e) = p.encoder(fec) {
+                        e.on_report(received, expected - forgiven);
+                    }
                 }
                 Ok(())
             }
@@ -994,6 +1007,7 @@ impl Endpoint {
             }
             Path::Direct(None) => Err(DropReason::NoRoute),
             Path::Relay(via) => {
+                peer.unmetered = peer.unmetered.saturating_add(1);
                 let at = range.start - RELAY_HEADER_LEN;
                 self.seal_relayed(now, id, via, buf, at, range.len())
             }
@@ -1115,13 +1129,17 @@ impl Endpoint {
         frame.emit(&mut plain);
         let mut buf = vec![0u8; HEADROOM + plain.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
-        let sealed = match self
-            .peers
-            .get_mut(&id)
-            .and_then(|p| p.sessions.current.as_mut())
-        {
-            Some(s) => s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len()),
-            None => Err(DropReason::NoSession),
+        let sealed = match self.peers.get_mut(&id) {
+            Some(p) if p.sessions.current.is_some() => {
+                // Not where the peer's loss count looks (the path its data takes), or a
+                // probe the path may be too narrow for: a gap there, not loss.
+                if path != p.path || matches!(frame, Frame::MtuProbe { .. }) {
+                    p.unmetered = p.unmetered.saturating_add(1);
+                }
+                let s = p.sessions.current.as_mut().expect("checked above");
+                s.seal(&mut buf, HEADROOM - DATA_HEADER_LEN, plain.len())
+            }
+            _ => Err(DropReason::NoSession),
         };
         let sent = sealed.and_then(|range| match path {
             Path::Direct(Some(to)) => Ok(Transmit { to, range }),
