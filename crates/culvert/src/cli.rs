@@ -6,7 +6,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// culvert: an encrypted overlay network across hostile networks.
 #[derive(Debug, Parser)]
-#[command(name = "culvert", version, about, propagate_version = true)]
+#[command(
+    name = "culvert",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "lightweight-tunnel's command line and JSON file work too \
+                  (culvert -m server -l 0.0.0.0:9000 -t 10.0.0.1/24 -k KEY; culvert -c \
+                  config.json; culvert -g config.json): `culvert -m server -h` says how each \
+                  of its flags maps."
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -40,7 +49,8 @@ pub(crate) enum Command {
 /// Settings shared by server and client.
 #[derive(Debug, Args, Default)]
 pub(crate) struct CommonArgs {
-    /// TOML configuration file; flags override its keys.
+    /// Configuration file, TOML (or JSON, with lightweight-tunnel's keys or culvert's);
+    /// flags override its keys.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Overlay address with prefix, e.g. 10.0.0.2/24 (repeat for IPv6). [key: address]

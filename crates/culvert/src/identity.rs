@@ -70,7 +70,7 @@ pub(crate) fn load(path: &Path) -> Result<StaticSecret> {
 
 /// Creates `path` readable by its owner only (0600), in a directory only its owner can
 /// enter (0700, made if missing); refuses to overwrite.
-fn create_private(path: &Path) -> Result<fs::File> {
+pub(crate) fn create_private(path: &Path) -> Result<fs::File> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)

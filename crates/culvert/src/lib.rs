@@ -18,14 +18,21 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command, InitRole, LogFormat};
-use config::Settings;
+use config::{Settings, lightweight};
 
 /// Exit status for a bad configuration or flag.
 const EXIT_CONFIG: u8 = 2;
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| lightweight::is_its_command_line(a))
+    {
+        return lightweight_tunnel(&args[1..]);
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Server(args) => daemon_command(Settings::server(&args)),
         Command::Client(args) => daemon_command(Settings::client(&args)),
@@ -36,6 +43,53 @@ pub fn main() -> ExitCode {
         Command::ForgetServer(args) => forget_server(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Proxy(args) => culvert_proxy::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("culvert: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command line in lightweight-tunnel's form (`culvert -m server -l … -k …`).
+fn lightweight_tunnel(args: &[std::ffi::OsString]) -> ExitCode {
+    let invocation = match lightweight::parse(args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("culvert: error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match invocation {
+        lightweight::Invocation::Version => {
+            println!("culvert {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        lightweight::Invocation::Usage => {
+            print!("{}", lightweight::USAGE);
+            Ok(())
+        }
+        lightweight::Invocation::Generate(path) => {
+            lightweight::generate(&path).map(|said| eprintln!("{said}"))
+        }
+        lightweight::Invocation::Run {
+            server,
+            raw,
+            native,
+        } => {
+            let role = if server { "server" } else { "client" };
+            let argv = ["culvert".into(), role.into()].into_iter().chain(native);
+            match Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| e.exit())
+                .command
+            {
+                Command::Server(a) => daemon_command(Settings::server_over(*raw, &a)),
+                Command::Client(a) => daemon_command(Settings::client_over(*raw, &a)),
+                _ => unreachable!("the role is a daemon's"),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -360,8 +360,11 @@ impl Lab {
             .args(wrapper)
             .arg(&self.bin)
             .args(args);
-        // The overlay daemons keep state; `culvert proxy` has none.
-        if matches!(args.first(), Some(&("server" | "client"))) && !args.contains(&"--state-dir") {
+        // The overlay daemons keep state (also when started with lightweight-tunnel's
+        // flags); `culvert proxy` has none.
+        if matches!(args.first(), Some(&("server" | "client" | "-m" | "-c")))
+            && !args.contains(&"--state-dir")
+        {
             cmd.arg("--state-dir")
                 .arg(self.dir.join(format!("state-host{host}")));
         }

@@ -12,18 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Waits until `pred` holds for the log of daemon `id`, for at most `secs` seconds.
-fn wait_log(lab: &Lab, id: usize, secs: u64, pred: impl Fn(&str) -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if pred(&lab.log(id)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    pred(&lab.log(id))
-}
-
 /// First contact, item 7: a client with a wrong passphrase hears nothing (silence towards
 /// strangers stays). Once it has tried UDP and FakeTCP it says, once, what the likely causes
 /// are; the server logs the failures on both transports, not only the first three.

@@ -13,6 +13,8 @@ use culvert_core::{ClientBinding, MeshRelay, PublicKey};
 use culvert_wire::addr::Prefix;
 use serde::Deserialize;
 
+pub(crate) mod lightweight;
+
 use crate::cli::{ClientArgs, CommonArgs, LogFormat, ServerArgs, TransportArg};
 use crate::identity::Kdf;
 
@@ -30,24 +32,42 @@ pub(crate) const DEFAULT_PORT: u16 = 9000;
 pub(crate) struct ConfigError {
     pub(crate) key: String,
     pub(crate) message: String,
+    /// Where the key was set under another name (lightweight-tunnel's `-t`).
+    pub(crate) alias: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "config key '{}': {}", self.key, self.message)
+        match &self.alias {
+            _ if self.key.is_empty() => f.write_str(&self.message),
+            Some(alias) => write!(
+                f,
+                "config key '{}' (from {alias}): {}",
+                self.key, self.message
+            ),
+            None => write!(f, "config key '{}': {}", self.key, self.message),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// Names where the key was set, when `aliases` (culvert key, source) know it.
+    fn naming(mut self, aliases: &[(String, String)]) -> Self {
+        self.alias = aliases
+            .iter()
+            .find(|(key, _)| *key == self.key)
+            .map(|(_, source)| source.clone());
+        self
+    }
+}
+
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_owned(),
         message: message.into(),
+        alias: None,
     }
 }
 
@@ -63,6 +83,7 @@ pub(crate) struct RawConfig {
     passphrase: Option<String>,
     #[serde(alias = "key_file")]
     passphrase_file: Option<PathBuf>,
+    #[serde(alias = "allow_weak_key")]
     allow_weak_passphrase: Option<bool>,
     /// How the passphrase becomes the key: `v2` (default) or `v1` (older nodes).
     passphrase_kdf: Option<Kdf>,
@@ -112,6 +133,13 @@ pub(crate) struct RawConfig {
     passphrase_origin: Option<PassphraseOrigin>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+    /// What culvert does instead of settings it read under lightweight-tunnel's names and
+    /// has no equivalent for, one line each for the log.
+    #[serde(skip)]
+    notes: Vec<String>,
+    /// Keys set under another name: (culvert key, where), for errors.
+    #[serde(skip)]
+    aliases: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,21 +201,22 @@ impl RawConfig {
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();
-            ConfigError {
-                key: String::new(),
-                message: format!("{origin}{at}: {msg}"),
-            }
+            err("", format!("{origin}{at}: {msg}"))
         })
     }
 
-    /// Reads and parses a file.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and parses a file for a daemon of this role: TOML, or JSON (culvert's keys or
+    /// lightweight-tunnel's).
+    pub(crate) fn load(path: &Path, server: bool) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             err(
                 "",
                 format!("cannot read config file {}: {e}", path.display()),
             )
         })?;
+        if lightweight::is_json(&text) {
+            return lightweight::from_file(&text, path, server);
+        }
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -268,6 +297,9 @@ pub(crate) struct Settings {
     pub(crate) transport: TransportArg,
     pub(crate) fec: FecConfig,
     pub(crate) faketcp_isn: Option<u32>,
+    /// Settings read under lightweight-tunnel's names that culvert does otherwise, one line
+    /// each, logged at start.
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,7 +346,11 @@ pub(crate) struct FullTunnel {
 impl Settings {
     /// Server settings from an optional file and the flags.
     pub(crate) fn server(args: &ServerArgs) -> Result<Self, ConfigError> {
-        let mut raw = load_optional(args.common.config.as_deref())?;
+        Self::server_over(load_optional(args.common.config.as_deref(), true)?, args)
+    }
+
+    /// Server settings: the flags over `raw`.
+    pub(crate) fn server_over(mut raw: RawConfig, args: &ServerArgs) -> Result<Self, ConfigError> {
         raw.merge_common(&args.common, std::env::var(KEY_ENV).ok());
         merge(&mut raw.listen, &args.listen);
         merge(&mut raw.max_clients, &args.max_clients);
@@ -333,7 +369,11 @@ impl Settings {
 
     /// Client settings from an optional file and the flags.
     pub(crate) fn client(args: &ClientArgs) -> Result<Self, ConfigError> {
-        let mut raw = load_optional(args.common.config.as_deref())?;
+        Self::client_over(load_optional(args.common.config.as_deref(), false)?, args)
+    }
+
+    /// Client settings: the flags over `raw`.
+    pub(crate) fn client_over(mut raw: RawConfig, args: &ClientArgs) -> Result<Self, ConfigError> {
         raw.merge_common(&args.common, std::env::var(KEY_ENV).ok());
         merge(&mut raw.server, &args.server);
         merge(&mut raw.server_public_key, &args.server_key);
@@ -365,8 +405,13 @@ impl Settings {
         Self::build(raw, false)
     }
 
-    /// Validates a merged raw configuration.
-    pub(crate) fn build(raw: RawConfig, server: bool) -> Result<Self, ConfigError> {
+    /// Validates a merged raw configuration; an error names the key as it was written.
+    pub(crate) fn build(mut raw: RawConfig, server: bool) -> Result<Self, ConfigError> {
+        let aliases = std::mem::take(&mut raw.aliases);
+        Self::validate(raw, server).map_err(|e| e.naming(&aliases))
+    }
+
+    fn validate(raw: RawConfig, server: bool) -> Result<Self, ConfigError> {
         let addresses = raw
             .address
             .map(OneOrMany::into_vec)
@@ -703,6 +748,7 @@ impl Settings {
             transport: raw.transport.unwrap_or_default(),
             fec,
             faketcp_isn: raw.faketcp_isn,
+            notes: raw.notes,
         })
     }
 }
@@ -755,8 +801,8 @@ fn parse_fec(s: &str) -> Result<FecMode, ConfigError> {
 /// Largest FEC group of data packets: larger groups wait longer to fill and buy little.
 const MAX_FEC_DATA: u8 = 64;
 
-fn load_optional(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
-    path.map_or_else(|| Ok(RawConfig::default()), RawConfig::load)
+fn load_optional(path: Option<&Path>, server: bool) -> Result<RawConfig, ConfigError> {
+    path.map_or_else(|| Ok(RawConfig::default()), |p| RawConfig::load(p, server))
 }
 
 /// A list of subnets (network form): at most 16, none a default route.
@@ -803,10 +849,17 @@ fn check_passphrase(
     weak_ok: bool,
 ) -> Result<zeroize::Zeroizing<String>, ConfigError> {
     let p = zeroize::Zeroizing::new(p);
-    if *p == PLACEHOLDER {
+    if [
+        PLACEHOLDER,
+        "CHANGE-THIS-TO-YOUR-SECRET-KEY",
+        "请修改为您的强密钥",
+    ]
+    .contains(&p.as_str())
+    {
         return Err(err(
             key,
-            "still the example placeholder: choose a real passphrase",
+            "still an example's placeholder, known to everyone: choose a real passphrase \
+             (`head -c 24 /dev/urandom | base64`)",
         ));
     }
     if p.is_empty() {
@@ -819,7 +872,8 @@ fn check_passphrase(
             format!(
                 "too weak to resist offline guessing (about {bits:.0} bits; at least \
                  {MIN_PASSPHRASE_CHARS} characters and {MIN_PASSPHRASE_BITS:.0} bits are needed): \
-                 use `head -c 24 /dev/urandom | base64`, keys, or --allow-weak-key to insist"
+                 use `head -c 24 /dev/urandom | base64`, keys, or --allow-weak-key \
+                 (allow_weak_passphrase = true in a file) to insist"
             ),
         ));
     }

@@ -89,6 +89,9 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
              use --key-file FILE or the CULVERT_KEY environment variable instead"
         );
     }
+    for note in &settings.notes {
+        tracing::warn!("{note}");
+    }
     let control = ControlListener::bind(&netns, &settings.tun_name)?;
     let state_dir = settings
         .state_dir

@@ -107,6 +107,18 @@ pub fn wait_ping(lab: &Lab, from: usize, to: IpAddr) {
     );
 }
 
+/// Waits until `pred` holds for the log of daemon `id`, for at most `secs` seconds.
+pub fn wait_log(lab: &Lab, id: usize, secs: u64, pred: impl Fn(&str) -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if pred(&lab.log(id)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pred(&lab.log(id))
+}
+
 pub fn drops(status: &serde_json::Value, reason: &str) -> u64 {
     status["drops"][reason].as_u64().unwrap_or(0)
 }
