@@ -213,7 +213,18 @@ pub(crate) fn parse(args: &[OsString]) -> Result<Invocation, ConfigError> {
     let mut entries = Vec::new();
     let mut overridden = None;
     if let Some(path) = &config {
-        entries = file_entries(&read(path)?, path)?;
+        let text = read(path)?;
+        if !is_json(&text) {
+            return Err(err(
+                "",
+                format!(
+                    "{}: with lightweight-tunnel's flags, -c takes its JSON file; for culvert's \
+                     TOML run `culvert server -c FILE` or `culvert client -c FILE`",
+                    path.display()
+                ),
+            ));
+        }
+        entries = file_entries(&text, path)?;
         overridden = flags.first().map(Entry::source);
     }
     entries.extend(flags);
@@ -802,6 +813,9 @@ mod tests {
         std::fs::write(&client, "{\"mode\": \"client\", \"mtu\": \"1400\"}").unwrap();
         let e = run(&format!("-c {}", client.display())).unwrap_err();
         assert!(e.message.contains("expected a whole number"), "{e}");
+        std::fs::write(&client, "listen = \"0.0.0.0:9000\"\n").unwrap();
+        let e = run(&format!("-c {}", client.display())).unwrap_err();
+        assert!(e.message.contains("culvert server -c FILE"), "{e}");
         std::fs::write(&client, "{\"mode\": \"client\", \"bogus\": 1}").unwrap();
         let e = run(&format!("-c {}", client.display())).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
