@@ -225,13 +225,23 @@ fn logs_are_plain_or_json_and_status_explains_an_idle_network() {
         connected.contains("endpoint=udp 198.18.") && !connected.contains("Some("),
         "{connected}"
     );
-    let st = lab.status(1).unwrap();
-    let other = st["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] != 0)
-        .expect("client 2 in the directory");
+    // The hub pushes directory changes at most once a second: client 2 may come a push later.
+    let other_client = || {
+        let st = lab.status(1).unwrap();
+        st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] != 0)
+            .cloned()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut other = other_client();
+    while other.is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+        other = other_client();
+    }
+    let other = other.expect("client 2 in the directory");
     assert_eq!(other["state"], "idle", "{other}");
     // A second server on the same port, logging JSON: its fatal error is JSON too.
     let busy = lab

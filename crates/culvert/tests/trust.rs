@@ -263,8 +263,18 @@ fn a_hub_granting_a_public_prefix_is_refused() {
     let client_key =
         culvert_core::StaticSecret::from_bytes(culvert_core::rng::Rng::from_seed([2; 32]).array());
     let dir = lab.dir().to_owned();
-    std::fs::write(dir.join("server.key"), server_key.to_base64().as_str()).unwrap();
-    std::fs::write(dir.join("client.key"), client_key.to_base64().as_str()).unwrap();
+    for (file, key) in [("server.key", &server_key), ("client.key", &client_key)] {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Private keys readable by others are refused, as ssh refuses them.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(file))
+            .and_then(|mut f| f.write_all(key.to_base64().as_str().as_bytes()))
+            .unwrap();
+    }
     let cfg = format!(
         "listen = \"0.0.0.0:9000\"\naddress = [\"10.0.0.1/24\"]\nprivate_key_file = \"{}\"\n\n\
          [[peer]]\npublic_key = \"{}\"\naddress = [\"10.0.0.2/24\", \"8.8.8.8/1\"]\n",
