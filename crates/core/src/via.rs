@@ -27,6 +27,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PROBE_TRIES: u32 = 3;
 /// A relay in use is probed this often.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A probe of a relay in use unanswered this long goes again. A relay that carries a
+/// saturating transfer drops some probes in its full queues like any other packet: it is
+/// left only after [`DEAD_AFTER`] of probes lost in a row, not two.
+pub const PROBE_AGAIN: Duration = Duration::from_millis(250);
 /// A relay in use without an answer this long is dead: back to the hub.
 pub const DEAD_AFTER: Duration = Duration::from_secs(2);
 /// How often to look again for a relay when none was offered.
@@ -71,8 +75,23 @@ enum State {
         via: PeerId,
         last_ack: Instant,
         next_probe: Instant,
-        out: Option<(u32, Instant)>,
+        out: Option<Outstanding>,
     },
+}
+
+/// Probes of a relay in use sent since the last answer: an answer to any of them shows
+/// the relay alive; the latest one's measures its RTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outstanding {
+    first: u32,
+    last: u32,
+    sent: Instant,
+}
+
+impl Outstanding {
+    fn covers(&self, seq: u32) -> bool {
+        seq.wrapping_sub(self.first) <= self.last.wrapping_sub(self.first)
+    }
 }
 
 /// The RTT of the hub's relay to the same peer, measured alongside.
@@ -163,15 +182,21 @@ impl ViaClient {
                 via,
                 last_ack,
                 next_probe,
-                ..
+                out: outstanding,
             } => {
                 if now >= next_probe {
                     self.seq = self.seq.wrapping_add(1);
+                    let first = outstanding.map_or(self.seq, |o| o.first);
                     self.state = State::Using {
                         via,
                         last_ack,
-                        next_probe: now + KEEPALIVE,
-                        out: Some((self.seq, now)),
+                        // Again soon unless answered (which schedules the next one).
+                        next_probe: now + PROBE_AGAIN,
+                        out: Some(Outstanding {
+                            first,
+                            last: self.seq,
+                            sent: now,
+                        }),
                     };
                     out.push(ViaAction::Probe { via, seq: self.seq });
                 }
@@ -219,15 +244,16 @@ impl ViaClient {
             }
             State::Using {
                 via: v,
-                next_probe,
-                out: Some((s, sent)),
+                out: Some(o),
                 ..
-            } if v == via && s == seq => {
-                self.rtt = Some(now.saturating_duration_since(sent));
+            } if v == via && o.covers(seq) => {
+                if seq == o.last {
+                    self.rtt = Some(now.saturating_duration_since(o.sent));
+                }
                 self.state = State::Using {
                     via,
                     last_ack: now,
-                    next_probe,
+                    next_probe: o.sent + KEEPALIVE,
                     out: None,
                 };
                 None
@@ -394,6 +420,34 @@ mod tests {
         assert!(t - (at + KEEPALIVE) <= DEAD_AFTER + 100 * MS);
         assert_eq!(v.via(), None);
         assert_eq!(v.next_deadline(), Some(t + RETRY_MIN));
+    }
+
+    /// A saturated relay drops some probes: lost ones go again within 250 ms, and an
+    /// answer to any of them keeps the relay (it used to be left after two lost probes).
+    #[test]
+    fn a_relay_in_use_that_loses_some_probes_is_kept() {
+        let t0 = crate::test_epoch();
+        let mut v = using(t0);
+        let mut t = t0 + 30 * MS;
+        let mut sent = Vec::new();
+        for round in 0..200u32 {
+            t += 50 * MS;
+            let actions = v.poll(t, || None, |_| true);
+            if let Some(ViaAction::Leave(why)) = actions.last() {
+                panic!("left at {:?}: {why}", t - t0);
+            }
+            if let Some(seq) = probe(&actions, C) {
+                sent.push(seq);
+                // Three of every four probes are lost; the fourth is answered late,
+                // after the next one went out.
+                if sent.len() % 4 == 0 {
+                    let late = sent[sent.len() - 2];
+                    assert_eq!(v.on_ack(t + 10 * MS, C, late), None, "round {round}");
+                }
+            }
+        }
+        assert_eq!(v.via(), Some(C));
+        assert!(sent.len() > 15, "only {} probes in 10 s", sent.len());
     }
 
     #[test]
