@@ -25,6 +25,10 @@ fn epoch() -> Instant {
 }
 
 fn config(role: Role, addr: &str, route: &str, key: u8) -> Config {
+    let side = match role {
+        Role::Hub(_) => culvert_core::faketcp::Side::Server,
+        Role::Client(_) => culvert_core::faketcp::Side::Client,
+    };
     Config {
         secret: StaticSecret::from_bytes([key; 32]),
         passphrase: Some(Psk::from_bytes([7; 32])),
@@ -35,6 +39,13 @@ fn config(role: Role, addr: &str, route: &str, key: u8) -> Config {
         timing: Timing::default(),
         fec: culvert_core::fec::Config::default(),
         mtu: Some(1354),
+        faketcp: Some(culvert_core::faketcp::Config {
+            side,
+            mss: 1400,
+            max_flows: 8,
+            isn: None,
+            mask_key: culvert_core::faketcp::mask_key(&Psk::from_bytes([7; 32])),
+        }),
         role,
     }
 }
@@ -74,6 +85,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             Duration::from_secs(1_700_000_000),
         ),
     ];
+    eps[1].faketcp_dial(t0, "198.18.1.2".parse().unwrap(), "198.19.1.2:9000".parse().unwrap());
     let sources: [SocketAddr; 3] = [
         "198.19.1.2:9000".parse().unwrap(),
         "198.18.1.2:4000".parse().unwrap(),
@@ -195,7 +207,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         };
         let n = buf.len();
         let ep = &mut eps[target];
-        let _ = ep.handle_datagram(now, Remote::new(transport, from), &mut buf, 0..n);
+        if transport == Transport::FakeTcp && head[0] & 0x40 != 0 {
+            // The bytes as a whole packet from FakeTCP's packet socket.
+            let _ = ep.handle_segment(now, &mut buf, 0..n);
+        } else {
+            let _ = ep.handle_datagram(now, Remote::new(transport, from), &mut buf, 0..n);
+        }
         if ep.poll_timeout() <= now {
             ep.handle_timeout(now);
         }

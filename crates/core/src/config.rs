@@ -34,6 +34,9 @@ pub struct Config {
     /// ([`crate::pmtu`]) and a packet too big for its path is answered with an ICMP error
     /// ([`crate::icmp`]); `None`: neither (every path is trusted with any size).
     pub mtu: Option<u16>,
+    /// FakeTCP's settings when this node carries messages over it too (the shell has its
+    /// packet sockets); `None`: UDP only. A client dials with [`crate::Endpoint::faketcp_dial`].
+    pub faketcp: Option<crate::faketcp::Config>,
     /// Hub or client.
     pub role: Role,
 }

@@ -28,10 +28,6 @@ pub enum Event {
         /// The transport now in use.
         transport: crate::peer::Transport,
     },
-    /// The hub went unanswered over FakeTCP: the flow may be dead at the server (a
-    /// restarted server silently ignores segments of a flow it does not know), so the shell
-    /// opens a new one unless the flow was heard from just now.
-    FakeTcpUnanswered,
     /// Passphrase mode, first contact: the hub welcomed us with this key, which is pinned
     /// from now on. The shell stores it so that later runs refuse any other key.
     ServerKeyPinned {

@@ -606,7 +606,7 @@ impl Endpoint {
             );
             if self.active_transport() == Transport::FakeTcp {
                 // A server that restarted knows nothing of our flow.
-                self.events.push_back(Event::FakeTcpUnanswered);
+                self.refresh_faketcp_flow(now);
             }
             self.start_handshake(now, PeerId::HUB);
         }
@@ -671,10 +671,10 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Client: the shell's FakeTCP flow to the hub has just come up. A handshake sent over
-    /// FakeTCP before that found no flow to carry it, so it goes again now rather than at its
-    /// next retry, a second or more later.
-    pub fn faketcp_ready(&mut self) {
+    /// Client: the FakeTCP flow to the hub has just come up. A handshake sent over FakeTCP
+    /// before that found no flow to carry it, so it goes again now rather than at its next
+    /// retry, a second or more later.
+    pub(super) fn faketcp_ready(&mut self) {
         if let RoleState::Client(c) = &mut self.role {
             c.faketcp_up = true;
         }
@@ -723,6 +723,10 @@ impl Endpoint {
         );
         self.events
             .push_back(Event::TransportChanged { transport: to });
+        if to == Transport::FakeTcp {
+            // A standby flow may have died quietly (the server restarted).
+            self.refresh_faketcp_flow(now);
+        }
         if joined {
             // Tells the hub where we are now, and measures the new path.
             self.send_ping(now);

@@ -193,7 +193,9 @@ impl Endpoint {
             } else if attempts == 1
                 && matches!(peer.path, Path::Direct(Some(r)) if r.transport == Transport::FakeTcp)
             {
-                self.events.push_back(crate::Event::FakeTcpUnanswered);
+                // The flow may be dead at the server: a restarted server silently ignores
+                // segments of a flow it does not know.
+                self.refresh_faketcp_flow(now);
             }
             self.next_join_transport(now);
         } else if attempts >= PEER_ATTEMPTS {

@@ -26,6 +26,7 @@ mod client;
 mod detour;
 mod direct;
 mod directory;
+mod faketcp_link;
 mod handshake;
 mod hub;
 mod mtu;
@@ -169,6 +170,8 @@ pub struct Endpoint {
     urgent: Option<Instant>,
     last_tick: Instant,
     role: RoleState,
+    /// FakeTCP, when this node carries messages over it.
+    faketcp: Option<faketcp_link::FakeTcpLink>,
 }
 
 #[derive(Debug)]
@@ -216,6 +219,12 @@ impl Endpoint {
             }
         };
         let mac1_key = crate::cookie::mac1_key(&cfg.psk_for(&public));
+        // Its own seed, so that the endpoint's random choices do not depend on whether
+        // FakeTCP is on.
+        let faketcp = cfg.faketcp.clone().map(|f| {
+            let seed = crate::keys::blake2s(&[b"culvert faketcp seed", &seed]);
+            faketcp_link::FakeTcpLink::new(f, seed, now)
+        });
         let mut ep = Self {
             cfg,
             public,
@@ -242,6 +251,7 @@ impl Endpoint {
             urgent: None,
             last_tick: now,
             role,
+            faketcp,
         };
         if ep.is_client() {
             // A full tunnel holds everything for the hub from the start: queued until
@@ -328,6 +338,9 @@ impl Endpoint {
         for id in ids {
             self.peer_timers(now, id);
         }
+        if let Some(link) = &mut self.faketcp {
+            link.handle_timeout(now);
+        }
         self.deadline_dirty = true;
     }
 
@@ -403,7 +416,8 @@ impl Endpoint {
             self.deadline_dirty = false;
         }
         let tick = self.last_tick + MAX_TICK;
-        [self.deadline, self.urgent]
+        let faketcp = self.faketcp.as_ref().and_then(|l| l.poll_timeout());
+        [self.deadline, self.urgent, faketcp]
             .into_iter()
             .flatten()
             .fold(tick, Instant::min)

@@ -3,16 +3,23 @@
 //! Datagrams travel through a queue where they can be lost, duplicated, delayed, reordered,
 //! captured or altered; nodes can change underlay address (NAT rebinding) or be replaced
 //! (a restart). Time only moves when the test says so.
+//!
+//! FakeTCP runs as in the daemon: a hub serves it, a client whose transport is not UDP dials
+//! it, and what travels is the whole IP packet the endpoint's stack built (SYNs, ACKs,
+//! segments of records). The simulated NATs do not rewrite those packets' headers, so a
+//! FakeTCP datagram through a NAT is a test error.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use culvert_core::rng::Rng;
 use culvert_core::{
-    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, Remote, Role,
-    SPRAY_SOCKETS, StaticSecret, TAILROOM, Timing, Transport, TransportMode, TunOutcome,
+    ClientConfig, Config, DatagramOutcome, Endpoint, Event, HEADROOM, HubConfig, Psk, PublicKey,
+    Remote, Role, SPRAY_SOCKETS, StaticSecret, TAILROOM, Timing, Transport, TransportMode,
+    TunOutcome, faketcp,
 };
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
@@ -178,6 +185,7 @@ pub fn hub_config(secret: StaticSecret, psk: Option<Psk>) -> Config {
         timing: fast_timing(),
         fec: culvert_core::fec::Config::default(),
         mtu: None,
+        faketcp: None,
         role: Role::Hub(HubConfig {
             max_clients: 100,
             isolation: false,
@@ -205,6 +213,7 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
         timing: fast_timing(),
         fec: culvert_core::fec::Config::default(),
         mtu: None,
+        faketcp: None,
         role: Role::Client(ClientConfig {
             server: HUB_ADDR.parse().unwrap(),
             server_key: None,
@@ -217,6 +226,40 @@ pub fn client_config(secret: StaticSecret, psk: Option<Psk>, addr: &str) -> Conf
                 .map(prefix)
                 .to_vec(),
         }),
+    }
+}
+
+/// FakeTCP as the daemon sets it up, unless `cfg` has its own: a hub serves it; a client
+/// whose transport is not UDP gets a stack (dialled by [`World::add`]).
+pub fn with_faketcp(mut cfg: Config) -> Config {
+    if cfg.faketcp.is_some() {
+        return cfg;
+    }
+    let (side, max_flows, responder) = match &cfg.role {
+        Role::Hub(_) => (faketcp::Side::Server, 4096, cfg.secret.public_key()),
+        Role::Client(c) if c.transport != TransportMode::Udp => (
+            faketcp::Side::Client,
+            1,
+            c.server_key.unwrap_or(PublicKey([0; 32])),
+        ),
+        Role::Client(_) => return cfg,
+    };
+    let psk = (cfg.passphrase.clone()).unwrap_or_else(|| Psk::for_responder(&responder));
+    cfg.faketcp = Some(faketcp::Config {
+        side,
+        mss: 1400,
+        max_flows,
+        isn: None,
+        mask_key: faketcp::mask_key(&psk),
+    });
+    cfg
+}
+
+/// The server a client's FakeTCP dials, if it has FakeTCP.
+fn faketcp_server(cfg: &Config) -> Option<SocketAddr> {
+    match (&cfg.faketcp, &cfg.role) {
+        (Some(_), Role::Client(c)) => Some(c.server),
+        _ => None,
     }
 }
 
@@ -272,12 +315,18 @@ impl World {
     /// Adds a node and returns its index.
     pub fn add(&mut self, cfg: Config, addr: &str) -> usize {
         let seed = self.seed();
+        let cfg = with_faketcp(cfg);
+        let dial = faketcp_server(&cfg);
         let mut ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_000));
         // Its own interface address: a LAN candidate (a no-op on the hub).
-        ep.set_local_addresses(self.now, vec![addr.parse().unwrap()]);
+        let addr: SocketAddr = addr.parse().unwrap();
+        ep.set_local_addresses(self.now, vec![addr]);
+        if let Some(server) = dial {
+            ep.faketcp_dial(self.now, addr.ip(), server);
+        }
         self.nodes.push(Node {
             ep,
-            addr: addr.parse().unwrap(),
+            addr,
             delivered: Vec::new(),
             events: Vec::new(),
         });
@@ -289,7 +338,13 @@ impl World {
     /// Replaces node `i` by a fresh endpoint (a restart), keeping its address.
     pub fn restart(&mut self, i: usize, cfg: Config) {
         let seed = self.seed();
+        let cfg = with_faketcp(cfg);
+        let dial = faketcp_server(&cfg);
         self.nodes[i].ep = Endpoint::new(cfg, seed, self.now, Duration::from_secs(1_700_000_100));
+        if let Some(server) = dial {
+            let ip = self.nodes[i].addr.ip();
+            self.nodes[i].ep.faketcp_dial(self.now, ip, server);
+        }
         self.drain(i);
     }
 
@@ -312,8 +367,11 @@ impl World {
     /// Collects outputs and events of node `i` (what a shell does after every call).
     pub fn drain(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].ep.poll_transmit() {
-            let from = self.nodes[i].socket_addr(t.to.socket);
-            self.send_ttl(from, t.to, t.bytes, t.ttl.unwrap_or(64));
+            let len = t.bytes.len();
+            self.transmit(i, t.to, t.bytes, 0..len, t.ttl.unwrap_or(64));
+        }
+        while let Some((_, packet)) = self.nodes[i].ep.poll_segment() {
+            self.send_segment(packet);
         }
         while let Some(p) = self.nodes[i].ep.poll_recovered() {
             self.nodes[i].delivered.push(p);
@@ -400,6 +458,37 @@ impl World {
         self.send_ttl(from, to, bytes, 64);
     }
 
+    /// Sends `bytes[range]`, a message node `i` built for `to`: as a UDP datagram from the
+    /// socket it names, or wrapped by the node's FakeTCP stack into a segment.
+    fn transmit(&mut self, i: usize, to: Remote, bytes: Vec<u8>, range: Range<usize>, ttl: u8) {
+        if to.transport == Transport::Udp {
+            let from = self.nodes[i].socket_addr(to.socket);
+            return self.send_ttl(from, to, bytes[range].to_vec(), ttl);
+        }
+        let mut buf = vec![0u8; faketcp::HEADROOM + range.len()];
+        buf[faketcp::HEADROOM..].copy_from_slice(&bytes[range]);
+        let msg = faketcp::HEADROOM..buf.len();
+        let now = self.now;
+        if let Some(packet) = self.nodes[i].ep.encapsulate(now, to.addr, &mut buf, msg) {
+            self.send_segment(buf[packet].to_vec());
+        }
+    }
+
+    /// Sends a whole FakeTCP packet; its addresses are those of its headers.
+    pub fn send_segment(&mut self, packet: Vec<u8>) {
+        let seg = culvert_wire::tcp::Segment::parse(&packet).expect("a stack built it");
+        let (from, to) = (seg.src, seg.dst);
+        let routed = self.route(from, to, 64);
+        if let Some(r) = routed {
+            assert_eq!(
+                r,
+                (from, to),
+                "FakeTCP through a simulated NAT is not modelled"
+            );
+        }
+        self.send_ttl(from, Remote::faketcp(to), packet, 64);
+    }
+
     /// [`World::send`] with an IP TTL.
     pub fn send_ttl(&mut self, from: SocketAddr, to: Remote, bytes: Vec<u8>, ttl: u8) {
         let Some((from, dst)) = self.route(from, to.addr, ttl) else {
@@ -434,6 +523,19 @@ impl World {
         }
     }
 
+    /// Injects a FakeTCP packet from outside (an attacker); its addresses are its headers'.
+    pub fn inject_segment(&mut self, packet: Vec<u8>) {
+        let seg = culvert_wire::tcp::Segment::parse(&packet).expect("a TCP packet");
+        self.queue.push_back(Datagram {
+            at: self.now,
+            ttl: 64,
+            transport: Transport::FakeTcp,
+            from: seg.src,
+            to: seg.dst,
+            bytes: packet,
+        });
+    }
+
     /// Injects a datagram from outside (an attacker or a replay).
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.queue.push_back(Datagram {
@@ -455,8 +557,7 @@ impl World {
             .ep
             .handle_tun_packet(now, &mut buf, HEADROOM, packet.len());
         if let TunOutcome::Send(t) = &out {
-            let from = self.nodes[i].socket_addr(t.to.socket);
-            self.send(from, t.to, buf[t.range.clone()].to_vec());
+            self.transmit(i, t.to, buf.clone(), t.range.clone(), 64);
         }
         self.drain(i);
         out
@@ -472,12 +573,13 @@ impl World {
                 continue;
             }
             n += 1;
-            let Some((i, socket)) = self
-                .nodes
-                .iter()
-                .enumerate()
-                .find_map(|(i, node)| node.socket_of(d.to).map(|s| (i, s)))
-            else {
+            let Some((i, socket)) = self.nodes.iter().enumerate().find_map(|(i, node)| {
+                match d.transport {
+                    Transport::Udp => node.socket_of(d.to).map(|s| (i, s)),
+                    // The packet socket sees every port of its address.
+                    Transport::FakeTcp => (node.addr.ip() == d.to.ip()).then_some((i, 0)),
+                }
+            }) else {
                 continue;
             };
             let mut buf = d.bytes.clone();
@@ -488,15 +590,14 @@ impl World {
                 addr: d.from,
                 socket,
             };
-            match self.nodes[i]
-                .ep
-                .handle_datagram(now, from, &mut buf, 0..len)
-            {
+            let ep = &mut self.nodes[i].ep;
+            let outcome = match d.transport {
+                Transport::Udp => ep.handle_datagram(now, from, &mut buf, 0..len),
+                Transport::FakeTcp => ep.handle_segment(now, &mut buf, 0..len),
+            };
+            match outcome {
                 DatagramOutcome::Deliver(r) => self.nodes[i].delivered.push(buf[r].to_vec()),
-                DatagramOutcome::Send(t) => {
-                    let from = self.nodes[i].socket_addr(t.to.socket);
-                    self.send(from, t.to, buf[t.range].to_vec());
-                }
+                DatagramOutcome::Send(t) => self.transmit(i, t.to, buf, t.range, 64),
                 DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
             }
             self.drain(i);

@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use culvert_core::{
     ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig, Psk,
-    PublicKey, Remote, Role, TAILROOM, Timing, Transport, TransportMode, TunOutcome, faketcp,
+    PublicKey, Remote, Role, TAILROOM, Timing, TransportMode, TunOutcome, faketcp,
 };
 use culvert_sys::control::ControlListener;
 use culvert_sys::dir::Dir;
@@ -72,8 +72,6 @@ const RX_OFFSET: usize = 128;
 const ROUNDS: usize = 4;
 /// A client looks at its interface addresses (its LAN candidates) this often.
 const CANDIDATES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// A FakeTCP flow heard from this recently works; an older one is redialled before use.
-const FLOW_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 const _: () =
     assert!(TUN_OFFSET >= HEADROOM + faketcp::HEADROOM && TUN_OFFSET + 65_535 + TAILROOM <= SLOT);
@@ -136,7 +134,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         (t, _) => t,
     };
 
-    let (role, underlay, v6, server) = match &settings.role {
+    let (role, underlay, faketcp, v6, server) = match &settings.role {
         RoleSettings::Server {
             listen,
             max_clients,
@@ -151,7 +149,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 .transpose()?;
             let mss = mss_for(mtu_guess(&settings, listen.is_ipv6()));
             let mask = faketcp::mask_key(&handshake_psk(&psk, secret.public_key()));
-            let ftcp = match (transport_arg, FakeTcp::server(*listen, mss, mask, now)) {
+            let ftcp = match (transport_arg, FakeTcp::server(*listen, mss, mask)) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
                 (TransportArg::Faketcp, Err(e)) => return Err(e.context("starting FakeTCP")),
@@ -169,6 +167,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 allow_route_overlap: *allow_route_overlap,
                 handshake_load_limit: 500,
             };
+            let (ftcp, faketcp) = ftcp.unzip();
             (
                 Role::Hub(hub),
                 Underlay {
@@ -176,6 +175,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                     ftcp,
                     spray: SpraySockets::new(listen.is_ipv6(), None)?,
                 },
+                faketcp,
                 listen.is_ipv6(),
                 None,
             )
@@ -208,7 +208,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
             let mask = faketcp::mask_key(&handshake_psk(&psk, responder));
             let ftcp = match (
                 transport_arg,
-                FakeTcp::client(addr, mss, settings.faketcp_isn, mask, mark, now),
+                FakeTcp::client(addr, mss, settings.faketcp_isn, mask, mark),
             ) {
                 (TransportArg::Udp, _) => None,
                 (_, Ok(f)) => Some(f),
@@ -233,6 +233,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                 full_tunnel: full_tunnel.is_some(),
                 accept_routes: accept_routes.clone(),
             };
+            let (ftcp, faketcp) = ftcp.unzip();
             (
                 Role::Client(cfg),
                 Underlay {
@@ -240,6 +241,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
                     ftcp,
                     spray: SpraySockets::new(addr.is_ipv6(), mark)?,
                 },
+                faketcp,
                 addr.is_ipv6(),
                 Some(server.clone()),
             )
@@ -284,6 +286,10 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         keepalive: settings.keepalive,
         ..Timing::default()
     };
+    let dial_to = match &role {
+        Role::Client(c) => Some(c.server),
+        Role::Hub(_) => None,
+    };
     let cfg = Config {
         secret,
         passphrase: psk,
@@ -294,12 +300,18 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         timing,
         fec: settings.fec,
         mtu: u16::try_from(mtu).ok(),
+        faketcp,
         role,
     };
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let ep = Endpoint::new(cfg, identity::os_random(), now, unix);
+    let mut ep = Endpoint::new(cfg, identity::os_random(), now, unix);
+    if let (Some(f), Some(to)) = (&underlay.ftcp, dial_to)
+        && let Err(e) = f.dial(&mut ep, now, to)
+    {
+        tracing::warn!("FakeTCP cannot dial the server yet: {e:#}");
+    }
 
     let metrics = settings.metrics.map(metrics::Server::bind).transpose()?;
     let poller = Poller::new(64)?;
@@ -358,7 +370,6 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         scratch: vec![0u8; SLOT],
         meta: [RecvMeta::default(); BATCH],
         packets: [PacketMeta::default(); BATCH],
-        merged_records: 0,
         stop: false,
         io_errors: 0,
         next_candidates: now,
@@ -412,12 +423,11 @@ struct Daemon {
     server: Option<String>,
     tun_buf: Vec<u8>,
     rx_buf: Vec<u8>,
-    /// One slot for the extra messages of a merged (GRO) FakeTCP segment.
+    /// One slot for the packets the endpoint holds for the TUN (FEC recovered, ICMP
+    /// errors, messages merged behind another in a FakeTCP segment).
     scratch: Vec<u8>,
     meta: [RecvMeta; BATCH],
     packets: [PacketMeta; BATCH],
-    /// FakeTCP messages that arrived behind another in one packet (merged by GRO).
-    merged_records: u64,
     stop: bool,
     io_errors: u64,
     /// When the client next refreshes its LAN candidates.
@@ -458,11 +468,6 @@ impl Daemon {
             if self.ep.poll_timeout() <= now {
                 self.ep.handle_timeout(now);
             }
-            if let Some(f) = &mut self.underlay.ftcp
-                && f.stack.poll_timeout().is_some_and(|t| t <= now)
-            {
-                f.stack.handle_timeout(now);
-            }
             if now >= self.next_candidates {
                 self.refresh_candidates(now);
             }
@@ -479,17 +484,10 @@ impl Daemon {
 
     fn next_deadline(&mut self) -> Instant {
         let ep = self.ep.poll_timeout();
-        [
-            self.underlay
-                .ftcp
-                .as_ref()
-                .and_then(|f| f.stack.poll_timeout()),
-            self.requests.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(ep, Instant::min)
-        .min(self.next_candidates)
+        self.requests
+            .next_deadline()
+            .map_or(ep, |r| r.min(ep))
+            .min(self.next_candidates)
     }
 
     /// Client: this host's interface addresses with the UDP socket's port, for the hub to
@@ -575,7 +573,7 @@ impl Daemon {
                 let m = self.meta[i];
                 let at = i * SLOT + RX_OFFSET;
                 let from = Remote::udp_on(socket, m.from);
-                let _ = self.deliver(now, &mut out, from, at..at + m.len);
+                self.deliver(now, &mut out, from, at..at + m.len);
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
                 self.io_error("sending", &e);
@@ -613,53 +611,10 @@ impl Daemon {
                     // Forwarded through this host, or overlay traffic: not ours to answer.
                     continue;
                 }
-                let seg = match ft.stack.handle_packet(now, &self.rx_buf[packet]) {
-                    Ok(Some(seg)) if ft.accepts(seg.from) => seg,
-                    Ok(_) => continue,
-                    Err(reason) => {
-                        self.ep.count_shell_drop(reason);
-                        continue;
-                    }
-                };
-                let from = Remote::faketcp(seg.from);
-                let payload = at + seg.payload.start..at + seg.payload.end;
-                let mut next = 0;
-                let mut first = true;
-                let mut authentic = false;
-                while let Some(record) = self.underlay.ftcp.as_ref().and_then(|ft| {
-                    ft.stack
-                        .next_message(&seg, &mut self.rx_buf[payload.clone()], next)
-                }) {
-                    let Ok(r) = record else {
-                        self.ep.count_shell_drop(DropReason::Malformed);
-                        if first {
-                            self.ep.log_undecodable(now, seg.from);
-                        }
-                        break;
-                    };
-                    next = r.end;
-                    let msg = payload.start + r.start..payload.start + r.end;
-                    authentic |= if first {
-                        // The first message has the packet's own headers before it: room
-                        // to re-wrap it in place if it must be relayed.
-                        first = false;
-                        self.deliver(now, &mut out, from, msg)
-                    } else {
-                        self.merged_records += 1;
-                        self.deliver_copy(now, from, msg)
-                    };
-                }
-                if authentic && let Some(ft) = &mut self.underlay.ftcp {
-                    ft.stack.confirm(now, &seg);
-                }
-            }
-            if self
-                .underlay
-                .ftcp
-                .as_mut()
-                .is_some_and(|ft| ft.stack.take_connected())
-            {
-                self.ep.faketcp_ready();
+                let outcome = self.ep.handle_segment(now, &mut self.rx_buf, packet);
+                self.take_outcome(now, &mut out, outcome);
+                // Messages merged behind the first (GRO) follow it into the TUN in order.
+                self.write_recovered();
             }
             if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
                 self.io_error("sending", &e);
@@ -671,55 +626,23 @@ impl Daemon {
         }
     }
 
-    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay. Returns
-    /// whether the message was accepted (authentic).
-    fn deliver(
-        &mut self,
-        now: Instant,
-        out: &mut Outbound,
-        from: Remote,
-        msg: Range<usize>,
-    ) -> bool {
-        match self.ep.handle_datagram(now, from, &mut self.rx_buf, msg) {
+    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay.
+    fn deliver(&mut self, now: Instant, out: &mut Outbound, from: Remote, msg: Range<usize>) {
+        let outcome = self.ep.handle_datagram(now, from, &mut self.rx_buf, msg);
+        self.take_outcome(now, out, outcome);
+    }
+
+    /// Carries out what the endpoint made of a message in `rx_buf`: a packet for the TUN,
+    /// or a relay to send on.
+    fn take_outcome(&mut self, now: Instant, out: &mut Outbound, outcome: DatagramOutcome) {
+        match outcome {
             DatagramOutcome::Deliver(r) => self.write_tun(r, false),
             DatagramOutcome::Send(t) => {
                 self.underlay
                     .queue(&mut self.ep, now, out, t.to, &mut self.rx_buf, t.range);
             }
-            DatagramOutcome::Done => {}
-            DatagramOutcome::Dropped(_) => return false,
+            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
         }
-        true
-    }
-
-    /// Like [`Daemon::deliver`] for a message without headroom: copied to a scratch slot,
-    /// and a relay is sent at once.
-    fn deliver_copy(&mut self, now: Instant, from: Remote, msg: Range<usize>) -> bool {
-        let len = msg.len();
-        self.scratch[RX_OFFSET..RX_OFFSET + len].copy_from_slice(&self.rx_buf[msg]);
-        match self
-            .ep
-            .handle_datagram(now, from, &mut self.scratch, RX_OFFSET..RX_OFFSET + len)
-        {
-            DatagramOutcome::Deliver(r) => self.write_tun(r, true),
-            DatagramOutcome::Send(t) => {
-                let mut out = Outbound::new();
-                self.underlay.queue(
-                    &mut self.ep,
-                    now,
-                    &mut out,
-                    t.to,
-                    &mut self.scratch,
-                    t.range,
-                );
-                if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.scratch) {
-                    self.io_error("sending", &e);
-                }
-            }
-            DatagramOutcome::Done => {}
-            DatagramOutcome::Dropped(_) => return false,
-        }
-        true
     }
 
     fn write_tun(&mut self, r: Range<usize>, scratch: bool) {
@@ -735,13 +658,7 @@ impl Daemon {
     /// Sends the endpoint's control messages and FakeTCP's own segments, and writes the
     /// packets FEC recovered to the TUN device.
     fn flush_control(&mut self) {
-        while let Some(packet) = self.ep.poll_recovered() {
-            let Some(slot) = self.scratch.get_mut(..packet.len()) else {
-                continue;
-            };
-            slot.copy_from_slice(&packet);
-            self.write_tun(0..packet.len(), true);
-        }
+        self.write_recovered();
         let now = Instant::now();
         while let Some(t) = self.ep.poll_transmit() {
             if let Err(e) = self.underlay.send_owned(&mut self.ep, now, &t) {
@@ -750,6 +667,17 @@ impl Daemon {
         }
         if let Err(e) = self.underlay.flush_faketcp_control(&mut self.ep) {
             self.io_error("sending FakeTCP", &e);
+        }
+    }
+
+    /// Writes the packets the endpoint holds for the TUN outside a datagram's outcome.
+    fn write_recovered(&mut self) {
+        while let Some(packet) = self.ep.poll_recovered() {
+            let Some(slot) = self.scratch.get_mut(..packet.len()) else {
+                continue;
+            };
+            slot.copy_from_slice(&packet);
+            self.write_tun(0..packet.len(), true);
         }
     }
 
@@ -769,10 +697,6 @@ impl Daemon {
                 }
                 Event::RoutesChanged { routes } => self.sync_routes(routes),
                 Event::Rebind => self.rebind(),
-                Event::TransportChanged {
-                    transport: Transport::FakeTcp,
-                }
-                | Event::FakeTcpUnanswered => self.refresh_faketcp_flow(),
                 Event::TransportChanged { .. } => {}
                 Event::ServerKeyPinned { key } => self.remember_server(&key),
                 Event::ServerKeyMismatch { pinned, offered } => {
@@ -922,17 +846,6 @@ impl Daemon {
         self.routes_skipped = skipped;
     }
 
-    /// Client: a FakeTCP flow is about to carry the hub's traffic; one not heard from
-    /// lately (a standby flow, or one the server may have forgotten by restarting) is
-    /// replaced by a new one, since the server answers nothing on a flow it does not know.
-    fn refresh_faketcp_flow(&mut self) {
-        if let Some(ft) = &mut self.underlay.ftcp
-            && let Err(e) = ft.redial_if_quiet(Instant::now(), FLOW_FRESH)
-        {
-            tracing::warn!("{e:#}");
-        }
-    }
-
     /// Stores the key of the server we met first (passphrase mode), so that later runs
     /// refuse any other.
     fn remember_server(&mut self, key: &PublicKey) {
@@ -973,8 +886,8 @@ impl Daemon {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        if let Some(ft) = &mut self.underlay.ftcp
-            && let Err(e) = ft.connect(Instant::now(), addr)
+        if let Some(ft) = &self.underlay.ftcp
+            && let Err(e) = ft.dial(&mut self.ep, Instant::now(), addr)
         {
             tracing::warn!("{e:#}");
         }
@@ -1024,10 +937,7 @@ impl Daemon {
                 &self.info,
                 self.kernel_routes.iter().map(Prefix::to_string).collect(),
                 &self.routes_skipped,
-                self.underlay
-                    .ftcp
-                    .as_ref()
-                    .map(|f| (f.stack.status(), self.merged_records)),
+                self.ep.faketcp_status(),
             )
             .into_bytes(),
             (Kind::Control, other) => {

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use culvert_core::faketcp::{self, Side, Stack};
+use culvert_core::faketcp::{self, Side};
 use culvert_core::{DropReason, Endpoint, Remote, Transport};
 use culvert_sys::nft::FlowMatch;
 use culvert_sys::raw::{PacketMeta, PacketReceiver, PortMatch, RawSender};
@@ -16,38 +16,29 @@ use culvert_sys::udp::{BATCH, UdpSocket};
 
 use super::spray::SpraySockets;
 
-/// A FakeTCP flow being set up is given this long before it is dialled again.
-const DIAL_WAIT: Duration = Duration::from_secs(1);
-
-/// FakeTCP's parts.
+/// FakeTCP's sockets (the stack itself is the endpoint's, see
+/// [`Endpoint::handle_segment`]).
 pub(crate) struct FakeTcp {
-    pub(crate) stack: Stack,
     sender: RawSender,
     pub(crate) receivers: Vec<PacketReceiver>,
     /// Which segments are ours, for the nftables table.
     pub(crate) flows: FlowMatch,
     /// Firewall mark of everything sent (a full-tunnel client), for source lookups too.
     mark: Option<u32>,
-    /// Client: the server it connects to (segments from anywhere else are dropped).
-    server: Option<SocketAddr>,
     /// The overlay's TUN device: segments that arrive on it are not ours.
     pub(crate) tun_ifindex: Option<u32>,
     /// Server: which destinations are this host's own.
     local: Option<LocalAddresses>,
-    /// Client: when the current flow was dialled. A flow that is being set up is not
-    /// dialled again (a rebind and a transport switch both ask for one at once: the second
-    /// dial made the first flow's answers land on a 4-tuple no longer known).
-    dialed: Option<Instant>,
 }
 
 impl FakeTcp {
     /// Server side: receives TCP for `listen`'s port, on the families `listen` covers.
+    /// Returns the sockets and the endpoint's stack settings.
     pub(crate) fn server(
         listen: SocketAddr,
         mss: u16,
         mask_key: [u8; 32],
-        now: Instant,
-    ) -> Result<Self> {
+    ) -> Result<(Self, faketcp::Config)> {
         let (v4, v6) = families(listen.ip());
         let flows = FlowMatch::Server {
             addr: listen.ip(),
@@ -70,29 +61,27 @@ impl FakeTcp {
             isn: None,
             mask_key,
         };
-        Ok(Self {
-            stack: Stack::new(cfg, crate::identity::os_random(), now),
+        let sockets = Self {
             sender: RawSender::open(v4, v6)?,
             receivers,
             flows,
             mark: None,
-            server: None,
             tun_ifindex: None,
             local: Some(LocalAddresses::new(listen.ip())),
-            dialed: None,
-        })
+        };
+        Ok((sockets, cfg))
     }
 
-    /// Client side: one flow to `server`, opened at once (it stands by in `auto`); what
-    /// it sends carries firewall mark `mark` if given.
+    /// Client side: one flow to `server` (it stands by in `auto`); what it sends carries
+    /// firewall mark `mark` if given. Returns the sockets and the endpoint's stack
+    /// settings; [`FakeTcp::dial`] opens the flow.
     pub(crate) fn client(
         server: SocketAddr,
         mss: u16,
         isn: Option<u32>,
         mask_key: [u8; 32],
         mark: Option<u32>,
-        now: Instant,
-    ) -> Result<Self> {
+    ) -> Result<(Self, faketcp::Config)> {
         let receivers = vec![PacketReceiver::open(
             server.is_ipv6(),
             PortMatch::Source(server.port()),
@@ -108,53 +97,23 @@ impl FakeTcp {
         if let Some(m) = mark {
             sender.set_mark(m)?;
         }
-        let mut ft = Self {
-            stack: Stack::new(cfg, crate::identity::os_random(), now),
+        let sockets = Self {
             sender,
             receivers,
             flows: FlowMatch::Client { server },
             mark,
-            server: Some(server),
             tun_ifindex: None,
             local: None,
-            dialed: None,
         };
-        ft.connect(now, server)?;
-        Ok(ft)
+        Ok((sockets, cfg))
     }
 
-    /// Client: (re)connects to `server` from the address the routing table picks, with a
-    /// new port and ISN.
-    pub(crate) fn connect(&mut self, now: Instant, server: SocketAddr) -> Result<()> {
-        let setting_up = self
-            .dialed
-            .is_some_and(|t| now.saturating_duration_since(t) < DIAL_WAIT)
-            && self.server == Some(server)
-            && !self.stack.heard_within(server, now, DIAL_WAIT);
-        if setting_up {
-            return Ok(());
-        }
-        self.dialed = Some(now);
+    /// Client: has the endpoint dial `server` from the address the routing table picks
+    /// (with this instance's mark).
+    pub(crate) fn dial(&self, ep: &mut Endpoint, now: Instant, server: SocketAddr) -> Result<()> {
         let local = source_address(server, self.mark)?;
-        self.server = Some(server);
-        self.stack.connect(now, SocketAddr::new(local, 0), server);
-        tracing::debug!(%server, %local, "FakeTCP: connecting");
+        ep.faketcp_dial(now, local, server);
         Ok(())
-    }
-
-    /// Client: a new flow to the server, unless the current one was heard from within
-    /// `fresh` (the server answers nothing on a flow it does not know, such as one it
-    /// forgot by restarting). The address is the one last connected to, not looked up again.
-    pub(crate) fn redial_if_quiet(&mut self, now: Instant, fresh: Duration) -> Result<()> {
-        match self.server {
-            Some(s) if !self.stack.heard_within(s, now, fresh) => self.connect(now, s),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether a segment from `from` belongs to us (a client only talks to its server).
-    pub(crate) fn accepts(&self, from: SocketAddr) -> bool {
-        self.server.is_none_or(|s| s == from)
     }
 
     /// Whether a packet the packet socket saw is for the stack at all: not from the
@@ -293,17 +252,10 @@ impl Underlay {
                 out.udp[out.n_udp] = (to.socket, to.addr, range.start, range.end);
                 out.n_udp += 1;
             }
-            Transport::FakeTcp if out.n_raw < BATCH => {
-                let Some(ft) = &mut self.ftcp else {
-                    ep.count_shell_drop(DropReason::SendFailed);
-                    return;
-                };
-                match ft.stack.encapsulate(now, to.addr, buf, range) {
-                    Ok(r) => {
-                        out.raw[out.n_raw] = (to.addr.ip(), r.start, r.end);
-                        out.n_raw += 1;
-                    }
-                    Err(reason) => ep.count_shell_drop(reason),
+            Transport::FakeTcp if out.n_raw < BATCH && self.ftcp.is_some() => {
+                if let Some(r) = ep.encapsulate(now, to.addr, buf, range) {
+                    out.raw[out.n_raw] = (to.addr.ip(), r.start, r.end);
+                    out.n_raw += 1;
                 }
             }
             _ => ep.count_shell_drop(DropReason::SendFailed),
@@ -401,11 +353,11 @@ impl Underlay {
         &mut self,
         ep: &mut Endpoint,
     ) -> Result<(), std::io::Error> {
-        let Some(ft) = &mut self.ftcp else {
+        let Some(ft) = &self.ftcp else {
             return Ok(());
         };
         let mut result = Ok(());
-        while let Some((to, pkt)) = ft.stack.poll_transmit() {
+        while let Some((to, pkt)) = ep.poll_segment() {
             let sent = ft.sender.send_batch(&[(to.ip(), &pkt)]);
             let r = account(ep, sent, 1);
             result = result.and(r);

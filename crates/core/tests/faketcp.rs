@@ -1,0 +1,297 @@
+//! FakeTCP through the simulator: the endpoint's own stack on both ends, whole TCP packets
+//! on the wire. Twins of the e2e scenarios in `crates/culvert/tests/faketcp.rs` (all but
+//! the one about system rules left behind, which has nothing to simulate).
+
+mod sim;
+
+use std::time::Duration;
+
+use culvert_core::{Role, Transport, TransportMode};
+use culvert_wire::tcp::{Segment, SegmentOptions, SegmentRepr, flags};
+use sim::{World, client_config, hub_config, ip_packet, passphrase};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A passphrase hub and one client per transport mode, in that order.
+fn world(seed: u64, modes: &[TransportMode]) -> World {
+    let mut w = World::new(seed);
+    let hs = w.secret();
+    w.hub_secret = Some(hs.clone());
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    for (i, &mode) in modes.iter().enumerate() {
+        let s = w.secret();
+        let mut c = client_config(s, Some(passphrase()), &format!("10.0.0.{}/24", i + 2));
+        if let Role::Client(cc) = &mut c.role {
+            cc.transport = mode;
+        }
+        w.add(c, &format!("198.18.{}.2:40000", i + 1));
+    }
+    w
+}
+
+fn block_udp(w: &mut World) {
+    w.filter = Some(Box::new(|d| d.transport != Transport::Udp));
+}
+
+fn transport_to_hub(w: &World, node: usize) -> Option<Transport> {
+    let s = w.nodes[node].ep.status(w.now);
+    s.peers
+        .iter()
+        .find(|p| p.node == 0)
+        .and_then(|p| p.transport)
+}
+
+/// Sends `count` packets of `size` bytes from node `a` to node `b` one per millisecond;
+/// returns those `b` received intact, in the order received.
+fn transfer(w: &mut World, a: usize, b: usize, count: usize, size: usize) -> Vec<Vec<u8>> {
+    let before = w.nodes[b].delivered.len();
+    let (src, dst) = (World::overlay(a), World::overlay(b));
+    let sent: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let body: Vec<u8> = (0..size).map(|k| (k * 7 + i) as u8).collect();
+            ip_packet(&src, &dst, &body)
+        })
+        .collect();
+    for p in &sent {
+        let _ = w.tun(a, p);
+        w.step(Duration::from_millis(1));
+    }
+    w.run(SECOND);
+    let got = w.nodes[b].delivered[before..].to_vec();
+    assert!(
+        got.iter().all(|p| sent.contains(p)),
+        "a packet arrived altered"
+    );
+    got
+}
+
+/// Every FakeTCP datagram of the log is a well-formed TCP packet with valid checksums.
+fn assert_real_tcp(w: &World) {
+    let mut n = 0;
+    for d in w.log.iter().filter(|d| d.transport == Transport::FakeTcp) {
+        let seg = Segment::parse(&d.bytes).expect("a TCP packet");
+        assert_eq!((seg.src, seg.dst), (d.from, d.to));
+        assert!(culvert_wire::tcp::checksums_ok(&d.bytes), "bad checksum");
+        n += 1;
+    }
+    assert!(n > 0, "no FakeTCP packet at all");
+}
+
+#[test]
+fn through_a_udp_block_faketcp_and_auto_carry_data_and_udp_only_does_not() {
+    let mut w = world(
+        40,
+        &[
+            TransportMode::FakeTcp,
+            TransportMode::Auto,
+            TransportMode::Udp,
+        ],
+    );
+    block_udp(&mut w);
+    assert!(
+        w.run_until(15 * SECOND, |w| w.joined(1) && w.joined(2)),
+        "FakeTCP and auto clients did not join through the UDP block"
+    );
+    for c in [1, 2] {
+        let got = transfer(&mut w, c, 0, 300, 1200);
+        assert_eq!(got.len(), 300, "client {c}");
+        assert_eq!(transport_to_hub(&w, c), Some(Transport::FakeTcp));
+    }
+    let s = w.nodes[2].ep.status(w.now);
+    let why = s.peers[0].last_switch.clone().unwrap_or_default();
+    assert!(why.contains("no handshake answer over UDP"), "{why}");
+    assert!(!w.joined(3), "the UDP-only client got through a UDP block");
+    assert_real_tcp(&w);
+    // The hub holds one proven flow per FakeTCP client.
+    let (flows, _) = w.nodes[0].ep.faketcp_status().unwrap();
+    let established = flows.iter().filter(|f| f.state == "established").count();
+    assert_eq!(established, 2, "{flows:?}");
+}
+
+/// A restarted hub knows none of the old flows and answers nothing on them: the clients
+/// dial new ones — the idle standby flow when UDP fails after the restart, and the flow in
+/// use when the hub restarts while UDP is blocked.
+#[test]
+fn clients_redial_flows_a_restarted_hub_forgot() {
+    let mut w = world(41, &[TransportMode::Auto, TransportMode::Auto]);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1) && w.joined(2)));
+    for c in [1, 2] {
+        assert_eq!(transport_to_hub(&w, c), Some(Transport::Udp));
+    }
+    let hub_secret = w.hub_secret.clone().unwrap();
+    for round in ["standby flow, then UDP blocked", "flow in use"] {
+        w.restart(0, hub_config(hub_secret.clone(), Some(passphrase())));
+        if round.starts_with("standby") {
+            block_udp(&mut w);
+        }
+        let restarted = w.now;
+        for c in [1, 2] {
+            // Pings of the hub's overlay address until one arrives.
+            let mut back = false;
+            for i in 0..120 {
+                let before = w.nodes[0].delivered.len();
+                let _ = w.tun(c, &ip_packet(&World::overlay(c), "10.0.0.1", &[i; 64]));
+                w.run(Duration::from_millis(100));
+                if w.nodes[0].delivered.len() > before {
+                    back = true;
+                    break;
+                }
+            }
+            assert!(back, "client {c} did not recover ({round})");
+            assert_eq!(transport_to_hub(&w, c), Some(Transport::FakeTcp), "{round}");
+        }
+        eprintln!(
+            "both clients back over FakeTCP {:?} after the restart ({round})",
+            w.now - restarted
+        );
+        assert!(w.now - restarted < 12 * SECOND, "{round}");
+    }
+    assert_real_tcp(&w);
+}
+
+/// Sequence numbers wrap in both directions during a transfer (the client's ISN just
+/// below 2^32; the hub's, a SYN cookie, wherever it falls — both sides send 600 kB).
+#[test]
+fn flows_carry_data_across_sequence_number_wraparound() {
+    let mut w = World::new(42);
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    let s = w.secret();
+    let mut c = sim::with_faketcp({
+        let mut c = client_config(s, Some(passphrase()), "10.0.0.2/24");
+        if let Role::Client(cc) = &mut c.role {
+            cc.transport = TransportMode::FakeTcp;
+        }
+        c
+    });
+    if let Some(f) = &mut c.faketcp {
+        f.isn = Some(u32::MAX - 100_000);
+    }
+    w.add(c, "198.18.1.2:40000");
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    let before = w.nodes[1].ep.faketcp_status().unwrap().0[0].snd_nxt;
+    assert_eq!(transfer(&mut w, 1, 0, 500, 1200).len(), 500);
+    assert_eq!(transfer(&mut w, 0, 1, 500, 1200).len(), 500);
+    let after = w.nodes[1].ep.faketcp_status().unwrap().0[0].snd_nxt;
+    assert!(after < before, "the client's sequence numbers did not wrap");
+    assert_eq!(transport_to_hub(&w, 1), Some(Transport::FakeTcp));
+}
+
+/// A receiver's GRO merges consecutive segments of a flow into one packet: every message
+/// in it is delivered, in order, and counted as merged.
+#[test]
+fn segments_merged_by_gro_deliver_every_message_in_order() {
+    let mut w = world(43, &[TransportMode::FakeTcp]);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    let before = w.nodes[0].delivered.len();
+    let sent: Vec<Vec<u8>> = (0..40u8)
+        .map(|i| ip_packet("10.0.0.2", "10.0.0.1", &vec![i; 300 + usize::from(i) * 20]))
+        .collect();
+    for p in &sent {
+        let _ = w.tun(1, p);
+    }
+    // What GRO does: consecutive data segments become one packet with the first's headers.
+    let queued: Vec<_> = w.queue.drain(..).collect();
+    let mut merged_packets = 0;
+    let mut pending: Option<sim::Datagram> = None;
+    for d in queued {
+        let data = d.transport == Transport::FakeTcp
+            && Segment::parse(&d.bytes).is_ok_and(|s| !s.payload.is_empty());
+        match pending.take() {
+            Some(mut first) if data && (first.from, first.to) == (d.from, d.to) => {
+                let seg = Segment::parse(&d.bytes).unwrap();
+                first.bytes.extend_from_slice(&d.bytes[seg.payload]);
+                let len = u16::try_from(first.bytes.len()).unwrap();
+                first.bytes[2..4].copy_from_slice(&len.to_be_bytes());
+                merged_packets += usize::from(d.to == w.nodes[0].addr);
+                w.queue.push_back(first);
+            }
+            p => {
+                w.queue.extend(p);
+                if data {
+                    pending = Some(d);
+                } else {
+                    w.queue.push_back(d);
+                }
+            }
+        }
+    }
+    w.queue.extend(pending);
+    assert!(merged_packets >= 19, "{merged_packets}");
+    w.run(SECOND);
+    assert_eq!(w.nodes[0].delivered[before..], sent[..]);
+    let (_, merged) = w.nodes[0].ep.faketcp_status().unwrap();
+    assert_eq!(merged, merged_packets as u64);
+}
+
+/// Forged RSTs, FINs and data spoofed as the client, a SYN flood and forged ACKs from
+/// everywhere, interleaved with a transfer: the flow carries on, unchanged.
+#[test]
+fn garbage_rst_fin_and_syn_floods_do_not_hurt_the_flow() {
+    let mut w = world(44, &[TransportMode::FakeTcp]);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    let flow = |w: &World| w.nodes[1].ep.faketcp_status().unwrap().0[0].local.clone();
+    let before = flow(&w);
+    let client: std::net::SocketAddr = before.parse().unwrap();
+    let hub: std::net::SocketAddr = sim::HUB_ADDR.parse().unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut delivered = 0;
+    let log_from = w.log.len();
+    for round in 0..200 {
+        for i in 0..100u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = x;
+            let junk: Vec<u8> = (0..(r % 200) as usize)
+                .map(|k| (r >> (k % 50)) as u8)
+                .collect();
+            let stranger = std::net::SocketAddr::new(
+                [203, 0, 113, (r % 250) as u8].into(),
+                1024 + (r % 60_000) as u16,
+            );
+            let (src, f, payload): (_, u8, &[u8]) = match i % 5 {
+                0 => (client, flags::RST, &[]),
+                1 => (client, flags::FIN | flags::ACK, &[]),
+                2 => (client, flags::ACK | flags::PSH, &junk),
+                3 => (stranger, flags::SYN, &[]),
+                _ => (stranger, flags::ACK, &junk),
+            };
+            let repr = SegmentRepr {
+                src,
+                dst: hub,
+                seq: r as u32,
+                ack: if f == flags::SYN || f == flags::RST {
+                    0
+                } else {
+                    (r >> 32) as u32
+                },
+                flags: f,
+                window: 512,
+                ip_id: 1,
+                options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+            };
+            let mut p = vec![0u8; repr.header_len() + payload.len()];
+            p[repr.header_len()..].copy_from_slice(payload);
+            repr.emit(&mut p);
+            w.inject_segment(p);
+        }
+        let packet = ip_packet("10.0.0.2", "10.0.0.1", format!("round {round}").as_bytes());
+        let n = w.nodes[0].delivered.len();
+        let _ = w.tun(1, &packet);
+        w.run(Duration::from_millis(10));
+        delivered += usize::from(w.nodes[0].delivered[n..].contains(&packet));
+    }
+    assert_eq!(delivered, 200, "the transfer suffered");
+    assert_eq!(flow(&w), before, "the client had to redial");
+    // 4000 SYNs in 2 s were answered within the stack's SYN-ACK budget.
+    let synacks = w.log[log_from..]
+        .iter()
+        .filter(|d| d.transport == Transport::FakeTcp && d.from == hub)
+        .filter_map(|d| Segment::parse(&d.bytes).ok())
+        .filter(|s| s.has(flags::SYN))
+        .count();
+    eprintln!("{synacks} SYN-ACKs for 4000 forged SYNs");
+    assert!(synacks < 4000 / 2, "{synacks} SYN-ACKs");
+    assert!(w.drops(0, "tcp_rst") > 0 && w.drops(0, "tcp_no_flow") > 0);
+}
