@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use culvert_core::replay::ReplayWindow;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut w = ReplayWindow::default();
+    let w = ReplayWindow::default();
     let mut accepted = BTreeSet::new();
     let mut base = 0u64;
     for chunk in data.chunks(3) {

@@ -1,13 +1,17 @@
-//! Hot functions of the data path: sealing and opening packets, the replay window, and the
-//! routing lookup.
+//! Hot functions of the data path: sealing and opening packets (from one thread and from
+//! several sharing a session), the replay window, and the routing lookup.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use culvert_core::PublicKey;
 use culvert_core::aead::{nonce, rustcrypto};
+use culvert_core::noise::Split;
 use culvert_core::replay::ReplayWindow;
 use culvert_core::router::Router;
+use culvert_core::session::{DataKeys, Session};
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
 
@@ -43,7 +47,7 @@ fn aead(c: &mut Criterion) {
 
 fn replay(c: &mut Criterion) {
     c.bench_function("replay/in_order", |b| {
-        let mut w = ReplayWindow::default();
+        let w = ReplayWindow::default();
         let mut n = 0u64;
         b.iter(|| {
             n += 1;
@@ -52,7 +56,7 @@ fn replay(c: &mut Criterion) {
         });
     });
     c.bench_function("replay/reordered", |b| {
-        let mut w = ReplayWindow::default();
+        let w = ReplayWindow::default();
         let mut n = 0u64;
         b.iter(|| {
             n += 4;
@@ -82,5 +86,65 @@ fn router(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, aead, replay, router);
+/// One session's keys sealing and opening 1400-byte packets from 1 and from 2 threads at
+/// once (each thread seals a packet and the other end's keys open it): the shared counter
+/// and replay window must let a second core add almost a whole core's worth.
+fn threads(c: &mut Criterion) {
+    const SIZE: usize = 1400;
+    let mut g = c.benchmark_group("seal_open_shared_session");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    for threads in [1u64, 2] {
+        g.bench_with_input(BenchmarkId::new("threads", threads), &threads, |b, &n| {
+            b.iter_custom(|iters| {
+                let (tx, rx) = session_pair();
+                let per_thread = iters.div_ceil(n);
+                // A bench measures wall time; the core's ban on reading the clock is for
+                // protocol code.
+                #[allow(clippy::disallowed_methods)]
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..n {
+                        s.spawn(|| {
+                            let mut buf = vec![0u8; SIZE + 64];
+                            for _ in 0..per_thread {
+                                let r = tx.seal(&mut buf, 0, SIZE).unwrap();
+                                black_box(rx.open(&mut buf[r]).unwrap());
+                            }
+                        });
+                    }
+                });
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_thread * n) as f64)
+            });
+        });
+    }
+    g.finish();
+}
+
+/// The two ends' keys of one session.
+fn session_pair() -> (Arc<DataKeys>, Arc<DataKeys>) {
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let end = |send: u8, recv: u8, local, remote| {
+        let split = Split {
+            remote_static: PublicKey([0; 32]),
+            send: [send; 32],
+            recv: [recv; 32],
+        };
+        Session::new(
+            rustcrypto,
+            &split,
+            Cipher::Aes256Gcm,
+            local,
+            remote,
+            true,
+            now,
+        )
+        .data_keys()
+    };
+    (end(1, 2, 10, 20), end(2, 1, 20, 10))
+}
+
+criterion_group!(benches, aead, replay, router, threads);
 criterion_main!(benches);

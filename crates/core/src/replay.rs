@@ -1,8 +1,14 @@
-//! Sliding anti-replay window over 64-bit message counters (RFC 6479's ring of words).
+//! Sliding anti-replay window over 64-bit message counters (RFC 6479's ring of words),
+//! shared by the threads that open one session's messages.
 //!
 //! [`ReplayWindow::check`] runs before decryption, so a replayed or ancient packet costs no
 //! AEAD work; [`ReplayWindow::mark`] runs after the tag verified, so a forged counter can
-//! never move the window.
+//! never move the window. `check` reads without a lock and is only advice: a copy of a
+//! message racing another through decryption passes it, and is refused by `mark`, which
+//! decides under the window's lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Bits per ring word.
 const WORD_BITS: u64 = 64;
@@ -15,18 +21,21 @@ pub const WINDOW: u64 = (WORDS as u64 - 1) * WORD_BITS;
 pub const COUNTER_LIMIT: u64 = u64::MAX - WINDOW - 1;
 
 /// Which counters of a session have been received.
-#[derive(Clone)]
 pub struct ReplayWindow {
-    /// Highest counter accepted so far (0 before the first).
-    last: u64,
-    ring: [u64; WORDS],
+    /// Highest counter accepted so far (0 before the first). Stored (Release) only after
+    /// the words it rotates in are cleared, so a reader that sees it sees them cleared.
+    last: AtomicU64,
+    ring: [AtomicU64; WORDS],
+    /// Held by `mark`: one writer at a time.
+    writer: Mutex<()>,
 }
 
 impl Default for ReplayWindow {
     fn default() -> Self {
         Self {
-            last: 0,
-            ring: [0; WORDS],
+            last: AtomicU64::new(0),
+            ring: [const { AtomicU64::new(0) }; WORDS],
+            writer: Mutex::new(()),
         }
     }
 }
@@ -34,7 +43,7 @@ impl Default for ReplayWindow {
 impl core::fmt::Debug for ReplayWindow {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReplayWindow")
-            .field("last", &self.last)
+            .field("last", &self.last())
             .finish_non_exhaustive()
     }
 }
@@ -52,18 +61,22 @@ pub enum Refused {
 
 impl ReplayWindow {
     /// Records `counter` as received. Call only after the message authenticated.
-    pub fn mark(&mut self, counter: u64) -> Result<(), Refused> {
+    pub fn mark(&self, counter: u64) -> Result<(), Refused> {
+        // Nothing under the lock panics: a poisoned lock guards a consistent window.
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.check(counter)?;
         let block = counter / WORD_BITS;
-        if counter > self.last {
-            let current = self.last / WORD_BITS;
+        let last = self.last.load(Ordering::Relaxed);
+        if counter > last {
+            let current = last / WORD_BITS;
             let advance = (block - current).min(WORDS as u64);
             for i in 1..=advance {
-                self.ring[((current + i) % WORDS as u64) as usize] = 0;
+                self.slot(current + i).store(0, Ordering::Relaxed);
             }
-            self.last = counter;
+            self.last.store(counter, Ordering::Release);
         }
-        self.ring[(block % WORDS as u64) as usize] |= 1 << (counter % WORD_BITS);
+        self.slot(block)
+            .fetch_or(1 << (counter % WORD_BITS), Ordering::Relaxed);
         Ok(())
     }
 
@@ -72,13 +85,14 @@ impl ReplayWindow {
         if counter >= COUNTER_LIMIT {
             return Err(Refused::Exhausted);
         }
-        if counter > self.last {
+        let last = self.last.load(Ordering::Acquire);
+        if counter > last {
             return Ok(());
         }
-        if self.last - counter > WINDOW {
+        if last - counter > WINDOW {
             return Err(Refused::TooOld);
         }
-        let word = self.ring[((counter / WORD_BITS) % WORDS as u64) as usize];
+        let word = self.slot(counter / WORD_BITS).load(Ordering::Relaxed);
         if word & (1 << (counter % WORD_BITS)) != 0 {
             return Err(Refused::Duplicate);
         }
@@ -87,7 +101,11 @@ impl ReplayWindow {
 
     /// Highest counter accepted so far.
     pub fn last(&self) -> u64 {
-        self.last
+        self.last.load(Ordering::Acquire)
+    }
+
+    fn slot(&self, block: u64) -> &AtomicU64 {
+        &self.ring[(block % WORDS as u64) as usize]
     }
 }
 
@@ -99,7 +117,7 @@ mod tests {
 
     #[test]
     fn edges() {
-        let mut w = ReplayWindow::default();
+        let w = ReplayWindow::default();
         assert_eq!(w.mark(0), Ok(()));
         assert_eq!(w.mark(0), Err(Refused::Duplicate));
         assert_eq!(w.mark(2), Ok(()));
@@ -124,7 +142,7 @@ mod tests {
     #[test]
     fn window_is_at_least_2048() {
         const { assert!(WINDOW >= 2048) };
-        let mut w = ReplayWindow::default();
+        let w = ReplayWindow::default();
         w.mark(5000).unwrap();
         for c in (5000 - 2048..5000).rev() {
             assert_eq!(w.mark(c), Ok(()), "counter {c}");
@@ -135,7 +153,7 @@ mod tests {
         /// Differential test against an oracle that remembers every counter.
         #[test]
         fn matches_oracle(counters in proptest::collection::vec(0u64..20_000, 1..500)) {
-            let mut w = ReplayWindow::default();
+            let w = ReplayWindow::default();
             let mut seen = BTreeSet::new();
             let mut max = 0u64;
             for c in counters {
