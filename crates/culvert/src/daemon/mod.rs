@@ -1,5 +1,7 @@
 //! The daemon: wires the core endpoint to the TUN device, the underlay (UDP and FakeTCP),
-//! timers, signals, the control socket and metrics, in one thread.
+//! timers, signals, the control socket and metrics, in one thread. The per-packet side
+//! (TUN, sockets, buffers) is [`packets::Packets`]; this module keeps control (netlink,
+//! routes, the gateway, requests).
 //!
 //! Pipeline, per wake-up:
 //!
@@ -7,25 +9,25 @@
 //! TUN readable     -> read up to BATCH packets -> seal in place -> sendmmsg (UDP or raw)
 //! UDP readable     -> recvmmsg                 -> open in place -> write to the TUN (or relay)
 //! packet socket    -> recvmmsg                 -> FakeTCP stack -> records -> as UDP
-//! timer due        -> handle_timeout (endpoint, FakeTCP)
+//! timer due        -> handle_timeout (the endpoint's, FakeTCP's within it)
 //! always           -> send queued control messages, act on events
 //! ```
 
 mod gateway;
+mod packets;
 mod requests;
 mod spray;
 mod underlay;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use culvert_core::{
-    ClientConfig, Config, DatagramOutcome, DropReason, Endpoint, Event, HEADROOM, HubConfig, Psk,
-    PublicKey, Remote, Role, TAILROOM, Timing, TransportMode, TunOutcome, faketcp,
+    ClientConfig, Config, Endpoint, Event, HubConfig, Psk, PublicKey, Role, Timing, TransportMode,
+    faketcp,
 };
 use culvert_sys::control::ControlListener;
 use culvert_sys::dir::Dir;
@@ -33,9 +35,8 @@ use culvert_sys::netlink::{Netlink, Route, Via};
 use culvert_sys::nft::{RuleSet, Table};
 use culvert_sys::poll::{Poller, Signals};
 use culvert_sys::privilege;
-use culvert_sys::raw::PacketMeta;
 use culvert_sys::tun::Tun;
-use culvert_sys::udp::{BATCH, RecvMeta, UdpSocket};
+use culvert_sys::udp::UdpSocket;
 use culvert_wire::addr::Prefix;
 use culvert_wire::hello::Cipher;
 use culvert_wire::message::DATA_OVERHEAD;
@@ -45,9 +46,10 @@ use crate::cli::TransportArg;
 use crate::config::{PassphraseOrigin, RoleSettings, Settings};
 use crate::{identity, metrics};
 use gateway::Gateway;
+use packets::Packets;
 use requests::{Kind, Readable, Requests, Stream};
 use spray::SpraySockets;
-use underlay::{FakeTcp, Outbound, Underlay};
+use underlay::{FakeTcp, Underlay};
 
 const TUN: u64 = 0;
 const UDP: u64 = 1;
@@ -61,21 +63,8 @@ const RAW: u64 = 8;
 /// Control and metrics connections: from `CONNECTIONS` up.
 const CONNECTIONS: u64 = 1 << 20;
 
-/// Buffer slot per packet: room for any IP packet plus head- and tailroom.
-const SLOT: usize = 65_536 + 256;
-/// Where a TUN packet starts inside its slot: room for the core's headers and FakeTCP's.
-const TUN_OFFSET: usize = 128;
-/// Where a received datagram or packet lands inside its slot: room to re-wrap a relayed
-/// message for FakeTCP in place.
-const RX_OFFSET: usize = 128;
-/// Batches handled per readiness event before other sources get a turn.
-const ROUNDS: usize = 4;
 /// A client looks at its interface addresses (its LAN candidates) this often.
 const CANDIDATES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-const _: () =
-    assert!(TUN_OFFSET >= HEADROOM + faketcp::HEADROOM && TUN_OFFSET + 65_535 + TAILROOM <= SLOT);
-const _: () = assert!(RX_OFFSET >= faketcp::HEADROOM);
 
 /// Runs a daemon until SIGINT/SIGTERM.
 pub(crate) fn run(settings: Settings) -> Result<()> {
@@ -349,8 +338,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         gateway,
         _table: table,
         mark,
-        tun,
-        underlay,
+        packets: Packets::new(tun, underlay),
         poller,
         signals,
         control,
@@ -365,13 +353,7 @@ pub(crate) fn run(settings: Settings) -> Result<()> {
         overlay_routes: Vec::new(),
         info,
         server,
-        tun_buf: vec![0u8; SLOT * BATCH],
-        rx_buf: vec![0u8; SLOT * BATCH],
-        scratch: vec![0u8; SLOT],
-        meta: [RecvMeta::default(); BATCH],
-        packets: [PacketMeta::default(); BATCH],
         stop: false,
-        io_errors: 0,
         next_candidates: now,
     };
     d.refresh_candidates(now);
@@ -399,8 +381,7 @@ struct Daemon {
     _table: Option<Table>,
     /// A full tunnel's firewall mark for underlay sockets.
     mark: Option<u32>,
-    tun: Tun,
-    underlay: Underlay,
+    packets: Packets,
     poller: Poller,
     signals: Signals,
     control: ControlListener,
@@ -421,15 +402,7 @@ struct Daemon {
     info: DaemonInfo,
     /// Client: the server as configured (re-resolved when rebinding).
     server: Option<String>,
-    tun_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
-    /// One slot for the packets the endpoint holds for the TUN (FEC recovered, ICMP
-    /// errors, messages merged behind another in a FakeTCP segment).
-    scratch: Vec<u8>,
-    meta: [RecvMeta; BATCH],
-    packets: [PacketMeta; BATCH],
     stop: bool,
-    io_errors: u64,
     /// When the client next refreshes its LAN candidates.
     next_candidates: Instant,
 }
@@ -449,18 +422,18 @@ impl Daemon {
             }
             for &token in &ready[..n] {
                 match token {
-                    TUN => self.on_tun(),
-                    UDP => self.on_udp(0),
+                    TUN => self.packets.on_tun(&mut self.ep),
+                    UDP => self.packets.on_udp(&mut self.ep, 0),
                     SPRAY => {
-                        for k in self.underlay.spray.ready() {
-                            self.on_udp(k);
+                        for k in self.packets.underlay.spray.ready() {
+                            self.packets.on_udp(&mut self.ep, k);
                         }
                     }
                     SIGNAL => self.on_signal(),
                     CONTROL => self.on_control(),
                     METRICS => self.on_metrics(),
                     t if self.requests.owns(t) => self.on_request(t),
-                    t if t >= RAW => self.on_raw((t - RAW) as usize),
+                    t if t >= RAW => self.packets.on_raw(&mut self.ep, (t - RAW) as usize),
                     _ => {}
                 }
             }
@@ -471,14 +444,14 @@ impl Daemon {
             if now >= self.next_candidates {
                 self.refresh_candidates(now);
             }
-            self.flush_control();
+            self.packets.flush_control(&mut self.ep);
             self.on_events();
             self.requests.expire(&self.poller, now);
-            self.underlay.spray.expire(now);
+            self.packets.underlay.spray.expire(now);
         }
         tracing::info!("shutting down");
         self.ep.shutdown(Instant::now());
-        self.flush_control();
+        self.packets.flush_control(&mut self.ep);
         Ok(())
     }
 
@@ -500,185 +473,22 @@ impl Daemon {
         if self.server.is_none() {
             return;
         }
-        let Some(local) = self.underlay.udp.as_ref().and_then(|u| u.local_addr().ok()) else {
+        let Some(local) = self
+            .packets
+            .underlay
+            .udp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+        else {
             return;
         };
-        let tun = self.tun.name().to_owned();
+        let tun = self.packets.tun.name().to_owned();
         let list = culvert_sys::ifaddrs::interface_addresses()
             .into_iter()
             .filter(|(name, ip)| *name != tun && ip.is_ipv4() == local.is_ipv4())
             .map(|(_, ip)| SocketAddr::new(ip, local.port()))
             .collect();
         self.ep.set_local_addresses(now, list);
-    }
-
-    fn on_tun(&mut self) {
-        for _ in 0..ROUNDS {
-            let now = Instant::now();
-            let mut out = Outbound::new();
-            let mut read = 0;
-            while read < BATCH {
-                let slot = &mut self.tun_buf[read * SLOT..(read + 1) * SLOT];
-                let len = match self.tun.recv(&mut slot[TUN_OFFSET..SLOT - TAILROOM]) {
-                    Ok(Some(len)) => len,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.io_error("reading the TUN device", &e);
-                        break;
-                    }
-                };
-                if let TunOutcome::Send(t) = self.ep.handle_tun_packet(now, slot, TUN_OFFSET, len) {
-                    let at = read * SLOT;
-                    let range = at + t.range.start..at + t.range.end;
-                    self.underlay.queue(
-                        &mut self.ep,
-                        now,
-                        &mut out,
-                        t.to,
-                        &mut self.tun_buf,
-                        range,
-                    );
-                }
-                read += 1;
-            }
-            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.tun_buf) {
-                self.io_error("sending", &e);
-            }
-            if read < BATCH {
-                break;
-            }
-        }
-    }
-
-    /// Datagrams on UDP socket `socket` (0: the main one, else port prediction's).
-    fn on_udp(&mut self, socket: u16) {
-        for _ in 0..ROUNDS {
-            let udp = match socket {
-                0 => self.underlay.udp.as_ref(),
-                k => self.underlay.spray.get(k),
-            };
-            let Some(udp) = udp else {
-                return;
-            };
-            let got = match udp.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.meta) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.io_error("receiving UDP", &e);
-                    break;
-                }
-            };
-            let now = Instant::now();
-            let mut out = Outbound::new();
-            for i in 0..got {
-                let m = self.meta[i];
-                let at = i * SLOT + RX_OFFSET;
-                let from = Remote::udp_on(socket, m.from);
-                self.deliver(now, &mut out, from, at..at + m.len);
-            }
-            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
-                self.io_error("sending", &e);
-            }
-            self.flush_control();
-            if got < BATCH {
-                break;
-            }
-        }
-    }
-
-    /// Packets from FakeTCP's packet socket `index`.
-    fn on_raw(&mut self, index: usize) {
-        for _ in 0..ROUNDS {
-            let Some(ft) = &self.underlay.ftcp else {
-                return;
-            };
-            let Some(rx) = ft.receivers.get(index) else {
-                return;
-            };
-            let got = match rx.recv_batch(&mut self.rx_buf, SLOT, RX_OFFSET, &mut self.packets) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.io_error("receiving FakeTCP", &e);
-                    break;
-                }
-            };
-            let now = Instant::now();
-            let mut out = Outbound::new();
-            for i in 0..got {
-                let at = i * SLOT + RX_OFFSET;
-                let packet = at..at + self.packets[i].len;
-                let ft = self.underlay.ftcp.as_mut().expect("checked above");
-                if !ft.admits(now, self.packets[i], &self.rx_buf[packet.clone()]) {
-                    // Forwarded through this host, or overlay traffic: not ours to answer.
-                    continue;
-                }
-                let outcome = self.ep.handle_segment(now, &mut self.rx_buf, packet);
-                self.take_outcome(now, &mut out, outcome);
-                // Messages merged behind the first (GRO) follow it into the TUN in order.
-                self.write_recovered();
-            }
-            if let Err(e) = self.underlay.flush(&mut self.ep, &mut out, &self.rx_buf) {
-                self.io_error("sending", &e);
-            }
-            self.flush_control();
-            if got < BATCH {
-                break;
-            }
-        }
-    }
-
-    /// Hands `rx_buf[msg]` to the endpoint; delivers to the TUN or queues a relay.
-    fn deliver(&mut self, now: Instant, out: &mut Outbound, from: Remote, msg: Range<usize>) {
-        let outcome = self.ep.handle_datagram(now, from, &mut self.rx_buf, msg);
-        self.take_outcome(now, out, outcome);
-    }
-
-    /// Carries out what the endpoint made of a message in `rx_buf`: a packet for the TUN,
-    /// or a relay to send on.
-    fn take_outcome(&mut self, now: Instant, out: &mut Outbound, outcome: DatagramOutcome) {
-        match outcome {
-            DatagramOutcome::Deliver(r) => self.write_tun(r, false),
-            DatagramOutcome::Send(t) => {
-                self.underlay
-                    .queue(&mut self.ep, now, out, t.to, &mut self.rx_buf, t.range);
-            }
-            DatagramOutcome::Done | DatagramOutcome::Dropped(_) => {}
-        }
-    }
-
-    fn write_tun(&mut self, r: Range<usize>, scratch: bool) {
-        let buf = if scratch { &self.scratch } else { &self.rx_buf };
-        if let Err(e) = self.tun.send(&buf[r]) {
-            self.ep.count_shell_drop(DropReason::TunWriteFailed);
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                self.io_error("writing to the TUN device", &e);
-            }
-        }
-    }
-
-    /// Sends the endpoint's control messages and FakeTCP's own segments, and writes the
-    /// packets FEC recovered to the TUN device.
-    fn flush_control(&mut self) {
-        self.write_recovered();
-        let now = Instant::now();
-        while let Some(t) = self.ep.poll_transmit() {
-            if let Err(e) = self.underlay.send_owned(&mut self.ep, now, &t) {
-                self.io_error("sending", &e);
-            }
-        }
-        if let Err(e) = self.underlay.flush_faketcp_control(&mut self.ep) {
-            self.io_error("sending FakeTCP", &e);
-        }
-    }
-
-    /// Writes the packets the endpoint holds for the TUN outside a datagram's outcome.
-    fn write_recovered(&mut self) {
-        while let Some(packet) = self.ep.poll_recovered() {
-            let Some(slot) = self.scratch.get_mut(..packet.len()) else {
-                continue;
-            };
-            slot.copy_from_slice(&packet);
-            self.write_tun(0..packet.len(), true);
-        }
     }
 
     fn on_events(&mut self) {
@@ -811,7 +621,7 @@ impl Daemon {
             .into_iter()
             .filter(|r| !self.kernel_routes.contains(r))
             .collect();
-        let tun = self.tun.name().to_owned();
+        let tun = self.packets.tun.name().to_owned();
         let connected: Vec<(String, Prefix)> = culvert_sys::ifaddrs::interface_networks()
             .into_iter()
             .filter(|(dev, p)| *dev != tun && !p.addr().is_loopback())
@@ -869,10 +679,10 @@ impl Daemon {
                 return;
             }
         };
-        if self.underlay.udp.is_some() {
+        if self.packets.underlay.udp.is_some() {
             match bind_client(addr, self.mark) {
                 Ok(udp) => {
-                    if let Some(old) = &self.underlay.udp {
+                    if let Some(old) = &self.packets.underlay.udp {
                         let _ = self.poller.remove(old.as_raw_fd());
                     }
                     if let Err(e) = self.poller.add(udp.as_raw_fd(), UDP) {
@@ -880,13 +690,13 @@ impl Daemon {
                         return;
                     }
                     tracing::info!(server = %addr, local = %udp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "rebound the UDP socket");
-                    self.underlay.udp = Some(udp);
+                    self.packets.underlay.udp = Some(udp);
                     self.refresh_candidates(Instant::now());
                 }
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        if let Some(ft) = &self.underlay.ftcp
+        if let Some(ft) = &self.packets.underlay.ftcp
             && let Err(e) = ft.dial(&mut self.ep, Instant::now(), addr)
         {
             tracing::warn!("{e:#}");
@@ -943,14 +753,6 @@ impl Daemon {
             (Kind::Control, other) => {
                 format!("{{\"error\":\"unknown request {other:?}\"}}\n").into_bytes()
             }
-        }
-    }
-
-    /// Logs an I/O error, rate-limited to the first few and then every 1000th.
-    fn io_error(&mut self, what: &str, e: &std::io::Error) {
-        self.io_errors += 1;
-        if self.io_errors <= 5 || self.io_errors.is_multiple_of(1000) {
-            tracing::warn!(count = self.io_errors, "{what}: {e}");
         }
     }
 }
