@@ -34,7 +34,13 @@ fn ping_between_every_pair_ipv4_and_ipv6() {
             }
         }
     }
-    // Clients reach each other through the hub's relay, end to end encrypted.
+    // Clients first reach each other through the hub's relay, end to end encrypted; on
+    // this flat network a direct path may already have been punched by now (the test
+    // used to insist on the relay, and failed 1 run in 6 when punching was quick).
+    let relayed = lab.status(0).unwrap()["relayed"]["tx_packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(relayed > 0, "the hub relayed nothing between clients");
     let s = lab.status(1).unwrap();
     let peer = s["peers"]
         .as_array()
@@ -42,7 +48,10 @@ fn ping_between_every_pair_ipv4_and_ipv6() {
         .iter()
         .find(|p| p["node"] != 0)
         .unwrap();
-    assert_eq!(peer["path"], "relay");
+    assert!(
+        ["relay", "direct"].contains(&peer["path"].as_str().unwrap_or_default()),
+        "{peer}"
+    );
     assert_eq!(peer["state"], "up");
 }
 
