@@ -1,6 +1,8 @@
 //! FakeTCP through the simulator: the endpoint's own stack on both ends, whole TCP packets
 //! on the wire. Twins of the e2e scenarios in `crates/culvert/tests/faketcp.rs` (all but
-//! the one about system rules left behind, which has nothing to simulate).
+//! the one about system rules left behind, which has nothing to simulate) and of
+//! `first_contact.rs`'s cold start; the FakeTCP cases of `fec.rs` and `gateway.rs` have
+//! theirs in `fec.rs` and `mtu.rs` here.
 
 mod sim;
 
@@ -294,4 +296,30 @@ fn garbage_rst_fin_and_syn_floods_do_not_hurt_the_flow() {
     eprintln!("{synacks} SYN-ACKs for 4000 forged SYNs");
     assert!(synacks < 4000 / 2, "{synacks} SYN-ACKs");
     assert!(w.drops(0, "tcp_rst") > 0 && w.drops(0, "tcp_no_flow") > 0);
+}
+
+/// Twin of e2e `first_contact::a_cold_start_behind_a_udp_blocking_firewall_joins_within_2_s`:
+/// with the daemon's timers, an `auto` client behind a UDP block joins over FakeTCP within
+/// 2.5 s of its start.
+#[test]
+fn a_cold_start_behind_a_udp_block_joins_within_2_5_s() {
+    let mut w = World::new(45);
+    block_udp(&mut w);
+    let hs = w.secret();
+    let mut hub = hub_config(hs, Some(passphrase()));
+    hub.timing = culvert_core::Timing::default();
+    w.add(hub, sim::HUB_ADDR);
+    let s = w.secret();
+    let mut c = client_config(s, Some(passphrase()), "10.0.0.2/24");
+    c.timing = culvert_core::Timing::default();
+    if let Role::Client(cc) = &mut c.role {
+        cc.transport = TransportMode::Auto;
+    }
+    let started = w.now;
+    w.add(c, "198.18.1.2:40000");
+    assert!(w.run_until(10 * SECOND, |w| w.joined(1)), "never joined");
+    let took = w.now - started;
+    eprintln!("joined over FakeTCP {took:?} after the start");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(transport_to_hub(&w, 1), Some(Transport::FakeTcp));
 }

@@ -6,8 +6,8 @@ mod sim;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use culvert_core::Config;
 use culvert_core::fec::{self, Mode};
+use culvert_core::{Config, Role, TransportMode};
 use sim::{World, client_config, hub_config, ip_packet, passphrase};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -19,6 +19,11 @@ fn with_fec(mut cfg: Config, mode: Mode) -> Config {
 
 /// A hub and one client, both with FEC `mode`, joined on a clean network.
 fn pair(seed: u64, mode: Mode) -> World {
+    pair_over(seed, mode, TransportMode::Udp)
+}
+
+/// [`pair`] with the client on transport `transport`.
+fn pair_over(seed: u64, mode: Mode, transport: TransportMode) -> World {
     let mut w = World::new(seed);
     let hs = w.secret();
     w.add(
@@ -26,7 +31,10 @@ fn pair(seed: u64, mode: Mode) -> World {
         sim::HUB_ADDR,
     );
     let cs = w.secret();
-    let client = client_config(cs, Some(passphrase()), "10.0.0.2/24");
+    let mut client = client_config(cs, Some(passphrase()), "10.0.0.2/24");
+    if let Role::Client(c) = &mut client.role {
+        c.transport = transport;
+    }
     w.add(with_fec(client, mode), "198.18.1.2:40000");
     assert!(
         w.run_until(10 * SECOND, |w| w.joined(1)),
@@ -65,7 +73,11 @@ fn stream(w: &mut World, count: usize, per_ms: usize) -> usize {
 
 /// Residual loss of a fixed `k:m` code at loss `p` each way, against the binomial model.
 fn residual_matches_binomial(seed: u64, p: f64, k: u8, m: u8) {
-    let mut w = pair(seed, Mode::Fixed { k, m });
+    residual_matches_binomial_over(seed, p, k, m, TransportMode::Udp);
+}
+
+fn residual_matches_binomial_over(seed: u64, p: f64, k: u8, m: u8, transport: TransportMode) {
+    let mut w = pair_over(seed, Mode::Fixed { k, m }, transport);
     w.loss = p;
     let n = 20_000;
     let got = stream(&mut w, n, 10);
@@ -93,6 +105,13 @@ fn residual_matches_binomial(seed: u64, p: f64, k: u8, m: u8) {
 #[test]
 fn residual_loss_at_5_percent() {
     residual_matches_binomial(51, 0.05, 10, 3);
+}
+
+/// Twin of e2e `fec::fixed_10_3_works_over_faketcp`: the same code over FakeTCP segments
+/// (their ACKs and the flow's own segments lost too).
+#[test]
+fn residual_loss_at_5_percent_over_faketcp() {
+    residual_matches_binomial_over(55, 0.05, 10, 3, TransportMode::FakeTcp);
 }
 
 #[test]

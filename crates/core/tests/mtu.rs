@@ -5,12 +5,18 @@ mod sim;
 
 use std::time::Duration;
 
-use culvert_core::Role;
+use culvert_core::{Role, TransportMode};
 use sim::{World, client_config, hub_config, ip_packet, passphrase};
 
 /// A hub and one client with a 1354-byte TUN on both; the network drops every datagram
 /// longer than `path` bytes (UDP payload), silently.
 fn narrow_world(path: usize) -> World {
+    narrow_world_over(path, TransportMode::Udp)
+}
+
+/// [`narrow_world`] with the client on `transport`; over FakeTCP, `path` bounds the whole
+/// IP packet.
+fn narrow_world_over(path: usize, transport: TransportMode) -> World {
     let mut w = World::new(90);
     let hs = w.secret();
     let mut hub = hub_config(hs, Some(passphrase()));
@@ -21,6 +27,7 @@ fn narrow_world(path: usize) -> World {
     c.mtu = Some(1354);
     if let Role::Client(cc) = &mut c.role {
         cc.p2p = false;
+        cc.transport = transport;
     }
     w.add(c, "198.18.1.2:40000");
     w.filter = Some(Box::new(move |d| d.bytes.len() <= path));
@@ -107,6 +114,33 @@ fn a_narrow_path_is_found_and_too_big_packets_get_frag_needed() {
     let _ = w.tun(1, &packet(usize::from(mtu)));
     w.run(Duration::from_millis(50));
     assert_eq!(w.nodes[0].delivered.len(), before + 1);
+}
+
+/// Twin of the FakeTCP case of e2e `gateway::a_path_that_narrows_to_1280_keeps_carrying_a_transfer_with_or_without_icmp`:
+/// a FakeTCP path whose link carries IP packets of at most 1280 bytes, and no ICMP.
+#[test]
+fn a_narrow_faketcp_path_is_found_and_too_big_packets_get_frag_needed() {
+    let mut w = narrow_world_over(1280, TransportMode::FakeTcp);
+    let found = small_traffic_finds_the_path(&mut w, "10.0.0.1", 0, 0);
+    let (after_ms, mtu) = found.expect("the narrow path was never found");
+    eprintln!("FakeTCP path MTU {mtu} found after {after_ms} ms");
+    // 1280 less IPv4 (20), TCP with timestamps (32), the record's length (2), the data
+    // header and tag (32) and room for FEC parity (18): 1176, within one search step.
+    assert!((1166..=1176).contains(&mtu), "{mtu}");
+    assert!(after_ms < 4000);
+    let _ = w.tun(1, &packet(1300));
+    let icmp = w.nodes[1].delivered.last().cloned().expect("an ICMP error");
+    assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), mtu);
+    let before = w.nodes[0].delivered.len();
+    let _ = w.tun(1, &packet(usize::from(mtu)));
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.nodes[0].delivered.len(), before + 1);
+    assert!(
+        w.log
+            .iter()
+            .all(|d| d.transport == culvert_core::Transport::FakeTcp)
+    );
 }
 
 #[test]
