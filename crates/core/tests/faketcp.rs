@@ -259,23 +259,12 @@ fn garbage_rst_fin_and_syn_floods_do_not_hurt_the_flow() {
                 3 => (stranger, flags::SYN, &[]),
                 _ => (stranger, flags::ACK, &junk),
             };
-            let repr = SegmentRepr {
-                src,
-                dst: hub,
-                seq: r as u32,
-                ack: if f == flags::SYN || f == flags::RST {
-                    0
-                } else {
-                    (r >> 32) as u32
-                },
-                flags: f,
-                window: 512,
-                ip_id: 1,
-                options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+            let ack = if f == flags::SYN || f == flags::RST {
+                0
+            } else {
+                (r >> 32) as u32
             };
-            let mut p = vec![0u8; repr.header_len() + payload.len()];
-            p[repr.header_len()..].copy_from_slice(payload);
-            repr.emit(&mut p);
+            let p = forged(src, r as u32, ack, f, payload);
             w.inject_segment(p);
         }
         let packet = ip_packet("10.0.0.2", "10.0.0.1", format!("round {round}").as_bytes());
@@ -322,4 +311,155 @@ fn a_cold_start_behind_a_udp_block_joins_within_2_5_s() {
     eprintln!("joined over FakeTCP {took:?} after the start");
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert_eq!(transport_to_hub(&w, 1), Some(Transport::FakeTcp));
+}
+
+/// A TCP packet to the hub as anyone can forge it (timestamps, no valid cookie or window).
+fn forged(src: std::net::SocketAddr, seq: u32, ack: u32, f: u8, payload: &[u8]) -> Vec<u8> {
+    let repr = SegmentRepr {
+        src,
+        dst: sim::HUB_ADDR.parse().unwrap(),
+        seq,
+        ack,
+        flags: f,
+        window: 512,
+        ip_id: 1,
+        options: SegmentOptions::Timestamps { tsval: 1, tsecr: 0 },
+    };
+    let mut p = vec![0u8; repr.header_len() + payload.len()];
+    p[repr.header_len()..].copy_from_slice(payload);
+    repr.emit(&mut p);
+    p
+}
+
+/// An attacker at `addr` completing FakeTCP handshakes with the hub: a SYN from each new
+/// port, and the final ACK for every SYN-ACK that came back (what a kernel's `connect()`
+/// does). Returns the handshakes completed since `*seen` (its place in the log).
+struct Dialer {
+    addr: std::net::IpAddr,
+    next_port: u16,
+    seen: usize,
+}
+
+impl Dialer {
+    fn syn(&mut self, w: &mut World) {
+        self.next_port = self.next_port.wrapping_add(1).max(1024);
+        let src = std::net::SocketAddr::new(self.addr, self.next_port);
+        w.inject_segment(forged(src, 1000, 0, flags::SYN, &[]));
+    }
+
+    /// ACKs every SYN-ACK the hub sent since the last call; returns how many.
+    fn complete(&mut self, w: &mut World) -> usize {
+        let synacks: Vec<Segment> = w.log[self.seen..]
+            .iter()
+            .filter(|d| d.transport == Transport::FakeTcp && d.to.ip() == self.addr)
+            .filter_map(|d| Segment::parse(&d.bytes).ok())
+            .filter(|s| s.has(flags::SYN) && s.has(flags::ACK))
+            .collect();
+        self.seen = w.log.len();
+        for s in &synacks {
+            let ack = forged(s.dst, 1001, s.seq.wrapping_add(1), flags::ACK, &[]);
+            w.inject_segment(ack);
+        }
+        synacks.len()
+    }
+}
+
+/// Twin of e2e `trust::a_faketcp_handshake_flood_from_one_address_does_not_hurt_a_transfer`:
+/// about 1000 completed handshakes a second from one address while a FakeTCP client
+/// transfers; every packet arrives and the flood is budgeted.
+#[test]
+fn a_handshake_flood_from_one_address_does_not_hurt_a_transfer() {
+    let mut w = world(46, &[TransportMode::FakeTcp]);
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)));
+    let mut flood = Dialer {
+        addr: "198.18.9.9".parse().unwrap(),
+        next_port: 1024,
+        seen: w.log.len(),
+    };
+    let mut completed = 0;
+    let before = w.nodes[0].delivered.len();
+    for i in 0..3000u32 {
+        flood.syn(&mut w);
+        let _ = w.tun(1, &ip_packet("10.0.0.2", "10.0.0.1", &i.to_be_bytes()));
+        w.step(Duration::from_millis(1));
+        completed += flood.complete(&mut w);
+    }
+    w.run(SECOND);
+    assert_eq!(
+        w.nodes[0].delivered.len() - before,
+        3000,
+        "the transfer suffered"
+    );
+    eprintln!("{completed} handshakes completed of 3000 SYNs in 3 s");
+    assert!(w.drops(0, "rate_limited") > 0, "the flood was not budgeted");
+    // The flows it left never carried an authentic message: they are kept apart and
+    // never displace the client's.
+    let (flows, _) = w.nodes[0].ep.faketcp_status().unwrap();
+    let proven = flows.iter().filter(|f| f.state == "established").count();
+    assert_eq!(proven, 1, "{} flows", flows.len());
+    assert!(flows.len() <= 1 + culvert_core::faketcp::MAX_UNPROVEN);
+}
+
+/// Twin of the FakeTCP half of e2e `trust::probes_of_every_kind_get_zero_bytes_back`: a
+/// stranger that completes a handshake and then sends bytes that look like every message
+/// type gets no byte of payload back — only what TCP itself answers (SYN-ACK, pure ACKs).
+#[test]
+fn a_stranger_on_a_completed_flow_gets_no_payload_back() {
+    let mut w = world(47, &[]);
+    let mut scanner = Dialer {
+        addr: "198.18.9.10".parse().unwrap(),
+        next_port: 40_000,
+        seen: w.log.len(),
+    };
+    scanner.syn(&mut w);
+    w.run(Duration::from_millis(20));
+    assert_eq!(scanner.complete(&mut w), 1, "no SYN-ACK");
+    w.run(Duration::from_millis(20));
+    let from = std::net::SocketAddr::new(scanner.addr, scanner.next_port);
+    let mut seq = 1001u32;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for t in 0u8..=8 {
+        for len in [0usize, 1, 2, 4, 16, 32, 48, 100, 122, 200, 1024] {
+            let mut m: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if let Some(b) = m.first_mut() {
+                *b = t;
+            }
+            // As a record (length prefix) and as raw bytes.
+            let mut record = u16::try_from(m.len()).unwrap().to_be_bytes().to_vec();
+            record.extend_from_slice(&m);
+            for payload in [record, m] {
+                if payload.is_empty() {
+                    continue;
+                }
+                let len = u32::try_from(payload.len()).unwrap();
+                w.inject_segment(forged(from, seq, 1, flags::ACK | flags::PSH, &payload));
+                seq = seq.wrapping_add(len);
+                w.run(Duration::from_millis(2));
+            }
+        }
+    }
+    w.run(SECOND);
+    let payload: usize = w
+        .log
+        .iter()
+        .filter(|d| d.to.ip() == scanner.addr)
+        .filter_map(|d| Segment::parse(&d.bytes).ok().map(|s| s.payload.len()))
+        .sum();
+    assert_eq!(payload, 0, "the hub answered payload bytes to a stranger");
+    // Each was dropped and counted.
+    let drops: u64 = w.nodes[0]
+        .ep
+        .status(w.now)
+        .drops
+        .nonzero()
+        .map(|(_, n)| n)
+        .sum();
+    assert!(drops >= 100, "{drops} drops counted");
 }
