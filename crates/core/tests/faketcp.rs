@@ -463,3 +463,37 @@ fn a_stranger_on_a_completed_flow_gets_no_payload_back() {
         .sum();
     assert!(drops >= 100, "{drops} drops counted");
 }
+
+/// The common deployment: a laptop behind a home NAT on FakeTCP to a hub on a VPS. The
+/// NAT rewrites every segment's addresses, ports and checksums; the hub sees the NAT's
+/// public address, and data flows both ways.
+#[test]
+fn a_faketcp_client_behind_a_nat_joins_and_carries_data_both_ways() {
+    let mut w = World::new(48);
+    w.add_nat(
+        "203.0.113.1",
+        sim::Mapping::Random,
+        false,
+        &["192.168.1.10"],
+    );
+    let hs = w.secret();
+    w.add(hub_config(hs, Some(passphrase())), sim::HUB_ADDR);
+    let s = w.secret();
+    let mut c = client_config(s, Some(passphrase()), "10.0.0.2/24");
+    if let Role::Client(cc) = &mut c.role {
+        cc.transport = TransportMode::FakeTcp;
+    }
+    w.add(c, "192.168.1.10:40000");
+    assert!(w.run_until(5 * SECOND, |w| w.joined(1)), "never joined");
+    assert_eq!(transfer(&mut w, 1, 0, 300, 1200).len(), 300);
+    assert_eq!(transfer(&mut w, 0, 1, 300, 1200).len(), 300);
+    let (flows, _) = w.nodes[0].ep.faketcp_status().unwrap();
+    let remote: std::net::SocketAddr = flows[0].remote.parse().unwrap();
+    assert_eq!(remote.ip(), sim::ip("203.0.113.1"), "{flows:?}");
+    let (client_flows, _) = w.nodes[1].ep.faketcp_status().unwrap();
+    assert!(
+        client_flows[0].local.starts_with("192.168.1.10:"),
+        "{client_flows:?}"
+    );
+    assert_real_tcp(&w);
+}
