@@ -453,6 +453,11 @@ fn a_stranger_on_a_completed_flow_gets_no_payload_back() {
         .filter_map(|d| Segment::parse(&d.bytes).ok().map(|s| s.payload.len()))
         .sum();
     assert_eq!(payload, 0, "the hub answered payload bytes to a stranger");
+    // Nothing it sent was authentic: its flow stays unproven (it can never evict a
+    // client's flow, and gets no keepalives).
+    let (flows, _) = w.nodes[0].ep.faketcp_status().unwrap();
+    let states: Vec<_> = flows.iter().map(|f| (f.remote.as_str(), f.state)).collect();
+    assert_eq!(states, [(from.to_string().as_str(), "unproven")]);
     // Each was dropped and counted.
     let drops: u64 = w.nodes[0]
         .ep
