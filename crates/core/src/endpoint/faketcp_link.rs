@@ -116,12 +116,13 @@ impl Endpoint {
             return DatagramOutcome::Dropped(self.count_drop(DropReason::TcpNoFlow, None));
         };
         let received = link.stack.handle_packet(now, &buf[packet.clone()]);
+        let ours = received.map(|r| r.filter(|seg| link.accepts(seg.from)));
         if link.stack.take_connected() {
             self.faketcp_ready();
         }
-        let seg = match received {
-            Ok(Some(seg)) if link_accepts(&self.faketcp, seg.from) => seg,
-            Ok(_) => return DatagramOutcome::Done,
+        let seg = match ours {
+            Ok(Some(seg)) => seg,
+            Ok(None) => return DatagramOutcome::Done,
             Err(reason) => return DatagramOutcome::Dropped(self.count_drop(reason, None)),
         };
         let payload = packet.start + seg.payload.start..packet.start + seg.payload.end;
@@ -225,8 +226,4 @@ impl Endpoint {
         let link = self.faketcp.as_ref()?;
         Some((link.stack.status(), link.merged))
     }
-}
-
-fn link_accepts(link: &Option<FakeTcpLink>, from: SocketAddr) -> bool {
-    link.as_ref().is_some_and(|l| l.accepts(from))
 }
