@@ -107,6 +107,14 @@ fn clients_redial_faketcp_flows_a_restarted_server_forgot() {
     let mut server = start_network(&mut lab, 2, &[])[0];
     for c in [1, 2] {
         wait_ping(&lab, c, overlay(0));
+        // A client started before the server listened may have gone to FakeTCP; auto
+        // brings it back to UDP after three answered probes (15 s).
+        let on_udp = Instant::now();
+        while transport(&lab, c, 0).as_deref() != Some("udp")
+            && on_udp.elapsed() < Duration::from_secs(25)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert_eq!(transport(&lab, c, 0).as_deref(), Some("udp"));
     }
     for round in ["standby flow, then UDP blocked", "flow in use"] {
